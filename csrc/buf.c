@@ -1,0 +1,56 @@
+/*
+ * buf.c: a growable byte buffer.
+ *
+ * Theory of operation: a connection keeps the plaintext the application wrote and that has not
+ * yet gone to the kernel (or to the TLS engine) in one of these. Appends grow it geometrically;
+ * consuming from the front moves the remainder down, which is cheap because the common case
+ * consumes everything. A buffer that grew large is released once empty so that idle
+ * connections hold no big allocations.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "uvs.h"
+
+#define UVS__BUF_KEEP (16 * 1024) /* an empty buffer larger than this is released */
+
+int uvs__buf_append(uvs__buf_t *b, const char *p, size_t n) {
+    if (n == 0)
+        return 0;
+    if (b->len + n < b->len)
+        return UV_ENOMEM;
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n) {
+            if (cap > SIZE_MAX / 2)
+                return UV_ENOMEM;
+            cap *= 2;
+        }
+        char *nb = realloc(b->base, cap);
+        if (nb == NULL)
+            return UV_ENOMEM;
+        b->base = nb;
+        b->cap = cap;
+    }
+    memcpy(b->base + b->len, p, n);
+    b->len += n;
+    return 0;
+}
+
+void uvs__buf_consume(uvs__buf_t *b, size_t n) {
+    if (n >= b->len) {
+        b->len = 0;
+        if (b->cap > UVS__BUF_KEEP)
+            uvs__buf_free(b);
+        return;
+    }
+    memmove(b->base, b->base + n, b->len - n);
+    b->len -= n;
+}
+
+void uvs__buf_free(uvs__buf_t *b) {
+    free(b->base);
+    b->base = NULL;
+    b->len = 0;
+    b->cap = 0;
+}

@@ -1,0 +1,251 @@
+/*
+ * loop.c: the event loop, its timers and its cross-thread wakeup.
+ *
+ * Theory of operation
+ * -------------------
+ * A uvs_loop_t wraps one uv_loop_t and belongs to the thread that runs it. uvs_loop_run() is
+ * called with the GIL released; libuv calls back into this file and tcp.c, which call the
+ * embedding through the uvs_callbacks_t table set once by uvs_set_callbacks(). Those callbacks
+ * take the GIL themselves (cffi's extern "Python" does that).
+ *
+ * Output coalescing: uvs_conn_write() only appends to a connection's buffer and puts the
+ * connection on the loop's dirty list. After every call into the embedding returns, the C side
+ * flushes the dirty list (uvs__flush_dirty), so all the writes one callback made leave in one
+ * batch (one TLS record run, one syscall). Writes made outside any callback (before the loop
+ * runs, or from the start function) are flushed by an unreferenced prepare handle, which runs
+ * once per loop iteration just before libuv blocks for I/O and does not keep the loop alive.
+ *
+ * Cross-thread calls: uvs_loop_wakeup() is the only function that may be called from another
+ * thread; it is uv_async_send(), and the embedding's on_wakeup callback drains its own queue.
+ * The async handle is unreferenced too: like cl-async, a loop with nothing else to do ends.
+ *
+ * Every connection, server and timer is linked into loop->objects so that uvs_loop_close_all()
+ * can close them all, for exit_event_loop() and for an application error that stops the loop.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "uvs.h"
+
+uvs_callbacks_t uvs__cb;
+
+void uvs_set_callbacks(const uvs_callbacks_t *cb) { uvs__cb = *cb; }
+
+const char *uvs_strerror(int err) { return uv_strerror(err); }
+
+const char *uvs_errname(int err) { return uv_err_name(err); }
+
+void uvs__link_add(uvs_loop_t *loop, uvs__link_t *l, int kind) {
+    l->kind = kind;
+    l->next = loop->objects.next;
+    l->prev = &loop->objects;
+    loop->objects.next->prev = l;
+    loop->objects.next = l;
+}
+
+void uvs__link_del(uvs__link_t *l) {
+    if (l->next == NULL)
+        return;
+    l->prev->next = l->next;
+    l->next->prev = l->prev;
+    l->next = l->prev = NULL;
+}
+
+static void uvs__flusher_cb(uv_prepare_t *h) { uvs__flush_dirty(h->data); }
+
+static void uvs__wakeup_cb(uv_async_t *h) {
+    uvs_loop_t *loop = h->data;
+    uvs__cb.on_wakeup(loop->data);
+    uvs__flush_dirty(loop);
+}
+
+static void uvs__free_handle_cb(uv_handle_t *h) { free(h->data); }
+
+uvs_loop_t *uvs_loop_new(void *data) {
+    uvs_loop_t *loop = calloc(1, sizeof(*loop));
+    if (loop == NULL)
+        return NULL;
+    loop->rbuf = malloc(UVS__READ_BUF_SIZE);
+    if (loop->rbuf == NULL || uv_loop_init(&loop->uv) != 0) {
+        free(loop->rbuf);
+        free(loop);
+        return NULL;
+    }
+    loop->data = data;
+    loop->objects.next = loop->objects.prev = &loop->objects;
+    loop->uv.data = loop;
+    loop->flusher.data = loop;
+    loop->wakeup.data = loop;
+    /* uv_prepare_init cannot fail; uv_async_init can (no file descriptors left). */
+    int r = uv_prepare_init(&loop->uv, &loop->flusher);
+    if (r == 0)
+        r = uv_prepare_start(&loop->flusher, uvs__flusher_cb);
+    if (r == 0) {
+        uv_unref((uv_handle_t *)&loop->flusher);
+        r = uv_async_init(&loop->uv, &loop->wakeup, uvs__wakeup_cb);
+        if (r == 0) {
+            uv_unref((uv_handle_t *)&loop->wakeup);
+            return loop;
+        }
+    }
+    uv_close((uv_handle_t *)&loop->flusher, NULL);
+    (void)uv_run(&loop->uv, UV_RUN_DEFAULT);
+    if (uv_loop_close(&loop->uv) == 0) {
+        free(loop->rbuf);
+        free(loop);
+    }
+    return NULL;
+}
+
+int uvs_loop_run(uvs_loop_t *loop) {
+    int r = uv_run(&loop->uv, UV_RUN_DEFAULT);
+    uvs__flush_dirty(loop);
+    return r;
+}
+
+void uvs_loop_stop(uvs_loop_t *loop) { uv_stop(&loop->uv); }
+
+int uvs_loop_wakeup(uvs_loop_t *loop) { return uv_async_send(&loop->wakeup); }
+
+static void uvs__sigwatch_cb(uv_poll_t *h, int status, int events) {
+    uvs_loop_t *loop = h->data;
+    (void)status;
+    (void)events;
+    uvs__cb.on_wakeup(loop->data);
+    uvs__flush_dirty(loop);
+}
+
+/* Watch fd (the embedding's signal wakeup descriptor): when it becomes readable the embedding
+ * gets on_wakeup, which is its chance to run signal handlers while the loop would otherwise
+ * sleep in the kernel. The embedding drains the descriptor. */
+int uvs_loop_watch_fd(uvs_loop_t *loop, int fd) {
+    if (loop->sigwatch_on)
+        return UV_EALREADY;
+    int r = uv_poll_init(&loop->uv, &loop->sigwatch, fd);
+    if (r != 0)
+        return r;
+    loop->sigwatch.data = loop;
+    loop->sigwatch_on = 1;
+    r = uv_poll_start(&loop->sigwatch, UV_READABLE, uvs__sigwatch_cb);
+    uv_unref((uv_handle_t *)&loop->sigwatch);
+    return r;
+}
+
+double uvs_loop_now(uvs_loop_t *loop) { return (double)uv_now(&loop->uv) / 1000.0; }
+
+void uvs_loop_close_all(uvs_loop_t *loop) {
+    /* Closing may unlink the current object (timers unlink at once), so step carefully. */
+    uvs__link_t *l = loop->objects.next;
+    while (l != &loop->objects) {
+        uvs__link_t *next = l->next;
+        switch (l->kind) {
+        case UVS__OBJ_CONN:
+            (void)uvs_conn_close((uvs_conn_t *)((char *)l - offsetof(uvs_conn_t, link)), 1);
+            break;
+        case UVS__OBJ_SERVER:
+            uvs_server_close((uvs_server_t *)((char *)l - offsetof(uvs_server_t, link)));
+            break;
+        case UVS__OBJ_TIMER:
+            uvs_timer_close((uvs_timer_t *)((char *)l - offsetof(uvs_timer_t, link)));
+            break;
+        default:
+            break;
+        }
+        l = next;
+    }
+}
+
+int uvs_loop_free(uvs_loop_t *loop) {
+    /* Only the two internal handles may remain: anything else means close_all was not run. */
+    uvs_loop_close_all(loop);
+    (void)uv_run(&loop->uv, UV_RUN_DEFAULT);
+    uv_close((uv_handle_t *)&loop->flusher, NULL);
+    uv_close((uv_handle_t *)&loop->wakeup, NULL);
+    if (loop->sigwatch_on)
+        uv_close((uv_handle_t *)&loop->sigwatch, NULL);
+    (void)uv_run(&loop->uv, UV_RUN_DEFAULT);
+    int r = uv_loop_close(&loop->uv);
+    if (r != 0)
+        return r; /* leak rather than free memory libuv still points at */
+    free(loop->rbuf);
+    free(loop->pbuf);
+    free(loop);
+    return 0;
+}
+
+/* ---- output coalescing ---------------------------------------------------------------- */
+
+void uvs__mark_dirty(uvs_conn_t *c) {
+    if (c->state & UVS__C_DIRTY)
+        return;
+    c->state |= UVS__C_DIRTY;
+    c->dirty_next = c->loop->dirty;
+    c->loop->dirty = c;
+}
+
+void uvs__flush_dirty(uvs_loop_t *loop) {
+    if (loop->flushing)
+        return;
+    loop->flushing = 1;
+    while (loop->dirty != NULL) {
+        uvs_conn_t *c = loop->dirty;
+        loop->dirty = c->dirty_next;
+        c->dirty_next = NULL;
+        c->state &= ~(unsigned)UVS__C_DIRTY;
+        uvs__conn_flush(c);
+    }
+    loop->flushing = 0;
+}
+
+/* ---- timers --------------------------------------------------------------------------- */
+
+static void uvs__timer_cb(uv_timer_t *h) {
+    uvs_timer_t *t = h->data;
+    uvs_loop_t *loop = t->loop;
+    uvs__cb.on_timer(t->data);
+    uvs__flush_dirty(loop);
+}
+
+static void uvs__timer_close_cb(uv_handle_t *h) {
+    uvs_timer_t *t = h->data;
+    uvs__cb.on_event(t->data, UVS_EV_CLOSED, 0, 0);
+    free(t);
+}
+
+uvs_timer_t *uvs_timer_new(uvs_loop_t *loop, void *data, uint64_t timeout_ms, uint64_t repeat_ms,
+                           int *err) {
+    uvs_timer_t *t = calloc(1, sizeof(*t));
+    if (t == NULL) {
+        *err = UV_ENOMEM;
+        return NULL;
+    }
+    int r = uv_timer_init(&loop->uv, &t->t);
+    if (r != 0) {
+        free(t);
+        *err = r;
+        return NULL;
+    }
+    t->t.data = t;
+    t->loop = loop;
+    t->data = data;
+    r = uv_timer_start(&t->t, uvs__timer_cb, timeout_ms, repeat_ms);
+    if (r != 0) {
+        /* the handle is initialised: it must go through uv_close, without telling anyone */
+        t->t.data = t;
+        uv_close((uv_handle_t *)&t->t, uvs__free_handle_cb);
+        *err = r;
+        return NULL;
+    }
+    uvs__link_add(loop, &t->link, UVS__OBJ_TIMER);
+    *err = 0;
+    return t;
+}
+
+void uvs_timer_close(uvs_timer_t *t) {
+    if (t->closing)
+        return;
+    t->closing = 1;
+    uvs__link_del(&t->link);
+    (void)uv_timer_stop(&t->t);
+    uv_close((uv_handle_t *)&t->t, uvs__timer_close_cb);
+}

@@ -1,0 +1,894 @@
+/*
+ * tcp.c: TCP connections and servers on libuv.
+ *
+ * Theory of operation
+ * -------------------
+ * A uvs_conn_t is one TCP connection: a uv_tcp_t plus an output buffer, timers and, when TLS
+ * is on, a pointer to a TLS engine (tls.c). The engine is attached to the same object in place,
+ * which is what makes STARTTLS and detaching possible: the connection never changes identity.
+ *
+ * Reading. Plain connections read into the loop's shared 64 KiB buffer (libuv reads one stream
+ * at a time and we consume the bytes before returning, so one buffer serves every connection)
+ * and hand them to the embedding in one call. TLS connections let the engine supply the read
+ * window (ciphertext lands directly in its BIO pair) and the engine delivers plaintext.
+ *
+ * Writing. uvs_conn_write() appends to `out` and marks the connection dirty; the loop flushes
+ * dirty connections after the embedding's callback returns (see loop.c). A flush first tries
+ * uv_try_write() and queues only what the kernel did not take, handing the buffer itself to the
+ * uv_write request so that nothing is copied twice. `inflight` counts the queued bytes;
+ * write_buffer_size = out + inflight (+ ciphertext the TLS engine holds).
+ *
+ * Flow control. When the write buffer grows past `high` the connection remembers it; when a
+ * write completes and the buffer is at or below `low`, UVS_EV_DRAIN is delivered.
+ *
+ * Closing. A forced close issues uv_close at once (queued writes are cancelled). A graceful
+ * close stops reading and waits until every queued byte has reached the kernel (and, for TLS,
+ * close_notify has gone out). Shutdown ("write" half-close) waits the same way, then issues
+ * uv_shutdown. The struct is freed only after the close callback AND every outstanding request
+ * and timer close have come back (pending_reqs == 0); UVS_EV_CLOSED is the last event.
+ *
+ * Connecting. Numeric addresses connect at once; names go through uv_getaddrinfo. When a
+ * connect to one resolved address fails, the handle is closed and re-initialised and the next
+ * address is tried; only the last failure is reported.
+ *
+ * Every event goes through uvs__emit, which drops events for connections the embedding no
+ * longer follows (data == NULL) or that it has closed.
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "uvs.h"
+#include "tls.h"
+
+typedef struct {
+    uv_write_t req;
+    uvs_conn_t *conn;
+    char *alloc;     /* what to free when done */
+    size_t len;      /* bytes this request carries */
+} uvs__wreq_t;
+
+static void uvs__conn_start_reading(uvs_conn_t *c);
+static void uvs__conn_close_now(uvs_conn_t *c);
+static int uvs__conn_try_connect(uvs_conn_t *c, const struct sockaddr *addr);
+
+/* ---- events ------------------------------------------------------------------------------- */
+
+void uvs__emit(uvs_conn_t *c, int kind, int status, int action) {
+    if (c->data == NULL)
+        return;
+    uvs__cb.on_event(c->data, kind, status, action);
+}
+
+void uvs__conn_deliver(uvs_conn_t *c, const char *p, size_t n) {
+    if (c->data == NULL || (c->state & (UVS__C_CLOSING | UVS__C_CLOSE_WANTED)))
+        return;
+    uvs__cb.on_read(c->data, p, n);
+}
+
+void uvs__conn_fail(uvs_conn_t *c, int kind, int status, int action) {
+    if (c->state & UVS__C_CLOSING)
+        return;
+    uvs__conn_close_now(c);
+    uvs__emit(c, kind, status, action);
+}
+
+/* ---- lifetime ----------------------------------------------------------------------------- */
+
+static void uvs__conn_maybe_free(uvs_conn_t *c) {
+    if (!(c->state & UVS__C_CLOSED) || c->pending_reqs > 0)
+        return;
+    if (c->data != NULL)
+        uvs__cb.on_event(c->data, UVS_EV_CLOSED, 0, 0);
+    if (c->tls != NULL)
+        uvs__tls_free(c->tls);
+    if (c->ai_head != NULL)
+        uv_freeaddrinfo(c->ai_head);
+    uvs__buf_free(&c->out);
+    free(c);
+}
+
+static void uvs__timer_closed_cb(uv_handle_t *h) {
+    uvs_conn_t *c = h->data;
+    free(h);
+    c->pending_reqs--;
+    uvs__conn_maybe_free(c);
+}
+
+/* Stop and release a lazily allocated per-connection timer. */
+void uvs__timer_release(uvs_conn_t *c, uv_timer_t **slot) {
+    if (*slot == NULL)
+        return;
+    (void)uv_timer_stop(*slot);
+    uv_close((uv_handle_t *)*slot, uvs__timer_closed_cb);
+    c->pending_reqs++;
+    *slot = NULL;
+}
+
+/* (Re)start a per-connection timer, allocating it on first use. Returns 0 or a uv error. */
+int uvs__timer_arm(uvs_conn_t *c, uv_timer_t **slot, uint64_t ms, uv_timer_cb cb) {
+    if (*slot == NULL) {
+        uv_timer_t *t = malloc(sizeof(*t));
+        if (t == NULL)
+            return UV_ENOMEM;
+        int r = uv_timer_init(&c->loop->uv, t);
+        if (r != 0) {
+            free(t);
+            return r;
+        }
+        t->data = c;
+        *slot = t;
+    }
+    return uv_timer_start(*slot, cb, ms, 0);
+}
+
+void uvs__timer_disarm(uv_timer_t *t) {
+    if (t != NULL)
+        (void)uv_timer_stop(t);
+}
+
+static void uvs__conn_closed_cb(uv_handle_t *h) {
+    uvs_conn_t *c = h->data;
+    c->state |= UVS__C_CLOSED;
+    uvs__conn_maybe_free(c);
+}
+
+static void uvs__conn_close_now(uvs_conn_t *c) {
+    if (c->state & UVS__C_CLOSING)
+        return;
+    c->state |= UVS__C_CLOSING;
+    c->state &= ~(unsigned)UVS__C_READING;
+    uvs__link_del(&c->link);
+    uvs__timer_release(c, &c->rtimer);
+    uvs__timer_release(c, &c->wtimer);
+    if (c->tls != NULL)
+        uvs__tls_on_close(c);
+    /* While a reconnect is in progress the handle is already closing; its callback sees
+     * UVS__C_CLOSING and finishes the job. */
+    if (!uv_is_closing((uv_handle_t *)&c->tcp))
+        uv_close((uv_handle_t *)&c->tcp, uvs__conn_closed_cb);
+}
+
+uvs_conn_t *uvs__conn_new(uvs_loop_t *loop, void *data, int *err) {
+    uvs_conn_t *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        *err = UV_ENOMEM;
+        return NULL;
+    }
+    int r = uv_tcp_init(&loop->uv, &c->tcp);
+    if (r != 0) {
+        free(c);
+        *err = r;
+        return NULL;
+    }
+    c->tcp.data = c;
+    c->loop = loop;
+    c->data = data;
+    c->high = 64 * 1024;
+    c->low = 16 * 1024;
+    uvs__link_add(loop, &c->link, UVS__OBJ_CONN);
+    *err = 0;
+    return c;
+}
+
+/* ---- timers ------------------------------------------------------------------------------- */
+
+static void uvs__read_timeout_cb(uv_timer_t *t) {
+    uvs_conn_t *c = t->data;
+    uvs__conn_fail(c, UVS_EV_READ_TIMEOUT, UV_ETIMEDOUT, UVS_ACT_READ);
+    uvs__flush_dirty(c->loop);
+}
+
+static void uvs__write_timeout_cb(uv_timer_t *t) {
+    uvs_conn_t *c = t->data;
+    uvs__conn_fail(c, UVS_EV_WRITE_TIMEOUT, UV_ETIMEDOUT, UVS_ACT_WRITE);
+    uvs__flush_dirty(c->loop);
+}
+
+static void uvs__rearm_read_timer(uvs_conn_t *c) {
+    if (c->read_timeout_ms == 0 || !(c->state & UVS__C_READING))
+        return;
+    int r = uvs__timer_arm(c, &c->rtimer, c->read_timeout_ms, uvs__read_timeout_cb);
+    if (r != 0)
+        uvs__conn_fail(c, UVS_EV_ERROR, r, UVS_ACT_READ);
+}
+
+static void uvs__rearm_write_timer(uvs_conn_t *c) {
+    if (c->write_timeout_ms == 0 || c->inflight == 0)
+        return;
+    int r = uvs__timer_arm(c, &c->wtimer, c->write_timeout_ms, uvs__write_timeout_cb);
+    if (r != 0)
+        uvs__conn_fail(c, UVS_EV_ERROR, r, UVS_ACT_WRITE);
+}
+
+/* ---- reading ------------------------------------------------------------------------------ */
+
+static void uvs__alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
+    uvs_conn_t *c = h->data;
+    (void)suggested;
+    buf->base = c->loop->rbuf;
+    buf->len = UVS__READ_BUF_SIZE;
+}
+
+static void uvs__read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
+    uvs_conn_t *c = s->data;
+    uvs_loop_t *loop = c->loop;
+    if (nread == 0 || (c->state & UVS__C_CLOSING))
+        return;
+    if (nread > 0) {
+        uvs__rearm_read_timer(c);
+        if (c->tls != NULL)
+            uvs__tls_on_read(c, buf->base, (size_t)nread);
+        else
+            uvs__conn_deliver(c, buf->base, (size_t)nread);
+    } else if (nread == UV_EOF) {
+        c->state |= UVS__C_EOF;
+        (void)uv_read_stop(s);
+        c->state &= ~(unsigned)UVS__C_READING;
+        uvs__timer_disarm(c->rtimer);
+        if (c->tls != NULL)
+            uvs__tls_on_eof(c);
+        else
+            uvs__emit(c, UVS_EV_EOF, 0, UVS_ACT_READ);
+    } else {
+        uvs__conn_fail(c, UVS_EV_ERROR, (int)nread, UVS_ACT_READ);
+    }
+    uvs__flush_dirty(loop);
+}
+
+static void uvs__conn_start_reading(uvs_conn_t *c) {
+    if (c->state & (UVS__C_READING | UVS__C_PAUSED | UVS__C_EOF | UVS__C_CLOSING |
+                    UVS__C_CLOSE_WANTED))
+        return;
+    if (!(c->state & UVS__C_CONNECTED))
+        return;
+    int r = uv_read_start((uv_stream_t *)&c->tcp, uvs__alloc_cb, uvs__read_cb);
+    if (r != 0) {
+        uvs__conn_fail(c, UVS_EV_ERROR, r, UVS_ACT_READ);
+        return;
+    }
+    c->state |= UVS__C_READING;
+    uvs__rearm_read_timer(c);
+}
+
+static void uvs__conn_stop_reading(uvs_conn_t *c) {
+    if (c->state & UVS__C_READING) {
+        (void)uv_read_stop((uv_stream_t *)&c->tcp);
+        c->state &= ~(unsigned)UVS__C_READING;
+    }
+    uvs__timer_disarm(c->rtimer);
+}
+
+int uvs_conn_pause(uvs_conn_t *c) {
+    if (c->state & UVS__C_CLOSING)
+        return UV_EBADF;
+    c->state |= UVS__C_PAUSED;
+    uvs__conn_stop_reading(c);
+    return 0;
+}
+
+int uvs_conn_resume(uvs_conn_t *c) {
+    if (c->state & UVS__C_CLOSING)
+        return UV_EBADF;
+    if (!(c->state & UVS__C_PAUSED))
+        return 0;
+    c->state &= ~(unsigned)UVS__C_PAUSED;
+    uvs__conn_start_reading(c);
+    /* plaintext the engine still holds (it stops delivering while paused) goes out now */
+    if (c->tls != NULL && !(c->state & UVS__C_CLOSING))
+        uvs__tls_resume(c);
+    return 0;
+}
+
+/* Called by the engine after it changed what it wants from the socket (attach/detach). */
+void uvs__conn_reading_changed(uvs_conn_t *c) { uvs__conn_start_reading(c); }
+
+/* ---- writing ------------------------------------------------------------------------------ */
+
+static void uvs__write_cb(uv_write_t *req, int status) {
+    uvs__wreq_t *w = (uvs__wreq_t *)req;
+    uvs_conn_t *c = w->conn;
+    c->inflight -= w->len;
+    c->pending_reqs--;
+    free(w->alloc);
+    free(w);
+    if (c->state & UVS__C_CLOSING) {
+        uvs__conn_maybe_free(c);
+        return;
+    }
+    if (status < 0) {
+        uvs__conn_fail(c, UVS_EV_ERROR, status, UVS_ACT_WRITE);
+        uvs__flush_dirty(c->loop);
+        return;
+    }
+    if (c->inflight > 0)
+        uvs__rearm_write_timer(c);
+    uvs__conn_maybe_finish(c);
+    uvs__flush_dirty(c->loop);
+}
+
+/* Send n bytes at p. `alloc` is a heap block that contains them and that this function now
+ * owns (it is freed when no longer needed), or NULL when p must be copied if it cannot all be
+ * written at once. Returns 0 or a uv error (the connection has then failed). */
+static int uvs__send(uvs_conn_t *c, char *alloc, const char *p, size_t n) {
+    if (c->inflight == 0) {
+        uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
+        int r = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+        if (r >= 0) {
+            p += r;
+            n -= (size_t)r;
+        } else if (r != UV_EAGAIN && r != UV_ENOSYS) {
+            free(alloc);
+            uvs__conn_fail(c, UVS_EV_ERROR, r, UVS_ACT_WRITE);
+            return r;
+        }
+        if (n == 0) {
+            free(alloc);
+            return 0;
+        }
+    }
+    uvs__wreq_t *w = malloc(sizeof(*w));
+    if (w != NULL && alloc == NULL) {
+        alloc = malloc(n);
+        if (alloc != NULL) {
+            memcpy(alloc, p, n);
+            p = alloc;
+        }
+    }
+    if (w == NULL || alloc == NULL) {
+        free(w);
+        free(alloc);
+        uvs__conn_fail(c, UVS_EV_ERROR, UV_ENOMEM, UVS_ACT_WRITE);
+        return UV_ENOMEM;
+    }
+    w->conn = c;
+    w->alloc = alloc;
+    w->len = n;
+    uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
+    int r = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, uvs__write_cb);
+    if (r != 0) {
+        free(alloc);
+        free(w);
+        uvs__conn_fail(c, UVS_EV_ERROR, r, UVS_ACT_WRITE);
+        return r;
+    }
+    c->pending_reqs++;
+    c->inflight += n;
+    if (c->wtimer == NULL || !uv_is_active((uv_handle_t *)c->wtimer))
+        uvs__rearm_write_timer(c);
+    return 0;
+}
+
+int uvs__conn_send(uvs_conn_t *c, const char *p, size_t n) { return uvs__send(c, NULL, p, n); }
+
+int uvs__conn_send_owned(uvs_conn_t *c, char *base, size_t n) { return uvs__send(c, base, base, n); }
+
+void uvs__conn_flush(uvs_conn_t *c) {
+    if ((c->state & UVS__C_CLOSING) || !(c->state & UVS__C_CONNECTED))
+        return;
+    if (c->tls != NULL) {
+        uvs__tls_flush(c);
+    } else if (c->out.len > 0) {
+        /* hand the whole buffer over; the next write starts a fresh one */
+        char *base = c->out.base;
+        size_t len = c->out.len;
+        c->out.base = NULL;
+        c->out.len = c->out.cap = 0;
+        if (uvs__conn_send_owned(c, base, len) != 0)
+            return;
+    }
+    if (!(c->state & UVS__C_CLOSING))
+        uvs__conn_maybe_finish(c);
+}
+
+static void uvs__shutdown_cb(uv_shutdown_t *req, int status) {
+    uvs_conn_t *c = req->data;
+    free(req);
+    c->pending_reqs--;
+    if (c->state & UVS__C_CLOSING) {
+        uvs__conn_maybe_free(c);
+        return;
+    }
+    if (status < 0 && status != UV_ECANCELED)
+        uvs__conn_fail(c, UVS_EV_ERROR, status, UVS_ACT_SHUTDOWN);
+    uvs__flush_dirty(c->loop);
+}
+
+void uvs__conn_maybe_finish(uvs_conn_t *c) {
+    size_t pending = uvs_conn_write_buffer_size(c);
+    if ((c->state & UVS__C_ABOVE_HIGH) && pending <= c->low) {
+        c->state &= ~(unsigned)UVS__C_ABOVE_HIGH;
+        if (c->user_flags & UVS_CF_NOTIFY_DRAIN)
+            uvs__emit(c, UVS_EV_DRAIN, 0, 0);
+        if (c->state & UVS__C_CLOSING)
+            return;
+    }
+    if (pending > 0)
+        return;
+    uvs__timer_disarm(c->wtimer);
+    if ((c->user_flags & UVS_CF_NOTIFY_WRITTEN) && !(c->state & UVS__C_WRITTEN_TOLD)) {
+        c->state |= UVS__C_WRITTEN_TOLD;
+        uvs__emit(c, UVS_EV_WRITTEN, 0, 0);
+        if (c->state & UVS__C_CLOSING)
+            return;
+        if (uvs_conn_write_buffer_size(c) > 0)
+            return; /* the callback wrote more: finish when that is out */
+    }
+    if (c->tls != NULL && (c->state & (UVS__C_SHUT_WANTED | UVS__C_CLOSE_WANTED)) &&
+        !uvs__tls_close_notify_sent(c))
+        return; /* the engine queues close_notify and calls back into flush */
+    if ((c->state & UVS__C_CLOSE_WANTED)) {
+        uvs__conn_close_now(c);
+        return;
+    }
+    if ((c->state & UVS__C_SHUT_WANTED) && !(c->state & UVS__C_SHUT_SENT)) {
+        uv_shutdown_t *req = malloc(sizeof(*req));
+        if (req == NULL) {
+            uvs__conn_fail(c, UVS_EV_ERROR, UV_ENOMEM, UVS_ACT_SHUTDOWN);
+            return;
+        }
+        req->data = c;
+        int r = uv_shutdown(req, (uv_stream_t *)&c->tcp, uvs__shutdown_cb);
+        if (r != 0) {
+            free(req);
+            uvs__conn_fail(c, UVS_EV_ERROR, r, UVS_ACT_SHUTDOWN);
+            return;
+        }
+        c->pending_reqs++;
+        c->state |= UVS__C_SHUT_SENT;
+    }
+}
+
+int uvs_conn_write(uvs_conn_t *c, const char *buf, size_t len) {
+    if (c->state & (UVS__C_CLOSING | UVS__C_CLOSE_WANTED | UVS__C_SHUT_WANTED))
+        return UV_EPIPE;
+    int r = uvs__buf_append(&c->out, buf, len);
+    if (r != 0)
+        return r;
+    c->state &= ~(unsigned)UVS__C_WRITTEN_TOLD;
+    uvs__mark_dirty(c);
+    if (uvs_conn_write_buffer_size(c) > c->high) {
+        c->state |= UVS__C_ABOVE_HIGH;
+        return 1;
+    }
+    return 0;
+}
+
+size_t uvs_conn_write_buffer_size(const uvs_conn_t *c) {
+    size_t n = c->out.len + c->inflight;
+    if (c->tls != NULL)
+        n += uvs__tls_pending(c);
+    return n;
+}
+
+int uvs_conn_set_limits(uvs_conn_t *c, size_t high, size_t low) {
+    if (low > high)
+        return UV_EINVAL;
+    c->high = high;
+    c->low = low;
+    if (c->state & UVS__C_ABOVE_HIGH)
+        uvs__mark_dirty(c); /* re-evaluate drain against the new low mark */
+    else if (uvs_conn_write_buffer_size(c) > high)
+        c->state |= UVS__C_ABOVE_HIGH;
+    return 0;
+}
+
+void uvs_conn_set_flags(uvs_conn_t *c, int flags) { c->user_flags = flags; }
+
+int uvs_conn_set_timeouts(uvs_conn_t *c, double read_s, double write_s) {
+    if (read_s < 0 || write_s < 0)
+        return UV_EINVAL;
+    c->read_timeout_ms = (uint64_t)(read_s * 1000.0 + 0.5);
+    c->write_timeout_ms = (uint64_t)(write_s * 1000.0 + 0.5);
+    if (read_s > 0 && c->read_timeout_ms == 0)
+        c->read_timeout_ms = 1;
+    if (write_s > 0 && c->write_timeout_ms == 0)
+        c->write_timeout_ms = 1;
+    if (c->read_timeout_ms == 0)
+        uvs__timer_disarm(c->rtimer);
+    else
+        uvs__rearm_read_timer(c);
+    if (c->write_timeout_ms == 0)
+        uvs__timer_disarm(c->wtimer);
+    else
+        uvs__rearm_write_timer(c);
+    return 0;
+}
+
+/* ---- closing ------------------------------------------------------------------------------ */
+
+int uvs_conn_close(uvs_conn_t *c, int force) {
+    if (c->state & UVS__C_CLOSING)
+        return 0;
+    if (force || !(c->state & UVS__C_CONNECTED)) {
+        uvs__conn_close_now(c);
+        return 0;
+    }
+    c->state |= UVS__C_CLOSE_WANTED;
+    uvs__conn_stop_reading(c);
+    uvs__mark_dirty(c);
+    return 0;
+}
+
+int uvs_conn_shutdown(uvs_conn_t *c) {
+    if (c->state & (UVS__C_CLOSING | UVS__C_CLOSE_WANTED))
+        return UV_EBADF;
+    c->state |= UVS__C_SHUT_WANTED;
+    uvs__mark_dirty(c);
+    return 0;
+}
+
+/* ---- connecting --------------------------------------------------------------------------- */
+
+static void uvs__connected(uvs_conn_t *c) {
+    c->state &= ~(unsigned)UVS__C_CONNECTING;
+    c->state |= UVS__C_CONNECTED;
+    if (c->ai_head != NULL) {
+        uv_freeaddrinfo(c->ai_head);
+        c->ai_head = c->ai_next = NULL;
+    }
+    int r = uv_tcp_nodelay(&c->tcp, 1);
+    if (r != 0) {
+        uvs__conn_fail(c, UVS_EV_ERROR, r, UVS_ACT_CONNECT);
+        return;
+    }
+    uvs__conn_start_reading(c);
+    if (c->state & UVS__C_CLOSING)
+        return;
+    if (c->tls == NULL)
+        uvs__emit(c, UVS_EV_CONNECT, 0, UVS_ACT_CONNECT);
+    uvs__mark_dirty(c); /* sends data= and early writes; a TLS engine starts its handshake */
+}
+
+static void uvs__reconnect_closed_cb(uv_handle_t *h) {
+    uvs_conn_t *c = h->data;
+    c->state &= ~(unsigned)UVS__C_RECONNECT;
+    if (c->state & UVS__C_CLOSING) {
+        c->state |= UVS__C_CLOSED;
+        uvs__conn_maybe_free(c);
+        return;
+    }
+    int r = uv_tcp_init(&c->loop->uv, &c->tcp);
+    if (r != 0) {
+        /* the handle is dead: report, then finish as if it had closed */
+        c->state |= UVS__C_CLOSING | UVS__C_CLOSED;
+        uvs__link_del(&c->link);
+        uvs__emit(c, UVS_EV_ERROR, r, UVS_ACT_CONNECT);
+        uvs__conn_maybe_free(c);
+        return;
+    }
+    c->tcp.data = c;
+    struct addrinfo *ai = c->ai_next;
+    c->ai_next = ai->ai_next;
+    r = uvs__conn_try_connect(c, ai->ai_addr);
+    if (r != 0)
+        uvs__conn_fail(c, UVS_EV_ERROR, r, UVS_ACT_CONNECT);
+    uvs__flush_dirty(c->loop);
+}
+
+static void uvs__connect_cb(uv_connect_t *req, int status) {
+    uvs_conn_t *c = req->data;
+    free(req);
+    c->pending_reqs--;
+    if (c->state & UVS__C_CLOSING) {
+        uvs__conn_maybe_free(c);
+        return;
+    }
+    if (status == 0) {
+        uvs__connected(c);
+    } else if (c->ai_next != NULL && status != UV_ECANCELED) {
+        c->state |= UVS__C_RECONNECT;
+        uv_close((uv_handle_t *)&c->tcp, uvs__reconnect_closed_cb);
+    } else {
+        uvs__conn_fail(c, UVS_EV_ERROR, status, UVS_ACT_CONNECT);
+    }
+    uvs__flush_dirty(c->loop);
+}
+
+static int uvs__conn_try_connect(uvs_conn_t *c, const struct sockaddr *addr) {
+    uv_connect_t *req = malloc(sizeof(*req));
+    if (req == NULL)
+        return UV_ENOMEM;
+    req->data = c;
+    int r = uv_tcp_connect(req, &c->tcp, addr, uvs__connect_cb);
+    if (r != 0) {
+        free(req);
+        return r;
+    }
+    c->pending_reqs++;
+    c->state |= UVS__C_CONNECTING;
+    return 0;
+}
+
+static void uvs__resolved_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
+    uvs_conn_t *c = req->data;
+    free(req);
+    c->pending_reqs--;
+    c->state &= ~(unsigned)UVS__C_RESOLVING;
+    if (c->state & UVS__C_CLOSING) {
+        if (res != NULL)
+            uv_freeaddrinfo(res);
+        uvs__conn_maybe_free(c);
+        return;
+    }
+    if (status != 0 || res == NULL) {
+        if (res != NULL)
+            uv_freeaddrinfo(res);
+        uvs__conn_fail(c, UVS_EV_ERROR, status ? status : UV_EAI_NONAME, UVS_ACT_RESOLVE);
+        uvs__flush_dirty(c->loop);
+        return;
+    }
+    c->ai_head = res;
+    c->ai_next = res->ai_next;
+    int r = uvs__conn_try_connect(c, res->ai_addr);
+    if (r != 0)
+        uvs__conn_fail(c, UVS_EV_ERROR, r, UVS_ACT_CONNECT);
+    uvs__flush_dirty(c->loop);
+}
+
+uvs_conn_t *uvs_conn_connect(uvs_loop_t *loop, void *data, const char *host, int port, int *err) {
+    if (port < 0 || port > 65535) {
+        *err = UV_EINVAL;
+        return NULL;
+    }
+    uvs_conn_t *c = uvs__conn_new(loop, data, err);
+    if (c == NULL)
+        return NULL;
+    struct sockaddr_in6 a6;
+    struct sockaddr_in a4;
+    int r;
+    if (uv_ip4_addr(host, port, &a4) == 0) {
+        r = uvs__conn_try_connect(c, (const struct sockaddr *)&a4);
+    } else if (uv_ip6_addr(host, port, &a6) == 0) {
+        r = uvs__conn_try_connect(c, (const struct sockaddr *)&a6);
+    } else {
+        uv_getaddrinfo_t *req = malloc(sizeof(*req));
+        char service[8];
+        struct addrinfo hints;
+        memset(&hints, 0, sizeof(hints));
+        hints.ai_family = AF_UNSPEC;
+        hints.ai_socktype = SOCK_STREAM;
+        hints.ai_protocol = IPPROTO_TCP;
+        hints.ai_flags = AI_NUMERICSERV;
+        snprintf(service, sizeof(service), "%d", port);
+        if (req == NULL) {
+            r = UV_ENOMEM;
+        } else {
+            req->data = c;
+            r = uv_getaddrinfo(&loop->uv, req, uvs__resolved_cb, host, service, &hints);
+            if (r != 0)
+                free(req);
+            else {
+                c->pending_reqs++;
+                c->state |= UVS__C_RESOLVING;
+            }
+        }
+    }
+    if (r != 0) {
+        c->data = NULL; /* never reported: the caller raises instead */
+        uvs__conn_close_now(c);
+        *err = r;
+        return NULL;
+    }
+    *err = 0;
+    return c;
+}
+
+uvs_conn_t *uvs_conn_open(uvs_loop_t *loop, void *data, int fd, int *err) {
+    uvs_conn_t *c = uvs__conn_new(loop, data, err);
+    if (c == NULL)
+        return NULL;
+    /* The embedding checked that fd is a connected stream socket. On failure uv_tcp_open has
+     * not taken the descriptor, so the caller keeps it. */
+    int r = uv_tcp_open(&c->tcp, (uv_os_sock_t)fd);
+    if (r != 0) {
+        c->data = NULL;
+        uvs__conn_close_now(c);
+        *err = r;
+        return NULL;
+    }
+    c->state |= UVS__C_CONNECTED;
+    (void)uv_tcp_nodelay(&c->tcp, 1); /* best effort: an adopted socket may refuse it */
+    uvs__conn_start_reading(c);
+    *err = 0;
+    return c;
+}
+
+/* ---- accessors ---------------------------------------------------------------------------- */
+
+void uvs_conn_set_data(uvs_conn_t *c, void *data) { c->data = data; }
+
+int uvs_conn_state(const uvs_conn_t *c) { return (int)c->state; }
+
+int uvs_conn_nodelay(uvs_conn_t *c, int on) {
+    if (c->state & UVS__C_CLOSING)
+        return UV_EBADF;
+    return uv_tcp_nodelay(&c->tcp, on);
+}
+
+int uvs_conn_keepalive(uvs_conn_t *c, int on, unsigned delay) {
+    if (c->state & UVS__C_CLOSING)
+        return UV_EBADF;
+    return uv_tcp_keepalive(&c->tcp, on, delay);
+}
+
+int uvs_conn_fileno(uvs_conn_t *c) {
+    uv_os_fd_t fd;
+    if (c->state & UVS__C_CLOSING)
+        return UV_EBADF;
+    int r = uv_fileno((uv_handle_t *)&c->tcp, &fd);
+    return r != 0 ? r : (int)fd;
+}
+
+static int uvs__format_addr(const struct sockaddr_storage *ss, char *host, size_t hostlen,
+                            int *port) {
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
+        *port = ntohs(a->sin_port);
+        return uv_ip4_name(a, host, hostlen);
+    }
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
+        *port = ntohs(a->sin6_port);
+        return uv_ip6_name(a, host, hostlen);
+    }
+    return UV_EAFNOSUPPORT;
+}
+
+int uvs_conn_address(uvs_conn_t *c, int peer, char *host, size_t hostlen, int *port) {
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    if (c->state & UVS__C_CLOSING)
+        return UV_EBADF;
+    int r = peer ? uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len)
+                 : uv_tcp_getsockname(&c->tcp, (struct sockaddr *)&ss, &len);
+    if (r != 0)
+        return r;
+    return uvs__format_addr(&ss, host, hostlen, port);
+}
+
+/* ---- servers ------------------------------------------------------------------------------ */
+
+static void uvs__connection_cb(uv_stream_t *ls, int status) {
+    uvs_server_t *s = ls->data;
+    uvs_loop_t *loop = s->loop;
+    if (s->closing)
+        return;
+    if (status < 0) {
+        if (s->data != NULL)
+            uvs__cb.on_event(s->data, UVS_EV_ERROR, status, UVS_ACT_ACCEPT);
+        uvs__flush_dirty(loop);
+        return;
+    }
+    int err;
+    uvs_conn_t *c = uvs__conn_new(loop, NULL, &err);
+    if (c == NULL) {
+        if (s->data != NULL)
+            uvs__cb.on_event(s->data, UVS_EV_ERROR, err, UVS_ACT_ACCEPT);
+        return;
+    }
+    err = uv_accept(ls, (uv_stream_t *)&c->tcp);
+    if (err != 0) {
+        uvs__conn_close_now(c);
+        return;
+    }
+    c->state |= UVS__C_CONNECTED;
+    (void)uv_tcp_nodelay(&c->tcp, 1); /* best effort, as every accepted socket supports it */
+    if (s->tls_ctx != NULL) {
+        err = uvs__tls_attach_accepted(c, s);
+        if (err != 0) {
+            uvs__conn_close_now(c);
+            if (s->data != NULL)
+                uvs__cb.on_event(s->data, UVS_EV_ERROR, err, UVS_ACT_ACCEPT);
+            uvs__flush_dirty(loop);
+            return;
+        }
+    }
+    uvs__cb.on_accept(s->data, c);
+    if (c->data == NULL) {
+        uvs__conn_close_now(c); /* the embedding refused it (or failed) */
+    } else if (!(c->state & UVS__C_CLOSING)) {
+        uvs__conn_start_reading(c);
+        if (c->tls != NULL)
+            uvs__mark_dirty(c); /* the flush arms the handshake timer */
+    }
+    uvs__flush_dirty(loop);
+}
+
+static void uvs__server_closed_cb(uv_handle_t *h) {
+    uvs_server_t *s = h->data;
+    uvs__server_free_tls(s);
+    if (s->data != NULL)
+        uvs__cb.on_event(s->data, UVS_EV_CLOSED, 0, 0);
+    free(s);
+}
+
+uvs_server_t *uvs_server_new(uvs_loop_t *loop, void *data, const char *ip, int port, int backlog,
+                             int reuse_port, int *err) {
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    if (port < 0 || port > 65535) {
+        *err = UV_EINVAL;
+        return NULL;
+    }
+    if (uv_ip4_addr(ip, port, (struct sockaddr_in *)&ss) != 0 &&
+        uv_ip6_addr(ip, port, (struct sockaddr_in6 *)&ss) != 0) {
+        *err = UV_EINVAL;
+        return NULL;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        *err = uv_translate_sys_error(errno);
+        return NULL;
+    }
+    int one = 1;
+    socklen_t alen = ss.ss_family == AF_INET ? sizeof(struct sockaddr_in)
+                                             : sizeof(struct sockaddr_in6);
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        (reuse_port && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) ||
+        bind(fd, (struct sockaddr *)&ss, alen) != 0) {
+        *err = uv_translate_sys_error(errno);
+        close(fd);
+        return NULL;
+    }
+    uvs_server_t *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        close(fd);
+        *err = UV_ENOMEM;
+        return NULL;
+    }
+    int r = uv_tcp_init(&loop->uv, &s->tcp);
+    if (r != 0) {
+        close(fd);
+        free(s);
+        *err = r;
+        return NULL;
+    }
+    s->tcp.data = s;
+    s->loop = loop;
+    r = uv_tcp_open(&s->tcp, fd);
+    if (r != 0)
+        close(fd); /* not taken: still ours */
+    else
+        r = uv_listen((uv_stream_t *)&s->tcp, backlog < 0 ? SOMAXCONN : backlog,
+                      uvs__connection_cb); /* on failure uv_close below closes fd */
+    if (r != 0) {
+        uv_close((uv_handle_t *)&s->tcp, uvs__server_closed_cb);
+        *err = r;
+        return NULL;
+    }
+    s->data = data;
+    uvs__link_add(loop, &s->link, UVS__OBJ_SERVER);
+    *err = 0;
+    return s;
+}
+
+int uvs_server_port(uvs_server_t *s) {
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    char host[64];
+    int port = 0;
+    int r = uv_tcp_getsockname(&s->tcp, (struct sockaddr *)&ss, &len);
+    if (r != 0)
+        return r;
+    r = uvs__format_addr(&ss, host, sizeof(host), &port);
+    return r != 0 ? r : port;
+}
+
+int uvs_server_fileno(uvs_server_t *s) {
+    uv_os_fd_t fd;
+    int r = uv_fileno((uv_handle_t *)&s->tcp, &fd);
+    return r != 0 ? r : (int)fd;
+}
+
+void uvs_server_close(uvs_server_t *s) {
+    if (s->closing)
+        return;
+    s->closing = 1;
+    uvs__link_del(&s->link);
+    uv_close((uv_handle_t *)&s->tcp, uvs__server_closed_cb);
+}

@@ -1,0 +1,315 @@
+/*
+ * tls_conn.c: a TLS engine attached to a TCP connection.
+ *
+ * Theory of operation
+ * -------------------
+ * tcp.c calls the hooks here whenever a connection has an engine (c->tls != NULL):
+ *
+ *   read:    ciphertext from libuv's shared read buffer is offered to the engine, which is
+ *            pumped: handshake steps, then SSL_read into the loop's shared plaintext buffer
+ *            until it has nothing more. All the plaintext one read made available reaches the
+ *            embedding in one on_read call (64 KiB at most per call). After every step the
+ *            ciphertext the engine produced is sent, data or not (alerts, KeyUpdate replies,
+ *            session tickets).
+ *   flush:   the plaintext the application wrote during a callback (c->out) goes through one
+ *            SSL_write, so one callback's writes become one run of records and one syscall.
+ *            Before the handshake completes nothing is encrypted: early writes wait in c->out
+ *            and leave, in order, right after it. A graceful close or a "write" shutdown sends
+ *            close_notify once everything before it has been encrypted.
+ *   EOF:     a FIN without close_notify is truncation (UVS_EV_TLS_CLOSED, status 1); during the
+ *            handshake it is a handshake failure.
+ *   failure: the alert OpenSSL wrote is sent first, then the connection closes gracefully, so
+ *            the peer learns why instead of seeing a bare TCP close.
+ *
+ * The peer's close_notify is answered with ours at once (UVS_EV_TLS_CLOSED, status 0) and the
+ * TCP connection stays open: the application may close it, or detach and go on in plaintext.
+ * Detaching (uvs_conn_detach_tls) sends close_notify and waits for the peer's; bytes after the
+ * peer's close_notify are plaintext and are delivered as such once the engine is gone.
+ *
+ * A handshake timeout, when set, runs from the moment the handshake starts until it completes.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "tls.h"
+
+static void uvs__tls_push(uvs_conn_t *c);
+
+/* ---- helpers ------------------------------------------------------------------------------ */
+
+static char *uvs__plain_buf(uvs_loop_t *loop) {
+    if (loop->pbuf == NULL)
+        loop->pbuf = malloc(UVS__READ_BUF_SIZE);
+    return loop->pbuf;
+}
+
+/* Send whatever ciphertext the engine produced, handing over its buffer. */
+static void uvs__tls_push(uvs_conn_t *c) {
+    uvs_tls_t *t = c->tls;
+    if (t->out.len == 0 || (c->state & UVS__C_CLOSING))
+        return;
+    char *base = t->out.base;
+    size_t len = t->out.len;
+    t->out.base = NULL;
+    t->out.len = t->out.cap = 0;
+    (void)uvs__conn_send_owned(c, base, len); /* on failure the connection has failed */
+}
+
+static void uvs__tls_fail(uvs_conn_t *c, int kind, int action) {
+    uvs__tls_push(c); /* the alert, if OpenSSL wrote one */
+    uvs__timer_disarm(c->tls->htimer);
+    if (c->state & UVS__C_CLOSING)
+        return;
+    (void)uvs_conn_close(c, 0); /* graceful: the alert leaves before the FIN */
+    uvs__emit(c, kind, 0, action);
+}
+
+/* Both close_notify sent: a detach ends here and the engine goes away. */
+static void uvs__tls_finish_detach(uvs_conn_t *c) {
+    uvs_tls_t *t = c->tls;
+    c->tls = NULL;
+    /* anything after the peer's close_notify is plaintext */
+    uvs__buf_t rest = t->in_keep;
+    t->in_keep.base = NULL;
+    t->in_keep.len = t->in_keep.cap = 0;
+    uvs__timer_release(c, &t->htimer);
+    uvs__tls_free(t);
+    uvs__emit(c, UVS_EV_TLS_DETACHED, 0, 0);
+    if (rest.len > 0 && !(c->state & UVS__C_CLOSING))
+        uvs__conn_deliver(c, rest.base, rest.len);
+    uvs__buf_free(&rest);
+    uvs__mark_dirty(c); /* writes made meanwhile now go out in plaintext */
+}
+
+/* Make all the progress the offered input allows. */
+static void uvs__tls_pump(uvs_conn_t *c) {
+    uvs_tls_t *t = c->tls;
+    char *pbuf = uvs__plain_buf(c->loop);
+    if (pbuf == NULL) {
+        uvs__conn_fail(c, UVS_EV_ERROR, UV_ENOMEM, UVS_ACT_TLS_READ);
+        return;
+    }
+    for (;;) {
+        if ((c->state & UVS__C_CLOSING) || c->tls != t)
+            return;
+        if (t->state == UVS_TLS_OPEN && (c->state & UVS__C_PAUSED))
+            return; /* resumed later by uvs__tls_resume */
+        size_t got = 0;
+        int was_handshaking = t->state == UVS_TLS_HANDSHAKING;
+        int r = uvs__tls_step(t, pbuf, UVS__READ_BUF_SIZE, &got);
+        uvs__tls_push(c);
+        switch (r) {
+        case UVS__TLS_R_AGAIN:
+            return;
+        case UVS__TLS_R_HANDSHAKE:
+            uvs__timer_disarm(t->htimer);
+            uvs__emit(c, UVS_EV_CONNECT, 0, UVS_ACT_HANDSHAKE);
+            uvs__mark_dirty(c); /* writes queued during the handshake */
+            break;
+        case UVS__TLS_R_DATA:
+            uvs__conn_deliver(c, pbuf, got);
+            break;
+        case UVS__TLS_R_CLOSED:
+            (void)uvs__tls_close_notify(t);
+            t->state = UVS_TLS_DONE;
+            uvs__tls_push(c);
+            if (t->detaching) {
+                uvs__tls_finish_detach(c);
+                return;
+            }
+            uvs__emit(c, UVS_EV_TLS_CLOSED, 0, UVS_ACT_TLS_READ);
+            return;
+        default: /* UVS__TLS_R_ERROR */
+            uvs__tls_fail(c, UVS_EV_TLS_ERROR,
+                          was_handshaking ? UVS_ACT_HANDSHAKE : UVS_ACT_TLS_READ);
+            return;
+        }
+    }
+}
+
+static void uvs__handshake_timeout_cb(uv_timer_t *timer) {
+    uvs_conn_t *c = timer->data;
+    uvs__conn_fail(c, UVS_EV_HANDSHAKE_TIMEOUT, UV_ETIMEDOUT, UVS_ACT_HANDSHAKE);
+    uvs__flush_dirty(c->loop);
+}
+
+/* ---- hooks for tcp.c ---------------------------------------------------------------------- */
+
+void uvs__tls_on_read(uvs_conn_t *c, const char *p, size_t n) {
+    uvs_tls_t *t = c->tls;
+    uvs__tls_offer(t, p, n);
+    uvs__tls_pump(c);
+    if (c->tls == t) {
+        uvs__tls_settle(t);
+        if (t->state == UVS_TLS_FAILED && !(c->state & (UVS__C_CLOSING | UVS__C_CLOSE_WANTED)))
+            uvs__tls_fail(c, UVS_EV_TLS_ERROR, UVS_ACT_TLS_READ); /* out of memory keeping input */
+    }
+}
+
+void uvs__tls_resume(uvs_conn_t *c) {
+    uvs_tls_t *t = c->tls;
+    if (t->state != UVS_TLS_OPEN)
+        return;
+    uvs__tls_offer(t, NULL, 0);
+    uvs__tls_pump(c);
+    if (c->tls == t)
+        uvs__tls_settle(t);
+}
+
+void uvs__tls_on_eof(uvs_conn_t *c) {
+    uvs_tls_t *t = c->tls;
+    switch (t->state) {
+    case UVS_TLS_HANDSHAKING:
+        t->state = UVS_TLS_FAILED;
+        t->err_ssl = SSL_ERROR_SYSCALL;
+        t->err_sys = UV_EOF;
+        t->err_count = 0;
+        t->verify_result = SSL_get_verify_result(t->ssl);
+        uvs__tls_fail(c, UVS_EV_TLS_ERROR, UVS_ACT_HANDSHAKE);
+        break;
+    case UVS_TLS_OPEN:
+        /* no close_notify: the peer may have been cut off; the data may be truncated */
+        uvs__timer_disarm(t->htimer);
+        (void)uvs_conn_close(c, 0);
+        uvs__emit(c, UVS_EV_TLS_CLOSED, 1, UVS_ACT_TLS_READ);
+        break;
+    case UVS_TLS_DONE:
+        uvs__emit(c, UVS_EV_EOF, 0, UVS_ACT_READ);
+        break;
+    default:
+        break;
+    }
+}
+
+void uvs__tls_on_close(uvs_conn_t *c) { uvs__timer_release(c, &c->tls->htimer); }
+
+void uvs__tls_flush(uvs_conn_t *c) {
+    uvs_tls_t *t = c->tls;
+    if (t->state == UVS_TLS_HANDSHAKING && !t->started) {
+        t->started = 1;
+        if (t->handshake_timeout_ms > 0) {
+            int r = uvs__timer_arm(c, &t->htimer, t->handshake_timeout_ms,
+                                   uvs__handshake_timeout_cb);
+            if (r != 0) {
+                uvs__conn_fail(c, UVS_EV_ERROR, r, UVS_ACT_HANDSHAKE);
+                return;
+            }
+        }
+        uvs__tls_offer(t, NULL, 0);
+        uvs__tls_pump(c); /* a client sends its hello now */
+        if (c->tls != t)
+            return;
+        uvs__tls_settle(t);
+        if (c->state & UVS__C_CLOSING)
+            return;
+    }
+    if (t->state == UVS_TLS_OPEN && !t->close_notify_sent) {
+        while (c->out.len > 0) {
+            size_t used = 0;
+            if (uvs__tls_encrypt(t, c->out.base, c->out.len, &used) != 0) {
+                uvs__tls_fail(c, UVS_EV_TLS_ERROR, UVS_ACT_TLS_WRITE);
+                return;
+            }
+            if (used == 0)
+                break;
+            uvs__buf_consume(&c->out, used);
+        }
+        if (c->out.len == 0 &&
+            (t->detaching || (c->state & (UVS__C_SHUT_WANTED | UVS__C_CLOSE_WANTED))))
+            (void)uvs__tls_close_notify(t);
+    } else if (t->state == UVS_TLS_FAILED) {
+        uvs__buf_consume(&c->out, c->out.len); /* nothing can carry it any more */
+    }
+    uvs__tls_push(c);
+    if (t->detaching && t->state == UVS_TLS_DONE && c->tls == t)
+        uvs__tls_finish_detach(c);
+}
+
+size_t uvs__tls_pending(const uvs_conn_t *c) { return c->tls->out.len; }
+
+int uvs__tls_close_notify_sent(uvs_conn_t *c) {
+    uvs_tls_t *t = c->tls;
+    return t->state != UVS_TLS_OPEN || t->close_notify_sent;
+}
+
+/* ---- public API --------------------------------------------------------------------------- */
+
+int uvs_conn_attach_tls(uvs_conn_t *c, SSL_CTX *ctx, SSL *ssl, int server, double hs_timeout) {
+    if (c->state & (UVS__C_CLOSING | UVS__C_CLOSE_WANTED))
+        return UV_EBADF;
+    if (c->tls != NULL)
+        return UV_EALREADY;
+    int err;
+    uvs_tls_t *t = uvs__tls_new(ctx, ssl, server, &err);
+    if (t == NULL)
+        return err;
+    t->handshake_timeout_ms = hs_timeout > 0 ? (uint64_t)(hs_timeout * 1000.0 + 0.5) : 0;
+    if (hs_timeout > 0 && t->handshake_timeout_ms == 0)
+        t->handshake_timeout_ms = 1;
+    /* plaintext written before the attach leaves before the handshake starts */
+    if (c->out.len > 0 && (c->state & UVS__C_CONNECTED)) {
+        uvs__conn_flush(c);
+        if (c->state & UVS__C_CLOSING) {
+            uvs__tls_free(t);
+            return UV_EBADF;
+        }
+    }
+    c->tls = t;
+    if (c->state & UVS__C_CONNECTED)
+        uvs__mark_dirty(c);
+    return 0;
+}
+
+/* The SSL* of the connection's engine, or NULL. */
+SSL *uvs_conn_ssl(uvs_conn_t *c) { return c->tls != NULL ? c->tls->ssl : NULL; }
+
+int uvs_conn_tls_state(uvs_conn_t *c) { return c->tls != NULL ? c->tls->state : 0; }
+
+int uvs_conn_tls_error(uvs_conn_t *c, unsigned long *codes, int max, int *ssl_err, int *sys_err,
+                       long *verify_result) {
+    uvs_tls_t *t = c->tls;
+    if (t == NULL)
+        return -1;
+    int n = t->err_count < max ? t->err_count : max;
+    memcpy(codes, t->err_codes, (size_t)n * sizeof(codes[0]));
+    *ssl_err = t->err_ssl;
+    *sys_err = t->err_sys;
+    *verify_result = t->verify_result;
+    return n;
+}
+
+int uvs_conn_detach_tls(uvs_conn_t *c) {
+    uvs_tls_t *t = c->tls;
+    if (t == NULL)
+        return UV_EINVAL;
+    if (c->state & (UVS__C_CLOSING | UVS__C_CLOSE_WANTED))
+        return UV_EBADF;
+    if (t->state == UVS_TLS_HANDSHAKING || t->state == UVS_TLS_FAILED)
+        return UV_EPROTO;
+    t->detaching = 1;
+    uvs__mark_dirty(c);
+    return 0;
+}
+
+int uvs_server_set_tls(uvs_server_t *s, SSL_CTX *ctx, double hs_timeout) {
+    if (ctx != NULL && SSL_CTX_up_ref(ctx) != 1)
+        return UV_ENOMEM;
+    if (s->tls_ctx != NULL)
+        SSL_CTX_free(s->tls_ctx);
+    s->tls_ctx = ctx;
+    s->hs_timeout = hs_timeout;
+    return 0;
+}
+
+int uvs__tls_attach_accepted(uvs_conn_t *c, uvs_server_t *s) {
+    int r = uvs_conn_attach_tls(c, s->tls_ctx, NULL, 1, s->hs_timeout);
+    if (r != 0)
+        ERR_clear_error(); /* reported as an accept error; the queue must not linger */
+    return r;
+}
+
+void uvs__server_free_tls(uvs_server_t *s) {
+    if (s->tls_ctx != NULL)
+        SSL_CTX_free(s->tls_ctx);
+    s->tls_ctx = NULL;
+}

@@ -1,0 +1,84 @@
+"""uvssl: high-throughput TCP and TLS networking for Python.
+
+A libuv event loop and an OpenSSL TLS engine run natively in C; Python gets callbacks, socket
+objects, TLS contexts and, when it wants them, the raw ``SSL_CTX*`` / ``SSL*`` handles.
+See README.md for a tour; ``help(uvssl.tcp_connect)`` and friends for the details.
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    DnsError,
+    SocketClosed,
+    SocketError,
+    SslClosed,
+    SslCondition,
+    SslFailure,
+    SslHandshakeTimeout,
+    SslVerificationFailure,
+    SslX509Lookup,
+    TcpEof,
+    TcpError,
+    TcpRefused,
+    TcpSslError,
+    TcpTimeout,
+)
+from .loop import (
+    Loop,
+    Timer,
+    call_threadsafe,
+    delay,
+    exit_event_loop,
+    get_loop,
+    interval,
+    start_event_loop,
+    with_event_loop,
+)
+from .tcp import (
+    AsyncStream,
+    Socket,
+    TcpServer,
+    close_socket,
+    close_tcp_server,
+    tcp_connect,
+    tcp_open,
+    tcp_server,
+    write_socket_data,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncStream",
+    "DnsError",
+    "Loop",
+    "Socket",
+    "SocketClosed",
+    "SocketError",
+    "SslClosed",
+    "SslCondition",
+    "SslFailure",
+    "SslHandshakeTimeout",
+    "SslVerificationFailure",
+    "SslX509Lookup",
+    "TcpEof",
+    "TcpError",
+    "TcpRefused",
+    "TcpServer",
+    "TcpSslError",
+    "TcpTimeout",
+    "Timer",
+    "call_threadsafe",
+    "close_socket",
+    "close_tcp_server",
+    "delay",
+    "exit_event_loop",
+    "get_loop",
+    "interval",
+    "start_event_loop",
+    "tcp_connect",
+    "tcp_open",
+    "tcp_server",
+    "with_event_loop",
+    "write_socket_data",
+]

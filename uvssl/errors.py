@@ -1,0 +1,211 @@
+"""uvssl's exception hierarchy (SPEC S3).
+
+Socket errors carry Allegro CL's identifiers (``"connection-refused"``, ...) next to the errno,
+and are named after cl-async's conditions. TLS errors are also ``SslCondition`` instances, the
+base of LispWorks' classes, and carry Allegro's ``ssl-error`` slots: the operation (``what``),
+the whole OpenSSL error queue (``codes`` and ``strings``) and the verification result.
+
+Every error is delivered to an ``event_cb(ev)`` as an instance; ``ev.socket`` is the socket it
+happened on (or None).
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+from typing import Any, Optional, Sequence
+
+__all__ = [
+    "SocketError",
+    "TcpError",
+    "TcpEof",
+    "TcpTimeout",
+    "TcpRefused",
+    "SocketClosed",
+    "DnsError",
+    "SslCondition",
+    "TcpSslError",
+    "SslClosed",
+    "SslFailure",
+    "SslHandshakeTimeout",
+    "SslVerificationFailure",
+    "SslX509Lookup",
+    "identifier_for_errno",
+]
+
+_IDENTIFIERS = {
+    _errno.EADDRINUSE: "address-in-use",
+    _errno.EADDRNOTAVAIL: "address-not-available",
+    _errno.ENETDOWN: "network-down",
+    _errno.ENETUNREACH: "network-down",
+    _errno.ENETRESET: "network-reset",
+    _errno.ECONNABORTED: "connection-aborted",
+    _errno.ECONNRESET: "connection-reset",
+    _errno.ENOBUFS: "no-buffer-space",
+    _errno.ESHUTDOWN: "shutdown",
+    _errno.EPIPE: "shutdown",
+    _errno.ETIMEDOUT: "connection-timed-out",
+    _errno.ECONNREFUSED: "connection-refused",
+    _errno.EHOSTDOWN: "host-down",
+    _errno.EHOSTUNREACH: "host-unreachable",
+    _errno.ENOPROTOOPT: "protocol-not-available",
+    _errno.EPROTONOSUPPORT: "protocol-not-available",
+}
+
+
+def identifier_for_errno(code: Optional[int]) -> str:
+    """Return Allegro CL's identifier for an errno value (``"unknown"`` when it has none)."""
+    if code is None:
+        return "unknown"
+    return _IDENTIFIERS.get(code, "unknown")
+
+
+class SocketError(OSError):
+    """Base of every uvssl networking error.
+
+    Attributes:
+        identifier: Allegro CL's name for the condition, e.g. ``"connection-refused"``.
+        code: the errno value, or None when the error has none (DNS, TLS).
+        action: what was being done: ``"connect"``, ``"read"``, ``"write"``, ...
+        socket: the ``Socket`` (or server) it happened on, or None.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: Optional[int] = None,
+        action: str = "",
+        socket: Any = None,
+        identifier: Optional[str] = None,
+    ) -> None:
+        if code is not None:
+            super().__init__(code, message)
+        else:
+            super().__init__(message)
+        self.message = message
+        self.code = code
+        self.action = action
+        self.socket = socket
+        self.identifier = identifier if identifier is not None else identifier_for_errno(code)
+
+    def __str__(self) -> str:
+        parts = [self.message]
+        if self.action:
+            parts.append(f"while {self.action}")
+        details = [f"identifier={self.identifier}"]
+        if self.code is not None:
+            details.append(f"errno={self.code}")
+        return f"{' '.join(parts)} ({', '.join(details)})"
+
+    def __reduce__(self) -> Any:
+        return (_rebuild, (type(self), self.message, dict(self.__dict__)))
+
+
+def _rebuild(cls: type, message: str, state: dict[str, Any]) -> Any:
+    obj = cls.__new__(cls)
+    OSError.__init__(obj, message)
+    obj.__dict__.update(state)
+    return obj
+
+
+class TcpError(SocketError):
+    """A TCP connection failed (cl-async's ``tcp-error``)."""
+
+
+class TcpEof(TcpError):
+    """The peer closed its side of the connection (cl-async's ``tcp-eof``).
+
+    The socket stays open for writing until the application closes it.
+    """
+
+
+class TcpTimeout(TcpError):
+    """No data arrived within ``read_timeout``, or queued data did not leave within
+    ``write_timeout`` (cl-async's ``tcp-timeout``). The socket is closed."""
+
+
+class TcpRefused(TcpError):
+    """The peer refused the connection (cl-async's ``tcp-refused``)."""
+
+
+class SocketClosed(TcpError):
+    """An operation was attempted on a closed socket (cl-async's ``socket-closed``)."""
+
+
+class DnsError(SocketError):
+    """A host name could not be resolved (cl-async's ``dns-error``)."""
+
+
+class SslCondition(Exception):
+    """Base of the TLS errors (LispWorks' ``ssl-condition``), mixed into each of them.
+
+    Attributes (Allegro CL's ``ssl-error`` slots):
+        what: the TLS operation that failed (``"handshake"``, ``"read"``, ``"write"``, ...).
+        codes: the OpenSSL error codes, the whole queue, oldest first.
+        strings: the texts of those codes.
+        verify_result: the certificate verification result (0 is X509_V_OK), or None.
+        verify_result_string: its text, or None.
+    """
+
+    what: str
+    codes: tuple[int, ...]
+    strings: tuple[str, ...]
+    verify_result: Optional[int]
+    verify_result_string: Optional[str]
+
+
+class TcpSslError(TcpError, SslCondition):
+    """A TLS connection failed (cl-async's ``tcp-ssl-error``)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        what: str = "",
+        codes: Sequence[int] = (),
+        strings: Sequence[str] = (),
+        verify_result: Optional[int] = None,
+        verify_result_string: Optional[str] = None,
+        code: Optional[int] = None,
+        socket: Any = None,
+        identifier: Optional[str] = None,
+    ) -> None:
+        super().__init__(message, code=code, action=what, socket=socket, identifier=identifier)
+        self.what = what
+        self.codes = tuple(codes)
+        self.strings = tuple(strings)
+        self.verify_result = verify_result
+        self.verify_result_string = verify_result_string
+
+    def __str__(self) -> str:
+        text = self.message
+        if self.what:
+            text += f" (during {self.what})"
+        if self.strings:
+            text += "; OpenSSL: " + "; ".join(self.strings)
+        if self.verify_result is not None:
+            text += f"; verify result {self.verify_result}: {self.verify_result_string}"
+        return text
+
+
+class SslClosed(TcpSslError):
+    """The TLS session ended: the peer sent close_notify, or closed TCP without it
+    (``truncated`` is then True: data may have been cut off)."""
+
+    truncated: bool = False
+
+
+class SslFailure(TcpSslError):
+    """The TLS protocol failed: a bad record, an alert from the peer, a handshake failure."""
+
+
+class SslHandshakeTimeout(TcpSslError):
+    """The handshake did not complete within the handshake timeout."""
+
+
+class SslVerificationFailure(SslFailure):
+    """The peer's certificate did not verify (untrusted chain, wrong host name, revoked...)."""
+
+
+class SslX509Lookup(SslFailure):
+    """A certificate lookup failed (a certificate or key could not be found or used)."""

@@ -1,0 +1,450 @@
+"""The event loop (SPEC S1): start/exit, timers, cross-thread calls, and the C dispatchers.
+
+One loop runs per thread; several threads may each run their own at the same time. The
+module-level functions act on the loop running in the calling thread. ``uv_run`` and all the
+native work run with the GIL released; the C side calls back into the five ``extern "Python"``
+dispatchers at the bottom of this module, which find the Python object through the cffi handle
+stored in the C struct.
+
+An exception raised by application code inside a callback never unwinds through C: the
+dispatcher records it and either stops the loop (it then propagates out of
+``start_event_loop`` after every handle was closed) or, with ``catch_app_errors=True``, hands
+it to ``default_event_cb`` (or logs it) and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import signal
+import socket as _socket
+import threading
+import weakref
+from typing import Any, Callable, Optional
+
+from ._uvssl import ffi, lib
+
+__all__ = [
+    "Loop",
+    "Timer",
+    "start_event_loop",
+    "with_event_loop",
+    "exit_event_loop",
+    "delay",
+    "interval",
+    "call_threadsafe",
+    "get_loop",
+]
+
+log = logging.getLogger("uvssl")
+
+lib.uvs_py_install()
+
+_local = threading.local()
+_running: weakref.WeakSet[Loop] = weakref.WeakSet()
+_running_lock = threading.Lock()
+
+
+def _check_callable(name: str, value: Any, optional: bool = True) -> None:
+    if value is None and optional:
+        return
+    if not callable(value):
+        raise TypeError(f"{name} must be callable, not {type(value).__name__}")
+
+
+def _check_seconds(name: str, value: Any, *, allow_zero: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    v = float(value)
+    if v != v or v < 0 or (v == 0 and not allow_zero) or v > 1e9:
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'} seconds, got {value!r}")
+    return v
+
+
+class Loop:
+    """An event loop bound to the thread that runs it.
+
+    Create loops through ``start_event_loop``; ``get_loop()`` returns the running one.
+    """
+
+    def __init__(
+        self,
+        *,
+        catch_app_errors: bool = False,
+        default_event_cb: Optional[Callable[[BaseException], Any]] = None,
+    ) -> None:
+        """Create the native loop (not yet running)."""
+        _check_callable("default_event_cb", default_event_cb)
+        self.catch_app_errors = bool(catch_app_errors)
+        self.default_event_cb = default_event_cb
+        self.thread = threading.get_ident()
+        self._handle = ffi.new_handle(self)
+        ptr = lib.uvs_loop_new(self._handle)
+        if ptr == ffi.NULL:
+            raise MemoryError("uvssl: could not create an event loop")
+        self._ptr: Any = ptr
+        self._live: set[Any] = set()  # objects with a native side, until their CLOSED event
+        self._error: Optional[BaseException] = None
+        self._exiting = False
+        self._calls: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = (
+            collections.deque()
+        )
+        self._sig_socks: Optional[tuple[_socket.socket, _socket.socket]] = None
+        self._old_wakeup_fd: Optional[int] = None
+
+    # -- state -------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        """True while the loop runs."""
+        return self._ptr is not None
+
+    def now(self) -> float:
+        """The loop's cached monotonic time, in seconds."""
+        self._check_open()
+        return float(lib.uvs_loop_now(self._ptr))
+
+    def _check_open(self) -> None:
+        if self._ptr is None:
+            raise RuntimeError("uvssl: this event loop has ended")
+
+    # -- application errors ------------------------------------------------------------------
+    def _app_error(self, exc: BaseException) -> None:
+        """Route an exception raised by application code inside a callback."""
+        if self.catch_app_errors and isinstance(exc, Exception):
+            if self.default_event_cb is not None:
+                try:
+                    self.default_event_cb(exc)
+                except BaseException as second:  # noqa: BLE001 - must not unwind into C
+                    self._fail(second)
+            else:
+                log.error("uvssl: exception in a callback", exc_info=exc)
+            return
+        self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
+        if self._ptr is not None:
+            lib.uvs_loop_stop(self._ptr)
+
+    @property
+    def failed(self) -> bool:
+        """True once an application error or exit request stopped the loop."""
+        return self._error is not None or self._exiting
+
+    def _unhandled(self, exc: BaseException) -> None:
+        """An event with no event_cb: default_event_cb if given, otherwise a log line."""
+        if self.default_event_cb is not None:
+            try:
+                self.default_event_cb(exc)
+            except BaseException as second:  # noqa: BLE001
+                self._app_error(second)
+        else:
+            log.warning("uvssl: unhandled event: %s", exc)
+
+    # -- running -----------------------------------------------------------------------------
+    def _run(self, start_fn: Optional[Callable[[], Any]]) -> None:
+        with _running_lock:
+            _running.add(self)
+        self._watch_signals()
+        try:
+            if start_fn is not None:
+                try:
+                    start_fn()
+                except BaseException as exc:  # noqa: BLE001
+                    self._fail(exc)
+            if self._error is None and not self._exiting:
+                lib.uvs_loop_run(self._ptr)
+        finally:
+            lib.uvs_loop_close_all(self._ptr)
+            r = lib.uvs_loop_free(self._ptr)
+            self._ptr = None
+            self._live.clear()
+            self._unwatch_signals()
+            with _running_lock:
+                _running.discard(self)
+            if r != 0:
+                log.error("uvssl: event loop did not close cleanly: %s", _strerror(r))
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+    def exit(self) -> None:
+        """Stop the loop: every handle is closed and ``start_event_loop`` returns."""
+        self._exiting = True
+        if self._ptr is not None:
+            lib.uvs_loop_stop(self._ptr)
+
+    # -- signals: let Ctrl-C interrupt a loop that sleeps in the kernel ----------------------
+    def _watch_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        try:
+            a, b = _socket.socketpair()
+            a.setblocking(False)
+            b.setblocking(False)
+            old = signal.set_wakeup_fd(b.fileno(), warn_on_full_buffer=False)
+        except (ValueError, OSError):
+            return
+        if old != -1:
+            # someone else (asyncio?) owns the wakeup fd: leave it to them
+            signal.set_wakeup_fd(old)
+            a.close()
+            b.close()
+            return
+        if lib.uvs_loop_watch_fd(self._ptr, a.fileno()) != 0:
+            signal.set_wakeup_fd(-1)
+            a.close()
+            b.close()
+            return
+        self._sig_socks = (a, b)
+
+    def _unwatch_signals(self) -> None:
+        if self._sig_socks is None:
+            return
+        signal.set_wakeup_fd(-1)
+        for s in self._sig_socks:
+            s.close()
+        self._sig_socks = None
+
+    def _on_wakeup(self) -> None:
+        if self._sig_socks is not None:
+            try:
+                while self._sig_socks[0].recv(512):
+                    pass
+            except (BlockingIOError, InterruptedError):
+                pass
+        while self._calls:
+            cb, args = self._calls.popleft()
+            if self.failed:
+                return
+            try:
+                cb(*args)
+            except BaseException as exc:  # noqa: BLE001
+                self._app_error(exc)
+
+    # -- cross-thread calls ------------------------------------------------------------------
+    def call_threadsafe(self, cb: Callable[..., Any], *args: Any) -> None:
+        """Run ``cb(*args)`` in this loop's thread soon; callable from any thread."""
+        _check_callable("cb", cb, optional=False)
+        ptr = self._ptr
+        if ptr is None:
+            raise RuntimeError("uvssl: this event loop has ended")
+        self._calls.append((cb, args))
+        lib.uvs_loop_wakeup(ptr)
+
+    # -- timers ------------------------------------------------------------------------------
+    def delay(self, cb: Callable[..., Any], seconds: float = 0, *args: Any) -> Timer:
+        """Call ``cb(*args)`` once after ``seconds``."""
+        _check_callable("cb", cb, optional=False)
+        s = _check_seconds("seconds", seconds, allow_zero=True)
+        return Timer(self, cb, args, s, 0.0)
+
+    def interval(self, cb: Callable[..., Any], seconds: float, *args: Any) -> Timer:
+        """Call ``cb(*args)`` every ``seconds`` until the timer is cancelled."""
+        _check_callable("cb", cb, optional=False)
+        s = _check_seconds("seconds", seconds, allow_zero=False)
+        return Timer(self, cb, args, s, s)
+
+
+class Timer:
+    """A one-shot (``delay``) or repeating (``interval``) timer; ``cancel()`` stops it."""
+
+    __slots__ = ("_loop", "_cb", "_args", "_repeat", "_ptr", "_handle", "__weakref__")
+
+    def __init__(
+        self, loop: Loop, cb: Callable[..., Any], args: tuple[Any, ...], after: float, every: float
+    ) -> None:
+        """Start the timer on ``loop`` (use ``delay``/``interval``)."""
+        loop._check_open()
+        self._loop = loop
+        self._cb = cb
+        self._args = args
+        self._repeat = every > 0
+        self._handle = ffi.new_handle(self)
+        err = ffi.new("int *")
+        after_ms = int(round(after * 1000))
+        every_ms = max(1, int(round(every * 1000))) if every > 0 else 0
+        ptr = lib.uvs_timer_new(loop._ptr, self._handle, after_ms, every_ms, err)
+        if ptr == ffi.NULL:
+            raise OSError(f"uvssl: could not start a timer: {_strerror(err[0])}")
+        self._ptr: Any = ptr
+        loop._live.add(self)
+
+    @property
+    def active(self) -> bool:
+        """True until the timer fired (one-shot) or was cancelled."""
+        return self._ptr is not None
+
+    def cancel(self) -> None:
+        """Stop the timer; its callback will not run again. Cancelling twice is harmless."""
+        ptr, self._ptr = self._ptr, None
+        if ptr is not None and self._loop._ptr is not None:
+            lib.uvs_timer_close(ptr)
+
+    def _fire(self) -> None:
+        if not self._repeat:
+            self.cancel()
+        self._cb(*self._args)
+
+    def _on_closed(self) -> None:
+        self._ptr = None
+        self._loop._live.discard(self)
+
+
+# -- module-level API ------------------------------------------------------------------------
+
+
+def get_loop() -> Loop:
+    """Return the loop running in this thread (RuntimeError if there is none)."""
+    loop: Optional[Loop] = getattr(_local, "loop", None)
+    if loop is None or loop._ptr is None:
+        raise RuntimeError(
+            "uvssl: no event loop is running in this thread; "
+            "call this inside start_event_loop()"
+        )
+    return loop
+
+
+def start_event_loop(
+    start_fn: Optional[Callable[[], Any]] = None,
+    *,
+    catch_app_errors: bool = False,
+    default_event_cb: Optional[Callable[[BaseException], Any]] = None,
+) -> None:
+    """Run an event loop in this thread until no handles remain or ``exit_event_loop()``.
+
+    ``start_fn()`` runs first, inside the loop: it typically starts servers, connections and
+    timers. With ``catch_app_errors=False`` an exception from any callback stops the loop,
+    closes every handle and propagates from here; with ``True`` it goes to
+    ``default_event_cb(exc)`` (or is logged to the ``uvssl`` logger) and the loop goes on.
+    Events that have no ``event_cb`` (a connection error on a socket without one) also go to
+    ``default_event_cb`` when it is given.
+    """
+    _check_callable("start_fn", start_fn)
+    if getattr(_local, "loop", None) is not None and _local.loop._ptr is not None:
+        raise RuntimeError("uvssl: an event loop is already running in this thread")
+    loop = Loop(catch_app_errors=catch_app_errors, default_event_cb=default_event_cb)
+    _local.loop = loop
+    try:
+        loop._run(start_fn)
+    finally:
+        _local.loop = None
+
+
+def with_event_loop(fn: Callable[[], Any], **kw: Any) -> None:
+    """The same as ``start_event_loop(fn, **kw)`` (cl-async's ``with-event-loop``)."""
+    start_event_loop(fn, **kw)
+
+
+def exit_event_loop() -> None:
+    """Stop this thread's loop: every handle is closed and ``start_event_loop`` returns."""
+    get_loop().exit()
+
+
+def delay(cb: Callable[..., Any], seconds: float = 0, *args: Any) -> Timer:
+    """Call ``cb(*args)`` once, ``seconds`` from now, in this thread's loop."""
+    return get_loop().delay(cb, seconds, *args)
+
+
+def interval(cb: Callable[..., Any], seconds: float, *args: Any) -> Timer:
+    """Call ``cb(*args)`` every ``seconds`` in this thread's loop until cancelled."""
+    return get_loop().interval(cb, seconds, *args)
+
+
+def call_threadsafe(cb: Callable[..., Any], *args: Any) -> None:
+    """Run ``cb(*args)`` in a loop's thread, from any thread.
+
+    The target is the loop running in the calling thread if there is one, otherwise the only
+    loop running in the process. With several loops running, call ``loop.call_threadsafe`` on
+    the one you mean (``get_loop()`` inside it returns it).
+    """
+    loop: Optional[Loop] = getattr(_local, "loop", None)
+    if loop is None or loop._ptr is None:
+        with _running_lock:
+            loops = [lp for lp in _running if lp._ptr is not None]
+        if len(loops) != 1:
+            raise RuntimeError(
+                "uvssl: call_threadsafe needs a target loop: "
+                + ("none is running" if not loops else f"{len(loops)} are running")
+                + "; use loop.call_threadsafe() on the loop you mean"
+            )
+        loop = loops[0]
+    loop.call_threadsafe(cb, *args)
+
+
+def _strerror(code: int) -> str:
+    return str(ffi.string(lib.uvs_strerror(code)).decode("utf-8", "replace"))
+
+
+def _errname(code: int) -> str:
+    return str(ffi.string(lib.uvs_errname(code)).decode("ascii", "replace"))
+
+
+# -- dispatchers (called from C with the GIL taken by cffi) ---------------------------------
+
+
+@ffi.def_extern()  # type: ignore[misc]
+def uvs_py_on_read(data: Any, buf: Any, length: int) -> None:
+    """Data arrived on a connection: one call per read (TLS: per decrypted batch)."""
+    sock = ffi.from_handle(data)
+    loop = sock._loop
+    if loop._error is not None or loop._exiting:
+        return
+    try:
+        sock._deliver(sock, ffi.unpack(buf, length))
+    except BaseException as exc:  # noqa: BLE001 - must not unwind into C
+        loop._app_error(exc)
+
+
+@ffi.def_extern()  # type: ignore[misc]
+def uvs_py_on_event(data: Any, kind: int, status: int, action: int) -> None:
+    """Anything but data: connect, EOF, errors, written/drain, closed."""
+    obj = ffi.from_handle(data)
+    loop = obj._loop
+    if kind == lib.UVS_EV_CLOSED:
+        obj._on_closed()
+        return
+    if loop._error is not None or loop._exiting:
+        return
+    try:
+        obj._event(kind, status, action)
+    except BaseException as exc:  # noqa: BLE001
+        loop._app_error(exc)
+
+
+@ffi.def_extern()  # type: ignore[misc]
+def uvs_py_on_accept(server_data: Any, conn: Any) -> None:
+    """A server accepted a connection: wrap it (leaving data NULL refuses it)."""
+    server = ffi.from_handle(server_data)
+    loop = server._loop
+    if loop._error is not None or loop._exiting:
+        return
+    try:
+        server._accept(conn)
+    except BaseException as exc:  # noqa: BLE001
+        loop._app_error(exc)
+
+
+@ffi.def_extern()  # type: ignore[misc]
+def uvs_py_on_timer(data: Any) -> None:
+    """A timer fired."""
+    timer = ffi.from_handle(data)
+    loop = timer._loop
+    if loop._error is not None or loop._exiting:
+        return
+    try:
+        timer._fire()
+    except BaseException as exc:  # noqa: BLE001
+        loop._app_error(exc)
+
+
+@ffi.def_extern()  # type: ignore[misc]
+def uvs_py_on_wakeup(loop_data: Any) -> None:
+    """call_threadsafe work or a signal is pending."""
+    loop = ffi.from_handle(loop_data)
+    try:
+        loop._on_wakeup()
+    except BaseException as exc:  # noqa: BLE001
+        loop._fail(exc)
+

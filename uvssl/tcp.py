@@ -1,0 +1,776 @@
+"""TCP sockets and servers (SPEC S2).
+
+A ``Socket`` is a thin Python face on a native connection (csrc/tcp.c). Writes are buffered in C
+and flushed when the current callback returns, so several ``write`` calls in one callback leave
+in one syscall. Reads arrive as one ``bytes`` per kernel read. A TLS socket (``SslSocket``) is
+the same object with a TLS engine attached, which is why every function here accepts it.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import socket as _socket
+from typing import Any, Callable, Optional, Union
+
+from ._uvssl import ffi, lib
+from .errors import (
+    DnsError,
+    SocketClosed,
+    SocketError,
+    TcpEof,
+    TcpError,
+    TcpRefused,
+    TcpTimeout,
+)
+from .loop import Loop, _check_callable, _check_seconds, _errname, _strerror, get_loop
+
+__all__ = [
+    "Socket",
+    "TcpServer",
+    "AsyncStream",
+    "tcp_connect",
+    "tcp_server",
+    "tcp_open",
+    "write_socket_data",
+    "close_socket",
+    "close_tcp_server",
+]
+
+BytesLike = Union[bytes, bytearray, memoryview]
+ReadCb = Callable[..., Any]
+
+_ACTIONS = {
+    lib.UVS_ACT_RESOLVE: "resolve",
+    lib.UVS_ACT_CONNECT: "connect",
+    lib.UVS_ACT_READ: "read",
+    lib.UVS_ACT_WRITE: "write",
+    lib.UVS_ACT_SHUTDOWN: "shutdown",
+    lib.UVS_ACT_ACCEPT: "accept",
+    lib.UVS_ACT_HANDSHAKE: "handshake",
+    lib.UVS_ACT_TLS_READ: "read",
+    lib.UVS_ACT_TLS_WRITE: "write",
+}
+
+
+def _errno_of(status: int) -> Optional[int]:
+    """libuv codes are negated errno values on Unix; DNS (EAI) codes have no errno."""
+    if -4000 < status < 0 and not (-3100 < status <= -3000):
+        return -status
+    return None
+
+
+def socket_error_for(status: int, action: int, sock: Any) -> SocketError:
+    """Build the exception for a native error code."""
+    act = _ACTIONS.get(action, "")
+    msg = f"{_errname(status)}: {_strerror(status)}"
+    code = _errno_of(status)
+    if action == lib.UVS_ACT_RESOLVE:
+        return DnsError(f"could not resolve host: {msg}", code=code, action=act, socket=sock)
+    if code == _errno.ECONNREFUSED:
+        return TcpRefused(f"connection refused: {msg}", code=code, action=act, socket=sock)
+    if code == _errno.ETIMEDOUT:
+        return TcpTimeout(msg, code=code, action=act, socket=sock)
+    return TcpError(msg, code=code, action=act, socket=sock)
+
+
+def _check_port(port: Any) -> int:
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"port must be an int, not {type(port).__name__}")
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be in 0..65535, got {port}")
+    return port
+
+
+def _check_host(name: str, host: Any) -> str:
+    if isinstance(host, bytes):
+        host = host.decode("ascii")
+    if not isinstance(host, str):
+        raise TypeError(f"{name} must be a str, not {type(host).__name__}")
+    if not host or "\x00" in host:
+        raise ValueError(f"{name} must be a non-empty host name or address, got {host!r}")
+    return host
+
+
+def _check_data(name: str, data: Any) -> Any:
+    """Return something cffi can pass as ``const char *`` (bytes stay bytes: no copy)."""
+    if type(data) is bytes:
+        return data
+    if isinstance(data, (bytearray, memoryview, bytes)):
+        return ffi.from_buffer(data)
+    if isinstance(data, str):
+        raise TypeError(f"{name} must be bytes-like, not str (encode it first)")
+    try:
+        return ffi.from_buffer(data)
+    except TypeError:
+        raise TypeError(f"{name} must be bytes-like, not {type(data).__name__}") from None
+
+
+def _timeout(name: str, value: Any) -> float:
+    if value is None:
+        return 0.0
+    return _check_seconds(name, value, allow_zero=False)
+
+
+class AsyncStream:
+    """A non-blocking stream over a socket's buffered input (cl-async's stream mode).
+
+    ``read(n)`` returns what is buffered (up to n bytes; all with n < 0) without blocking;
+    ``write(data)`` writes to the socket. The input buffer is drained only by reading.
+    """
+
+    __slots__ = ("socket", "_buf")
+
+    def __init__(self, socket: Socket) -> None:
+        """Wrap ``socket``'s input (created by uvssl for stream-mode sockets)."""
+        self.socket = socket
+        self._buf = bytearray()
+
+    def read(self, n: int = -1) -> bytes:
+        """Return up to ``n`` buffered bytes (all of them when ``n`` < 0); b"" if none."""
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"n must be an int, not {type(n).__name__}")
+        if n < 0 or n >= len(self._buf):
+            out = bytes(self._buf)
+            self._buf.clear()
+            return out
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
+    def write(self, data: BytesLike) -> bool:
+        """Write to the socket; see ``Socket.write``."""
+        return self.socket.write(data)
+
+    @property
+    def available(self) -> int:
+        """How many bytes are buffered."""
+        return len(self._buf)
+
+    def close(self) -> None:
+        """Close the socket (gracefully)."""
+        self.socket.close()
+
+    def _feed(self, sock: Socket, data: bytes) -> None:
+        self._buf += data
+        cb = sock.read_cb
+        if cb is not None:
+            cb(sock, self)
+
+
+class Socket:
+    """A TCP connection. See ``tcp_connect``, ``tcp_server`` and ``tcp_open``.
+
+    Attributes:
+        data: a free slot for the application.
+        read_cb, event_cb, connect_cb, write_cb, drain_cb: the callbacks; assignable.
+        stream: the ``AsyncStream`` in stream mode, else None.
+    """
+
+    _tls = False
+
+    def __init__(
+        self,
+        loop: Loop,
+        read_cb: Optional[ReadCb],
+        event_cb: Optional[Callable[[BaseException], Any]],
+        connect_cb: Optional[Callable[[Socket], Any]],
+        write_cb: Optional[Callable[[Socket], Any]],
+        stream: bool,
+        data: Any = None,
+    ) -> None:
+        """Internal: sockets are made by ``tcp_connect``, servers and ``tcp_open``."""
+        self._loop = loop
+        self._conn: Any = None
+        self._handle = ffi.new_handle(self)
+        self._closed = False
+        self._connected = False
+        self._eof = False
+        self._flags = 0
+        self.data = data
+        self.read_cb = read_cb
+        self.event_cb = event_cb
+        self.connect_cb = connect_cb
+        self._write_cb = write_cb
+        self._drain_cb: Optional[Callable[[Socket], Any]] = None
+        self.stream: Optional[AsyncStream] = AsyncStream(self) if stream else None
+        self._deliver: Callable[[Socket, bytes], Any] = self._pick_deliver()
+
+    # -- wiring ------------------------------------------------------------------------------
+    def _pick_deliver(self) -> Callable[[Socket, bytes], Any]:
+        if self.stream is not None:
+            return self.stream._feed
+        return _call_read_cb
+
+    def _attach(self, conn: Any) -> None:
+        self._conn = conn
+        self._loop._live.add(self)
+        self._sync_flags()
+
+    def _sync_flags(self) -> None:
+        flags = 0
+        if self._write_cb is not None:
+            flags |= lib.UVS_CF_NOTIFY_WRITTEN
+        if self._drain_cb is not None:
+            flags |= lib.UVS_CF_NOTIFY_DRAIN
+        if self._conn is not None and flags != self._flags:
+            lib.uvs_conn_set_flags(self._conn, flags)
+        self._flags = flags
+
+    @property
+    def write_cb(self) -> Optional[Callable[[Socket], Any]]:
+        """Called with the socket when everything written so far has reached the kernel."""
+        return self._write_cb
+
+    @write_cb.setter
+    def write_cb(self, cb: Optional[Callable[[Socket], Any]]) -> None:
+        _check_callable("write_cb", cb)
+        self._write_cb = cb
+        self._sync_flags()
+
+    @property
+    def drain_cb(self) -> Optional[Callable[[Socket], Any]]:
+        """Called with the socket when its write buffer falls to the low-water mark."""
+        return self._drain_cb
+
+    @drain_cb.setter
+    def drain_cb(self, cb: Optional[Callable[[Socket], Any]]) -> None:
+        _check_callable("drain_cb", cb)
+        self._drain_cb = cb
+        self._sync_flags()
+
+    def _live_conn(self, action: str) -> Any:
+        conn = self._conn
+        if conn is None or self._closed:
+            raise SocketClosed(
+                f"socket is closed; cannot {action}", action=action, socket=self, identifier="shutdown"
+            )
+        return conn
+
+    # -- state -------------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        """True once the socket was closed (by the application, an error, or the peer)."""
+        return self._closed
+
+    @property
+    def connected(self) -> bool:
+        """True once the connection (and TLS handshake, if any) is up and until it closes."""
+        return self._connected and not self._closed
+
+    @property
+    def loop(self) -> Loop:
+        """The loop this socket belongs to."""
+        return self._loop
+
+    def fileno(self) -> int:
+        """The OS socket descriptor (owned by uvssl: do not close it)."""
+        r = lib.uvs_conn_fileno(self._live_conn("get its descriptor"))
+        if r < 0:
+            raise SocketError(_strerror(r), code=_errno_of(r), action="fileno", socket=self)
+        return int(r)
+
+    def _address(self, peer: int) -> tuple[str, int]:
+        conn = self._live_conn("get its address")
+        host = ffi.new("char[]", 64)
+        port = ffi.new("int *")
+        r = lib.uvs_conn_address(conn, peer, host, 64, port)
+        if r != 0:
+            raise SocketError(
+                _strerror(r), code=_errno_of(r), action="getpeername" if peer else "getsockname",
+                socket=self,
+            )
+        return ffi.string(host).decode("ascii"), int(port[0])
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        """(host, port) of this end."""
+        return self._address(0)
+
+    @property
+    def remote_address(self) -> tuple[str, int]:
+        """(host, port) of the peer."""
+        return self._address(1)
+
+    @property
+    def write_buffer_size(self) -> int:
+        """Bytes accepted by ``write`` that have not reached the kernel yet."""
+        if self._conn is None:
+            return 0
+        return int(lib.uvs_conn_write_buffer_size(self._conn))
+
+    # -- I/O ---------------------------------------------------------------------------------
+    def write(self, data: BytesLike) -> bool:
+        """Queue ``data``; it leaves when the current callback returns.
+
+        Returns True while the write buffer is at or below its high-water mark and False once
+        it is above it: a writer should then stop and wait for ``drain_cb``.
+        Raises ``SocketClosed`` on a closed socket.
+        """
+        conn = self._live_conn("write")
+        buf = _check_data("data", data)
+        r = lib.uvs_conn_write(conn, buf, len(buf))
+        if r < 0:
+            raise SocketClosed(
+                f"socket is closing; cannot write ({_strerror(r)})", action="write", socket=self,
+                identifier="shutdown",
+            )
+        return r == 0
+
+    def close(self, force: bool = False) -> None:
+        """Close the socket. Graceful by default: pending writes are flushed first (and
+        close_notify sent on TLS); ``force=True`` drops them and closes at once."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._conn is not None:
+            lib.uvs_conn_close(self._conn, 1 if force else 0)
+
+    def shutdown(self, how: str = "write") -> None:
+        """Half-close: after pending writes, send FIN; reading goes on."""
+        if how != "write":
+            raise ValueError(f"how must be 'write' (only the write side can be shut), got {how!r}")
+        r = lib.uvs_conn_shutdown(self._live_conn("shut down"))
+        if r != 0:
+            raise SocketClosed(_strerror(r), action="shutdown", socket=self)
+
+    def set_options(
+        self, *, nodelay: Optional[bool] = None, keepalive: Union[bool, float, None] = None
+    ) -> None:
+        """Set TCP_NODELAY (on by default) and SO_KEEPALIVE (``True``, or the idle time in
+        seconds before probes start; ``False`` turns it off)."""
+        conn = self._live_conn("set options")
+        if nodelay is not None:
+            if not isinstance(nodelay, bool):
+                raise TypeError(f"nodelay must be a bool, not {type(nodelay).__name__}")
+            r = lib.uvs_conn_nodelay(conn, int(nodelay))
+            if r != 0:
+                raise SocketError(_strerror(r), code=_errno_of(r), action="setsockopt", socket=self)
+        if keepalive is not None:
+            if keepalive is True:
+                on, secs = 1, 60
+            elif keepalive is False:
+                on, secs = 0, 0
+            else:
+                secs = int(_check_seconds("keepalive", keepalive, allow_zero=False))
+                on, secs = 1, max(1, secs)
+            r = lib.uvs_conn_keepalive(conn, on, secs)
+            if r != 0:
+                raise SocketError(_strerror(r), code=_errno_of(r), action="setsockopt", socket=self)
+
+    def set_timeouts(self, read_timeout: Optional[float], write_timeout: Optional[float]) -> None:
+        """Change the read/write timeouts (seconds; None disables)."""
+        r_s = _timeout("read_timeout", read_timeout)
+        w_s = _timeout("write_timeout", write_timeout)
+        r = lib.uvs_conn_set_timeouts(self._live_conn("set timeouts"), r_s, w_s)
+        if r != 0:
+            raise ValueError(_strerror(r))
+
+    def pause_reading(self) -> None:
+        """Stop reading until ``resume_reading()``; the kernel buffers, then the peer waits."""
+        lib.uvs_conn_pause(self._live_conn("pause reading"))
+
+    def resume_reading(self) -> None:
+        """Start reading again after ``pause_reading()``."""
+        lib.uvs_conn_resume(self._live_conn("resume reading"))
+
+    def set_write_buffer_limits(
+        self,
+        high: Optional[int] = None,
+        low: Optional[int] = None,
+        drain_cb: Optional[Callable[[Socket], Any]] = None,
+    ) -> None:
+        """Set the write buffer's high- and low-water marks (bytes; defaults 64 KiB, and a
+        quarter of high). ``write`` returns False above high; ``drain_cb(socket)`` (given here
+        or assigned to ``socket.drain_cb``) runs when the buffer falls back to low."""
+        for name, v in (("high", high), ("low", low)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+                raise TypeError(f"{name} must be an int, not {type(v).__name__}")
+            if v is not None and v < 0:
+                raise ValueError(f"{name} must be >= 0, got {v}")
+        hi = 64 * 1024 if high is None else high
+        lo = hi // 4 if low is None else low
+        if lo > hi:
+            raise ValueError(f"low ({lo}) must not exceed high ({hi})")
+        if drain_cb is not None:
+            self.drain_cb = drain_cb
+        lib.uvs_conn_set_limits(self._live_conn("set limits"), hi, lo)
+
+    # -- events from C -----------------------------------------------------------------------
+    def _event(self, kind: int, status: int, action: int) -> None:
+        if kind == lib.UVS_EV_WRITTEN:
+            if self._write_cb is not None:
+                self._write_cb(self)
+            return
+        if kind == lib.UVS_EV_DRAIN:
+            if self._drain_cb is not None:
+                self._drain_cb(self)
+            return
+        if kind == lib.UVS_EV_CONNECT:
+            self._connected = True
+            self._on_connected()
+            return
+        if kind == lib.UVS_EV_EOF:
+            self._eof = True
+            self._report(TcpEof("the peer closed the connection", action="read", socket=self), eof=True)
+            return
+        self._closed = True
+        self._report(self._error_for(kind, status, action))
+
+    def _on_connected(self) -> None:
+        if self.connect_cb is not None:
+            self.connect_cb(self)
+
+    def _error_for(self, kind: int, status: int, action: int) -> BaseException:
+        if kind in (lib.UVS_EV_READ_TIMEOUT, lib.UVS_EV_WRITE_TIMEOUT):
+            what = "read" if kind == lib.UVS_EV_READ_TIMEOUT else "write"
+            return TcpTimeout(
+                f"{what} timed out", code=_errno.ETIMEDOUT, action=what, socket=self,
+                identifier="connection-timed-out",
+            )
+        return socket_error_for(status, action, self)
+
+    def _report(self, exc: BaseException, eof: bool = False) -> None:
+        if self.event_cb is not None:
+            self.event_cb(exc)
+        elif eof:
+            self.close()
+        else:
+            self._loop._unhandled(exc)
+
+    def _on_closed(self) -> None:
+        self._conn = None
+        self._closed = True
+        self._connected = False
+        self._loop._live.discard(self)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("connected" if self._connected else "connecting")
+        return f"<{type(self).__name__} {state}>"
+
+
+def _call_read_cb(sock: Socket, data: bytes) -> None:
+    cb = sock.read_cb
+    if cb is not None:
+        cb(sock, data)
+
+
+# -- servers ---------------------------------------------------------------------------------
+
+
+class TcpServer:
+    """A listening TCP server (``tcp_server``). ``port`` is the bound port."""
+
+    _socket_class: type[Socket] = Socket
+
+    def __init__(
+        self,
+        loop: Loop,
+        bind_address: Optional[str],
+        port: int,
+        read_cb: Optional[ReadCb],
+        event_cb: Optional[Callable[[BaseException], Any]],
+        connect_cb: Optional[Callable[[Socket], Any]],
+        backlog: int,
+        stream: bool,
+        reuse_port: bool,
+    ) -> None:
+        """Internal: use ``tcp_server``."""
+        self._loop = loop
+        self.read_cb = read_cb
+        self.event_cb = event_cb
+        self.connect_cb = connect_cb
+        self.stream = stream
+        self._closed = False
+        self._ptr: Any = None
+        self._handle = ffi.new_handle(self)
+        ip = _bind_ip(bind_address, port)
+        err = ffi.new("int *")
+        ptr = lib.uvs_server_new(
+            loop._ptr, self._handle, ip.encode("ascii"), port, backlog, int(reuse_port), err
+        )
+        if ptr == ffi.NULL:
+            code = err[0]
+            raise SocketError(
+                f"cannot listen on {ip!r} port {port}: {_strerror(code)}",
+                code=_errno_of(code), action="listen",
+            )
+        self._ptr = ptr
+        self.address = ip
+        self.port = int(lib.uvs_server_port(ptr))
+        loop._live.add(self)
+
+    @property
+    def closed(self) -> bool:
+        """True once the server was closed."""
+        return self._closed
+
+    def fileno(self) -> int:
+        """The listening socket's descriptor (owned by uvssl)."""
+        if self._ptr is None:
+            raise SocketClosed("server is closed", action="fileno")
+        return int(lib.uvs_server_fileno(self._ptr))
+
+    def close(self) -> None:
+        """Stop listening. Connections already accepted stay open."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._ptr is not None and self._loop._ptr is not None:
+            lib.uvs_server_close(self._ptr)
+
+    def _new_socket(self) -> Socket:
+        return self._socket_class(
+            self._loop, self.read_cb, self.event_cb, self.connect_cb, None, self.stream
+        )
+
+    def _accept(self, conn: Any) -> None:
+        sock = self._new_socket()
+        sock._server = self  # type: ignore[attr-defined]
+        sock._attach(conn)
+        lib.uvs_conn_set_data(conn, sock._handle)
+        self._accepted(sock)
+
+    def _accepted(self, sock: Socket) -> None:
+        sock._connected = True
+        if self.connect_cb is not None:
+            self.connect_cb(sock)
+
+    def _event(self, kind: int, status: int, action: int) -> None:
+        exc = socket_error_for(status, action, self)
+        if self.event_cb is not None:
+            self.event_cb(exc)
+        else:
+            self._loop._unhandled(exc)
+
+    def _on_closed(self) -> None:
+        self._ptr = None
+        self._closed = True
+        self._loop._live.discard(self)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.address}:{self.port}{' closed' if self._closed else ''}>"
+
+
+def _bind_ip(bind_address: Optional[str], port: int) -> str:
+    if bind_address is None or bind_address in ("", "*"):
+        return "0.0.0.0"
+    host = _check_host("bind_address", bind_address)
+    try:
+        infos = _socket.getaddrinfo(
+            host, port, type=_socket.SOCK_STREAM, flags=_socket.AI_PASSIVE
+        )
+    except _socket.gaierror as e:
+        raise DnsError(f"cannot resolve bind_address {host!r}: {e}", action="resolve") from None
+    return str(infos[0][4][0])
+
+
+def _check_backlog(backlog: Any) -> int:
+    if isinstance(backlog, bool) or not isinstance(backlog, int):
+        raise TypeError(f"backlog must be an int, not {type(backlog).__name__}")
+    if backlog < -1 or backlog > 1 << 20:
+        raise ValueError(f"backlog must be -1 (the system maximum) or a positive int, got {backlog}")
+    return backlog
+
+
+# -- module-level API ------------------------------------------------------------------------
+
+
+def _check_common(read_cb: Any, event_cb: Any, connect_cb: Any, write_cb: Any) -> None:
+    _check_callable("read_cb", read_cb)
+    _check_callable("event_cb", event_cb)
+    _check_callable("connect_cb", connect_cb)
+    _check_callable("write_cb", write_cb)
+
+
+def _setup_client(
+    sock: Socket, conn: Any, data: Any, read_timeout: Any, write_timeout: Any
+) -> None:
+    sock._attach(conn)
+    r_s = _timeout("read_timeout", read_timeout)
+    w_s = _timeout("write_timeout", write_timeout)
+    if r_s or w_s:
+        lib.uvs_conn_set_timeouts(conn, r_s, w_s)
+    if data is not None:
+        sock.write(data)
+
+
+def tcp_connect(
+    host: str,
+    port: int,
+    read_cb: Optional[ReadCb],
+    event_cb: Optional[Callable[[BaseException], Any]] = None,
+    *,
+    data: Optional[BytesLike] = None,
+    stream: bool = False,
+    connect_cb: Optional[Callable[[Socket], Any]] = None,
+    write_cb: Optional[Callable[[Socket], Any]] = None,
+    read_timeout: Optional[float] = None,
+    write_timeout: Optional[float] = None,
+    dont_drain_read_buffer: bool = False,
+) -> Socket:
+    """Connect to ``host``:``port`` (names resolve asynchronously; IPv4 and IPv6).
+
+    ``read_cb(socket, data)`` gets each chunk read (``read_cb(socket, stream)`` in stream
+    mode); ``event_cb(exc)`` gets errors and EOF; ``connect_cb(socket)`` runs once connected;
+    ``write_cb(socket)`` when everything written has reached the kernel. ``data`` is sent as
+    soon as the connection is up (writes made before that are queued in order).
+    ``read_timeout``/``write_timeout`` (seconds) close the socket with ``TcpTimeout``.
+    ``stream=True`` (or cl-async's ``dont_drain_read_buffer=True``) keeps input in
+    ``socket.stream`` until the application reads it.
+    """
+    host = _check_host("host", host)
+    port = _check_port(port)
+    _check_common(read_cb, event_cb, connect_cb, write_cb)
+    if data is not None:
+        _check_data("data", data)
+    loop = get_loop()
+    sock = Socket(loop, read_cb, event_cb, connect_cb, write_cb,
+                  bool(stream or dont_drain_read_buffer))
+    return _connect(loop, sock, host, port, data, read_timeout, write_timeout)
+
+
+def _connect(
+    loop: Loop, sock: Socket, host: str, port: int, data: Any, read_timeout: Any,
+    write_timeout: Any,
+) -> Socket:
+    _timeout("read_timeout", read_timeout)
+    _timeout("write_timeout", write_timeout)
+    err = ffi.new("int *")
+    conn = lib.uvs_conn_connect(loop._ptr, sock._handle, host.encode("idna"), port, err)
+    if conn == ffi.NULL:
+        exc = socket_error_for(err[0], lib.UVS_ACT_CONNECT, sock)
+        raise exc
+    _setup_client(sock, conn, data, read_timeout, write_timeout)
+    return sock
+
+
+def tcp_server(
+    bind_address: Optional[str],
+    port: int,
+    read_cb: Optional[ReadCb],
+    event_cb: Optional[Callable[[BaseException], Any]] = None,
+    *,
+    connect_cb: Optional[Callable[[Socket], Any]] = None,
+    backlog: int = -1,
+    stream: bool = False,
+    reuse_port: bool = False,
+) -> TcpServer:
+    """Listen on ``bind_address``:``port`` (port 0 picks a free one: see ``server.port``).
+
+    Every accepted connection is a ``Socket`` with the given callbacks; ``connect_cb(socket)``
+    runs when it is accepted. ``backlog=-1`` means the system maximum. ``reuse_port=True``
+    sets SO_REUSEPORT so several processes or threads can serve one port.
+    """
+    port = _check_port(port)
+    _check_common(read_cb, event_cb, connect_cb, None)
+    backlog = _check_backlog(backlog)
+    return TcpServer(get_loop(), bind_address, port, read_cb, event_cb, connect_cb, backlog,
+                     bool(stream), bool(reuse_port))
+
+
+def tcp_open(
+    fd_or_socket: Union[int, _socket.socket],
+    read_cb: Optional[ReadCb],
+    event_cb: Optional[Callable[[BaseException], Any]] = None,
+    *,
+    data: Optional[BytesLike] = None,
+    stream: bool = False,
+    connect_cb: Optional[Callable[[Socket], Any]] = None,
+    write_cb: Optional[Callable[[Socket], Any]] = None,
+    read_timeout: Optional[float] = None,
+    write_timeout: Optional[float] = None,
+    dont_drain_read_buffer: bool = False,
+) -> Socket:
+    """Adopt an already connected TCP socket (a ``socket.socket`` or a descriptor).
+
+    uvssl takes ownership: a ``socket.socket`` is detached, a descriptor will be closed by
+    uvssl. ``connect_cb``, if given, runs from the loop right away.
+    """
+    _check_common(read_cb, event_cb, connect_cb, write_cb)
+    if data is not None:
+        _check_data("data", data)
+    _timeout("read_timeout", read_timeout)
+    _timeout("write_timeout", write_timeout)
+    loop = get_loop()
+    if isinstance(fd_or_socket, _socket.socket):
+        pysock = fd_or_socket
+    elif isinstance(fd_or_socket, int) and not isinstance(fd_or_socket, bool):
+        try:
+            pysock = _socket.socket(fileno=fd_or_socket)
+        except OSError as e:
+            raise ValueError(f"fd_or_socket {fd_or_socket} is not a socket: {e}") from None
+    else:
+        raise TypeError(
+            f"fd_or_socket must be a socket.socket or an int, not {type(fd_or_socket).__name__}"
+        )
+    if pysock.fileno() < 0:
+        raise ValueError("fd_or_socket is a closed socket")
+    if pysock.type != _socket.SOCK_STREAM or pysock.family not in (
+        _socket.AF_INET, _socket.AF_INET6
+    ):
+        if not isinstance(fd_or_socket, _socket.socket):
+            pysock.detach()
+        raise ValueError("fd_or_socket must be a TCP (SOCK_STREAM, AF_INET/AF_INET6) socket")
+    try:
+        pysock.getpeername()
+    except OSError:
+        if not isinstance(fd_or_socket, _socket.socket):
+            pysock.detach()
+        raise ValueError("fd_or_socket must be connected") from None
+    sock = Socket(loop, read_cb, event_cb, connect_cb, write_cb,
+                  bool(stream or dont_drain_read_buffer))
+    err = ffi.new("int *")
+    conn = lib.uvs_conn_open(loop._ptr, sock._handle, pysock.fileno(), err)
+    if conn == ffi.NULL:
+        if not isinstance(fd_or_socket, _socket.socket):
+            pysock.detach()
+        raise socket_error_for(err[0], lib.UVS_ACT_CONNECT, sock)
+    pysock.detach()
+    _setup_client(sock, conn, data, read_timeout, write_timeout)
+    sock._connected = True
+    if connect_cb is not None:
+        loop.delay(_late_connect_cb, 0, sock)
+    return sock
+
+
+def _late_connect_cb(sock: Socket) -> None:
+    if not sock.closed and sock.connect_cb is not None:
+        sock.connect_cb(sock)
+
+
+def write_socket_data(
+    socket: Socket,
+    data: BytesLike,
+    *,
+    read_cb: Optional[ReadCb] = None,
+    write_cb: Optional[Callable[[Socket], Any]] = None,
+    event_cb: Optional[Callable[[BaseException], Any]] = None,
+) -> bool:
+    """Write ``data`` to ``socket``; callbacks given here replace the socket's.
+
+    Returns ``socket.write``'s answer (False once above the high-water mark).
+    """
+    if not isinstance(socket, Socket):
+        raise TypeError(f"socket must be a uvssl Socket, not {type(socket).__name__}")
+    _check_common(read_cb, event_cb, None, write_cb)
+    if read_cb is not None:
+        socket.read_cb = read_cb
+    if event_cb is not None:
+        socket.event_cb = event_cb
+    if write_cb is not None:
+        socket.write_cb = write_cb
+    return socket.write(data)
+
+
+def close_socket(socket: Socket, *, force: bool = False) -> None:
+    """Close ``socket``: gracefully (pending writes flushed first) or, with ``force``, at once."""
+    if not isinstance(socket, Socket):
+        raise TypeError(f"socket must be a uvssl Socket, not {type(socket).__name__}")
+    socket.close(force=force)
+
+
+def close_tcp_server(server: TcpServer) -> None:
+    """Stop ``server`` listening; its open connections are not affected."""
+    if not isinstance(server, TcpServer):
+        raise TypeError(f"server must be a uvssl TcpServer, not {type(server).__name__}")
+    server.close()
