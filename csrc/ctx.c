@@ -14,11 +14,17 @@
  *    client offered (RFC 7301 server preference); when nothing matches the extension is
  *    ignored (no ALPN on the connection) rather than failing the handshake. The protocol list is
  *    a copy owned by the SSL_CTX through ex_data, freed with the context.
+ *  - A throwaway self-signed certificate for `python -m uvssl serve` when no certificate is
+ *    given, made with the OpenSSL uvssl already links (no extra dependency at run time).
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <openssl/crypto.h>
+#include <openssl/ec.h>
+#include <openssl/evp.h>
+#include <openssl/x509v3.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
@@ -105,4 +111,44 @@ int uvs_ctx_set_alpn_select(SSL_CTX *ctx, const unsigned char *wire, unsigned le
     free(old);
     SSL_CTX_set_alpn_select_cb(ctx, uvs__alpn_select, a);
     return 1;
+}
+
+/* ---- a throwaway self-signed certificate (python -m uvssl serve without --cert) ------------ */
+
+/* Make a P-256 key and a self-signed certificate for `cn` (also localhost, 127.0.0.1 and ::1 as
+ * subject alternative names), valid from now for `days`, and install both in ctx. The SHA-256
+ * fingerprint of the certificate goes to fp (32 bytes). Returns 1, or 0 with the OpenSSL error
+ * queue saying why. */
+int uvs_ctx_use_self_signed(SSL_CTX *ctx, const char *cn, int days, unsigned char *fp) {
+    int ok = 0;
+    unsigned int fplen = 0;
+    char san[320];
+    X509V3_CTX v3;
+    X509_EXTENSION *ext = NULL;
+    EVP_PKEY *pkey = EVP_EC_gen("P-256");
+    X509 *x = X509_new();
+    if (pkey == NULL || x == NULL || strlen(cn) > 200)
+        goto done;
+    snprintf(san, sizeof(san), "DNS:%s,DNS:localhost,IP:127.0.0.1,IP:::1", cn);
+    X509_NAME *name = X509_get_subject_name(x);
+    if (!X509_set_version(x, 2) || !ASN1_INTEGER_set(X509_get_serialNumber(x), 1) ||
+        X509_gmtime_adj(X509_getm_notBefore(x), -60) == NULL ||
+        X509_gmtime_adj(X509_getm_notAfter(x), (long)days * 86400L) == NULL ||
+        !X509_set_pubkey(x, pkey) ||
+        !X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1,
+                                    -1, 0) ||
+        !X509_set_issuer_name(x, name))
+        goto done;
+    X509V3_set_ctx(&v3, x, x, NULL, NULL, 0);
+    ext = X509V3_EXT_conf_nid(NULL, &v3, NID_subject_alt_name, san);
+    if (ext == NULL || !X509_add_ext(x, ext, -1) || !X509_sign(x, pkey, EVP_sha256()) ||
+        !X509_digest(x, EVP_sha256(), fp, &fplen) || SSL_CTX_use_certificate(ctx, x) != 1 ||
+        SSL_CTX_use_PrivateKey(ctx, pkey) != 1)
+        goto done;
+    ok = 1;
+done:
+    X509_EXTENSION_free(ext);
+    X509_free(x);
+    EVP_PKEY_free(pkey);
+    return ok;
 }

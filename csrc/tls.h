@@ -67,6 +67,7 @@ int uvs_server_set_tls(uvs_server_t *s, SSL_CTX *ctx, double hs_timeout);
 int uvs_ctx_use_key_file(SSL_CTX *ctx, const char *path, int filetype, const char *password);
 int uvs_ctx_use_cert_file(SSL_CTX *ctx, const char *path, int filetype, const char *password);
 int uvs_ctx_set_alpn_select(SSL_CTX *ctx, const unsigned char *wire, unsigned len);
+int uvs_ctx_use_self_signed(SSL_CTX *ctx, const char *cn, int days, unsigned char *fp);
 
 /* ---- engine (tls.c): no libuv ---------------------------------------------------------- */
 uvs_tls_t *uvs__tls_new(SSL_CTX *ctx, SSL *borrowed, int server, int *err);

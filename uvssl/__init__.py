@@ -7,6 +7,13 @@ See README.md for a tour; ``help(uvssl.tcp_connect)`` and friends for the detail
 
 from __future__ import annotations
 
+from .context import (
+    Context,
+    create_ssl_client_context,
+    create_ssl_server_context,
+    make_ssl_client_context,
+    make_ssl_server_context,
+)
 from .errors import (
     DnsError,
     SocketClosed,
@@ -46,10 +53,29 @@ from .tcp import (
     write_socket_data,
 )
 
+from .openssl import SSL_OPTIONS, openssl_version
+from .tls import SslSession, SslSocket, TcpSslServer, tcp_ssl_connect, tcp_ssl_server
+from .x509 import X509Certificate
+
+globals().update(SSL_OPTIONS)  # SSL_OP_NO_TICKET, ... (cl-async's +ssl-op-...+ list)
+
 __version__ = "0.1.0"
 
 __all__ = [
+    *SSL_OPTIONS,
     "AsyncStream",
+    "Context",
+    "SslSession",
+    "SslSocket",
+    "TcpSslServer",
+    "X509Certificate",
+    "create_ssl_client_context",
+    "create_ssl_server_context",
+    "make_ssl_client_context",
+    "make_ssl_server_context",
+    "openssl_version",
+    "tcp_ssl_connect",
+    "tcp_ssl_server",
     "DnsError",
     "Loop",
     "Socket",

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install what uvssl needs on a Debian/Ubuntu machine (as root) and build it in place.
+#   bash tools/setup.sh          runtime + test dependencies
+#   bash tools/setup.sh --dev    also the linters (ruff, mypy) and the bench extras
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for pkg in gcc pkg-config libuv1-dev libssl-dev openssl; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    echo "setup: installing ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+extras="test"
+if [ "${1:-}" = "--dev" ]; then
+    extras="dev"
+fi
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".[$extras]"
+if [ "${1:-}" = "--dev" ]; then
+    # the bench extras are optional: a missing one is reported as skipped by the bench
+    python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+        uvloop matplotlib || echo "setup: uvloop/matplotlib unavailable; the bench skips them"
+    python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+        aiofastnet || echo "setup: aiofastnet unavailable; the bench reports it as skipped"
+fi
+python3 -c "import uvssl; print('setup: uvssl', uvssl.__version__, 'ready;', uvssl.openssl_version()['loaded'][1])"

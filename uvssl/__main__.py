@@ -1,0 +1,178 @@
+"""Command line: ``python -m uvssl serve | bench | demo``.
+
+serve   a TLS echo server (a throwaway self-signed certificate unless --cert/--key are given)
+bench   the benchmark: uvssl against a native C server, asyncio, uvloop and aiofastnet
+demo    a short plain-TCP echo demonstration on 127.0.0.1
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from typing import Any, Optional
+
+from . import (
+    Context,
+    Socket,
+    TcpEof,
+    exit_event_loop,
+    start_event_loop,
+    tcp_connect,
+    tcp_server,
+    tcp_ssl_server,
+)
+from ._uvssl import ffi, lib
+from .context import _openssl_failure
+
+
+def self_signed_context(common_name: str = "localhost", days: int = 7) -> tuple[Context, str]:
+    """A server ``Context`` with a fresh self-signed certificate; returns it and the
+    certificate's SHA-256 fingerprint (``AB:CD:...``)."""
+    ctx = Context.server()
+    fp = ffi.new("unsigned char[32]")
+    if lib.uvs_ctx_use_self_signed(ctx._ctx, common_name.encode("utf-8"), days, fp) != 1:
+        raise _openssl_failure("cannot make a self-signed certificate", "self-signed")
+    return ctx, ":".join(f"{b:02X}" for b in bytes(ffi.buffer(fp, 32)))
+
+
+def _echo_read(sock: Socket, data: bytes) -> None:
+    if not sock.write(data):
+        sock.pause_reading()  # the peer is not reading: stop until our buffer drains
+
+
+def _echo_drain(sock: Socket) -> None:
+    if not sock.closed:
+        sock.resume_reading()
+
+
+def _echo_event(ev: BaseException) -> None:
+    sock = getattr(ev, "socket", None)
+    if sock is not None and not sock.closed:
+        sock.close()
+
+
+def _echo_connect(sock: Socket) -> None:
+    sock.set_write_buffer_limits(256 * 1024, 64 * 1024, drain_cb=_echo_drain)
+
+
+def serve(host: str, port: int, cert: Optional[str], key: Optional[str], quiet: bool,
+          reuse_port: bool = False) -> None:
+    """Run the TLS echo server until Ctrl-C or SIGTERM."""
+    if cert is None and key is not None:
+        raise SystemExit("uvssl serve: --key needs --cert")
+    if cert is None:
+        ctx, fingerprint = self_signed_context()
+    else:
+        ctx = Context.server(certificate=cert, key=key)
+        fingerprint = ""
+
+    def start() -> None:
+        server = tcp_ssl_server(host, port, _echo_read, _echo_event, ssl_ctx=ctx,
+                                connect_cb=_echo_connect, reuse_port=reuse_port)
+        if fingerprint and not quiet:
+            print(f"uvssl serve: self-signed certificate, SHA-256 {fingerprint}", flush=True)
+        print(f"READY {server.port}", flush=True)
+        if not quiet:
+            print(f"uvssl serve: TLS echo on {server.address}:{server.port} "
+                  "(Ctrl-C or SIGTERM to stop)", flush=True)
+
+    def on_term(signum: int, frame: Any) -> None:
+        exit_event_loop()
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        start_event_loop(start, catch_app_errors=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    if not quiet:
+        print("uvssl serve: closed", flush=True)
+
+
+def demo(messages: int = 20000, connections: int = 8) -> None:
+    """Echo messages over plain TCP on 127.0.0.1 and print what was exchanged."""
+    state = {"done": 0, "echoed": 0, "first": b""}
+    payload = b"hello from uvssl "
+
+    def srv_read(sock: Socket, data: bytes) -> None:
+        sock.write(data)
+
+    def srv_event(ev: BaseException) -> None:
+        if isinstance(ev, TcpEof):
+            ev.socket.close()  # type: ignore[attr-defined]
+
+    def start() -> None:
+        server = tcp_server("127.0.0.1", 0, srv_read, srv_event)
+        per_conn = messages // connections
+        print(f"demo: echo server on 127.0.0.1:{server.port}; {connections} clients x "
+              f"{per_conn} messages", flush=True)
+
+        def make_client(i: int) -> None:
+            left = [per_conn]
+            buf = bytearray()
+            msg = payload + str(i).encode() + b"\n"
+
+            def cli_read(sock: Socket, data: bytes) -> None:
+                buf.extend(data)
+                while len(buf) >= len(msg):
+                    if not state["first"]:
+                        state["first"] = bytes(buf[: len(msg)])
+                    del buf[: len(msg)]
+                    state["echoed"] += 1
+                    left[0] -= 1
+                    if left[0] == 0:
+                        sock.close()
+                        state["done"] += 1
+                        if state["done"] == connections:
+                            server.close()
+                        return
+                    sock.write(msg)
+
+            tcp_connect("127.0.0.1", server.port, cli_read, data=msg)
+
+        for i in range(connections):
+            make_client(i)
+
+    t0 = time.perf_counter()
+    start_event_loop(start)
+    dt = time.perf_counter() - t0
+    print(f"demo: first echo {state['first']!r}")
+    print(f"demo: {state['echoed']} messages echoed in {dt:.2f} s "
+          f"= {state['echoed'] / dt:,.0f} round trips/s (one process: clients and server share "
+          "it; see `python -m uvssl bench` for real figures)")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point of ``python -m uvssl``."""
+    p = argparse.ArgumentParser(prog="python -m uvssl", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve", help="run a TLS echo server")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8443)
+    s.add_argument("--cert", help="certificate chain (PEM)")
+    s.add_argument("--key", help="private key (PEM)")
+    s.add_argument("--reuse-port", action="store_true", help="set SO_REUSEPORT")
+    s.add_argument("--quiet", action="store_true", help="print only the READY line")
+    d = sub.add_parser("demo", help="a plain-TCP echo demonstration")
+    d.add_argument("--messages", type=int, default=20000)
+    d.add_argument("--connections", type=int, default=8)
+    b = sub.add_parser("bench", help="run the benchmark (see --help)", add_help=False)
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    args = p.parse_args(argv)
+    if args.cmd == "serve":
+        serve(args.host, args.port, args.cert, args.key, args.quiet, args.reuse_port)
+    elif args.cmd == "demo":
+        demo(args.messages, args.connections)
+    else:
+        from .bench.runner import main as bench_main
+
+        return bench_main(args.rest)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

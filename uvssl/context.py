@@ -1,0 +1,453 @@
+"""TLS contexts (SPEC S5) and the forms ``ssl_ctx=`` accepts (SPEC S4).
+
+A ``Context`` owns (or borrows) one OpenSSL ``SSL_CTX``; every connection made with it shares
+that context, so certificates, trust stores and session tickets are loaded once. Contexts are
+secure by default: TLS 1.2 minimum, OpenSSL's default cipher list, and clients verify the peer's
+chain against the system trust store (or ``ca_file``) and its host name.
+
+``ssl_ctx=`` (on ``tcp_ssl_connect`` / ``tcp_ssl_server``) accepts a ``Context``; a stdlib
+``ssl.SSLContext`` (its own ``SSL_CTX`` is used, so all of its settings apply); or a raw
+``SSL_CTX*`` given as an int, a cffi pointer or a ``ctypes.c_void_p``. A context passed in is
+borrowed: uvssl holds a reference while it uses it and never frees the owner's.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import ssl as _stdlib_ssl
+from typing import Any, Callable, Iterable, Optional, Union
+
+from ._uvssl import ffi, lib
+from .errors import SslFailure
+from .openssl import SSL_OPTIONS, error_queue
+
+__all__ = [
+    "Context",
+    "make_ssl_client_context",
+    "make_ssl_server_context",
+    "create_ssl_client_context",
+    "create_ssl_server_context",
+    "resolve_ssl_ctx",
+]
+
+_VERSIONS = {
+    "tls-v1": lib.TLS1_VERSION,
+    "tls-v1-1": lib.TLS1_1_VERSION,
+    "tls-v1-2": lib.TLS1_2_VERSION,
+    "tls-v1-3": lib.TLS1_3_VERSION,
+    "tlsv1": lib.TLS1_VERSION,
+    "tlsv1.1": lib.TLS1_1_VERSION,
+    "tlsv1.2": lib.TLS1_2_VERSION,
+    "tlsv1.3": lib.TLS1_3_VERSION,
+    "1.0": lib.TLS1_VERSION,
+    "1.1": lib.TLS1_1_VERSION,
+    "1.2": lib.TLS1_2_VERSION,
+    "1.3": lib.TLS1_3_VERSION,
+}
+
+
+def _openssl_failure(message: str, what: str) -> SslFailure:
+    codes, strings = error_queue()
+    return SslFailure(message, what=what, codes=codes, strings=strings)
+
+
+def parse_version(name: str, value: Any) -> int:
+    """A TLS version given as "tls-v1-2", "TLSv1.2", "1.2", an ``ssl.TLSVersion`` or an int."""
+    if isinstance(value, _stdlib_ssl.TLSVersion):
+        if value in (_stdlib_ssl.TLSVersion.MINIMUM_SUPPORTED,
+                     _stdlib_ssl.TLSVersion.MAXIMUM_SUPPORTED):
+            return 0
+        return int(value)
+    if isinstance(value, str):
+        v = _VERSIONS.get(value.lower())
+        if v is None:
+            raise ValueError(
+                f"{name} must be one of 'tls-v1-2', 'tls-v1-3' (or TLSv1.2, 1.3, ...), got {value!r}"
+            )
+        return int(v)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value not in (lib.TLS1_VERSION, lib.TLS1_1_VERSION, lib.TLS1_2_VERSION,
+                         lib.TLS1_3_VERSION):
+            raise ValueError(f"{name}: unknown TLS version number {value:#x}")
+        return value
+    raise TypeError(f"{name} must be a str such as 'tls-v1-2', not {type(value).__name__}")
+
+
+def alpn_wire(name: str, protocols: Any) -> bytes:
+    """Encode a list of ALPN protocol names in the wire format."""
+    if isinstance(protocols, (str, bytes)):
+        raise TypeError(f"{name} must be a list of protocol names, not a single string")
+    out = bytearray()
+    try:
+        items = list(protocols)
+    except TypeError:
+        raise TypeError(f"{name} must be a list of protocol names") from None
+    if not items:
+        raise ValueError(f"{name} must not be empty")
+    for p in items:
+        b = p.encode("ascii") if isinstance(p, str) else p
+        if not isinstance(b, bytes):
+            raise TypeError(f"{name}: protocol names must be str, not {type(p).__name__}")
+        if not 0 < len(b) < 256:
+            raise ValueError(f"{name}: protocol name {p!r} must be 1 to 255 bytes")
+        out.append(len(b))
+        out += b
+    return bytes(out)
+
+
+def options_value(name: str, options: Any) -> int:
+    """Combine ``SSL_OP_*`` values given as an int or an iterable of ints / names."""
+    if options is None:
+        return 0
+    if isinstance(options, int) and not isinstance(options, bool):
+        return options
+    if isinstance(options, (str, bytes)):
+        options = [options]
+    total = 0
+    try:
+        items = list(options)
+    except TypeError:
+        raise TypeError(f"{name} must be SSL_OP_* values (ints) or their names") from None
+    for o in items:
+        if isinstance(o, str):
+            key = o if o.startswith("SSL_OP_") else "SSL_OP_" + o.upper().replace("-", "_")
+            if key not in SSL_OPTIONS:
+                raise ValueError(f"{name}: unknown option {o!r}")
+            total |= SSL_OPTIONS[key]
+        elif isinstance(o, int) and not isinstance(o, bool):
+            total |= o
+        else:
+            raise TypeError(f"{name} must be SSL_OP_* values (ints), not {type(o).__name__}")
+    return total
+
+
+def _check_file(name: str, path: Any) -> bytes:
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"{name} must be a path, not {type(path).__name__}")
+    p = os.fsencode(path)
+    if not os.path.exists(p):
+        raise FileNotFoundError(2, f"{name}: no such file", os.fsdecode(p))
+    return p
+
+
+def _verify_mode(verify: Any, server: bool) -> int:
+    if verify is None:
+        verify = not server
+    if verify is True:
+        return int(lib.SSL_VERIFY_PEER | (lib.SSL_VERIFY_FAIL_IF_NO_PEER_CERT if server else 0))
+    if verify is False or verify == "none":
+        return int(lib.SSL_VERIFY_NONE)
+    if verify == "optional":
+        return int(lib.SSL_VERIFY_PEER)
+    if verify == "required":
+        return int(lib.SSL_VERIFY_PEER | lib.SSL_VERIFY_FAIL_IF_NO_PEER_CERT)
+    raise ValueError(f"verify must be a bool or 'none'/'optional'/'required', got {verify!r}")
+
+
+class Context:
+    """An OpenSSL ``SSL_CTX`` with uvssl's defaults. Build one with ``Context.client(...)`` or
+    ``Context.server(...)``; see the module docstring and README for the options.
+
+    Attributes:
+        side: "client" or "server".
+        handshake_timeout: seconds, or None for no limit.
+        verify_host: whether clients check the peer's host name.
+    """
+
+    def __init__(self, ptr: Any, side: str, *, owned: bool, keepalive: Any = None) -> None:
+        """Wrap an ``SSL_CTX *`` (internal: use ``client``, ``server`` or ``from_pointer``)."""
+        self._ctx = ptr
+        self.side = side
+        self._owned = owned
+        self._keepalive = keepalive
+        self.handshake_timeout: Optional[float] = 60.0
+        self.verify_host = True
+        self.alpn: Optional[tuple[str, ...]] = None
+
+    def __del__(self) -> None:
+        ctx = getattr(self, "_ctx", None)
+        if ctx is not None:
+            self._ctx = None
+            lib.SSL_CTX_free(ctx)  # drops our reference only
+
+    @property
+    def pointer(self) -> int:
+        """The raw ``SSL_CTX*`` as an int (valid while this object lives)."""
+        return int(ffi.cast("uintptr_t", self._ctx))
+
+    @classmethod
+    def from_pointer(cls, address: Any, side: str = "client") -> Context:
+        """Borrow an existing ``SSL_CTX*`` (int, cffi pointer or ctypes ``c_void_p``).
+
+        uvssl takes its own reference (SSL_CTX_up_ref) and drops only that one.
+        """
+        ptr = _as_ctx_pointer(address)
+        if lib.SSL_CTX_up_ref(ptr) != 1:
+            raise _openssl_failure("SSL_CTX_up_ref failed", "borrow context")
+        ctx = cls(ptr, side, owned=False)
+        ctx.verify_host = bool(lib.SSL_CTX_get_verify_mode(ptr) & lib.SSL_VERIFY_PEER)
+        return ctx
+
+    @classmethod
+    def client(cls, **opts: Any) -> Context:
+        """A client context: verifies the server's chain and host name unless ``verify=False``."""
+        return cls._build("client", **opts)
+
+    @classmethod
+    def server(cls, **opts: Any) -> Context:
+        """A server context: ``certificate`` (a chain file) and ``key`` are usually given."""
+        return cls._build("server", **opts)
+
+    @classmethod
+    def _build(
+        cls,
+        side: str,
+        *,
+        certificate: Any = None,
+        key: Any = None,
+        certificate_password: Optional[Union[str, bytes]] = None,
+        keytype: str = "pem",
+        ca_file: Any = None,
+        ca_directory: Any = None,
+        verify: Any = None,
+        max_depth: Optional[int] = None,
+        ciphers: Optional[str] = None,
+        ciphersuites: Optional[str] = None,
+        min_version: Any = None,
+        max_version: Any = None,
+        method: Any = None,
+        alpn: Optional[Iterable[str]] = None,
+        options: Any = None,
+        session_tickets: bool = True,
+        handshake_timeout: Optional[float] = 60,
+    ) -> Context:
+        server = side == "server"
+        if keytype not in ("pem", "der"):
+            raise ValueError(f"keytype must be 'pem' or 'der', got {keytype!r}")
+        filetype = lib.SSL_FILETYPE_PEM if keytype == "pem" else lib.SSL_FILETYPE_ASN1
+        mode = _verify_mode(verify, server)
+        opts_value = options_value("options", options)
+        if max_depth is not None and (isinstance(max_depth, bool) or not isinstance(max_depth, int)
+                                      or max_depth < 0):
+            raise ValueError(f"max_depth must be a non-negative int, got {max_depth!r}")
+        if handshake_timeout is not None:
+            if isinstance(handshake_timeout, bool) or not isinstance(handshake_timeout, (int, float)):
+                raise TypeError("handshake_timeout must be a number of seconds or None")
+            if handshake_timeout <= 0:
+                raise ValueError("handshake_timeout must be > 0 seconds (or None for no limit)")
+        lo, hi = _version_range(min_version, max_version, method)
+        password: Optional[bytes] = None
+        if certificate_password is not None:
+            if isinstance(certificate_password, str):
+                password = certificate_password.encode("utf-8")
+            elif isinstance(certificate_password, bytes):
+                password = certificate_password
+            else:
+                raise TypeError("certificate_password must be str or bytes")
+        if key is not None and certificate is None:
+            raise ValueError("key was given without certificate")
+
+        method_ptr = lib.TLS_server_method() if server else lib.TLS_client_method()
+        ptr = lib.SSL_CTX_new(method_ptr)
+        if ptr == ffi.NULL:
+            raise _openssl_failure("SSL_CTX_new failed", "create context")
+        ctx = cls(ptr, side, owned=True)
+        ctx.handshake_timeout = None if handshake_timeout is None else float(handshake_timeout)
+        ctx.verify_host = bool(mode & lib.SSL_VERIFY_PEER) and not server
+        if lib.SSL_CTX_set_min_proto_version(ptr, lo) != 1 or (
+            hi and lib.SSL_CTX_set_max_proto_version(ptr, hi) != 1
+        ):
+            raise _openssl_failure("cannot set the TLS version range", "set version")
+        if opts_value:
+            lib.SSL_CTX_set_options(ptr, opts_value)
+        if not session_tickets:
+            lib.SSL_CTX_set_options(ptr, lib.SSL_OP_NO_TICKET)
+        if ciphers is not None:
+            if not isinstance(ciphers, str):
+                raise TypeError(f"ciphers must be a str, not {type(ciphers).__name__}")
+            if lib.SSL_CTX_set_cipher_list(ptr, ciphers.encode("ascii")) != 1:
+                raise _openssl_failure(f"invalid cipher list {ciphers!r}", "set ciphers")
+        if ciphersuites is not None:
+            if not isinstance(ciphersuites, str):
+                raise TypeError(f"ciphersuites must be a str, not {type(ciphersuites).__name__}")
+            if lib.SSL_CTX_set_ciphersuites(ptr, ciphersuites.encode("ascii")) != 1:
+                raise _openssl_failure(f"invalid TLS 1.3 ciphersuites {ciphersuites!r}",
+                                       "set ciphersuites")
+        if certificate is not None:
+            cpath = _check_file("certificate", certificate)
+            pw = ffi.NULL if password is None else password
+            if lib.uvs_ctx_use_cert_file(ptr, cpath, filetype, pw) != 1:
+                raise _openssl_failure(f"cannot load certificate {os.fsdecode(cpath)!r}",
+                                       "load certificate")
+            kpath = _check_file("key", key) if key is not None else cpath
+            if lib.uvs_ctx_use_key_file(ptr, kpath, filetype, pw) != 1:
+                hint = "" if password is None else " (is the password right?)"
+                raise _openssl_failure(
+                    f"cannot load private key {os.fsdecode(kpath)!r}{hint}", "load key")
+            if lib.SSL_CTX_check_private_key(ptr) != 1:
+                raise _openssl_failure("the private key does not match the certificate",
+                                       "check key")
+        if ca_file is not None or ca_directory is not None:
+            f = _check_file("ca_file", ca_file) if ca_file is not None else ffi.NULL
+            d = _check_file("ca_directory", ca_directory) if ca_directory is not None else ffi.NULL
+            if lib.SSL_CTX_load_verify_locations(ptr, f, d) != 1:
+                raise _openssl_failure("cannot load CA certificates", "load CA")
+        elif mode & lib.SSL_VERIFY_PEER:
+            if lib.SSL_CTX_set_default_verify_paths(ptr) != 1:
+                raise _openssl_failure("cannot load the system trust store", "load CA")
+        lib.SSL_CTX_set_verify(ptr, mode, ffi.NULL)
+        if max_depth is not None:
+            lib.SSL_CTX_set_verify_depth(ptr, max_depth)
+        if server:
+            sid = b"uvssl"
+            lib.SSL_CTX_set_session_id_context(ptr, sid, len(sid))
+        if alpn is not None:
+            wire = alpn_wire("alpn", alpn)
+            ctx.alpn = tuple(p if isinstance(p, str) else p.decode() for p in alpn)
+            if server:
+                if lib.uvs_ctx_set_alpn_select(ptr, wire, len(wire)) != 1:
+                    raise _openssl_failure("cannot set ALPN", "set alpn")
+            elif lib.SSL_CTX_set_alpn_protos(ptr, wire, len(wire)) != 0:
+                raise _openssl_failure("cannot set ALPN", "set alpn")
+        return ctx
+
+    def __repr__(self) -> str:
+        return f"<uvssl.Context {self.side} {self.pointer:#x}{'' if self._owned else ' borrowed'}>"
+
+
+def _version_range(min_version: Any, max_version: Any, method: Any) -> tuple[int, int]:
+    lo = lib.TLS1_2_VERSION
+    hi = 0
+    if method is not None:
+        if min_version is not None or max_version is not None:
+            raise ValueError("give method or min_version/max_version, not both")
+        if isinstance(method, tuple):
+            if len(method) != 2:
+                raise ValueError("method as a tuple must be (min, max)")
+            lo = parse_version("method", method[0]) if method[0] is not None else lo
+            hi = parse_version("method", method[1]) if method[1] is not None else 0
+        else:
+            lo = hi = parse_version("method", method)
+    else:
+        if min_version is not None:
+            lo = parse_version("min_version", min_version)
+        if max_version is not None:
+            hi = parse_version("max_version", max_version)
+    if hi and lo and hi < lo:
+        raise ValueError("max_version is below min_version")
+    return int(lo), int(hi)
+
+
+def make_ssl_client_context(**opts: Any) -> Context:
+    """Allegro CL's name for ``Context.client``."""
+    return Context.client(**opts)
+
+
+def make_ssl_server_context(**opts: Any) -> Context:
+    """Allegro CL's name for ``Context.server``."""
+    return Context.server(**opts)
+
+
+def create_ssl_client_context(**opts: Any) -> Context:
+    """LispWorks' name for ``Context.client``."""
+    return Context.client(**opts)
+
+
+def create_ssl_server_context(**opts: Any) -> Context:
+    """LispWorks' name for ``Context.server``."""
+    return Context.server(**opts)
+
+
+# -- ssl_ctx= forms --------------------------------------------------------------------------
+
+
+def _as_ctx_pointer(address: Any) -> Any:
+    if isinstance(address, ffi.CData):
+        p = ffi.cast("SSL_CTX *", address)
+    elif isinstance(address, ctypes.c_void_p):
+        if not address.value:
+            raise ValueError("ssl_ctx: the ctypes pointer is NULL")
+        p = ffi.cast("SSL_CTX *", address.value)
+    elif isinstance(address, int) and not isinstance(address, bool):
+        if address <= 0:
+            raise ValueError(f"ssl_ctx: {address} is not a valid SSL_CTX* address")
+        p = ffi.cast("SSL_CTX *", address)
+    else:
+        raise TypeError(
+            "ssl_ctx must be a uvssl.Context, an ssl.SSLContext or an SSL_CTX* "
+            f"(int, cffi pointer or ctypes.c_void_p), not {type(address).__name__}"
+        )
+    if p == ffi.NULL:
+        raise ValueError("ssl_ctx: NULL SSL_CTX*")
+    return p
+
+
+_same_libssl_checked = False
+
+
+def _check_same_libssl() -> None:
+    """Python's _ssl and uvssl must share one libssl for an SSLContext's SSL_CTX to be usable."""
+    global _same_libssl_checked
+    if _same_libssl_checked:
+        return
+    paths = set()
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 6 and "/libssl" in parts[5] and ".so" in parts[5]:
+                    paths.add(os.path.realpath(parts[5]))
+    except OSError:
+        paths = set()
+    if len(paths) > 1:
+        raise RuntimeError(
+            "uvssl: Python's ssl module and uvssl use different OpenSSL libraries "
+            f"({', '.join(sorted(paths))}); an ssl.SSLContext cannot be shared. "
+            "Pass a uvssl.Context instead, or build uvssl against Python's OpenSSL."
+        )
+    if int(lib.OpenSSL_version_num()) != _stdlib_ssl.OPENSSL_VERSION_NUMBER:
+        raise RuntimeError(
+            "uvssl: Python's ssl module runs OpenSSL "
+            f"{_stdlib_ssl.OPENSSL_VERSION} but uvssl loaded another version; "
+            "an ssl.SSLContext cannot be shared"
+        )
+    _same_libssl_checked = True
+
+
+def _from_stdlib(sslctx: _stdlib_ssl.SSLContext, side: str) -> Context:
+    for attr, what in (("sni_callback", "sni_callback"), ("keylog_filename", "keylog_filename"),
+                       ("_msg_callback", "a message callback")):
+        if getattr(sslctx, attr, None) is not None:
+            raise ValueError(
+                f"ssl_ctx: this ssl.SSLContext sets {what}, which needs stdlib socket objects; "
+                "uvssl cannot use it (use uvssl.Context, whose sni_callback works with uvssl)"
+            )
+    _check_same_libssl()
+    # The object's C struct starts with PyObject_HEAD followed by its SSL_CTX pointer.
+    addr = ctypes.c_void_p.from_address(id(sslctx) + object.__basicsize__).value
+    if not addr:
+        raise RuntimeError("uvssl: could not find this ssl.SSLContext's SSL_CTX")
+    ptr = ffi.cast("SSL_CTX *", addr)
+    # sanity check: the pointer must describe the same settings the object reports
+    if int(lib.SSL_CTX_get_options(ptr)) != int(sslctx.options) or int(
+        lib.SSL_CTX_get_verify_mode(ptr) & 3
+    ) != int(sslctx.verify_mode) & 3:
+        raise RuntimeError("uvssl: could not find this ssl.SSLContext's SSL_CTX")
+    if lib.SSL_CTX_up_ref(ptr) != 1:
+        raise _openssl_failure("SSL_CTX_up_ref failed", "borrow context")
+    ctx = Context(ptr, side, owned=False, keepalive=sslctx)
+    ctx.verify_host = bool(sslctx.check_hostname)
+    return ctx
+
+
+def resolve_ssl_ctx(ssl_ctx: Any, side: str) -> Context:
+    """Turn any accepted ``ssl_ctx=`` form into a ``Context``."""
+    if isinstance(ssl_ctx, Context):
+        return ssl_ctx
+    if isinstance(ssl_ctx, _stdlib_ssl.SSLContext):
+        return _from_stdlib(ssl_ctx, side)
+    return Context.from_pointer(ssl_ctx, side)
+
+
+ConfigureCallback = Callable[[int], Any]
