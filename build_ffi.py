@@ -22,7 +22,7 @@ from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
 CSRC = HERE / "csrc"
-SOURCES = ["buf.c", "loop.c", "tcp.c", "tls.c", "tls_conn.c", "ctx.c"]
+SOURCES = ["buf.c", "loop.c", "tcp.c", "tls.c", "tls_conn.c", "ctx.c", "stream.c"]
 
 # (pkg-config name, Debian package that provides it)
 REQUIRED = [("libuv", "libuv1-dev"), ("openssl", "libssl-dev")]
@@ -101,6 +101,7 @@ typedef struct uvs_timer_s uvs_timer_t;
 #define UV_EBADF ...
 #define UV_EINVAL ...
 #define UV_EADDRINUSE ...
+#define UV_EPROTO ...
 
 void uvs_py_install(void);
 const char *uvs_strerror(int err);
@@ -157,7 +158,8 @@ typedef struct asn1_string_st ASN1_TIME;
 typedef struct evp_md_st EVP_MD;
 typedef ... BIO;
 
-int uvs_conn_attach_tls(uvs_conn_t *c, SSL_CTX *ctx, SSL *ssl, int server, double hs_timeout);
+int uvs_conn_attach_tls(uvs_conn_t *c, SSL_CTX *ctx, SSL *ssl, int server, double hs_timeout,
+                        const char *initial, size_t initial_len);
 int uvs_conn_detach_tls(uvs_conn_t *c);
 SSL *uvs_conn_ssl(uvs_conn_t *c);
 int uvs_conn_tls_state(uvs_conn_t *c);
@@ -168,6 +170,20 @@ int uvs_ctx_use_key_file(SSL_CTX *ctx, const char *path, int filetype, const cha
 int uvs_ctx_use_cert_file(SSL_CTX *ctx, const char *path, int filetype, const char *password);
 int uvs_ctx_set_alpn_select(SSL_CTX *ctx, const unsigned char *wire, unsigned len);
 int uvs_ctx_use_self_signed(SSL_CTX *ctx, const char *cn, int days, unsigned char *fp);
+
+/* ---- blocking streams (stream.c) -------------------------------------------------------- */
+typedef struct uvs_stream_s uvs_stream_t;
+#define UVS_STREAM_ETLS ...
+uvs_stream_t *uvs_stream_new(SSL_CTX *ctx, int fd, int server, int *err);
+void uvs_stream_free(uvs_stream_t *s);
+SSL *uvs_stream_ssl(uvs_stream_t *s);
+void uvs_stream_set_timeout(uvs_stream_t *s, int timeout_ms);
+int uvs_stream_handshake(uvs_stream_t *s);
+long uvs_stream_read(uvs_stream_t *s, char *buf, size_t n);
+long uvs_stream_write(uvs_stream_t *s, const char *buf, size_t n);
+int uvs_stream_shutdown(uvs_stream_t *s);
+int uvs_stream_tls_error(uvs_stream_t *s, unsigned long *codes, int max, int *ssl_err,
+                         int *sys_err, long *verify_result);
 
 /* ---- the curated OpenSSL surface (uvssl.openssl.lib) ------------------------------------ */
 #define SSL_OP_ALL ...
@@ -247,6 +263,7 @@ X509_VERIFY_PARAM *SSL_CTX_get0_param(SSL_CTX *ctx);
 SSL *SSL_new(SSL_CTX *ctx);
 void SSL_free(SSL *ssl);
 int SSL_up_ref(SSL *s);
+int SSL_is_server(const SSL *s);
 SSL_CTX *SSL_get_SSL_CTX(const SSL *ssl);
 uint64_t SSL_set_options(SSL *s, uint64_t op);
 uint64_t SSL_get_options(const SSL *s);
@@ -334,8 +351,15 @@ def _build() -> FFI:
     ffibuilder = FFI()
     ffibuilder.cdef(CDEF)
     incs, libdirs, libs = _find_libraries()
-    cflags = ["-std=c99", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror",
-              "-Wno-unused-parameter", "-Wno-unused-function"]
+    cflags = [
+        "-std=c99",
+        "-D_GNU_SOURCE",
+        "-Wall",
+        "-Wextra",
+        "-Werror",
+        "-Wno-unused-parameter",
+        "-Wno-unused-function",
+    ]
     ldflags: list[str] = []
     if os.environ.get("UVSSL_DEBUG") or os.environ.get("UVSSL_SANITIZE"):
         cflags += ["-O0", "-g"]

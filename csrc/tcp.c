@@ -287,6 +287,9 @@ int uvs_conn_resume(uvs_conn_t *c) {
 /* Called by the engine after it changed what it wants from the socket (attach/detach). */
 void uvs__conn_reading_changed(uvs_conn_t *c) { uvs__conn_start_reading(c); }
 
+/* Stop reading for the engine's own reasons (not the application's pause). */
+void uvs__conn_hold_reading(uvs_conn_t *c) { uvs__conn_stop_reading(c); }
+
 /* ---- writing ------------------------------------------------------------------------------ */
 
 static void uvs__write_cb(uv_write_t *req, int status) {

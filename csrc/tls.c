@@ -114,6 +114,11 @@ uvs_tls_t *uvs__tls_new(SSL_CTX *ctx, SSL *borrowed, int server, int *err) {
         *err = UV_ENOMEM;
         return NULL;
     }
+    if (borrowed != NULL && SSL_up_ref(borrowed) != 1) {
+        free(t);
+        *err = UV_EPROTO;
+        return NULL;
+    }
     t->ssl = borrowed != NULL ? borrowed : SSL_new(ctx);
     t->borrowed_ssl = borrowed != NULL;
     t->server = server;
@@ -125,8 +130,7 @@ uvs_tls_t *uvs__tls_new(SSL_CTX *ctx, SSL *borrowed, int server, int *err) {
     }
     t->bio = BIO_new(uvs__bio_method);
     if (t->bio == NULL) {
-        if (!t->borrowed_ssl)
-            SSL_free(t->ssl);
+        SSL_free(t->ssl); /* ours, or our reference to a borrowed one */
         free(t);
         *err = UV_ENOMEM;
         return NULL;
@@ -147,9 +151,8 @@ uvs_tls_t *uvs__tls_new(SSL_CTX *ctx, SSL *borrowed, int server, int *err) {
 void uvs__tls_free(uvs_tls_t *t) {
     if (t->ssl != NULL) {
         if (t->borrowed_ssl)
-            SSL_set_bio(t->ssl, NULL, NULL); /* drop our BIO; the SSL stays the owner's */
-        else
-            SSL_free(t->ssl);
+            SSL_set_bio(t->ssl, NULL, NULL); /* our BIO must not outlive us in their SSL */
+        SSL_free(t->ssl); /* ours, or only the reference we took on a borrowed one */
     }
     uvs__buf_free(&t->in_keep);
     uvs__buf_free(&t->out);

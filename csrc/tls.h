@@ -10,6 +10,7 @@
 #include "uvs.h"
 
 #define UVS__TLS_MAX_ERRORS 16
+#define UVS__TLS_HOLD_MAX (256 * 1024) /* plaintext kept after close_notify before we stop reading */
 
 enum {
     UVS_TLS_HANDSHAKING = 1,
@@ -57,7 +58,8 @@ struct uvs_tls_s {
 };
 
 /* ---- public TLS API (mirrored in build_ffi.py) ----------------------------------------- */
-int uvs_conn_attach_tls(uvs_conn_t *c, SSL_CTX *ctx, SSL *ssl, int server, double hs_timeout);
+int uvs_conn_attach_tls(uvs_conn_t *c, SSL_CTX *ctx, SSL *ssl, int server, double hs_timeout,
+                        const char *initial, size_t initial_len);
 int uvs_conn_detach_tls(uvs_conn_t *c);
 SSL *uvs_conn_ssl(uvs_conn_t *c);
 int uvs_conn_tls_state(uvs_conn_t *c);
@@ -68,6 +70,20 @@ int uvs_ctx_use_key_file(SSL_CTX *ctx, const char *path, int filetype, const cha
 int uvs_ctx_use_cert_file(SSL_CTX *ctx, const char *path, int filetype, const char *password);
 int uvs_ctx_set_alpn_select(SSL_CTX *ctx, const unsigned char *wire, unsigned len);
 int uvs_ctx_use_self_signed(SSL_CTX *ctx, const char *cn, int days, unsigned char *fp);
+
+/* ---- blocking streams (stream.c) -------------------------------------------------------- */
+typedef struct uvs_stream_s uvs_stream_t;
+#define UVS_STREAM_ETLS (-0x7000)
+uvs_stream_t *uvs_stream_new(SSL_CTX *ctx, int fd, int server, int *err);
+void uvs_stream_free(uvs_stream_t *s);
+SSL *uvs_stream_ssl(uvs_stream_t *s);
+void uvs_stream_set_timeout(uvs_stream_t *s, int timeout_ms);
+int uvs_stream_handshake(uvs_stream_t *s);
+long uvs_stream_read(uvs_stream_t *s, char *buf, size_t n);
+long uvs_stream_write(uvs_stream_t *s, const char *buf, size_t n);
+int uvs_stream_shutdown(uvs_stream_t *s);
+int uvs_stream_tls_error(uvs_stream_t *s, unsigned long *codes, int max, int *ssl_err,
+                         int *sys_err, long *verify_result);
 
 /* ---- engine (tls.c): no libuv ---------------------------------------------------------- */
 uvs_tls_t *uvs__tls_new(SSL_CTX *ctx, SSL *borrowed, int server, int *err);
@@ -94,5 +110,6 @@ int uvs__timer_arm(uvs_conn_t *c, uv_timer_t **slot, uint64_t ms, uv_timer_cb cb
 void uvs__timer_disarm(uv_timer_t *t);
 void uvs__timer_release(uvs_conn_t *c, uv_timer_t **slot);
 void uvs__conn_reading_changed(uvs_conn_t *c);
+void uvs__conn_hold_reading(uvs_conn_t *c);
 
 #endif /* UVS_TLS_H */

@@ -67,6 +67,7 @@ static void uvs__tls_fail(uvs_conn_t *c, int kind, int action) {
 /* Both close_notify sent: a detach ends here and the engine goes away. */
 static void uvs__tls_finish_detach(uvs_conn_t *c) {
     uvs_tls_t *t = c->tls;
+    uvs__tls_settle(t); /* input after the peer's close_notify joins in_keep */
     c->tls = NULL;
     /* anything after the peer's close_notify is plaintext */
     uvs__buf_t rest = t->in_keep;
@@ -79,6 +80,7 @@ static void uvs__tls_finish_detach(uvs_conn_t *c) {
         uvs__conn_deliver(c, rest.base, rest.len);
     uvs__buf_free(&rest);
     uvs__mark_dirty(c); /* writes made meanwhile now go out in plaintext */
+    uvs__conn_reading_changed(c); /* reading was held while the session was closed */
 }
 
 /* Make all the progress the offered input allows. */
@@ -143,6 +145,8 @@ void uvs__tls_on_read(uvs_conn_t *c, const char *p, size_t n) {
         uvs__tls_settle(t);
         if (t->state == UVS_TLS_FAILED && !(c->state & (UVS__C_CLOSING | UVS__C_CLOSE_WANTED)))
             uvs__tls_fail(c, UVS_EV_TLS_ERROR, UVS_ACT_TLS_READ); /* out of memory keeping input */
+        else if (t->state == UVS_TLS_DONE && t->in_keep.len > UVS__TLS_HOLD_MAX)
+            uvs__conn_hold_reading(c); /* plaintext waits for detach_ssl: do not hoard it */
     }
 }
 
@@ -234,7 +238,8 @@ int uvs__tls_close_notify_sent(uvs_conn_t *c) {
 
 /* ---- public API --------------------------------------------------------------------------- */
 
-int uvs_conn_attach_tls(uvs_conn_t *c, SSL_CTX *ctx, SSL *ssl, int server, double hs_timeout) {
+int uvs_conn_attach_tls(uvs_conn_t *c, SSL_CTX *ctx, SSL *ssl, int server, double hs_timeout,
+                        const char *initial, size_t initial_len) {
     if (c->state & (UVS__C_CLOSING | UVS__C_CLOSE_WANTED))
         return UV_EBADF;
     if (c->tls != NULL)
@@ -246,6 +251,11 @@ int uvs_conn_attach_tls(uvs_conn_t *c, SSL_CTX *ctx, SSL *ssl, int server, doubl
     t->handshake_timeout_ms = hs_timeout > 0 ? (uint64_t)(hs_timeout * 1000.0 + 0.5) : 0;
     if (hs_timeout > 0 && t->handshake_timeout_ms == 0)
         t->handshake_timeout_ms = 1;
+    /* bytes the application read ahead but did not consume are the start of the handshake */
+    if (initial_len > 0 && uvs__buf_append(&t->in_keep, initial, initial_len) != 0) {
+        uvs__tls_free(t);
+        return UV_ENOMEM;
+    }
     /* plaintext written before the attach leaves before the handshake starts */
     if (c->out.len > 0 && (c->state & UVS__C_CONNECTED)) {
         uvs__conn_flush(c);
@@ -287,7 +297,9 @@ int uvs_conn_detach_tls(uvs_conn_t *c) {
     if (t->state == UVS_TLS_HANDSHAKING || t->state == UVS_TLS_FAILED)
         return UV_EPROTO;
     t->detaching = 1;
-    uvs__mark_dirty(c);
+    /* encrypt what was written before this call and send close_notify now: anything written
+     * after it waits in c->out and leaves in plaintext once the peer's close_notify came */
+    uvs__conn_flush(c);
     return 0;
 }
 
@@ -302,7 +314,7 @@ int uvs_server_set_tls(uvs_server_t *s, SSL_CTX *ctx, double hs_timeout) {
 }
 
 int uvs__tls_attach_accepted(uvs_conn_t *c, uvs_server_t *s) {
-    int r = uvs_conn_attach_tls(c, s->tls_ctx, NULL, 1, s->hs_timeout);
+    int r = uvs_conn_attach_tls(c, s->tls_ctx, NULL, 1, s->hs_timeout, NULL, 0);
     if (r != 0)
         ERR_clear_error(); /* reported as an accept error; the queue must not linger */
     return r;

@@ -7,6 +7,7 @@ See README.md for a tour; ``help(uvssl.tcp_connect)`` and friends for the detail
 
 from __future__ import annotations
 
+from .attach import SslPointer, attach_ssl, detach_ssl
 from .context import (
     Context,
     create_ssl_client_context,
@@ -41,6 +42,7 @@ from .loop import (
     start_event_loop,
     with_event_loop,
 )
+from .openssl import SSL_OPTIONS, openssl_version
 from .tcp import (
     AsyncStream,
     Socket,
@@ -52,8 +54,6 @@ from .tcp import (
     tcp_server,
     write_socket_data,
 )
-
-from .openssl import SSL_OPTIONS, openssl_version
 from .tls import SslSession, SslSocket, TcpSslServer, tcp_ssl_connect, tcp_ssl_server
 from .x509 import X509Certificate
 
@@ -65,6 +65,9 @@ __all__ = [
     *SSL_OPTIONS,
     "AsyncStream",
     "Context",
+    "SslPointer",
+    "attach_ssl",
+    "detach_ssl",
     "SslSession",
     "SslSocket",
     "TcpSslServer",

@@ -29,7 +29,8 @@ from .context import _openssl_failure
 
 def self_signed_context(common_name: str = "localhost", days: int = 7) -> tuple[Context, str]:
     """A server ``Context`` with a fresh self-signed certificate; returns it and the
-    certificate's SHA-256 fingerprint (``AB:CD:...``)."""
+    certificate's SHA-256 fingerprint (``AB:CD:...``).
+    """
     ctx = Context.server()
     fp = ffi.new("unsigned char[32]")
     if lib.uvs_ctx_use_self_signed(ctx._ctx, common_name.encode("utf-8"), days, fp) != 1:
@@ -57,8 +58,14 @@ def _echo_connect(sock: Socket) -> None:
     sock.set_write_buffer_limits(256 * 1024, 64 * 1024, drain_cb=_echo_drain)
 
 
-def serve(host: str, port: int, cert: Optional[str], key: Optional[str], quiet: bool,
-          reuse_port: bool = False) -> None:
+def serve(
+    host: str,
+    port: int,
+    cert: Optional[str],
+    key: Optional[str],
+    quiet: bool,
+    reuse_port: bool = False,
+) -> None:
     """Run the TLS echo server until Ctrl-C or SIGTERM."""
     if cert is None and key is not None:
         raise SystemExit("uvssl serve: --key needs --cert")
@@ -69,14 +76,24 @@ def serve(host: str, port: int, cert: Optional[str], key: Optional[str], quiet: 
         fingerprint = ""
 
     def start() -> None:
-        server = tcp_ssl_server(host, port, _echo_read, _echo_event, ssl_ctx=ctx,
-                                connect_cb=_echo_connect, reuse_port=reuse_port)
+        server = tcp_ssl_server(
+            host,
+            port,
+            _echo_read,
+            _echo_event,
+            ssl_ctx=ctx,
+            connect_cb=_echo_connect,
+            reuse_port=reuse_port,
+        )
         if fingerprint and not quiet:
             print(f"uvssl serve: self-signed certificate, SHA-256 {fingerprint}", flush=True)
         print(f"READY {server.port}", flush=True)
         if not quiet:
-            print(f"uvssl serve: TLS echo on {server.address}:{server.port} "
-                  "(Ctrl-C or SIGTERM to stop)", flush=True)
+            print(
+                f"uvssl serve: TLS echo on {server.address}:{server.port} "
+                "(Ctrl-C or SIGTERM to stop)",
+                flush=True,
+            )
 
     def on_term(signum: int, frame: Any) -> None:
         exit_event_loop()
@@ -94,7 +111,7 @@ def serve(host: str, port: int, cert: Optional[str], key: Optional[str], quiet: 
 
 def demo(messages: int = 20000, connections: int = 8) -> None:
     """Echo messages over plain TCP on 127.0.0.1 and print what was exchanged."""
-    state = {"done": 0, "echoed": 0, "first": b""}
+    state: dict[str, Any] = {"done": 0, "echoed": 0, "first": b""}
     payload = b"hello from uvssl "
 
     def srv_read(sock: Socket, data: bytes) -> None:
@@ -102,13 +119,16 @@ def demo(messages: int = 20000, connections: int = 8) -> None:
 
     def srv_event(ev: BaseException) -> None:
         if isinstance(ev, TcpEof):
-            ev.socket.close()  # type: ignore[attr-defined]
+            ev.socket.close()
 
     def start() -> None:
         server = tcp_server("127.0.0.1", 0, srv_read, srv_event)
         per_conn = messages // connections
-        print(f"demo: echo server on 127.0.0.1:{server.port}; {connections} clients x "
-              f"{per_conn} messages", flush=True)
+        print(
+            f"demo: echo server on 127.0.0.1:{server.port}; {connections} clients x "
+            f"{per_conn} messages",
+            flush=True,
+        )
 
         def make_client(i: int) -> None:
             left = [per_conn]
@@ -140,15 +160,20 @@ def demo(messages: int = 20000, connections: int = 8) -> None:
     start_event_loop(start)
     dt = time.perf_counter() - t0
     print(f"demo: first echo {state['first']!r}")
-    print(f"demo: {state['echoed']} messages echoed in {dt:.2f} s "
-          f"= {state['echoed'] / dt:,.0f} round trips/s (one process: clients and server share "
-          "it; see `python -m uvssl bench` for real figures)")
+    print(
+        f"demo: {state['echoed']} messages echoed in {dt:.2f} s "
+        f"= {state['echoed'] / dt:,.0f} round trips/s (one process: clients and server share "
+        "it; see `python -m uvssl bench` for real figures)"
+    )
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of ``python -m uvssl``."""
-    p = argparse.ArgumentParser(prog="python -m uvssl", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m uvssl",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", help="run a TLS echo server")
     s.add_argument("--host", default="127.0.0.1")
@@ -170,7 +195,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     else:
         from .bench.runner import main as bench_main
 
-        return bench_main(args.rest)
+        return int(bench_main(args.rest))
     return 0
 
 

@@ -55,20 +55,26 @@ def _openssl_failure(message: str, what: str) -> SslFailure:
 def parse_version(name: str, value: Any) -> int:
     """A TLS version given as "tls-v1-2", "TLSv1.2", "1.2", an ``ssl.TLSVersion`` or an int."""
     if isinstance(value, _stdlib_ssl.TLSVersion):
-        if value in (_stdlib_ssl.TLSVersion.MINIMUM_SUPPORTED,
-                     _stdlib_ssl.TLSVersion.MAXIMUM_SUPPORTED):
+        if value in (
+            _stdlib_ssl.TLSVersion.MINIMUM_SUPPORTED,
+            _stdlib_ssl.TLSVersion.MAXIMUM_SUPPORTED,
+        ):
             return 0
         return int(value)
     if isinstance(value, str):
         v = _VERSIONS.get(value.lower())
         if v is None:
             raise ValueError(
-                f"{name} must be one of 'tls-v1-2', 'tls-v1-3' (or TLSv1.2, 1.3, ...), got {value!r}"
+                f"{name} must be 'tls-v1-2' or 'tls-v1-3' (or TLSv1.2, 1.3, ...), got {value!r}"
             )
         return int(v)
     if isinstance(value, int) and not isinstance(value, bool):
-        if value not in (lib.TLS1_VERSION, lib.TLS1_1_VERSION, lib.TLS1_2_VERSION,
-                         lib.TLS1_3_VERSION):
+        if value not in (
+            lib.TLS1_VERSION,
+            lib.TLS1_1_VERSION,
+            lib.TLS1_2_VERSION,
+            lib.TLS1_3_VERSION,
+        ):
             raise ValueError(f"{name}: unknown TLS version number {value:#x}")
         return value
     raise TypeError(f"{name} must be a str such as 'tls-v1-2', not {type(value).__name__}")
@@ -153,6 +159,7 @@ class Context:
         side: "client" or "server".
         handshake_timeout: seconds, or None for no limit.
         verify_host: whether clients check the peer's host name.
+
     """
 
     def __init__(self, ptr: Any, side: str, *, owned: bool, keepalive: Any = None) -> None:
@@ -228,11 +235,14 @@ class Context:
         filetype = lib.SSL_FILETYPE_PEM if keytype == "pem" else lib.SSL_FILETYPE_ASN1
         mode = _verify_mode(verify, server)
         opts_value = options_value("options", options)
-        if max_depth is not None and (isinstance(max_depth, bool) or not isinstance(max_depth, int)
-                                      or max_depth < 0):
+        if max_depth is not None and (
+            isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 0
+        ):
             raise ValueError(f"max_depth must be a non-negative int, got {max_depth!r}")
         if handshake_timeout is not None:
-            if isinstance(handshake_timeout, bool) or not isinstance(handshake_timeout, (int, float)):
+            if isinstance(handshake_timeout, bool) or not isinstance(
+                handshake_timeout, (int, float)
+            ):
                 raise TypeError("handshake_timeout must be a number of seconds or None")
             if handshake_timeout <= 0:
                 raise ValueError("handshake_timeout must be > 0 seconds (or None for no limit)")
@@ -272,22 +282,26 @@ class Context:
             if not isinstance(ciphersuites, str):
                 raise TypeError(f"ciphersuites must be a str, not {type(ciphersuites).__name__}")
             if lib.SSL_CTX_set_ciphersuites(ptr, ciphersuites.encode("ascii")) != 1:
-                raise _openssl_failure(f"invalid TLS 1.3 ciphersuites {ciphersuites!r}",
-                                       "set ciphersuites")
+                raise _openssl_failure(
+                    f"invalid TLS 1.3 ciphersuites {ciphersuites!r}", "set ciphersuites"
+                )
         if certificate is not None:
             cpath = _check_file("certificate", certificate)
             pw = ffi.NULL if password is None else password
             if lib.uvs_ctx_use_cert_file(ptr, cpath, filetype, pw) != 1:
-                raise _openssl_failure(f"cannot load certificate {os.fsdecode(cpath)!r}",
-                                       "load certificate")
+                raise _openssl_failure(
+                    f"cannot load certificate {os.fsdecode(cpath)!r}", "load certificate"
+                )
             kpath = _check_file("key", key) if key is not None else cpath
             if lib.uvs_ctx_use_key_file(ptr, kpath, filetype, pw) != 1:
                 hint = "" if password is None else " (is the password right?)"
                 raise _openssl_failure(
-                    f"cannot load private key {os.fsdecode(kpath)!r}{hint}", "load key")
+                    f"cannot load private key {os.fsdecode(kpath)!r}{hint}", "load key"
+                )
             if lib.SSL_CTX_check_private_key(ptr) != 1:
-                raise _openssl_failure("the private key does not match the certificate",
-                                       "check key")
+                raise _openssl_failure(
+                    "the private key does not match the certificate", "check key"
+                )
         if ca_file is not None or ca_directory is not None:
             f = _check_file("ca_file", ca_file) if ca_file is not None else ffi.NULL
             d = _check_file("ca_directory", ca_directory) if ca_directory is not None else ffi.NULL
@@ -416,8 +430,11 @@ def _check_same_libssl() -> None:
 
 
 def _from_stdlib(sslctx: _stdlib_ssl.SSLContext, side: str) -> Context:
-    for attr, what in (("sni_callback", "sni_callback"), ("keylog_filename", "keylog_filename"),
-                       ("_msg_callback", "a message callback")):
+    for attr, what in (
+        ("sni_callback", "sni_callback"),
+        ("keylog_filename", "keylog_filename"),
+        ("_msg_callback", "a message callback"),
+    ):
         if getattr(sslctx, attr, None) is not None:
             raise ValueError(
                 f"ssl_ctx: this ssl.SSLContext sets {what}, which needs stdlib socket objects; "
@@ -430,9 +447,10 @@ def _from_stdlib(sslctx: _stdlib_ssl.SSLContext, side: str) -> Context:
         raise RuntimeError("uvssl: could not find this ssl.SSLContext's SSL_CTX")
     ptr = ffi.cast("SSL_CTX *", addr)
     # sanity check: the pointer must describe the same settings the object reports
-    if int(lib.SSL_CTX_get_options(ptr)) != int(sslctx.options) or int(
-        lib.SSL_CTX_get_verify_mode(ptr) & 3
-    ) != int(sslctx.verify_mode) & 3:
+    if (
+        int(lib.SSL_CTX_get_options(ptr)) != int(sslctx.options)
+        or int(lib.SSL_CTX_get_verify_mode(ptr) & 3) != int(sslctx.verify_mode) & 3
+    ):
         raise RuntimeError("uvssl: could not find this ssl.SSLContext's SSL_CTX")
     if lib.SSL_CTX_up_ref(ptr) != 1:
         raise _openssl_failure("SSL_CTX_up_ref failed", "borrow context")

@@ -67,6 +67,7 @@ class SocketError(OSError):
         code: the errno value, or None when the error has none (DNS, TLS).
         action: what was being done: ``"connect"``, ``"read"``, ``"write"``, ...
         socket: the ``Socket`` (or server) it happened on, or None.
+
     """
 
     def __init__(
@@ -101,7 +102,7 @@ class SocketError(OSError):
         return (_rebuild, (type(self), self.message, dict(self.__dict__)))
 
 
-def _rebuild(cls: type, message: str, state: dict[str, Any]) -> Any:
+def _rebuild(cls: Any, message: str, state: dict[str, Any]) -> Any:
     obj = cls.__new__(cls)
     OSError.__init__(obj, message)
     obj.__dict__.update(state)
@@ -121,7 +122,8 @@ class TcpEof(TcpError):
 
 class TcpTimeout(TcpError):
     """No data arrived within ``read_timeout``, or queued data did not leave within
-    ``write_timeout`` (cl-async's ``tcp-timeout``). The socket is closed."""
+    ``write_timeout`` (cl-async's ``tcp-timeout``). The socket is closed.
+    """
 
 
 class TcpRefused(TcpError):
@@ -190,7 +192,8 @@ class TcpSslError(TcpError, SslCondition):
 
 class SslClosed(TcpSslError):
     """The TLS session ended: the peer sent close_notify, or closed TCP without it
-    (``truncated`` is then True: data may have been cut off)."""
+    (``truncated`` is then True: data may have been cut off).
+    """
 
     truncated: bool = False
 

@@ -300,8 +300,7 @@ def get_loop() -> Loop:
     loop: Optional[Loop] = getattr(_local, "loop", None)
     if loop is None or loop._ptr is None:
         raise RuntimeError(
-            "uvssl: no event loop is running in this thread; "
-            "call this inside start_event_loop()"
+            "uvssl: no event loop is running in this thread; call this inside start_event_loop()"
         )
     return loop
 
@@ -384,7 +383,7 @@ def _errname(code: int) -> str:
 # -- dispatchers (called from C with the GIL taken by cffi) ---------------------------------
 
 
-@ffi.def_extern()  # type: ignore[misc]
+@ffi.def_extern()  # type: ignore[untyped-decorator]
 def uvs_py_on_read(data: Any, buf: Any, length: int) -> None:
     """Data arrived on a connection: one call per read (TLS: per decrypted batch)."""
     sock = ffi.from_handle(data)
@@ -397,7 +396,7 @@ def uvs_py_on_read(data: Any, buf: Any, length: int) -> None:
         loop._app_error(exc)
 
 
-@ffi.def_extern()  # type: ignore[misc]
+@ffi.def_extern()  # type: ignore[untyped-decorator]
 def uvs_py_on_event(data: Any, kind: int, status: int, action: int) -> None:
     """Anything but data: connect, EOF, errors, written/drain, closed."""
     obj = ffi.from_handle(data)
@@ -413,7 +412,7 @@ def uvs_py_on_event(data: Any, kind: int, status: int, action: int) -> None:
         loop._app_error(exc)
 
 
-@ffi.def_extern()  # type: ignore[misc]
+@ffi.def_extern()  # type: ignore[untyped-decorator]
 def uvs_py_on_accept(server_data: Any, conn: Any) -> None:
     """A server accepted a connection: wrap it (leaving data NULL refuses it)."""
     server = ffi.from_handle(server_data)
@@ -426,7 +425,7 @@ def uvs_py_on_accept(server_data: Any, conn: Any) -> None:
         loop._app_error(exc)
 
 
-@ffi.def_extern()  # type: ignore[misc]
+@ffi.def_extern()  # type: ignore[untyped-decorator]
 def uvs_py_on_timer(data: Any) -> None:
     """A timer fired."""
     timer = ffi.from_handle(data)
@@ -439,7 +438,7 @@ def uvs_py_on_timer(data: Any) -> None:
         loop._app_error(exc)
 
 
-@ffi.def_extern()  # type: ignore[misc]
+@ffi.def_extern()  # type: ignore[untyped-decorator]
 def uvs_py_on_wakeup(loop_data: Any) -> None:
     """call_threadsafe work or a signal is pending."""
     loop = ffi.from_handle(loop_data)
@@ -447,4 +446,3 @@ def uvs_py_on_wakeup(loop_data: Any) -> None:
         loop._on_wakeup()
     except BaseException as exc:  # noqa: BLE001
         loop._fail(exc)
-

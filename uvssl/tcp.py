@@ -53,7 +53,7 @@ _ACTIONS = {
 
 
 def _errno_of(status: int) -> Optional[int]:
-    """libuv codes are negated errno values on Unix; DNS (EAI) codes have no errno."""
+    """Libuv codes are negated errno values on Unix; DNS (EAI) codes have no errno."""
     if -4000 < status < 0 and not (-3100 < status <= -3000):
         return -status
     return None
@@ -164,6 +164,7 @@ class Socket:
         data: a free slot for the application.
         read_cb, event_cb, connect_cb, write_cb, drain_cb: the callbacks; assignable.
         stream: the ``AsyncStream`` in stream mode, else None.
+
     """
 
     _tls = False
@@ -242,7 +243,10 @@ class Socket:
         conn = self._conn
         if conn is None or self._closed:
             raise SocketClosed(
-                f"socket is closed; cannot {action}", action=action, socket=self, identifier="shutdown"
+                f"socket is closed; cannot {action}",
+                action=action,
+                socket=self,
+                identifier="shutdown",
             )
         return conn
 
@@ -276,7 +280,9 @@ class Socket:
         r = lib.uvs_conn_address(conn, peer, host, 64, port)
         if r != 0:
             raise SocketError(
-                _strerror(r), code=_errno_of(r), action="getpeername" if peer else "getsockname",
+                _strerror(r),
+                code=_errno_of(r),
+                action="getpeername" if peer else "getsockname",
                 socket=self,
             )
         return ffi.string(host).decode("ascii"), int(port[0])
@@ -311,14 +317,17 @@ class Socket:
         r = lib.uvs_conn_write(conn, buf, len(buf))
         if r < 0:
             raise SocketClosed(
-                f"socket is closing; cannot write ({_strerror(r)})", action="write", socket=self,
+                f"socket is closing; cannot write ({_strerror(r)})",
+                action="write",
+                socket=self,
                 identifier="shutdown",
             )
-        return r == 0
+        return bool(r == 0)
 
     def close(self, force: bool = False) -> None:
         """Close the socket. Graceful by default: pending writes are flushed first (and
-        close_notify sent on TLS); ``force=True`` drops them and closes at once."""
+        close_notify sent on TLS); ``force=True`` drops them and closes at once.
+        """
         if self._closed:
             return
         self._closed = True
@@ -337,7 +346,8 @@ class Socket:
         self, *, nodelay: Optional[bool] = None, keepalive: Union[bool, float, None] = None
     ) -> None:
         """Set TCP_NODELAY (on by default) and SO_KEEPALIVE (``True``, or the idle time in
-        seconds before probes start; ``False`` turns it off)."""
+        seconds before probes start; ``False`` turns it off).
+        """
         conn = self._live_conn("set options")
         if nodelay is not None:
             if not isinstance(nodelay, bool):
@@ -381,7 +391,8 @@ class Socket:
     ) -> None:
         """Set the write buffer's high- and low-water marks (bytes; defaults 64 KiB, and a
         quarter of high). ``write`` returns False above high; ``drain_cb(socket)`` (given here
-        or assigned to ``socket.drain_cb``) runs when the buffer falls back to low."""
+        or assigned to ``socket.drain_cb``) runs when the buffer falls back to low.
+        """
         for name, v in (("high", high), ("low", low)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
                 raise TypeError(f"{name} must be an int, not {type(v).__name__}")
@@ -411,7 +422,9 @@ class Socket:
             return
         if kind == lib.UVS_EV_EOF:
             self._eof = True
-            self._report(TcpEof("the peer closed the connection", action="read", socket=self), eof=True)
+            self._report(
+                TcpEof("the peer closed the connection", action="read", socket=self), eof=True
+            )
             return
         self._closed = True
         self._report(self._error_for(kind, status, action))
@@ -424,7 +437,10 @@ class Socket:
         if kind in (lib.UVS_EV_READ_TIMEOUT, lib.UVS_EV_WRITE_TIMEOUT):
             what = "read" if kind == lib.UVS_EV_READ_TIMEOUT else "write"
             return TcpTimeout(
-                f"{what} timed out", code=_errno.ETIMEDOUT, action=what, socket=self,
+                f"{what} timed out",
+                code=_errno.ETIMEDOUT,
+                action=what,
+                socket=self,
                 identifier="connection-timed-out",
             )
         return socket_error_for(status, action, self)
@@ -492,7 +508,8 @@ class TcpServer:
             code = err[0]
             raise SocketError(
                 f"cannot listen on {ip!r} port {port}: {_strerror(code)}",
-                code=_errno_of(code), action="listen",
+                code=_errno_of(code),
+                action="listen",
             )
         self._ptr = ptr
         self.address = ip
@@ -548,7 +565,9 @@ class TcpServer:
         self._loop._live.discard(self)
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.address}:{self.port}{' closed' if self._closed else ''}>"
+        return (
+            f"<{type(self).__name__} {self.address}:{self.port}{' closed' if self._closed else ''}>"
+        )
 
 
 def _bind_ip(bind_address: Optional[str], port: int) -> str:
@@ -556,9 +575,7 @@ def _bind_ip(bind_address: Optional[str], port: int) -> str:
         return "0.0.0.0"
     host = _check_host("bind_address", bind_address)
     try:
-        infos = _socket.getaddrinfo(
-            host, port, type=_socket.SOCK_STREAM, flags=_socket.AI_PASSIVE
-        )
+        infos = _socket.getaddrinfo(host, port, type=_socket.SOCK_STREAM, flags=_socket.AI_PASSIVE)
     except _socket.gaierror as e:
         raise DnsError(f"cannot resolve bind_address {host!r}: {e}", action="resolve") from None
     return str(infos[0][4][0])
@@ -568,7 +585,9 @@ def _check_backlog(backlog: Any) -> int:
     if isinstance(backlog, bool) or not isinstance(backlog, int):
         raise TypeError(f"backlog must be an int, not {type(backlog).__name__}")
     if backlog < -1 or backlog > 1 << 20:
-        raise ValueError(f"backlog must be -1 (the system maximum) or a positive int, got {backlog}")
+        raise ValueError(
+            f"backlog must be -1 (the system maximum) or a positive int, got {backlog}"
+        )
     return backlog
 
 
@@ -624,13 +643,19 @@ def tcp_connect(
     if data is not None:
         _check_data("data", data)
     loop = get_loop()
-    sock = Socket(loop, read_cb, event_cb, connect_cb, write_cb,
-                  bool(stream or dont_drain_read_buffer))
+    sock = Socket(
+        loop, read_cb, event_cb, connect_cb, write_cb, bool(stream or dont_drain_read_buffer)
+    )
     return _connect(loop, sock, host, port, data, read_timeout, write_timeout)
 
 
 def _connect(
-    loop: Loop, sock: Socket, host: str, port: int, data: Any, read_timeout: Any,
+    loop: Loop,
+    sock: Socket,
+    host: str,
+    port: int,
+    data: Any,
+    read_timeout: Any,
     write_timeout: Any,
 ) -> Socket:
     _timeout("read_timeout", read_timeout)
@@ -664,8 +689,17 @@ def tcp_server(
     port = _check_port(port)
     _check_common(read_cb, event_cb, connect_cb, None)
     backlog = _check_backlog(backlog)
-    return TcpServer(get_loop(), bind_address, port, read_cb, event_cb, connect_cb, backlog,
-                     bool(stream), bool(reuse_port))
+    return TcpServer(
+        get_loop(),
+        bind_address,
+        port,
+        read_cb,
+        event_cb,
+        connect_cb,
+        backlog,
+        bool(stream),
+        bool(reuse_port),
+    )
 
 
 def tcp_open(
@@ -706,7 +740,8 @@ def tcp_open(
     if pysock.fileno() < 0:
         raise ValueError("fd_or_socket is a closed socket")
     if pysock.type != _socket.SOCK_STREAM or pysock.family not in (
-        _socket.AF_INET, _socket.AF_INET6
+        _socket.AF_INET,
+        _socket.AF_INET6,
     ):
         if not isinstance(fd_or_socket, _socket.socket):
             pysock.detach()
@@ -717,8 +752,9 @@ def tcp_open(
         if not isinstance(fd_or_socket, _socket.socket):
             pysock.detach()
         raise ValueError("fd_or_socket must be connected") from None
-    sock = Socket(loop, read_cb, event_cb, connect_cb, write_cb,
-                  bool(stream or dont_drain_read_buffer))
+    sock = Socket(
+        loop, read_cb, event_cb, connect_cb, write_cb, bool(stream or dont_drain_read_buffer)
+    )
     err = ffi.new("int *")
     conn = lib.uvs_conn_open(loop._ptr, sock._handle, pysock.fileno(), err)
     if conn == ffi.NULL:

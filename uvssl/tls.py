@@ -50,7 +50,9 @@ _ACTION_WHAT = {
 _SSL_R_CERTIFICATE_VERIFY_FAILED = 134
 _X509_LOOKUP_REASONS = {
     # SSL_R_NO_CERTIFICATE_ASSIGNED, SSL_R_NO_PRIVATE_KEY_ASSIGNED, SSL_R_MISSING_RSA_CERTIFICATE
-    177, 190, 168,
+    177,
+    190,
+    168,
 }
 
 
@@ -86,6 +88,7 @@ class SslSocket(Socket):
         self._context: Optional[Context] = None
         self.server_hostname: Optional[str] = None
         self._tls_closed = False
+        self._attached = False  # made plain, then attach_ssl: connect_cb already ran
 
     # -- TLS details -------------------------------------------------------------------------
     def _ssl(self) -> Any:
@@ -147,7 +150,8 @@ class SslSocket(Socket):
     @property
     def session(self) -> Optional[SslSession]:
         """The session, for ``tcp_ssl_connect(session=...)`` (with TLS 1.3 it is resumable
-        once the server's ticket arrived, shortly after the handshake)."""
+        once the server's ticket arrived, shortly after the handshake).
+        """
         ssl = self._ssl()
         if ssl == ffi.NULL:
             return None
@@ -166,14 +170,26 @@ class SslSocket(Socket):
         return self._context
 
     # -- events ------------------------------------------------------------------------------
+    def _on_connected(self) -> None:
+        if not self._attached:
+            super()._on_connected()
+
     def _event(self, kind: int, status: int, action: int) -> None:
+        if kind == lib.UVS_EV_TLS_DETACHED:
+            # plaintext from here on: the same object goes back to being a plain Socket
+            self.__class__ = Socket  # type: ignore[assignment]
+            self._connected = True
+            return
         if kind == lib.UVS_EV_TLS_CLOSED:
             truncated = status != 0
             self._tls_closed = True
             exc = SslClosed(
                 "the peer closed the connection without close_notify (data may be truncated)"
-                if truncated else "the peer sent close_notify",
-                what="read", socket=self, identifier="connection-reset" if truncated else "shutdown",
+                if truncated
+                else "the peer sent close_notify",
+                what="read",
+                socket=self,
+                identifier="connection-reset" if truncated else "shutdown",
             )
             exc.truncated = truncated
             if truncated:
@@ -186,7 +202,9 @@ class SslSocket(Socket):
         what = _ACTION_WHAT.get(action, "handshake")
         if kind == lib.UVS_EV_HANDSHAKE_TIMEOUT:
             return SslHandshakeTimeout(
-                "the TLS handshake did not complete in time", what="handshake", socket=self,
+                "the TLS handshake did not complete in time",
+                what="handshake",
+                socket=self,
                 identifier="connection-timed-out",
             )
         if kind == lib.UVS_EV_TLS_ERROR:
@@ -221,8 +239,12 @@ class SslSocket(Socket):
         else:
             msg = f"TLS {what} failed"
         kw: dict[str, Any] = dict(
-            what=what, codes=codes, strings=strings, verify_result=vr,
-            verify_result_string=vstr, socket=self,
+            what=what,
+            codes=codes,
+            strings=strings,
+            verify_result=vr,
+            verify_result_string=vstr,
+            socket=self,
             code=_errno_of(-sys_err) if sys_err > 0 else None,
         )
         if _SSL_R_CERTIFICATE_VERIFY_FAILED in reasons and verified_bad:
@@ -267,7 +289,10 @@ _ctx_cache_refs: weakref.WeakValueDictionary[Any, Any] = weakref.WeakValueDictio
 
 
 def _default_client_context(
-    verify: bool, ca_file: Any, ciphers: Optional[str], options: int,
+    verify: bool,
+    ca_file: Any,
+    ciphers: Optional[str],
+    options: int,
 ) -> Context:
     """Contexts built from tcp_ssl_connect keywords are cached: no SSL_CTX per connection."""
     key = (verify, ca_file, ciphers, options)
@@ -275,8 +300,9 @@ def _default_client_context(
     if ctx is None:
         if len(_client_contexts) >= 32:
             _client_contexts.clear()
-        ctx = Context.client(verify=verify, ca_file=ca_file, ciphers=ciphers,
-                             options=options or None)
+        ctx = Context.client(
+            verify=verify, ca_file=ca_file, ciphers=ciphers, options=options or None
+        )
         _client_contexts[key] = ctx
     return ctx
 
@@ -285,16 +311,22 @@ def _check_hs_timeout(value: Any) -> Optional[float]:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"handshake_timeout must be a number of seconds or None, not "
-                        f"{type(value).__name__}")
+        raise TypeError(
+            f"handshake_timeout must be a number of seconds or None, not {type(value).__name__}"
+        )
     if value <= 0:
         raise ValueError(f"handshake_timeout must be > 0 seconds (or None), got {value!r}")
     return float(value)
 
 
 def _configure_client_ssl(
-    sock: SslSocket, ssl: Any, ctx: Context, server_hostname: Optional[str], verify: bool,
-    alpn: Optional[bytes], session: Optional[SslSession],
+    sock: SslSocket,
+    ssl: Any,
+    ctx: Context,
+    server_hostname: Optional[str],
+    verify: bool,
+    alpn: Optional[bytes],
+    session: Optional[SslSession],
 ) -> None:
     if server_hostname:
         is_ip = True
@@ -309,7 +341,8 @@ def _configure_client_ssl(
             lib.SSL_set_hostflags(ssl, lib.X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS)
             if is_ip:
                 ok = lib.X509_VERIFY_PARAM_set1_ip_asc(
-                    lib.SSL_get0_param(ssl), server_hostname.encode("ascii"))
+                    lib.SSL_get0_param(ssl), server_hostname.encode("ascii")
+                )
             else:
                 ok = lib.SSL_set1_host(ssl, server_hostname.encode("idna"))
             if ok != 1:
@@ -320,8 +353,9 @@ def _configure_client_ssl(
         raise SslFailure("cannot set ALPN", what="configure")
     if session is not None:
         if not isinstance(session, SslSession):
-            raise TypeError(f"session must be an SslSession (from socket.session), not "
-                            f"{type(session).__name__}")
+            raise TypeError(
+                f"session must be an SslSession (from socket.session), not {type(session).__name__}"
+            )
         if session._ptr is not None and lib.SSL_set_session(ssl, session._ptr) != 1:
             lib.ERR_clear_error()  # an unusable session just means a full handshake
 
@@ -382,21 +416,30 @@ def tcp_ssl_connect(
     if session is not None and not isinstance(session, SslSession):
         raise TypeError(f"session must be an SslSession, not {type(session).__name__}")
     loop = get_loop()
-    sock = SslSocket(loop, read_cb, event_cb, connect_cb, write_cb,
-                     bool(stream or dont_drain_read_buffer))
+    sock = SslSocket(
+        loop, read_cb, event_cb, connect_cb, write_cb, bool(stream or dont_drain_read_buffer)
+    )
     sock._context = ctx
     sock.server_hostname = server_hostname or host
     _connect(loop, sock, host, port, None, read_timeout, write_timeout)
     try:
-        r = lib.uvs_conn_attach_tls(sock._conn, ctx._ctx, ffi.NULL, 0, hs or 0.0)
+        r = lib.uvs_conn_attach_tls(sock._conn, ctx._ctx, ffi.NULL, 0, hs or 0.0, ffi.NULL, 0)
         if r != 0:
             from .openssl import error_queue
 
             codes, strings = error_queue()
-            raise SslFailure(f"cannot start TLS: {_strerror(r)}", what="attach", codes=codes,
-                             strings=strings)
-        _configure_client_ssl(sock, lib.uvs_conn_ssl(sock._conn), ctx, sock.server_hostname,
-                              verify, alpn_bytes, session)
+            raise SslFailure(
+                f"cannot start TLS: {_strerror(r)}", what="attach", codes=codes, strings=strings
+            )
+        _configure_client_ssl(
+            sock,
+            lib.uvs_conn_ssl(sock._conn),
+            ctx,
+            sock.server_hostname,
+            verify,
+            alpn_bytes,
+            session,
+        )
     except BaseException:
         sock.close(force=True)
         raise
@@ -447,12 +490,26 @@ def tcp_ssl_server(
     else:
         if certificate is None:
             raise ValueError("tcp_ssl_server needs certificate= (and key=) or ssl_ctx=")
-        ctx = Context.server(certificate=certificate, key=key, keytype=keytype,
-                             certificate_password=password, ciphers=ciphers,
-                             options=opts or None)
+        ctx = Context.server(
+            certificate=certificate,
+            key=key,
+            keytype=keytype,
+            certificate_password=password,
+            ciphers=ciphers,
+            options=opts or None,
+        )
     loop: Loop = get_loop()
-    server = TcpSslServer(loop, bind_address, port, read_cb, event_cb, connect_cb, backlog,
-                          bool(stream), bool(reuse_port))
+    server = TcpSslServer(
+        loop,
+        bind_address,
+        port,
+        read_cb,
+        event_cb,
+        connect_cb,
+        backlog,
+        bool(stream),
+        bool(reuse_port),
+    )
     server._configure_tls(ctx, hs)
     return server
 

@@ -597,6 +597,14 @@ int main(int argc, char **argv)
         perror("echo_server: sigaction(SIGPIPE)");
         return 1;
     }
+    /* A background job of a non-interactive shell starts with SIGINT ignored, and an
+     * ignored signal never reaches a signalfd: restore the default disposition first (it
+     * never runs, the signals are blocked). */
+    sa.sa_handler = SIG_DFL;
+    if (sigaction(SIGINT, &sa, NULL) != 0 || sigaction(SIGTERM, &sa, NULL) != 0) {
+        perror("echo_server: sigaction");
+        return 1;
+    }
     if (sigemptyset(&mask) != 0 || sigaddset(&mask, SIGTERM) != 0 ||
         sigaddset(&mask, SIGINT) != 0 || sigprocmask(SIG_BLOCK, &mask, NULL) != 0) {
         perror("echo_server: sigprocmask");

@@ -1059,13 +1059,16 @@ static void check_phase(uint64_t now)
             all = 1;
         }
         if (all) {
-            if (g.established == 0) {
-                enter_phase(P_DONE, now);
-            } else if (g.o.mode == M_IDLE) {
+            if (g.o.mode == M_IDLE) {
+                /* Always printed, even "IDLE 0", so the reader sees two lines. */
                 if (printf("IDLE %ld\n", g.established) < 0 || fflush(stdout) != 0) {
                     enter_phase(P_DONE, now);
                     return;
                 }
+            }
+            if (g.established == 0) {
+                enter_phase(P_DONE, now);
+            } else if (g.o.mode == M_IDLE) {
                 enter_phase(P_HOLD, now);
                 if (g.stdin_eof) {
                     enter_phase(P_DONE, now);
@@ -1308,13 +1311,16 @@ int main(int argc, char **argv)
     for (i = 0; i < g.o.conns; i++) {
         conn_close(&g.conns[i], 1);
     }
+    ok = g.o.mode == M_IDLE ? g.established > 0
+         : g.o.mode == M_BULK ? g.bytes > 0
+                              : g.ops > 0;
+    if (!ok) {
+        set_error("nothing completed before the deadline (server stalled or too slow?)");
+    }
     print_json(now);
     if (fflush(stdout) != 0) {
         perror("loadgen: stdout");
     }
-    ok = g.o.mode == M_IDLE ? g.established > 0
-         : g.o.mode == M_BULK ? g.bytes > 0
-                              : g.ops > 0;
     status = ok ? 0 : 1;
 
 out:

@@ -1,0 +1,1 @@
+"""Benchmarks for uvssl: ``python -m uvssl bench`` (see SPEC S8)."""
