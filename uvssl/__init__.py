@@ -54,6 +54,14 @@ from .tcp import (
     tcp_server,
     write_socket_data,
 )
+from .stream import (
+    SslStream,
+    get_ssl_peer_certificate,
+    get_ssl_verify_result,
+    make_ssl_client_stream,
+    make_ssl_server_stream,
+    ssl_do_handshake,
+)
 from .tls import SslSession, SslSocket, TcpSslServer, tcp_ssl_connect, tcp_ssl_server
 from .x509 import X509Certificate
 
@@ -66,6 +74,12 @@ __all__ = [
     "AsyncStream",
     "Context",
     "SslPointer",
+    "SslStream",
+    "get_ssl_peer_certificate",
+    "get_ssl_verify_result",
+    "make_ssl_client_stream",
+    "make_ssl_server_stream",
+    "ssl_do_handshake",
     "attach_ssl",
     "detach_ssl",
     "SslSession",

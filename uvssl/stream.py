@@ -1,0 +1,321 @@
+"""Synchronous TLS streams over an existing socket (SPEC S7; Allegro CL's make-ssl-*-stream).
+
+``make_ssl_client_stream(sock, ...)`` / ``make_ssl_server_stream(sock, ...)`` return an
+``SslStream``, a binary ``io.RawIOBase``: wrap it in ``io.BufferedRWPair`` or
+``io.TextIOWrapper`` for buffered or text I/O. The blocking I/O and the crypto run in C
+(csrc/stream.c, the same TLS engine as the event loop) with the GIL released, so other Python
+threads keep running while a stream waits. A socket timeout (``sock.settimeout``) applies to
+each blocking step and raises ``TimeoutError``.
+
+The handshake happens at the first read or write, or at once with ``ssl_do_handshake``.
+Closing the stream sends close_notify and closes the socket.
+"""
+
+from __future__ import annotations
+
+import io
+import socket as _socket
+from typing import Any, Optional, Union
+
+from ._uvssl import ffi, lib
+from .context import Context, _version_range
+from .errors import SslClosed, SslFailure, SslVerificationFailure, TcpSslError
+from .loop import _strerror
+from .openssl import error_strings, verify_string
+from .x509 import X509Certificate
+
+__all__ = [
+    "SslStream",
+    "make_ssl_client_stream",
+    "make_ssl_server_stream",
+    "ssl_do_handshake",
+    "get_ssl_peer_certificate",
+    "get_ssl_verify_result",
+]
+
+# Options a given context fixes: repeating them per stream is an error.
+_FIXED_BY_CONTEXT = (
+    "certificate", "key", "certificate_password", "keytype", "ca_file", "ca_directory",
+    "crl_check", "crl_file", "alpn", "options", "session_tickets", "ciphersuites",
+)
+# Options that may override the context for one stream.
+_PER_STREAM = ("method", "ciphers", "verify", "max_depth", "min_version", "max_version")
+
+_SSL_R_CERTIFICATE_VERIFY_FAILED = 134
+
+
+class SslStream(io.RawIOBase):
+    """A blocking TLS stream over a connected socket (see the module docstring)."""
+
+    def __init__(self, sock: _socket.socket, ctx: Context, server: bool) -> None:
+        """Internal: use ``make_ssl_client_stream`` / ``make_ssl_server_stream``."""
+        super().__init__()
+        self._sock = sock
+        self.context = ctx
+        self.server_side = server
+        err = ffi.new("int *")
+        ptr = lib.uvs_stream_new(ctx._ctx, sock.fileno(), int(server), err)
+        if ptr == ffi.NULL:
+            from .openssl import error_queue
+
+            codes, strings = error_queue()
+            raise SslFailure(f"cannot create the TLS stream: {_strerror(err[0])}",
+                             what="create", codes=codes, strings=strings)
+        self._s: Any = ptr
+        self.server_hostname: Optional[str] = None
+
+    # -- io.RawIOBase --------------------------------------------------------------------------
+    def readable(self) -> bool:
+        """True: a TLS stream reads."""
+        return True
+
+    def writable(self) -> bool:
+        """True: a TLS stream writes."""
+        return True
+
+    def fileno(self) -> int:
+        """The socket's descriptor."""
+        return self._sock.fileno()
+
+    def _live(self) -> Any:
+        if self._s is None:
+            raise ValueError("I/O operation on a closed SslStream")
+        return self._s
+
+    def _sync_timeout(self, s: Any) -> None:
+        t = self._sock.gettimeout()
+        lib.uvs_stream_set_timeout(s, -1 if t is None else max(0, int(t * 1000)))
+
+    def readinto(self, b: Any) -> int:
+        """Read up to len(b) bytes into b; 0 at the peer's close_notify."""
+        s = self._live()
+        self._sync_timeout(s)
+        n = len(memoryview(b).cast("B"))
+        if n == 0:
+            return 0
+        r = lib.uvs_stream_read(s, ffi.from_buffer(b, require_writable=True), n)
+        if r < 0:
+            raise self._error(int(r), "read")
+        return int(r)
+
+    def write(self, b: Any) -> int:
+        """Write all of b (blocking until the kernel took it); returns len(b)."""
+        s = self._live()
+        self._sync_timeout(s)
+        if isinstance(b, str):
+            raise TypeError("SslStream.write takes bytes-like data, not str")
+        buf = ffi.from_buffer(b)
+        r = lib.uvs_stream_write(s, buf, len(buf))
+        if r < 0:
+            raise self._error(int(r), "write")
+        return int(r)
+
+    def do_handshake(self) -> None:
+        """Run the handshake now (it otherwise happens at the first read or write)."""
+        s = self._live()
+        self._sync_timeout(s)
+        r = lib.uvs_stream_handshake(s)
+        if r != 0:
+            raise self._error(int(r), "handshake")
+
+    def close(self) -> None:
+        """Send close_notify (best effort), free the TLS state and close the socket."""
+        s, self._s = getattr(self, "_s", None), None
+        if s is not None:
+            try:
+                self._sync_timeout(s)
+                lib.uvs_stream_shutdown(s)
+            finally:
+                lib.uvs_stream_free(s)
+                self._sock.close()
+        super().close()
+
+    # -- TLS details -----------------------------------------------------------------------------
+    def _ssl(self) -> Any:
+        return lib.uvs_stream_ssl(self._live())
+
+    @property
+    def version(self) -> Optional[str]:
+        """The negotiated protocol, or None before the handshake."""
+        ssl = self._ssl()
+        v = ffi.string(lib.SSL_get_version(ssl)).decode()
+        return None if v == "unknown" else str(v)
+
+    @property
+    def cipher(self) -> Optional[str]:
+        """The negotiated cipher, or None before the handshake."""
+        c = lib.SSL_get_current_cipher(self._ssl())
+        return None if c == ffi.NULL else str(ffi.string(lib.SSL_CIPHER_get_name(c)).decode())
+
+    @property
+    def peer_certificate(self) -> Optional[X509Certificate]:
+        """The peer's certificate, or None."""
+        x = lib.SSL_get1_peer_certificate(self._ssl())
+        if x == ffi.NULL:
+            return None
+        try:
+            return X509Certificate._from_x509(x)
+        finally:
+            lib.X509_free(x)
+
+    @property
+    def verify_result(self) -> int:
+        """The certificate verification result (0 is X509_V_OK)."""
+        return int(lib.SSL_get_verify_result(self._ssl()))
+
+    @property
+    def ssl_pointer(self) -> int:
+        """The raw ``SSL*`` as an int."""
+        return int(ffi.cast("uintptr_t", self._ssl()))
+
+    # -- errors ----------------------------------------------------------------------------------
+    def _error(self, r: int, what: str) -> BaseException:
+        if r == lib.UVS_STREAM_ETLS:
+            buf = ffi.new("unsigned long[16]")
+            se, ye, v = ffi.new("int *"), ffi.new("int *"), ffi.new("long *")
+            n = lib.uvs_stream_tls_error(self._s, buf, 16, se, ye, v)
+            codes = tuple(int(buf[i]) for i in range(n))
+            strings = error_strings(codes)
+            vr = int(v[0])
+            vstr = verify_string(vr)
+            reasons = {int(lib.ERR_GET_REASON(c)) for c in codes}
+            kw: dict[str, Any] = dict(what=what, codes=codes, strings=strings,
+                                      verify_result=vr, verify_result_string=vstr)
+            if _SSL_R_CERTIFICATE_VERIFY_FAILED in reasons and vr != lib.X509_V_OK:
+                return SslVerificationFailure(f"certificate verification failed: {vstr}", **kw)
+            if ye[0] == lib.UV_EOF and not codes:
+                return SslFailure("the peer closed the connection during the TLS handshake",
+                                  **kw)
+            detail = strings[-1].split(":")[-1] if strings else "TLS error"
+            return SslFailure(f"TLS {what} failed: {detail}", **kw)
+        if r == lib.UV_ETIMEDOUT:
+            return TimeoutError(f"TLS {what} timed out")
+        if r == lib.UV_EOF:
+            exc = SslClosed("the peer closed the connection without close_notify "
+                            "(data may be truncated)", what=what)
+            exc.truncated = True
+            return exc
+        return TcpSslError(f"TLS {what} failed: {_strerror(r)}", what=what,
+                           code=-r if -4000 < r < 0 else None)
+
+
+def _to_socket(sock: Union[_socket.socket, int]) -> _socket.socket:
+    if isinstance(sock, _socket.socket):
+        if sock.fileno() < 0:
+            raise ValueError("sock is closed")
+        return sock
+    if isinstance(sock, int) and not isinstance(sock, bool):
+        try:
+            return _socket.socket(fileno=sock)
+        except OSError as e:
+            raise ValueError(f"sock {sock} is not a socket: {e}") from None
+    raise TypeError(f"sock must be a connected socket.socket or a descriptor, not "
+                    f"{type(sock).__name__}")
+
+
+def _make(sock: Any, side: str, opts: dict[str, Any]) -> SslStream:
+    s = _to_socket(sock)
+    context = opts.pop("context", None)
+    server_hostname = opts.pop("server_hostname", None)
+    if server_hostname is not None and side != "client":
+        raise ValueError("server_hostname is for client streams")
+    if context is not None:
+        if not isinstance(context, Context):
+            raise TypeError(f"context must be a uvssl.Context, not {type(context).__name__}")
+        fixed = [k for k in _FIXED_BY_CONTEXT if k in opts]
+        if fixed:
+            raise ValueError(f"{', '.join(fixed)} cannot be given with context= "
+                             "(the context fixes them)")
+        unknown = [k for k in opts if k not in _PER_STREAM]
+        if unknown:
+            raise TypeError(f"unknown option(s): {', '.join(unknown)}")
+        ctx = context
+        overrides = opts
+    else:
+        overrides = {}
+        ctx = Context.client(**opts) if side == "client" else Context.server(**opts)
+    stream = SslStream(s, ctx, side == "server")
+    try:
+        _apply_overrides(stream, ctx, overrides, server_hostname)
+    except BaseException:
+        lib.uvs_stream_free(stream._s)
+        stream._s = None
+        raise
+    return stream
+
+
+def _apply_overrides(stream: SslStream, ctx: Context, o: dict[str, Any],
+                     server_hostname: Optional[str]) -> None:
+    ssl = stream._ssl()
+    if "method" in o or "min_version" in o or "max_version" in o:
+        lo, hi = _version_range(o.get("min_version"), o.get("max_version"), o.get("method"))
+        if lib.SSL_set_min_proto_version(ssl, lo) != 1 or lib.SSL_set_max_proto_version(
+                ssl, hi) != 1:
+            raise SslFailure("cannot set the TLS version range", what="configure")
+    if "ciphers" in o:
+        c = o["ciphers"]
+        if not isinstance(c, str):
+            raise TypeError("ciphers must be a str")
+        if lib.SSL_set_cipher_list(ssl, c.encode("ascii")) != 1:
+            from .openssl import error_queue
+
+            codes, strings = error_queue()
+            raise SslFailure(f"invalid cipher list {c!r}", what="configure", codes=codes,
+                             strings=strings)
+    verify = o.get("verify")
+    if "verify" in o:
+        from .context import _verify_mode
+
+        lib.SSL_set_verify(ssl, _verify_mode(verify, stream.server_side), ffi.NULL)
+    if "max_depth" in o:
+        d = o["max_depth"]
+        if isinstance(d, bool) or not isinstance(d, int) or d < 0:
+            raise ValueError("max_depth must be a non-negative int")
+        lib.SSL_set_verify_depth(ssl, d)
+    if server_hostname is not None:
+        from .tls import _configure_client_ssl
+
+        if not isinstance(server_hostname, str) or not server_hostname:
+            raise TypeError("server_hostname must be a non-empty str")
+        verifying = bool(lib.SSL_get_verify_mode(ssl) & lib.SSL_VERIFY_PEER)
+        stream.server_hostname = server_hostname
+        _configure_client_ssl(None, ssl, ctx, server_hostname, verifying, None, None)
+
+
+def make_ssl_client_stream(sock: Union[_socket.socket, int], **opts: Any) -> SslStream:
+    """A client TLS stream over a connected socket.
+
+    Options: those of ``Context.client`` (when no ``context`` is given), or ``context=`` plus
+    the per-stream overrides ``method``, ``min_version``, ``max_version``, ``ciphers``,
+    ``verify`` and ``max_depth``; and ``server_hostname`` (SNI and host name check; without it
+    only the chain is verified).
+    """
+    return _make(sock, "client", dict(opts))
+
+
+def make_ssl_server_stream(sock: Union[_socket.socket, int], **opts: Any) -> SslStream:
+    """A server TLS stream over a connected socket (options as ``make_ssl_client_stream``,
+    with ``Context.server``'s: ``certificate`` and ``key`` are usually needed)."""
+    return _make(sock, "server", dict(opts))
+
+
+def ssl_do_handshake(stream: SslStream) -> None:
+    """Run the stream's handshake now."""
+    if not isinstance(stream, SslStream):
+        raise TypeError(f"stream must be an SslStream, not {type(stream).__name__}")
+    stream.do_handshake()
+
+
+def get_ssl_peer_certificate(stream: SslStream) -> Optional[X509Certificate]:
+    """The peer's certificate (after the handshake), or None."""
+    if not isinstance(stream, SslStream):
+        raise TypeError(f"stream must be an SslStream, not {type(stream).__name__}")
+    return stream.peer_certificate
+
+
+def get_ssl_verify_result(stream: SslStream) -> int:
+    """The certificate verification result of the stream (0 is X509_V_OK)."""
+    if not isinstance(stream, SslStream):
+        raise TypeError(f"stream must be an SslStream, not {type(stream).__name__}")
+    return stream.verify_result
+
