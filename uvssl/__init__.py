@@ -43,6 +43,14 @@ from .loop import (
     with_event_loop,
 )
 from .openssl import SSL_OPTIONS, openssl_version
+from .stream import (
+    SslStream,
+    get_ssl_peer_certificate,
+    get_ssl_verify_result,
+    make_ssl_client_stream,
+    make_ssl_server_stream,
+    ssl_do_handshake,
+)
 from .tcp import (
     AsyncStream,
     Socket,
@@ -53,14 +61,6 @@ from .tcp import (
     tcp_open,
     tcp_server,
     write_socket_data,
-)
-from .stream import (
-    SslStream,
-    get_ssl_peer_certificate,
-    get_ssl_verify_result,
-    make_ssl_client_stream,
-    make_ssl_server_stream,
-    ssl_do_handshake,
 )
 from .tls import SslSession, SslSocket, TcpSslServer, tcp_ssl_connect, tcp_ssl_server
 from .x509 import X509Certificate

@@ -51,9 +51,7 @@ def _is_ssl_pointer(value: Any) -> bool:
     return isinstance(value, ffi.CData) and ffi.typeof(value) is ffi.typeof("SSL *")
 
 
-def _default_context(
-    spec: Any, side: str, configure: Optional[ConfigureCallback]
-) -> Context:
+def _default_context(spec: Any, side: str, configure: Optional[ConfigureCallback]) -> Context:
     """A fresh context for LispWorks' True / "default" / version keyword / (min, max) forms."""
     kw: dict[str, Any] = {}
     if isinstance(spec, tuple):
@@ -130,8 +128,9 @@ def attach_ssl(
     initial = b""
     if socket.stream is not None and socket.stream.available:
         initial = socket.stream.read()
-    r = lib.uvs_conn_attach_tls(conn, ctx_ptr, borrowed, int(server), hs or 0.0, initial,
-                                len(initial))
+    r = lib.uvs_conn_attach_tls(
+        conn, ctx_ptr, borrowed, int(server), hs or 0.0, initial, len(initial)
+    )
     if r == lib.UV_EPROTO:
         raise _openssl_failure("cannot start TLS (SSL_new failed)", "attach")
     if r != 0:
@@ -150,7 +149,7 @@ def attach_ssl(
     try:
         if not server and borrowed == ffi.NULL:
             assert ctx is not None
-            _configure_client_ssl(sslsock, ssl, ctx, tlsext_host_name, True, None, None)
+            _configure_client_ssl(ssl, ctx, tlsext_host_name, True, None, None)
         if ssl_configure_callback is not None:
             ssl_configure_callback(int(ffi.cast("uintptr_t", ssl)))
     except BaseException:
@@ -171,7 +170,11 @@ def detach_ssl(socket: Socket) -> None:
     if r != 0:
         raise SslFailure(
             "cannot detach TLS now: "
-            + ("the handshake has not completed" if state == lib.UVS_TLS_HANDSHAKING
-               else _strerror(r)),
-            what="detach", socket=socket,
+            + (
+                "the handshake has not completed"
+                if state == lib.UVS_TLS_HANDSHAKING
+                else _strerror(r)
+            ),
+            what="detach",
+            socket=socket,
         )

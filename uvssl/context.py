@@ -446,10 +446,11 @@ def _from_stdlib(sslctx: _stdlib_ssl.SSLContext, side: str) -> Context:
     if not addr:
         raise RuntimeError("uvssl: could not find this ssl.SSLContext's SSL_CTX")
     ptr = ffi.cast("SSL_CTX *", addr)
-    # sanity check: the pointer must describe the same settings the object reports
-    if (
-        int(lib.SSL_CTX_get_options(ptr)) != int(sslctx.options)
-        or int(lib.SSL_CTX_get_verify_mode(ptr) & 3) != int(sslctx.verify_mode) & 3
+    # sanity check: the pointer must describe the same settings the object reports (the
+    # stdlib's CERT_* values are not OpenSSL's bits: compare "verifies the peer" only)
+    verifies = bool(lib.SSL_CTX_get_verify_mode(ptr) & lib.SSL_VERIFY_PEER)
+    if int(lib.SSL_CTX_get_options(ptr)) != int(sslctx.options) or verifies != (
+        sslctx.verify_mode != _stdlib_ssl.CERT_NONE
     ):
         raise RuntimeError("uvssl: could not find this ssl.SSLContext's SSL_CTX")
     if lib.SSL_CTX_up_ref(ptr) != 1:

@@ -35,8 +35,18 @@ __all__ = [
 
 # Options a given context fixes: repeating them per stream is an error.
 _FIXED_BY_CONTEXT = (
-    "certificate", "key", "certificate_password", "keytype", "ca_file", "ca_directory",
-    "crl_check", "crl_file", "alpn", "options", "session_tickets", "ciphersuites",
+    "certificate",
+    "key",
+    "certificate_password",
+    "keytype",
+    "ca_file",
+    "ca_directory",
+    "crl_check",
+    "crl_file",
+    "alpn",
+    "options",
+    "session_tickets",
+    "ciphersuites",
 )
 # Options that may override the context for one stream.
 _PER_STREAM = ("method", "ciphers", "verify", "max_depth", "min_version", "max_version")
@@ -59,8 +69,12 @@ class SslStream(io.RawIOBase):
             from .openssl import error_queue
 
             codes, strings = error_queue()
-            raise SslFailure(f"cannot create the TLS stream: {_strerror(err[0])}",
-                             what="create", codes=codes, strings=strings)
+            raise SslFailure(
+                f"cannot create the TLS stream: {_strerror(err[0])}",
+                what="create",
+                codes=codes,
+                strings=strings,
+            )
         self._s: Any = ptr
         self.server_hostname: Optional[str] = None
 
@@ -179,24 +193,27 @@ class SslStream(io.RawIOBase):
             vr = int(v[0])
             vstr = verify_string(vr)
             reasons = {int(lib.ERR_GET_REASON(c)) for c in codes}
-            kw: dict[str, Any] = dict(what=what, codes=codes, strings=strings,
-                                      verify_result=vr, verify_result_string=vstr)
+            kw: dict[str, Any] = dict(
+                what=what, codes=codes, strings=strings, verify_result=vr, verify_result_string=vstr
+            )
             if _SSL_R_CERTIFICATE_VERIFY_FAILED in reasons and vr != lib.X509_V_OK:
                 return SslVerificationFailure(f"certificate verification failed: {vstr}", **kw)
             if ye[0] == lib.UV_EOF and not codes:
-                return SslFailure("the peer closed the connection during the TLS handshake",
-                                  **kw)
+                return SslFailure("the peer closed the connection during the TLS handshake", **kw)
             detail = strings[-1].split(":")[-1] if strings else "TLS error"
             return SslFailure(f"TLS {what} failed: {detail}", **kw)
         if r == lib.UV_ETIMEDOUT:
             return TimeoutError(f"TLS {what} timed out")
         if r == lib.UV_EOF:
-            exc = SslClosed("the peer closed the connection without close_notify "
-                            "(data may be truncated)", what=what)
+            exc = SslClosed(
+                "the peer closed the connection without close_notify (data may be truncated)",
+                what=what,
+            )
             exc.truncated = True
             return exc
-        return TcpSslError(f"TLS {what} failed: {_strerror(r)}", what=what,
-                           code=-r if -4000 < r < 0 else None)
+        return TcpSslError(
+            f"TLS {what} failed: {_strerror(r)}", what=what, code=-r if -4000 < r < 0 else None
+        )
 
 
 def _to_socket(sock: Union[_socket.socket, int]) -> _socket.socket:
@@ -209,8 +226,9 @@ def _to_socket(sock: Union[_socket.socket, int]) -> _socket.socket:
             return _socket.socket(fileno=sock)
         except OSError as e:
             raise ValueError(f"sock {sock} is not a socket: {e}") from None
-    raise TypeError(f"sock must be a connected socket.socket or a descriptor, not "
-                    f"{type(sock).__name__}")
+    raise TypeError(
+        f"sock must be a connected socket.socket or a descriptor, not {type(sock).__name__}"
+    )
 
 
 def _make(sock: Any, side: str, opts: dict[str, Any]) -> SslStream:
@@ -224,8 +242,9 @@ def _make(sock: Any, side: str, opts: dict[str, Any]) -> SslStream:
             raise TypeError(f"context must be a uvssl.Context, not {type(context).__name__}")
         fixed = [k for k in _FIXED_BY_CONTEXT if k in opts]
         if fixed:
-            raise ValueError(f"{', '.join(fixed)} cannot be given with context= "
-                             "(the context fixes them)")
+            raise ValueError(
+                f"{', '.join(fixed)} cannot be given with context= (the context fixes them)"
+            )
         unknown = [k for k in opts if k not in _PER_STREAM]
         if unknown:
             raise TypeError(f"unknown option(s): {', '.join(unknown)}")
@@ -244,13 +263,16 @@ def _make(sock: Any, side: str, opts: dict[str, Any]) -> SslStream:
     return stream
 
 
-def _apply_overrides(stream: SslStream, ctx: Context, o: dict[str, Any],
-                     server_hostname: Optional[str]) -> None:
+def _apply_overrides(
+    stream: SslStream, ctx: Context, o: dict[str, Any], server_hostname: Optional[str]
+) -> None:
     ssl = stream._ssl()
     if "method" in o or "min_version" in o or "max_version" in o:
         lo, hi = _version_range(o.get("min_version"), o.get("max_version"), o.get("method"))
-        if lib.SSL_set_min_proto_version(ssl, lo) != 1 or lib.SSL_set_max_proto_version(
-                ssl, hi) != 1:
+        if (
+            lib.SSL_set_min_proto_version(ssl, lo) != 1
+            or lib.SSL_set_max_proto_version(ssl, hi) != 1
+        ):
             raise SslFailure("cannot set the TLS version range", what="configure")
     if "ciphers" in o:
         c = o["ciphers"]
@@ -260,8 +282,9 @@ def _apply_overrides(stream: SslStream, ctx: Context, o: dict[str, Any],
             from .openssl import error_queue
 
             codes, strings = error_queue()
-            raise SslFailure(f"invalid cipher list {c!r}", what="configure", codes=codes,
-                             strings=strings)
+            raise SslFailure(
+                f"invalid cipher list {c!r}", what="configure", codes=codes, strings=strings
+            )
     verify = o.get("verify")
     if "verify" in o:
         from .context import _verify_mode
@@ -279,7 +302,7 @@ def _apply_overrides(stream: SslStream, ctx: Context, o: dict[str, Any],
             raise TypeError("server_hostname must be a non-empty str")
         verifying = bool(lib.SSL_get_verify_mode(ssl) & lib.SSL_VERIFY_PEER)
         stream.server_hostname = server_hostname
-        _configure_client_ssl(None, ssl, ctx, server_hostname, verifying, None, None)
+        _configure_client_ssl(ssl, ctx, server_hostname, verifying, None, None)
 
 
 def make_ssl_client_stream(sock: Union[_socket.socket, int], **opts: Any) -> SslStream:
@@ -295,7 +318,8 @@ def make_ssl_client_stream(sock: Union[_socket.socket, int], **opts: Any) -> Ssl
 
 def make_ssl_server_stream(sock: Union[_socket.socket, int], **opts: Any) -> SslStream:
     """A server TLS stream over a connected socket (options as ``make_ssl_client_stream``,
-    with ``Context.server``'s: ``certificate`` and ``key`` are usually needed)."""
+    with ``Context.server``'s: ``certificate`` and ``key`` are usually needed).
+    """
     return _make(sock, "server", dict(opts))
 
 
@@ -318,4 +342,3 @@ def get_ssl_verify_result(stream: SslStream) -> int:
     if not isinstance(stream, SslStream):
         raise TypeError(f"stream must be an SslStream, not {type(stream).__name__}")
     return stream.verify_result
-

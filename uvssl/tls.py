@@ -320,7 +320,6 @@ def _check_hs_timeout(value: Any) -> Optional[float]:
 
 
 def _configure_client_ssl(
-    sock: SslSocket,
     ssl: Any,
     ctx: Context,
     server_hostname: Optional[str],
@@ -432,7 +431,6 @@ def tcp_ssl_connect(
                 f"cannot start TLS: {_strerror(r)}", what="attach", codes=codes, strings=strings
             )
         _configure_client_ssl(
-            sock,
             lib.uvs_conn_ssl(sock._conn),
             ctx,
             sock.server_hostname,

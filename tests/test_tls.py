@@ -1,0 +1,1241 @@
+"""TLS sockets, servers and contexts (SPEC S3, S4, S5) against real peers on 127.0.0.1:
+uvssl itself, the stdlib ``ssl`` module (in threads) and ``openssl s_client`` / ``s_server``."""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import socket
+import ssl
+import subprocess
+
+import pytest
+from tls_support import (
+    LOCALHOST,
+    PEER_TIMEOUT,
+    LineReader,
+    LoopHarness,
+    PeerThread,
+    kill_process,
+    listening_socket,
+    make_certs,
+    openssl_binary,
+    recv_until,
+    run_pair,
+    start_s_server,
+    stdlib_client_context,
+    stdlib_server_context,
+)
+
+import uvssl
+from uvssl.openssl import ffi, lib
+
+pytestmark = pytest.mark.timeout(60)
+
+MESSAGE = b"hello over TLS\n"
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+def server_der(certs) -> bytes:
+    pem = certs.server_cert.read_text()
+    first = pem[: pem.index("-----END CERTIFICATE-----") + len("-----END CERTIFICATE-----")]
+    return ssl.PEM_cert_to_DER_cert(first)
+
+
+def close_quietly(ev) -> None:
+    s = getattr(ev, "socket", None)
+    if s is not None and not s.closed:
+        s.close()
+
+
+def assert_echoed(r, n: int = 1, message: bytes = MESSAGE) -> None:
+    assert len(r.clients) == n
+    for i, c in enumerate(r.clients):
+        assert not c["events"], f"client {i} got {c['events']!r}"
+        assert bytes(c["got"]) == message, f"client {i}"
+    bad = [ev for ev in r.server_events if not isinstance(ev, uvssl.SslClosed)]
+    assert not bad, f"server got {bad!r}"
+
+
+# -- interoperability: stdlib ssl and openssl ----------------------------------------------------
+
+
+def test_uvssl_client_to_stdlib_server(certs):
+    sctx = stdlib_server_context(certs)
+    ls = listening_socket()
+    port = ls.getsockname()[1]
+
+    def serve():
+        try:
+            conn, _ = ls.accept()
+        finally:
+            ls.close()
+        conn.settimeout(PEER_TIMEOUT)
+        with sctx.wrap_socket(conn, server_side=True, suppress_ragged_eofs=False) as s:
+            data = recv_until(s, b"\n")
+            s.sendall(b"echo:" + data)
+            tail = s.recv(100)  # uvssl's close_notify: b"" (a bare EOF would raise)
+            return data, tail, s.version()
+
+    peer = PeerThread(serve)
+    peer.start()
+    h = LoopHarness()
+    got = bytearray()
+    info = {}
+
+    def read_cb(sock, data):
+        got.extend(data)
+        if got.endswith(b"\n"):
+            info.update(
+                version=sock.version,
+                cipher=sock.cipher,
+                cert=sock.peer_certificate,
+                hostname=sock.server_hostname,
+                connected=sock.connected,
+            )
+            uvssl.close_socket(sock)
+
+    def start():
+        uvssl.tcp_ssl_connect(
+            LOCALHOST,
+            port,
+            read_cb,
+            lambda ev: h.fail(f"client: {ev!r}"),
+            ca_file=str(certs.ca),
+            connect_cb=lambda s: s.write(b"hi from uvssl\n"),
+        )
+
+    try:
+        h.run(start, until=lambda: peer.done)
+    finally:
+        ls.close()
+    data, tail, version = peer.result()
+    assert data == b"hi from uvssl\n"
+    assert tail == b""
+    assert bytes(got) == b"echo:hi from uvssl\n"
+    assert info["version"] == version == "TLSv1.3"
+    assert info["cipher"]
+    assert info["connected"] is True
+    assert info["hostname"] == LOCALHOST
+    assert isinstance(info["cert"], uvssl.X509Certificate)
+    assert info["cert"].to_der() == server_der(certs)
+
+
+def test_stdlib_client_to_uvssl_server(certs):
+    h = LoopHarness()
+    events = []
+    seen = {}
+    state = {}
+
+    def client(port):
+        raw = socket.create_connection((LOCALHOST, port), timeout=PEER_TIMEOUT)
+        ctx = stdlib_client_context(certs)
+        with ctx.wrap_socket(raw, server_hostname="localhost", suppress_ragged_eofs=False) as s:
+            s.sendall(b"ping\n")
+            data = recv_until(s, b"\n")
+            version = s.version()
+            s.unwrap()  # sends close_notify and waits for uvssl's answer
+            return data, version
+
+    def read_cb(sock, data):
+        seen.update(version=sock.version, peer=sock.peer_certificate, alpn=sock.alpn_protocol)
+        sock.write(data)
+
+    def event_cb(ev):
+        events.append(ev)
+        close_quietly(ev)
+
+    def start():
+        srv = uvssl.tcp_ssl_server(
+            LOCALHOST,
+            0,
+            read_cb,
+            event_cb,
+            certificate=str(certs.server_cert),
+            key=str(certs.server_key),
+        )
+        state["peer"] = PeerThread(client, srv.port)
+        state["peer"].start()
+
+    h.run(start, until=lambda: state["peer"].done and (events or state["peer"].error))
+    data, version = state["peer"].result()
+    assert data == b"ping\n"
+    assert version == seen["version"] == "TLSv1.3"
+    assert seen["peer"] is None
+    assert seen["alpn"] is None
+    assert len(events) == 1 and type(events[0]) is uvssl.SslClosed, events
+    assert events[0].truncated is False
+
+
+def test_openssl_s_client_to_uvssl_server(certs):
+    exe = openssl_binary()
+    h = LoopHarness()
+    state = {}
+    events = []
+
+    def drive(port):
+        proc = subprocess.Popen(
+            [
+                exe,
+                "s_client",
+                "-connect",
+                f"{LOCALHOST}:{port}",
+                "-servername",
+                "localhost",
+                "-verify_hostname",
+                "localhost",
+                "-CAfile",
+                str(certs.ca),
+                "-verify_return_error",
+                "-quiet",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            out, err = proc.communicate(b"hello from s_client\n", timeout=10)
+            return proc.returncode, out, err
+        finally:
+            kill_process(proc)
+
+    buf = bytearray()
+
+    def read_cb(sock, data):
+        buf.extend(data)
+        if b"\n" in buf:
+            state["version"] = sock.version
+            sock.write(b"uvssl says: " + bytes(buf))
+            sock.close()  # close_notify ends s_client (-quiet implies -ign_eof)
+
+    def event_cb(ev):
+        events.append(ev)
+        close_quietly(ev)
+
+    def start():
+        srv = uvssl.tcp_ssl_server(
+            LOCALHOST,
+            0,
+            read_cb,
+            event_cb,
+            certificate=str(certs.server_cert),
+            key=str(certs.server_key),
+        )
+        state["peer"] = PeerThread(drive, srv.port)
+        state["peer"].start()
+
+    h.run(start, until=lambda: state["peer"].done)
+    rc, out, err = state["peer"].result()
+    assert b"uvssl says: hello from s_client\n" in out, (out, err)
+    assert rc == 0, err
+    assert state["version"] == "TLSv1.3"
+    assert not events, events
+
+
+def test_uvssl_client_to_openssl_s_server(certs):
+    proc, reader, port = start_s_server(certs, ["-rev"])
+    try:
+        h = LoopHarness()
+        got = bytearray()
+        info = {}
+
+        def read_cb(sock, data):
+            got.extend(data)
+            if b"olleh" in got:
+                info.update(version=sock.version, cert=sock.peer_certificate)
+                sock.close()
+                h.done()
+
+        def start():
+            uvssl.tcp_ssl_connect(
+                LOCALHOST,
+                port,
+                read_cb,
+                lambda ev: h.fail(f"client: {ev!r}"),
+                ca_file=str(certs.ca),
+                server_hostname="localhost",
+                connect_cb=lambda s: s.write(b"hello\n"),
+            )
+
+        h.run(start)
+        assert b"olleh" in got
+        assert info["version"] == "TLSv1.3"
+        assert info["cert"].to_der() == server_der(certs)
+    finally:
+        kill_process(proc)
+        reader.join()
+
+
+# -- negotiation ---------------------------------------------------------------------------------
+
+
+def test_tls12_negotiated_on_request(certs):
+    cctx = uvssl.Context.client(max_version="tls-v1-2", ca_file=str(certs.ca))
+    r = run_pair(certs, clients=[dict(ssl_ctx=cctx)])
+    assert_echoed(r)
+    assert r.clients[0]["version"] == "TLSv1.2"
+    assert r.server_info[0]["version"] == "TLSv1.2"
+
+
+def test_tls13_negotiated_on_request(certs):
+    sctx = uvssl.Context.server(
+        certificate=str(certs.server_cert), key=str(certs.server_key), min_version="tls-v1-3"
+    )
+    r = run_pair(certs, server_kw=dict(ssl_ctx=sctx), clients=[{}])
+    assert_echoed(r)
+    assert r.clients[0]["version"] == "TLSv1.3"
+    assert r.server_info[0]["version"] == "TLSv1.3"
+
+
+def test_version_ranges_that_do_not_meet_fail(certs):
+    sctx = uvssl.Context.server(
+        certificate=str(certs.server_cert), key=str(certs.server_key), min_version="tls-v1-3"
+    )
+    cctx = uvssl.Context.client(max_version="tls-v1-2", ca_file=str(certs.ca))
+    r = run_pair(certs, server_kw=dict(ssl_ctx=sctx), clients=[dict(ssl_ctx=cctx)])
+    assert not r.clients[0]["connected"]
+    assert isinstance(r.clients[0]["events"][0], uvssl.SslFailure)
+    assert isinstance(r.server_events[0], uvssl.SslFailure)
+    assert not r.server_info
+
+
+def test_alpn_negotiated_on_both_sides(certs):
+    sctx = uvssl.Context.server(
+        certificate=str(certs.server_cert), key=str(certs.server_key), alpn=["http/1.1"]
+    )
+    r = run_pair(
+        certs,
+        server_kw=dict(ssl_ctx=sctx),
+        clients=[dict(alpn=["h2", "http/1.1"], server_hostname="localhost")],
+    )
+    assert_echoed(r)
+    assert r.clients[0]["alpn"] == "http/1.1"
+    assert r.server_info[0]["alpn"] == "http/1.1"
+
+
+# -- client certificates -------------------------------------------------------------------------
+
+
+def required_client_cert_server(certs):
+    return uvssl.Context.server(
+        certificate=str(certs.server_cert),
+        key=str(certs.server_key),
+        verify="required",
+        ca_file=str(certs.ca),
+    )
+
+
+def test_client_certificate_required_and_presented(certs):
+    sctx = required_client_cert_server(certs)
+    cctx = uvssl.Context.client(
+        ca_file=str(certs.ca), certificate=str(certs.client_cert), key=str(certs.client_key)
+    )
+    r = run_pair(certs, server_kw=dict(ssl_ctx=sctx), clients=[dict(ssl_ctx=cctx)])
+    assert_echoed(r)
+    cert = r.server_info[0]["peer_certificate"]
+    assert isinstance(cert, uvssl.X509Certificate)
+    client_pem = certs.client_cert.read_text()
+    assert cert.to_der() == ssl.PEM_cert_to_DER_cert(
+        client_pem[: client_pem.index("-----END CERTIFICATE-----") + 25]
+    )
+    assert r.clients[0]["peer_certificate"].to_der() == server_der(certs)
+
+
+def test_client_without_certificate_is_refused(certs):
+    sctx = required_client_cert_server(certs)
+    r = run_pair(certs, server_kw=dict(ssl_ctx=sctx), clients=[{}])
+    c = r.clients[0]
+    assert bytes(c["got"]) == b""
+    assert c["events"] and isinstance(c["events"][0], uvssl.TcpSslError), c["events"]
+    assert not isinstance(c["events"][0], uvssl.SslClosed)
+    assert not r.server_info  # the server never completed a handshake
+    assert len(r.server_events) == 1
+    ev = r.server_events[0]
+    assert isinstance(ev, uvssl.SslFailure), ev
+    assert ev.codes and ev.strings
+
+
+# -- sessions ------------------------------------------------------------------------------------
+
+
+def test_session_resumption(certs):
+    cctx = uvssl.Context.client(ca_file=str(certs.ca))
+    r = run_pair(
+        certs,
+        clients=[
+            dict(ssl_ctx=cctx),
+            lambda res: dict(ssl_ctx=cctx, session=res.clients[0]["session"]),
+        ],
+    )
+    assert_echoed(r, 2)
+    first, second = r.clients
+    assert isinstance(first["session"], uvssl.SslSession)
+    assert first["session"].resumable
+    assert first["session_reused"] is False
+    assert second["session_reused"] is True
+    assert r.server_info[0]["session_reused"] is False
+    assert r.server_info[1]["session_reused"] is True
+
+
+# -- volume --------------------------------------------------------------------------------------
+
+
+def test_16_mib_each_way(certs):
+    n = 16 * 1024 * 1024
+    chunk = 256 * 1024
+    blobs = {"server": os.urandom(n), "client": os.urandom(n)}
+    rx = {side: {"hash": hashlib.sha256(), "n": 0} for side in blobs}
+    h = LoopHarness(deadline=40)
+    errors = []
+
+    def sender(side):
+        blob = blobs[side]
+        pos = [0]
+
+        def pump(sock):
+            while pos[0] < n and not sock.closed:
+                piece = blob[pos[0] : pos[0] + chunk]
+                pos[0] += len(piece)
+                if not sock.write(piece):
+                    return  # drain_cb resumes
+
+        return pump
+
+    def receiver(side):
+        def read_cb(sock, data):
+            st = rx[side]
+            st["hash"].update(data)
+            st["n"] += len(data)
+            if rx["server"]["n"] >= n and rx["client"]["n"] >= n:
+                h.done()
+
+        return read_cb
+
+    def on_connect(side):
+        def cb(sock):
+            pump = sender(side)
+            sock.set_write_buffer_limits(1 << 20, 256 << 10, drain_cb=pump)
+            pump(sock)
+
+        return cb
+
+    def event_cb(ev):
+        errors.append(ev)
+        h.fail(f"unexpected event {ev!r}")
+
+    def start():
+        srv = uvssl.tcp_ssl_server(
+            LOCALHOST,
+            0,
+            receiver("server"),
+            event_cb,
+            connect_cb=on_connect("server"),
+            certificate=str(certs.server_cert),
+            key=str(certs.server_key),
+        )
+        uvssl.tcp_ssl_connect(
+            LOCALHOST,
+            srv.port,
+            receiver("client"),
+            event_cb,
+            connect_cb=on_connect("client"),
+            ca_file=str(certs.ca),
+        )
+
+    h.run(start)
+    assert not errors
+    assert rx["server"]["n"] == n and rx["client"]["n"] == n
+    assert rx["server"]["hash"].digest() == hashlib.sha256(blobs["client"]).digest()
+    assert rx["client"]["hash"].digest() == hashlib.sha256(blobs["server"]).digest()
+
+
+def test_300_concurrent_connections(certs):
+    from conftest import raise_nofile_limit
+
+    count = 300
+    raise_nofile_limit(4 * count + 256)
+    h = LoopHarness(deadline=45)
+    ok = []
+    errors = []
+    server_errors = []
+
+    def s_read(sock, data):
+        sock.write(data)
+
+    def s_event(ev):
+        if not isinstance(ev, (uvssl.SslClosed, uvssl.TcpEof)):
+            server_errors.append(ev)
+        close_quietly(ev)
+
+    def client(i, port):
+        msg = f"message {i} from client {i}\n".encode()
+        got = bytearray()
+
+        def read_cb(sock, data):
+            got.extend(data)
+            if len(got) >= len(msg):
+                if bytes(got) == msg:
+                    ok.append(i)
+                else:
+                    errors.append((i, bytes(got)))
+                sock.close()
+
+        def event_cb(ev):
+            errors.append((i, ev))
+            close_quietly(ev)
+
+        uvssl.tcp_ssl_connect(
+            LOCALHOST,
+            port,
+            read_cb,
+            event_cb,
+            ca_file=str(certs.ca),
+            connect_cb=lambda s: s.write(msg),
+        )
+
+    def start():
+        srv = uvssl.tcp_ssl_server(
+            LOCALHOST,
+            0,
+            s_read,
+            s_event,
+            certificate=str(certs.server_cert),
+            key=str(certs.server_key),
+        )
+        for i in range(count):
+            client(i, srv.port)
+
+    h.run(start, until=lambda: len(ok) + len(errors) >= count)
+    assert not errors[:5], f"{len(errors)} clients failed"
+    assert sorted(ok) == list(range(count))
+    assert not server_errors[:5]
+
+
+# -- verification --------------------------------------------------------------------------------
+
+
+def check_verification_failure(ev):
+    assert isinstance(ev, uvssl.SslVerificationFailure), repr(ev)
+    assert isinstance(ev.verify_result, int) and ev.verify_result != 0
+    assert isinstance(ev.verify_result_string, str) and ev.verify_result_string
+    assert ev.verify_result_string in str(ev)
+    assert ev.what == "handshake"
+
+
+def test_host_name_mismatch_fails_verification(certs):
+    r = run_pair(certs, clients=[dict(server_hostname="wrong.example")])
+    c = r.clients[0]
+    assert not c["connected"]
+    assert len(c["events"]) == 1
+    check_verification_failure(c["events"][0])
+    assert c["events"][0].verify_result == 62  # X509_V_ERR_HOSTNAME_MISMATCH
+
+
+def test_untrusted_chain_fails_against_system_store(certs):
+    r = run_pair(certs, clients=[dict(ca_file=None, server_hostname="localhost")])
+    c = r.clients[0]
+    assert not c["connected"]
+    assert len(c["events"]) == 1
+    check_verification_failure(c["events"][0])
+
+
+def test_verify_false_accepts_untrusted_server(certs):
+    r = run_pair(certs, clients=[dict(ca_file=None, verify=False, server_hostname="wrong.example")])
+    assert_echoed(r)
+    assert r.clients[0]["peer_certificate"].to_der() == server_der(certs)
+
+
+# -- ssl_ctx forms -------------------------------------------------------------------------------
+
+
+def test_stdlib_server_context_settings_apply(certs):
+    sctx = stdlib_server_context(certs)
+    sctx.set_alpn_protocols(["h2"])
+    r = run_pair(
+        certs,
+        server_kw=dict(ssl_ctx=sctx),
+        clients=[dict(alpn=["h2", "http/1.1"], server_hostname="localhost")],
+    )
+    assert_echoed(r)
+    assert r.clients[0]["alpn"] == "h2"
+    assert r.server_info[0]["alpn"] == "h2"
+
+
+def test_stdlib_client_context_settings_apply(certs):
+    good = ssl.create_default_context()
+    good.load_verify_locations(str(certs.ca))
+    system_only = ssl.create_default_context()
+    r = run_pair(
+        certs,
+        clients=[
+            dict(ssl_ctx=good, server_hostname="localhost"),
+            dict(ssl_ctx=system_only, server_hostname="localhost"),
+        ],
+    )
+    first, second = r.clients
+    assert not first["events"], first["events"]
+    assert bytes(first["got"]) == MESSAGE
+    # the same code with a context lacking the CA must fail: the stdlib context is in charge
+    assert not second["connected"]
+    check_verification_failure(second["events"][0])
+
+
+POINTER_FORMS = {
+    "int": lambda ctx: ctx.pointer,
+    "cffi": lambda ctx: ffi.cast("SSL_CTX *", ctx.pointer),
+    "ctypes": lambda ctx: ctypes.c_void_p(ctx.pointer),
+}
+
+
+@pytest.mark.parametrize("form", sorted(POINTER_FORMS))
+def test_raw_ssl_ctx_pointer(certs, form):
+    sctx = uvssl.Context.server(
+        certificate=str(certs.server_cert), key=str(certs.server_key), alpn=["proto-x"]
+    )
+    cctx = uvssl.Context.client(ca_file=str(certs.ca))
+    conv = POINTER_FORMS[form]
+    r = run_pair(
+        certs,
+        server_kw=dict(ssl_ctx=conv(sctx)),
+        clients=[dict(ssl_ctx=conv(cctx), server_hostname="localhost", alpn=["proto-x"])],
+    )
+    assert_echoed(r)
+    assert r.server_info[0]["alpn"] == "proto-x"  # the borrowed SSL_CTX's settings are used
+    # and the borrowed client context still verifies
+    r = run_pair(
+        certs,
+        server_kw=dict(ssl_ctx=conv(sctx)),
+        clients=[dict(ssl_ctx=conv(cctx), server_hostname="wrong.example")],
+    )
+    check_verification_failure(r.clients[0]["events"][0])
+    assert sctx.pointer and cctx.pointer  # still alive and owned by the caller
+
+
+# -- failures on the server ----------------------------------------------------------------------
+
+
+def test_plain_tcp_garbage_then_tls_client_still_served(certs):
+    h = LoopHarness()
+    server_events = []
+    state = {}
+
+    def garbage(port):
+        s = socket.create_connection((LOCALHOST, port), timeout=PEER_TIMEOUT)
+        try:
+            s.sendall(b"\x00\x01 this is not TLS at all \xff\xfe\r\n" * 8)
+            received = bytearray()
+            try:
+                while True:
+                    piece = s.recv(4096)
+                    if not piece:
+                        break
+                    received += piece
+            except ConnectionResetError:
+                pass
+            return bytes(received)
+        finally:
+            s.close()
+
+    got = bytearray()
+
+    def start_tls_client(port):
+        def read_cb(sock, data):
+            got.extend(data)
+            if len(got) >= len(MESSAGE):
+                state["tls_ok"] = True
+                sock.close()
+
+        uvssl.tcp_ssl_connect(
+            LOCALHOST,
+            port,
+            read_cb,
+            lambda ev: h.fail(f"client: {ev!r}"),
+            ca_file=str(certs.ca),
+            connect_cb=lambda s: s.write(MESSAGE),
+        )
+
+    def s_event(ev):
+        server_events.append(ev)
+        close_quietly(ev)
+        if (
+            isinstance(ev, uvssl.TcpSslError)
+            and not isinstance(ev, uvssl.SslClosed)
+            and "client_started" not in state
+        ):
+            state["client_started"] = True
+            start_tls_client(state["port"])
+
+    def start():
+        srv = uvssl.tcp_ssl_server(
+            LOCALHOST,
+            0,
+            lambda s, d: s.write(d),
+            s_event,
+            certificate=str(certs.server_cert),
+            key=str(certs.server_key),
+        )
+        state["port"] = srv.port
+        state["peer"] = PeerThread(garbage, srv.port)
+        state["peer"].start()
+
+    h.run(
+        start, until=lambda: state.get("tls_ok") and state["peer"].done and len(server_events) >= 2
+    )
+    state["peer"].result()
+    first = server_events[0]
+    assert isinstance(first, uvssl.TcpSslError) and not isinstance(first, uvssl.SslClosed), first
+    assert first.codes, first
+    assert len(first.strings) == len(first.codes)
+    assert bytes(got) == MESSAGE
+    assert isinstance(server_events[1], uvssl.SslClosed)
+
+
+def test_silent_client_hits_handshake_timeout(certs):
+    h = LoopHarness()
+    events = []
+    state = {}
+
+    def silent(port):
+        s = socket.create_connection((LOCALHOST, port), timeout=PEER_TIMEOUT)
+        try:
+            try:
+                return s.recv(100)
+            except ConnectionResetError:
+                return b""
+        finally:
+            s.close()
+
+    def s_event(ev):
+        events.append(ev)
+        close_quietly(ev)
+
+    def start():
+        srv = uvssl.tcp_ssl_server(
+            LOCALHOST,
+            0,
+            lambda s, d: None,
+            s_event,
+            certificate=str(certs.server_cert),
+            key=str(certs.server_key),
+            handshake_timeout=0.5,
+        )
+        state["peer"] = PeerThread(silent, srv.port)
+        state["peer"].start()
+
+    h.run(start, until=lambda: state["peer"].done and events)
+    assert state["peer"].result() == b""  # the connection was closed, not left hanging
+    assert len(events) == 1
+    assert isinstance(events[0], uvssl.SslHandshakeTimeout), events
+    assert isinstance(events[0], uvssl.TcpSslError)
+
+
+def stdlib_client_server_test(certs, client_fn, read_cb=None, server_ctx=None):
+    """A uvssl server (echo unless ``read_cb``) and one stdlib client thread.
+
+    Returns (client result, server events)."""
+    h = LoopHarness()
+    events = []
+    state = {}
+
+    def s_event(ev):
+        events.append(ev)
+        close_quietly(ev)
+
+    def start():
+        kw = (
+            dict(ssl_ctx=server_ctx)
+            if server_ctx is not None
+            else dict(certificate=str(certs.server_cert), key=str(certs.server_key))
+        )
+        srv = uvssl.tcp_ssl_server(
+            LOCALHOST, 0, read_cb or (lambda s, d: s.write(d)), s_event, **kw
+        )
+        state["peer"] = PeerThread(client_fn, srv.port)
+        state["peer"].start()
+
+    h.run(start, until=lambda: state["peer"].done and (events or state["peer"].error))
+    return state["peer"].result(), events
+
+
+def test_peer_dropping_tcp_without_close_notify_is_truncation(certs):
+    def client(port):
+        raw = socket.create_connection((LOCALHOST, port), timeout=PEER_TIMEOUT)
+        s = stdlib_client_context(certs).wrap_socket(raw, server_hostname="localhost")
+        try:
+            s.sendall(b"some data\n")
+            data = recv_until(s, b"\n")
+            # SSLSocket.shutdown does not send close_notify: it drops the TLS layer, then FIN
+            s.shutdown(socket.SHUT_RDWR)
+            return data
+        finally:
+            s.close()
+
+    data, events = stdlib_client_server_test(certs, client)
+    assert data == b"some data\n"
+    assert len(events) == 1, events
+    ev = events[0]
+    assert type(ev) is uvssl.SslClosed, ev
+    assert ev.truncated is True
+
+
+def test_peer_sees_close_notify_when_uvssl_closes(certs):
+    def client(port):
+        raw = socket.create_connection((LOCALHOST, port), timeout=PEER_TIMEOUT)
+        ctx = stdlib_client_context(certs)
+        with ctx.wrap_socket(raw, server_hostname="localhost", suppress_ragged_eofs=False) as s:
+            s.sendall(b"bye\n")
+            data = bytearray()
+            while True:
+                piece = s.recv(4096)  # SSLEOFError here would mean: no close_notify
+                if not piece:
+                    break
+                data += piece
+            return bytes(data)
+
+    def read_cb(sock, data):
+        sock.write(b"ok\n")
+        uvssl.close_socket(sock)
+
+    h = LoopHarness()
+    state = {}
+
+    def start():
+        srv = uvssl.tcp_ssl_server(
+            LOCALHOST,
+            0,
+            read_cb,
+            lambda ev: close_quietly(ev),
+            certificate=str(certs.server_cert),
+            key=str(certs.server_key),
+        )
+        state["peer"] = PeerThread(client, srv.port)
+        state["peer"].start()
+
+    h.run(start, until=lambda: state["peer"].done)
+    assert state["peer"].result() == b"ok\n"
+
+
+def test_writes_before_handshake_arrive_in_order(certs):
+    h = LoopHarness()
+    received = bytearray()
+    expected = b"data=;" + b"".join(f"early-{i};".encode() for i in range(50)) + b"after-connect;"
+    state = {}
+
+    def s_read(sock, data):
+        received.extend(data)
+        if len(received) >= len(expected):
+            h.done()
+
+    def start():
+        srv = uvssl.tcp_ssl_server(
+            LOCALHOST,
+            0,
+            s_read,
+            lambda ev: h.fail(f"server: {ev!r}"),
+            certificate=str(certs.server_cert),
+            key=str(certs.server_key),
+        )
+        sock = uvssl.tcp_ssl_connect(
+            LOCALHOST,
+            srv.port,
+            None,
+            lambda ev: h.fail(f"client: {ev!r}"),
+            ca_file=str(certs.ca),
+            data=b"data=;",
+            connect_cb=lambda s: s.write(b"after-connect;"),
+        )
+        state["connected_early"] = sock.connected
+        state["version_early"] = sock.version
+        for i in range(50):
+            sock.write(f"early-{i};".encode())
+
+    h.run(start)
+    assert state["connected_early"] is False
+    assert state["version_early"] is None
+    assert bytes(received) == expected
+
+
+def test_peer_key_update_is_answered(certs):
+    exe = openssl_binary()
+
+    def drive(port):
+        proc = subprocess.Popen(
+            [
+                exe,
+                "s_client",
+                "-connect",
+                f"{LOCALHOST}:{port}",
+                "-servername",
+                "localhost",
+                "-CAfile",
+                str(certs.ca),
+                "-verify_return_error",
+                "-tls1_3",
+                "-msg",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        reader = LineReader(proc)
+        try:
+
+            def send(line):
+                proc.stdin.write(line)
+                proc.stdin.flush()
+
+            send(b"hello1\n")
+            if reader.wait_for(lambda s: s == "hello1") is None:
+                return "no-echo", reader.lines
+            send(b"K\n")
+            if reader.wait_for(lambda s: "KEYUPDATE" in s, timeout=5) is None:
+                return "unsupported", reader.lines
+            mark = len(reader.lines)
+            send(b"hello2\n")
+            if reader.wait_for(lambda s: s == "hello2") is None:
+                return "no-echo-after", reader.lines
+            after = reader.lines[mark:]
+            send(b"hello3\n")
+            third = reader.wait_for(lambda s: s == "hello3")
+            proc.stdin.close()
+            reader.drain(5)
+            return ("ok" if third else "no-echo-3"), after
+        finally:
+            kill_process(proc)
+            reader.join()
+
+    events = []
+
+    def s_event(ev):
+        events.append(ev)
+        close_quietly(ev)
+
+    h = LoopHarness(deadline=30)
+    state = {}
+
+    def start():
+        srv = uvssl.tcp_ssl_server(
+            LOCALHOST,
+            0,
+            lambda s, d: s.write(d),
+            s_event,
+            certificate=str(certs.server_cert),
+            key=str(certs.server_key),
+        )
+        state["peer"] = PeerThread(drive, srv.port)
+        state["peer"].start()
+
+    h.run(start, until=lambda: state["peer"].done)
+    status, lines = state["peer"].result()
+    if status == "unsupported":
+        pytest.skip("this openssl s_client does not send KeyUpdate on 'K'")
+    assert status == "ok", "\n".join(lines)
+    sent = [s for s in lines if s.startswith(">>>") and "KeyUpdate" in s]
+    answered = [s for s in lines if s.startswith("<<<") and "KeyUpdate" in s]
+    if not sent:
+        pytest.skip("s_client -msg did not show its KeyUpdate")
+    assert answered, "uvssl did not answer the KeyUpdate:\n" + "\n".join(lines)
+    bad = [ev for ev in events if not isinstance(ev, uvssl.SslClosed)]
+    assert not bad, bad
+
+
+# -- alerts reach the peer -----------------------------------------------------------------------
+
+
+def test_missing_client_certificate_alert_reaches_stdlib_client(certs):
+    def client(port):
+        raw = socket.create_connection((LOCALHOST, port), timeout=PEER_TIMEOUT)
+        ctx = stdlib_client_context(certs)
+        try:
+            s = ctx.wrap_socket(raw, server_hostname="localhost", suppress_ragged_eofs=False)
+        except ssl.SSLError as exc:  # TLS 1.2 fails here, TLS 1.3 at the first read
+            return exc
+        try:
+            s.sendall(b"x\n")
+            try:
+                s.recv(100)
+            except (ssl.SSLError, OSError) as exc:
+                return exc
+            return None
+        finally:
+            s.close()
+
+    exc, events = stdlib_client_server_test(
+        certs, client, server_ctx=required_client_cert_server(certs)
+    )
+    assert exc is not None
+    assert isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError), repr(exc)
+    text = str(exc).lower()
+    assert "alert" in text and any(
+        a in text for a in ("certificate required", "handshake failure", "bad certificate")
+    ), text
+    assert len(events) == 1 and isinstance(events[0], uvssl.SslFailure), events
+
+
+def test_uvssl_client_rejection_alert_reaches_stdlib_server(certs):
+    sctx = stdlib_server_context(certs, untrusted=True)
+    ls = listening_socket()
+    port = ls.getsockname()[1]
+
+    def serve():
+        try:
+            conn, _ = ls.accept()
+        finally:
+            ls.close()
+        conn.settimeout(PEER_TIMEOUT)
+        try:
+            s = sctx.wrap_socket(conn, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            conn.close()
+            return exc
+        s.close()
+        return None
+
+    peer = PeerThread(serve)
+    peer.start()
+    h = LoopHarness()
+    events = []
+
+    def event_cb(ev):
+        events.append(ev)
+        close_quietly(ev)
+
+    def start():
+        uvssl.tcp_ssl_connect(
+            LOCALHOST,
+            port,
+            None,
+            event_cb,
+            ca_file=str(certs.ca),
+            server_hostname="localhost",
+            connect_cb=lambda s: h.fail("handshake with an untrusted server"),
+        )
+
+    try:
+        h.run(start, until=lambda: peer.done and events)
+    finally:
+        ls.close()
+    exc = peer.result()
+    assert len(events) == 1
+    check_verification_failure(events[0])
+    assert isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError), repr(exc)
+    assert "unknown ca" in str(exc).lower(), str(exc)
+
+
+# -- bad input -----------------------------------------------------------------------------------
+
+
+def in_loop(fn):
+    """Run ``fn`` inside a loop (for calls that need one); its exception propagates."""
+    h = LoopHarness()
+
+    def start():
+        try:
+            fn()
+        finally:
+            h.done()
+
+    h.run(start)
+
+
+def test_missing_certificate_file(certs, tmp_path):
+    missing = tmp_path / "no-such-cert.pem"
+    with pytest.raises(FileNotFoundError):
+        uvssl.Context.server(certificate=str(missing), key=str(certs.server_key))
+    with pytest.raises(FileNotFoundError):
+        uvssl.Context.server(certificate=str(certs.server_cert), key=str(tmp_path / "no.key"))
+    with pytest.raises(FileNotFoundError):
+        uvssl.Context.client(ca_file=str(tmp_path / "no-ca.pem"))
+
+    def call():
+        with pytest.raises(FileNotFoundError):
+            uvssl.tcp_ssl_server(
+                LOCALHOST, 0, None, certificate=str(missing), key=str(certs.server_key)
+            )
+
+    in_loop(call)
+
+
+def test_key_not_matching_certificate(certs):
+    with pytest.raises(uvssl.SslFailure) as info:
+        uvssl.Context.server(certificate=str(certs.server_cert), key=str(certs.client_key))
+    assert info.value.codes
+    assert isinstance(info.value, uvssl.TcpSslError)
+
+
+def test_encrypted_key_wrong_password(certs):
+    with pytest.raises(uvssl.SslFailure) as info:
+        uvssl.Context.server(
+            certificate=str(certs.server_cert),
+            key=str(certs.server_key_encrypted),
+            certificate_password="wrong",
+        )
+    assert info.value.codes
+    with pytest.raises(uvssl.SslFailure):  # no password: an error, never a prompt
+        uvssl.Context.server(
+            certificate=str(certs.server_cert), key=str(certs.server_key_encrypted)
+        )
+
+    def call():
+        with pytest.raises(uvssl.SslFailure):
+            uvssl.tcp_ssl_server(
+                LOCALHOST,
+                0,
+                None,
+                certificate=str(certs.server_cert),
+                key=str(certs.server_key_encrypted),
+                password="wrong",
+            )
+
+    in_loop(call)
+
+
+def test_encrypted_key_right_password(certs):
+    ctx = uvssl.Context.server(
+        certificate=str(certs.server_cert),
+        key=str(certs.server_key_encrypted),
+        certificate_password=certs.password,
+    )
+    assert ctx.pointer
+    r = run_pair(
+        certs,
+        server_kw=dict(
+            certificate=str(certs.server_cert),
+            key=str(certs.server_key_encrypted),
+            password=certs.password.decode(),
+        ),
+    )
+    assert_echoed(r)
+
+
+def test_invalid_cipher_strings(certs):
+    with pytest.raises(uvssl.SslFailure):
+        uvssl.Context.client(ciphers="NOT-A-CIPHER:ALSO-NOT")
+    with pytest.raises(uvssl.SslFailure):
+        uvssl.Context.server(
+            certificate=str(certs.server_cert),
+            key=str(certs.server_key),
+            ciphersuites="TLS_NOT_A_SUITE",
+        )
+
+    def call():
+        with pytest.raises(uvssl.SslFailure):
+            uvssl.tcp_ssl_connect(LOCALHOST, 9, None, ciphers="NOT-A-CIPHER")
+        with pytest.raises(uvssl.SslFailure):
+            uvssl.tcp_ssl_server(
+                LOCALHOST,
+                0,
+                None,
+                certificate=str(certs.server_cert),
+                key=str(certs.server_key),
+                ciphers="NOT-A-CIPHER",
+            )
+
+    in_loop(call)
+
+
+def test_stdlib_context_with_sni_callback_refused(certs):
+    sctx = stdlib_server_context(certs)
+    sctx.sni_callback = lambda sock, name, ctx: None  # (the stdlib allows it on servers only)
+
+    def call():
+        with pytest.raises(ValueError, match="sni_callback"):
+            uvssl.tcp_ssl_server(LOCALHOST, 0, None, ssl_ctx=sctx)
+
+    in_loop(call)
+
+
+def test_ssl_options_or_ciphers_with_ssl_ctx_refused(certs):
+    sctx = uvssl.Context.server(certificate=str(certs.server_cert), key=str(certs.server_key))
+    cctx = uvssl.Context.client(ca_file=str(certs.ca))
+
+    def call():
+        with pytest.raises(ValueError):
+            uvssl.tcp_ssl_server(
+                LOCALHOST, 0, None, ssl_ctx=sctx, ssl_options=[uvssl.SSL_OP_NO_TICKET]
+            )
+        with pytest.raises(ValueError):
+            uvssl.tcp_ssl_connect(
+                LOCALHOST, 9, None, ssl_ctx=cctx, ssl_options=[uvssl.SSL_OP_NO_TICKET]
+            )
+        with pytest.raises(ValueError):
+            uvssl.tcp_ssl_connect(LOCALHOST, 9, None, ssl_ctx=cctx, ciphers="HIGH")
+        with pytest.raises(ValueError):
+            uvssl.tcp_ssl_server(LOCALHOST, 0, None, ssl_ctx=sctx, ciphers="HIGH")
+
+    in_loop(call)
+
+
+# -- SSL_OP_* and the error classes ----------------------------------------------------------------
+
+
+def test_ssl_op_constants_exported():
+    for name in (
+        "SSL_OP_NO_TICKET",
+        "SSL_OP_NO_TLSv1_3",
+        "SSL_OP_NO_COMPRESSION",
+        "SSL_OP_CIPHER_SERVER_PREFERENCE",
+        "SSL_OP_ALL",
+    ):
+        value = getattr(uvssl, name)
+        assert isinstance(value, int), name
+        assert name in uvssl.__all__
+    assert uvssl.SSL_OP_NO_TICKET == ssl.OP_NO_TICKET
+    assert uvssl.SSL_OP_NO_TLSv1_3 == ssl.OP_NO_TLSv1_3
+    assert uvssl.SSL_OP_NO_COMPRESSION == ssl.OP_NO_COMPRESSION
+    # OpenSSL 3 made some of them no-ops: still accepted
+    uvssl.Context.client(options=[uvssl.SSL_OP_SINGLE_DH_USE, uvssl.SSL_OP_NO_SSLv2])
+
+
+def test_ssl_options_take_effect(certs):
+    ctx = uvssl.Context.client(options=[uvssl.SSL_OP_NO_TICKET], ca_file=str(certs.ca))
+    assert lib.SSL_CTX_get_options(ffi.cast("SSL_CTX *", ctx.pointer)) & uvssl.SSL_OP_NO_TICKET
+    r = run_pair(
+        certs,
+        server_kw=dict(
+            certificate=str(certs.server_cert),
+            key=str(certs.server_key),
+            ssl_options=[uvssl.SSL_OP_NO_TLSv1_3],
+        ),
+        clients=[dict(ssl_options=[uvssl.SSL_OP_NO_TICKET])],
+    )
+    assert_echoed(r)
+    assert r.clients[0]["version"] == "TLSv1.2"  # the server's ssl_options applied
+    assert r.server_info[0]["version"] == "TLSv1.2"
+    client_ctx = r.clients[0]["socket"].context
+    opts = lib.SSL_CTX_get_options(ffi.cast("SSL_CTX *", client_ctx.pointer))
+    assert opts & uvssl.SSL_OP_NO_TICKET  # the client's ssl_options applied
+
+
+def test_error_class_hierarchy():
+    for cls in (
+        uvssl.SslVerificationFailure,
+        uvssl.SslFailure,
+        uvssl.SslClosed,
+        uvssl.SslHandshakeTimeout,
+        uvssl.SslX509Lookup,
+    ):
+        assert issubclass(cls, uvssl.TcpSslError), cls
+        assert issubclass(cls, uvssl.SslCondition), cls
+        assert issubclass(cls, uvssl.TcpError), cls
+        assert issubclass(cls, uvssl.SocketError), cls
+        assert issubclass(cls, OSError), cls
+    assert issubclass(uvssl.SslVerificationFailure, uvssl.SslFailure)
+    exc = uvssl.SslVerificationFailure(
+        "certificate verification failed",
+        what="handshake",
+        codes=(1, 2),
+        strings=("a", "b"),
+        verify_result=20,
+        verify_result_string="unable to get local issuer certificate",
+    )
+    assert isinstance(exc, OSError)
+    text = str(exc)
+    assert "unable to get local issuer certificate" in text and "20" in text
+    assert "a" in text and "handshake" in text
+    assert exc.codes == (1, 2) and exc.strings == ("a", "b")

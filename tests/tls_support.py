@@ -1,0 +1,459 @@
+"""Helpers for tests/test_tls.py: certificates, a loop runner with a deadline, peer threads,
+and `openssl` subprocesses.
+
+Every loop started through ``LoopHarness.run`` schedules ``uvssl.delay(fail_and_exit, deadline)``
+inside its start_fn: if the test's own condition never becomes true, the timer records a failure
+and calls ``uvssl.exit_event_loop()``, so a bug fails the test instead of hanging it. Because that
+timer keeps the loop alive, a test ends its loop explicitly: ``h.done()`` or the ``until``
+predicate given to ``run`` (polled every 20 ms).
+"""
+
+from __future__ import annotations
+
+import queue
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pytest
+
+import uvssl
+
+LOCALHOST = "127.0.0.1"
+PEER_TIMEOUT = 10.0  # socket timeout for stdlib peers (seconds)
+
+
+# -- certificates ------------------------------------------------------------------------------
+
+
+@dataclass
+class Certs:
+    dir: Path
+    ca: Path  # the CA that signed server/client
+    server_cert: Path  # chain file: leaf (+ intermediates, none with trustme's default)
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    other_ca: Path  # an unrelated CA
+    untrusted_cert: Path  # server cert for localhost/127.0.0.1 signed by other_ca
+    untrusted_key: Path
+    server_key_encrypted: Path  # server_key encrypted with PASSWORD
+    password: bytes = b"correct horse"
+
+
+def make_certs(dirpath: Path) -> Certs:
+    import trustme
+    from cryptography.hazmat.primitives import serialization
+
+    ca = trustme.CA()
+    server = ca.issue_cert("localhost", "127.0.0.1")
+    client = ca.issue_cert("client.example")
+    other = trustme.CA()
+    untrusted = other.issue_cert("localhost", "127.0.0.1")
+
+    def w(name: str, blob: Any) -> Path:
+        p = dirpath / name
+        blob.write_to_path(str(p))
+        return p
+
+    def w_chain(name: str, leaf: Any) -> Path:
+        p = dirpath / name
+        p.write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
+        return p
+
+    certs = Certs(
+        dir=dirpath,
+        ca=w("ca.pem", ca.cert_pem),
+        server_cert=w_chain("server.pem", server),
+        server_key=w("server.key", server.private_key_pem),
+        client_cert=w_chain("client.pem", client),
+        client_key=w("client.key", client.private_key_pem),
+        other_ca=w("other-ca.pem", other.cert_pem),
+        untrusted_cert=w_chain("untrusted.pem", untrusted),
+        untrusted_key=w("untrusted.key", untrusted.private_key_pem),
+        server_key_encrypted=dirpath / "server-enc.key",
+    )
+    key = serialization.load_pem_private_key(server.private_key_pem.bytes(), password=None)
+    certs.server_key_encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(certs.password),
+        )
+    )
+    return certs
+
+
+# -- event loop with a deadline ----------------------------------------------------------------
+
+
+class LoopHarness:
+    """Runs one uvssl loop with a deadline; collects failures seen inside callbacks."""
+
+    def __init__(self, deadline: float = 15.0) -> None:
+        self.deadline = deadline
+        self.failures: list[str] = []
+        self.timed_out = False
+        self._done = False
+
+    def done(self) -> None:
+        """End the loop (call from inside it)."""
+        if not self._done:
+            self._done = True
+            uvssl.exit_event_loop()
+
+    def fail(self, msg: str) -> None:
+        """Record a failure and end the loop (call from inside it)."""
+        self.failures.append(msg)
+        self.done()
+
+    def run(
+        self,
+        start_fn: Callable[[], Any],
+        until: Optional[Callable[[], bool]] = None,
+        *,
+        check: bool = True,
+    ) -> None:
+        def fail_and_exit() -> None:
+            self.timed_out = True
+            self.failures.append(f"deadline of {self.deadline} s hit before the test finished")
+            self._done = True
+            uvssl.exit_event_loop()
+
+        def poll() -> None:
+            if not self._done and until is not None and until():
+                self.done()
+
+        def start() -> None:
+            uvssl.delay(fail_and_exit, self.deadline)
+            if until is not None:
+                uvssl.interval(poll, 0.02)
+            start_fn()
+
+        uvssl.start_event_loop(start)
+        if check and self.failures:
+            pytest.fail("; ".join(self.failures), pytrace=False)
+
+
+# -- peer threads -----------------------------------------------------------------------------
+
+
+class PeerThread(threading.Thread):
+    """A thread running a blocking peer; its exception (if any) is re-raised by ``result``."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any, name: str = "tls-peer") -> None:
+        super().__init__(name=name, daemon=True)
+        self._fn = fn
+        self._args = args
+        self.value: Any = None
+        self.error: Optional[BaseException] = None
+        self.finished = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self.value = self._fn(*self._args)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            self.error = exc
+        finally:
+            self.finished.set()
+
+    def result(self, timeout: float = 30.0) -> Any:
+        self.join(timeout)
+        assert not self.is_alive(), f"peer thread {self.name} did not finish"
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+    @property
+    def done(self) -> bool:
+        return self.finished.is_set()
+
+
+def stdlib_server_context(certs: Certs, *, untrusted: bool = False) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    if untrusted:
+        ctx.load_cert_chain(str(certs.untrusted_cert), str(certs.untrusted_key))
+    else:
+        ctx.load_cert_chain(str(certs.server_cert), str(certs.server_key))
+    return ctx
+
+
+def stdlib_client_context(certs: Certs, *, client_cert: bool = False) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(certs.ca))
+    if client_cert:
+        ctx.load_cert_chain(str(certs.client_cert), str(certs.client_key))
+    return ctx
+
+
+def listening_socket() -> socket.socket:
+    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind((LOCALHOST, 0))
+    ls.listen(8)
+    ls.settimeout(PEER_TIMEOUT)
+    return ls
+
+
+def recv_exactly(s: socket.socket, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        chunk = s.recv(n - len(out))
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)
+
+
+def recv_until(s: socket.socket, marker: bytes, limit: int = 1 << 20) -> bytes:
+    out = bytearray()
+    while marker not in out and len(out) < limit:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind((LOCALHOST, 0))
+    port = s.getsockname()[1]
+    s.close()
+    return int(port)
+
+
+# -- openssl subprocesses ---------------------------------------------------------------------
+
+
+def openssl_binary() -> str:
+    path = shutil.which("openssl")
+    if path is None:
+        pytest.skip("the openssl command is not installed")
+    return path
+
+
+class LineReader:
+    """Reads a subprocess's (merged) output lines in a thread; ``wait_for`` a predicate."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self._q: queue.Queue[Optional[str]] = queue.Queue()
+        self._t = threading.Thread(target=self._read, daemon=True, name="openssl-reader")
+        self._t.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in iter(self.proc.stdout.readline, b""):
+            self._q.put(raw.decode("utf-8", "replace").rstrip("\r\n"))
+        self._q.put(None)
+
+    def wait_for(self, pred: Callable[[str], bool], timeout: float = 10.0) -> Optional[str]:
+        """Return the first new line matching ``pred`` (None on timeout or EOF)."""
+        end = time.monotonic() + timeout
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                line = self._q.get(timeout=left)
+            except queue.Empty:
+                return None
+            if line is None:
+                self._q.put(None)  # keep reporting EOF
+                return None
+            self.lines.append(line)
+            if pred(line):
+                return line
+
+    def drain(self, timeout: float = 5.0) -> list[str]:
+        """Collect the remaining lines until EOF (or timeout)."""
+        self.wait_for(lambda _line: False, timeout)
+        return self.lines
+
+    def join(self, timeout: float = 5.0) -> None:
+        self._t.join(timeout)
+
+
+def kill_process(proc: Optional[subprocess.Popen]) -> None:
+    if proc is None:
+        return
+    if proc.poll() is None:
+        proc.kill()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+    for f in (proc.stdin, proc.stdout, proc.stderr):
+        if f is not None:
+            try:
+                f.close()
+            except OSError:
+                pass
+
+
+def start_s_server(
+    certs: Certs, extra: list[str], attempts: int = 5
+) -> tuple[subprocess.Popen, LineReader, int]:
+    """Start ``openssl s_server`` on a free port (retrying on a port clash); wait for ACCEPT."""
+    exe = openssl_binary()
+    last = ""
+    for _ in range(attempts):
+        port = free_port()
+        proc = subprocess.Popen(
+            [
+                exe,
+                "s_server",
+                "-accept",
+                str(port),
+                "-cert",
+                str(certs.server_cert),
+                "-key",
+                str(certs.server_key),
+                "-naccept",
+                "1",
+                *extra,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        reader = LineReader(proc)
+        line = reader.wait_for(lambda s: s.strip() == "ACCEPT", timeout=10)
+        if line is not None:
+            return proc, reader, port
+        last = "\n".join(reader.lines)
+        kill_process(proc)
+        reader.join()
+    pytest.fail(f"openssl s_server did not start: {last}")
+    raise AssertionError  # unreachable
+
+
+# -- a uvssl TLS echo server and a sequence of uvssl clients in one loop ----------------------
+
+
+def describe(sock: Any) -> dict[str, Any]:
+    """The TLS facts of a connected ``SslSocket``."""
+    return {
+        "version": sock.version,
+        "cipher": sock.cipher,
+        "alpn": sock.alpn_protocol,
+        "peer_certificate": sock.peer_certificate,
+        "session_reused": sock.session_reused,
+        "server_hostname": sock.server_hostname,
+    }
+
+
+class PairResult:
+    def __init__(self) -> None:
+        self.server_info: list[dict[str, Any]] = []  # one per handshake completed on the server
+        self.server_events: list[BaseException] = []
+        self.clients: list[dict[str, Any]] = []  # one per client: got, events, connected, ...
+        self.server: Any = None
+
+    @property
+    def client_events(self) -> list[BaseException]:
+        return [ev for c in self.clients for ev in c["events"]]
+
+
+def run_pair(
+    certs: Certs,
+    *,
+    server_kw: Optional[dict[str, Any]] = None,
+    clients: Any = ({},),
+    message: bytes = b"hello over TLS\n",
+    server_events: Optional[int] = None,
+    deadline: float = 15.0,
+) -> PairResult:
+    """Run a uvssl TLS echo server and ``clients`` (kwargs for ``tcp_ssl_connect``, or callables
+    taking the PairResult so far and returning them) one after another in one loop.
+
+    Each client writes ``message`` from connect_cb, reads the echo, keeps its ``session`` and
+    closes. Client kwargs default to ``ca_file=CA`` (pass ``ca_file=None`` for the system store)
+    unless ``ssl_ctx`` is given. The loop ends when every client finished (echo or error) and
+    the server saw ``server_events`` (default: one per client) terminal events.
+    """
+    h = LoopHarness(deadline)
+    r = PairResult()
+    skw = dict(server_kw or {})
+    if "ssl_ctx" not in skw and "certificate" not in skw:
+        skw.update(certificate=str(certs.server_cert), key=str(certs.server_key))
+    want_server_events = len(clients) if server_events is None else server_events
+
+    def s_connect(sock: Any) -> None:
+        r.server_info.append(describe(sock))
+
+    def s_read(sock: Any, data: bytes) -> None:
+        sock.write(data)
+
+    def s_event(ev: BaseException) -> None:
+        r.server_events.append(ev)
+        s = getattr(ev, "socket", None)
+        if s is not None and not s.closed:
+            s.close()
+
+    def next_client() -> None:
+        i = len(r.clients)
+        if i >= len(clients):
+            return
+        spec = clients[i]
+        kw = dict(spec(r) if callable(spec) else spec)
+        host = kw.pop("host", LOCALHOST)
+        if "ssl_ctx" not in kw:
+            kw.setdefault("ca_file", str(certs.ca))
+        info: dict[str, Any] = {
+            "got": bytearray(),
+            "events": [],
+            "connected": False,
+            "finished": False,
+        }
+        r.clients.append(info)
+
+        def finish() -> None:
+            if not info["finished"]:
+                info["finished"] = True
+                next_client()
+
+        def c_connect(sock: Any) -> None:
+            info["connected"] = True
+            info.update(describe(sock))
+            sock.write(message)
+
+        def c_read(sock: Any, data: bytes) -> None:
+            info["got"] += data
+            if len(info["got"]) >= len(message) and not sock.closed:
+                info["session"] = sock.session
+                info["session_reused"] = sock.session_reused
+                sock.close()
+                finish()
+
+        def c_event(ev: BaseException) -> None:
+            info["events"].append(ev)
+            s = getattr(ev, "socket", None)
+            if s is not None and not s.closed:
+                s.close()
+            finish()
+
+        info["socket"] = uvssl.tcp_ssl_connect(
+            host, r.server.port, c_read, c_event, connect_cb=c_connect, **kw
+        )
+
+    def start() -> None:
+        r.server = uvssl.tcp_ssl_server(LOCALHOST, 0, s_read, s_event, connect_cb=s_connect, **skw)
+        next_client()
+
+    def finished() -> bool:
+        return (
+            len(r.clients) == len(clients)
+            and all(c["finished"] for c in r.clients)
+            and len(r.server_events) >= want_server_events
+        )
+
+    h.run(start, until=finished)
+    return r
