@@ -170,6 +170,9 @@ int uvs_ctx_use_key_file(SSL_CTX *ctx, const char *path, int filetype, const cha
 int uvs_ctx_use_cert_file(SSL_CTX *ctx, const char *path, int filetype, const char *password);
 int uvs_ctx_set_alpn_select(SSL_CTX *ctx, const unsigned char *wire, unsigned len);
 int uvs_ctx_use_self_signed(SSL_CTX *ctx, const char *cn, int days, unsigned char *fp);
+int uvs_ctx_set_sni(SSL_CTX *ctx, void *arg);
+int uvs_ctx_load_crl_file(SSL_CTX *ctx, const char *path);
+int uvs_x509_field(X509 *x, int what, char *buf, int len);
 
 /* ---- blocking streams (stream.c) -------------------------------------------------------- */
 typedef struct uvs_stream_s uvs_stream_t;
@@ -268,7 +271,6 @@ SSL_CTX *SSL_get_SSL_CTX(const SSL *ssl);
 uint64_t SSL_set_options(SSL *s, uint64_t op);
 uint64_t SSL_get_options(const SSL *s);
 int SSL_set_tlsext_host_name(SSL *s, const char *name);
-const char *SSL_get_servername(const SSL *s, const int type);
 int SSL_set1_host(SSL *s, const char *hostname);
 void SSL_set_hostflags(SSL *s, unsigned int flags);
 X509_VERIFY_PARAM *SSL_get0_param(SSL *ssl);
@@ -299,6 +301,8 @@ void X509_free(X509 *a);
 int X509_up_ref(X509 *a);
 int i2d_X509(X509 *a, unsigned char **out);
 X509 *d2i_X509(X509 **a, const unsigned char **in, long len);
+const char *SSL_get_servername(const SSL *s, const int type);
+#define TLSEXT_NAMETYPE_host_name ...
 const char *X509_verify_cert_error_string(long n);
 
 unsigned long ERR_get_error(void);
@@ -320,6 +324,7 @@ extern "Python" {
     void uvs_py_on_accept(void *server_data, uvs_conn_t *conn);
     void uvs_py_on_timer(void *data);
     void uvs_py_on_wakeup(void *loop_data);
+    SSL_CTX *uvs_py_on_sni(void *ctx_data, SSL *ssl, const char *name, int *verdict);
 }
 """
 
@@ -333,6 +338,7 @@ static void uvs_py_on_event(void *data, int kind, int status, int action);
 static void uvs_py_on_accept(void *server_data, uvs_conn_t *conn);
 static void uvs_py_on_timer(void *data);
 static void uvs_py_on_wakeup(void *loop_data);
+static SSL_CTX *uvs_py_on_sni(void *ctx_data, SSL *ssl, const char *name, int *verdict);
 
 /* Point the native core's callback table at the extern "Python" dispatchers. */
 static void uvs_py_install(void) {
@@ -342,6 +348,7 @@ static void uvs_py_install(void) {
     cb.on_accept = uvs_py_on_accept;
     cb.on_timer = uvs_py_on_timer;
     cb.on_wakeup = uvs_py_on_wakeup;
+    cb.on_sni = uvs_py_on_sni;
     uvs_set_callbacks(&cb);
 }
 """

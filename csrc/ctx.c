@@ -16,6 +16,11 @@
  *    a copy owned by the SSL_CTX through ex_data, freed with the context.
  *  - A throwaway self-signed certificate for `python -m uvssl serve` when no certificate is
  *    given, made with the OpenSSL uvssl already links (no extra dependency at run time).
+ *  - SNI: the servername callback asks the embedding (on_sni) which SSL_CTX serves the name
+ *    and switches to it with SSL_set_SSL_CTX; a failing callback refuses the handshake with
+ *    an unrecognized_name alert.
+ *  - CRL files loaded into the context's X509_STORE, and certificate fields rendered as text
+ *    for uvssl.X509Certificate (names in RFC 2253 form, one attribute per line).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -151,4 +156,129 @@ done:
     X509_free(x);
     EVP_PKEY_free(pkey);
     return ok;
+}
+
+/* ---- SNI: let the embedding choose a context per requested name ---------------------------- */
+
+static int uvs__sni_cb(SSL *ssl, int *alert, void *arg) {
+    const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    if (uvs__cb.on_sni == NULL)
+        return SSL_TLSEXT_ERR_OK;
+    int verdict = 0;
+    SSL_CTX *chosen = uvs__cb.on_sni(arg, ssl, name, &verdict);
+    if (verdict != 0) {
+        *alert = SSL_AD_UNRECOGNIZED_NAME; /* the callback failed or refused the name */
+        return SSL_TLSEXT_ERR_ALERT_FATAL;
+    }
+    if (chosen != NULL && chosen != SSL_get_SSL_CTX(ssl) && SSL_set_SSL_CTX(ssl, chosen) == NULL) {
+        *alert = SSL_AD_INTERNAL_ERROR;
+        return SSL_TLSEXT_ERR_ALERT_FATAL;
+    }
+    return SSL_TLSEXT_ERR_OK;
+}
+
+/* Route the ClientHello's server name to the embedding (arg identifies the context there). */
+int uvs_ctx_set_sni(SSL_CTX *ctx, void *arg) {
+    if (SSL_CTX_set_tlsext_servername_callback(ctx, uvs__sni_cb) != 1)
+        return 0;
+    return SSL_CTX_set_tlsext_servername_arg(ctx, arg) == 1;
+}
+
+/* ---- CRLs ------------------------------------------------------------------------------- */
+
+/* Load every CRL in a PEM file into the context's store. Returns how many, 0 on error. */
+int uvs_ctx_load_crl_file(SSL_CTX *ctx, const char *path) {
+    X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+    X509_LOOKUP *lookup = store ? X509_STORE_add_lookup(store, X509_LOOKUP_file()) : NULL;
+    if (lookup == NULL)
+        return 0;
+    return X509_load_crl_file(lookup, path, X509_FILETYPE_PEM);
+}
+
+/* ---- certificate fields as text ---------------------------------------------------------- */
+
+/* Write field `what` of x into buf as NUL-terminated UTF-8 text:
+ *   0 subject, 1 issuer (RFC 2253, one RDN per line, most specific first),
+ *   2 serial number (hex), 3 notBefore, 4 notAfter ("YYYYMMDDHHMMSSZ"),
+ *   5 subject alternative names (one "TYPE:value" per line), 6 version (1-based).
+ * Returns the text length, or -1 (or the length needed, when buf is too small, as a negative
+ * number below -1: -(needed + 1)). */
+int uvs_x509_field(X509 *x, int what, char *buf, int len) {
+    BIO *b = BIO_new(BIO_s_mem());
+    int ok = 0;
+    if (b == NULL)
+        return -1;
+    switch (what) {
+    case 0:
+    case 1: {
+        const unsigned long flags =
+            (XN_FLAG_RFC2253 & ~ASN1_STRFLGS_ESC_MSB & ~XN_FLAG_SEP_MASK) | XN_FLAG_SEP_MULTILINE;
+        X509_NAME *name = what == 0 ? X509_get_subject_name(x) : X509_get_issuer_name(x);
+        ok = X509_NAME_print_ex(b, name, 0, flags) >= 0;
+        break;
+    }
+    case 2: {
+        BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(x), NULL);
+        char *hex = bn ? BN_bn2hex(bn) : NULL;
+        ok = hex != NULL && BIO_puts(b, hex) >= 0;
+        OPENSSL_free(hex);
+        BN_free(bn);
+        break;
+    }
+    case 3:
+    case 4: {
+        const ASN1_TIME *t = what == 3 ? X509_get0_notBefore(x) : X509_get0_notAfter(x);
+        struct tm tm;
+        ok = t != NULL && ASN1_TIME_to_tm(t, &tm) == 1 &&
+             BIO_printf(b, "%04d%02d%02d%02d%02d%02dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+                        tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec) > 0;
+        break;
+    }
+    case 5: {
+        GENERAL_NAMES *names = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+        ok = 1;
+        for (int i = 0; names != NULL && i < sk_GENERAL_NAME_num(names); i++) {
+            const GENERAL_NAME *g = sk_GENERAL_NAME_value(names, i);
+            if (g->type == GEN_DNS || g->type == GEN_EMAIL || g->type == GEN_URI) {
+                const char *tag = g->type == GEN_DNS ? "DNS" : g->type == GEN_EMAIL ? "email" : "URI";
+                const ASN1_IA5STRING *s = g->d.ia5;
+                ok = ok && BIO_printf(b, "%s:%.*s\n", tag, ASN1_STRING_length(s),
+                                      (const char *)ASN1_STRING_get0_data(s)) > 0;
+            } else if (g->type == GEN_IPADD) {
+                const unsigned char *p = ASN1_STRING_get0_data(g->d.ip);
+                int n = ASN1_STRING_length(g->d.ip);
+                if (n == 4) {
+                    ok = ok && BIO_printf(b, "IP Address:%d.%d.%d.%d\n", p[0], p[1], p[2], p[3]) > 0;
+                } else if (n == 16) {
+                    ok = ok && BIO_puts(b, "IP Address:") > 0;
+                    for (int k = 0; k < 16; k += 2)
+                        ok = ok && BIO_printf(b, k ? ":%x" : "%x", (p[k] << 8) | p[k + 1]) > 0;
+                    ok = ok && BIO_puts(b, "\n") > 0;
+                }
+            }
+        }
+        GENERAL_NAMES_free(names);
+        break;
+    }
+    case 6:
+        ok = BIO_printf(b, "%ld", X509_get_version(x) + 1) > 0;
+        break;
+    default:
+        break;
+    }
+    char *data = NULL;
+    long n = BIO_get_mem_data(b, &data);
+    int r;
+    if (!ok || n < 0) {
+        ERR_clear_error();
+        r = -1;
+    } else if (n >= len) {
+        r = -(int)n - 2;
+    } else {
+        memcpy(buf, data, (size_t)n);
+        buf[n] = '\0';
+        r = (int)n;
+    }
+    BIO_free(b);
+    return r;
 }

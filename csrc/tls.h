@@ -70,6 +70,9 @@ int uvs_ctx_use_key_file(SSL_CTX *ctx, const char *path, int filetype, const cha
 int uvs_ctx_use_cert_file(SSL_CTX *ctx, const char *path, int filetype, const char *password);
 int uvs_ctx_set_alpn_select(SSL_CTX *ctx, const unsigned char *wire, unsigned len);
 int uvs_ctx_use_self_signed(SSL_CTX *ctx, const char *cn, int days, unsigned char *fp);
+int uvs_ctx_set_sni(SSL_CTX *ctx, void *arg);
+int uvs_ctx_load_crl_file(SSL_CTX *ctx, const char *path);
+int uvs_x509_field(X509 *x, int what, char *buf, int len);
 
 /* ---- blocking streams (stream.c) -------------------------------------------------------- */
 typedef struct uvs_stream_s uvs_stream_t;

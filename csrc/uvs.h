@@ -25,6 +25,8 @@ typedef struct uvs_conn_s uvs_conn_t;
 typedef struct uvs_server_s uvs_server_t;
 typedef struct uvs_timer_s uvs_timer_t;
 typedef struct uvs_tls_s uvs_tls_t;
+struct ssl_ctx_st;
+struct ssl_st;
 
 /* ---- events delivered through uvs_callbacks_t.on_event ---------------------------------- */
 enum {
@@ -67,6 +69,10 @@ typedef struct {
     void (*on_accept)(void *server_data, uvs_conn_t *conn);
     void (*on_timer)(void *data);
     void (*on_wakeup)(void *loop_data);
+    /* TLS servers: pick a context for the requested name (an SSL_CTX *, or NULL to keep the
+     * current one); setting *verdict non-zero refuses the handshake */
+    struct ssl_ctx_st *(*on_sni)(void *ctx_data, struct ssl_st *ssl, const char *name,
+                                 int *verdict);
 } uvs_callbacks_t;
 
 /* ---- public API (mirrored in build_ffi.py) -------------------------------------------- */
@@ -185,8 +191,6 @@ struct uvs_conn_s {
     struct addrinfo *ai_head, *ai_next;  /* connect in progress           */
     uvs_tls_t *tls;               /* NULL for plain TCP                      */
 };
-
-struct ssl_ctx_st;
 
 struct uvs_server_s {
     uv_tcp_t tcp;

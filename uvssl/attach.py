@@ -150,6 +150,8 @@ def attach_ssl(
         if not server and borrowed == ffi.NULL:
             assert ctx is not None
             _configure_client_ssl(ssl, ctx, tlsext_host_name, True, None, None)
+        if ctx is not None:
+            ctx._configure_ssl(ssl)  # the context's own callback, if it has one
         if ssl_configure_callback is not None:
             ssl_configure_callback(int(ffi.cast("uintptr_t", ssl)))
     except BaseException:

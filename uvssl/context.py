@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import os
 import ssl as _stdlib_ssl
+import weakref
 from typing import Any, Callable, Iterable, Optional, Union
 
 from ._uvssl import ffi, lib
@@ -171,6 +172,9 @@ class Context:
         self.handshake_timeout: Optional[float] = 60.0
         self.verify_host = True
         self.alpn: Optional[tuple[str, ...]] = None
+        self.sni_callback: Optional[Callable[[Any, Optional[str]], Optional[Context]]] = None
+        self.ssl_configure_callback: Optional[Callable[[int], Any]] = None
+        self._handle: Any = None
 
     def __del__(self) -> None:
         ctx = getattr(self, "_ctx", None)
@@ -228,8 +232,31 @@ class Context:
         options: Any = None,
         session_tickets: bool = True,
         handshake_timeout: Optional[float] = 60,
+        crl_check: Optional[str] = None,
+        crl_file: Any = None,
+        sni_callback: Optional[Callable[[Any, Optional[str]], Optional[Context]]] = None,
+        ctx_configure_callback: Optional[Callable[[int], Any]] = None,
+        ssl_configure_callback: Optional[Callable[[int], Any]] = None,
+        ssl_side: Optional[str] = None,
     ) -> Context:
         server = side == "server"
+        if ssl_side is not None and ssl_side not in ("client", "server", "both"):
+            raise ValueError(f"ssl_side must be 'client', 'server' or 'both', got {ssl_side!r}")
+        if ssl_side is not None and ssl_side not in (side, "both"):
+            raise ValueError(f"ssl_side={ssl_side!r} contradicts Context.{side}()")
+        for cbname, cb in (
+            ("sni_callback", sni_callback),
+            ("ctx_configure_callback", ctx_configure_callback),
+            ("ssl_configure_callback", ssl_configure_callback),
+        ):
+            if cb is not None and not callable(cb):
+                raise TypeError(f"{cbname} must be callable, not {type(cb).__name__}")
+        if sni_callback is not None and not server:
+            raise ValueError("sni_callback is for server contexts")
+        if crl_check not in (None, "leaf", "all"):
+            raise ValueError(f"crl_check must be None, 'leaf' or 'all', got {crl_check!r}")
+        if crl_file is not None and crl_check is None:
+            crl_check = "leaf"
         if keytype not in ("pem", "der"):
             raise ValueError(f"keytype must be 'pem' or 'der', got {keytype!r}")
         filetype = lib.SSL_FILETYPE_PEM if keytype == "pem" else lib.SSL_FILETYPE_ASN1
@@ -258,7 +285,10 @@ class Context:
         if key is not None and certificate is None:
             raise ValueError("key was given without certificate")
 
-        method_ptr = lib.TLS_server_method() if server else lib.TLS_client_method()
+        if ssl_side == "both":
+            method_ptr = lib.TLS_method()
+        else:
+            method_ptr = lib.TLS_server_method() if server else lib.TLS_client_method()
         ptr = lib.SSL_CTX_new(method_ptr)
         if ptr == ffi.NULL:
             raise _openssl_failure("SSL_CTX_new failed", "create context")
@@ -313,6 +343,23 @@ class Context:
         lib.SSL_CTX_set_verify(ptr, mode, ffi.NULL)
         if max_depth is not None:
             lib.SSL_CTX_set_verify_depth(ptr, max_depth)
+        if crl_check is not None:
+            if crl_file is not None:
+                path = _check_file("crl_file", crl_file)
+                if lib.uvs_ctx_load_crl_file(ptr, path) <= 0:
+                    raise _openssl_failure(
+                        f"cannot load CRLs from {os.fsdecode(path)!r}", "load CRL"
+                    )
+            flags = lib.X509_V_FLAG_CRL_CHECK
+            if crl_check == "all":
+                flags |= lib.X509_V_FLAG_CRL_CHECK_ALL
+            lib.X509_VERIFY_PARAM_set_flags(lib.SSL_CTX_get0_param(ptr), flags)
+        if sni_callback is not None:
+            ctx.sni_callback = sni_callback
+            ctx._handle = ffi.new_handle(ctx)
+            if lib.uvs_ctx_set_sni(ptr, ctx._handle) != 1:
+                raise _openssl_failure("cannot install the SNI callback", "set sni")
+        ctx.ssl_configure_callback = ssl_configure_callback
         if server:
             sid = b"uvssl"
             lib.SSL_CTX_set_session_id_context(ptr, sid, len(sid))
@@ -324,7 +371,14 @@ class Context:
                     raise _openssl_failure("cannot set ALPN", "set alpn")
             elif lib.SSL_CTX_set_alpn_protos(ptr, wire, len(wire)) != 0:
                 raise _openssl_failure("cannot set ALPN", "set alpn")
+        if ctx_configure_callback is not None:
+            ctx_configure_callback(ctx.pointer)
         return ctx
+
+    def _configure_ssl(self, ssl: Any) -> None:
+        """Run ``ssl_configure_callback`` for a new ``SSL*`` made with this context."""
+        if self.ssl_configure_callback is not None:
+            self.ssl_configure_callback(int(ffi.cast("uintptr_t", ssl)))
 
     def __repr__(self) -> str:
         return f"<uvssl.Context {self.side} {self.pointer:#x}{'' if self._owned else ' borrowed'}>"
@@ -470,3 +524,37 @@ def resolve_ssl_ctx(ssl_ctx: Any, side: str) -> Context:
 
 
 ConfigureCallback = Callable[[int], Any]
+
+# SSL* address -> the SslSocket it belongs to, for sni_callback (filled by TLS servers).
+ssl_owners: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+
+
+@ffi.def_extern()  # type: ignore[untyped-decorator]
+def uvs_py_on_sni(ctx_data: Any, ssl: Any, name: Any, verdict: Any) -> Any:
+    """A ClientHello named a server: ask the context's sni_callback which context to use."""
+    ctx = ffi.from_handle(ctx_data)
+    sock = ssl_owners.get(int(ffi.cast("uintptr_t", ssl)))
+    server_name = None if name == ffi.NULL else ffi.string(name).decode("utf-8", "replace")
+    try:
+        chosen = ctx.sni_callback(sock, server_name)
+        if chosen is None:
+            return ffi.NULL
+        if isinstance(chosen, _stdlib_ssl.SSLContext):
+            chosen = resolve_ssl_ctx(chosen, "server")
+        if not isinstance(chosen, Context):
+            raise TypeError(
+                f"sni_callback must return a uvssl.Context or None, not {type(chosen).__name__}"
+            )
+        if sock is not None:
+            sock._sni_context = chosen  # keep it alive as long as the connection
+        return chosen._ctx
+    except BaseException as exc:  # noqa: BLE001 - must not unwind into C
+        verdict[0] = 1
+        loop = getattr(sock, "_loop", None)
+        if loop is not None:
+            loop._app_error(exc)
+        else:
+            import logging
+
+            logging.getLogger("uvssl").error("uvssl: exception in sni_callback", exc_info=exc)
+        return ffi.NULL

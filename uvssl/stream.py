@@ -256,6 +256,7 @@ def _make(sock: Any, side: str, opts: dict[str, Any]) -> SslStream:
     stream = SslStream(s, ctx, side == "server")
     try:
         _apply_overrides(stream, ctx, overrides, server_hostname)
+        ctx._configure_ssl(stream._ssl())
     except BaseException:
         lib.uvs_stream_free(stream._s)
         stream._s = None

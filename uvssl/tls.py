@@ -12,7 +12,7 @@ import weakref
 from typing import Any, Callable, Iterable, Optional
 
 from ._uvssl import ffi, lib
-from .context import Context, alpn_wire, options_value, resolve_ssl_ctx
+from .context import Context, alpn_wire, options_value, resolve_ssl_ctx, ssl_owners
 from .errors import (
     SslClosed,
     SslFailure,
@@ -279,7 +279,13 @@ class TcpSslServer(TcpServer):
         return sock
 
     def _accepted(self, sock: Socket) -> None:
-        pass  # connect_cb runs after the handshake (UVS_EV_CONNECT from the engine)
+        # connect_cb runs after the handshake (UVS_EV_CONNECT from the engine); before it
+        # starts, the new SSL* gets the context's configure callback and SNI bookkeeping
+        ssl = lib.uvs_conn_ssl(sock._conn)
+        if ssl == ffi.NULL:
+            return
+        ssl_owners[int(ffi.cast("uintptr_t", ssl))] = sock
+        self.context._configure_ssl(ssl)
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -430,14 +436,16 @@ def tcp_ssl_connect(
             raise SslFailure(
                 f"cannot start TLS: {_strerror(r)}", what="attach", codes=codes, strings=strings
             )
+        ssl = lib.uvs_conn_ssl(sock._conn)
         _configure_client_ssl(
-            lib.uvs_conn_ssl(sock._conn),
+            ssl,
             ctx,
             sock.server_hostname,
             verify,
             alpn_bytes,
             session,
         )
+        ctx._configure_ssl(ssl)
     except BaseException:
         sock.close(force=True)
         raise
