@@ -314,36 +314,11 @@ static void uvs__write_cb(uv_write_t *req, int status) {
     uvs__flush_dirty(c->loop);
 }
 
-/* Send n bytes at p. `alloc` is a heap block that contains them and that this function now
- * owns (it is freed when no longer needed), or NULL when p must be copied if it cannot all be
- * written at once. Returns 0 or a uv error (the connection has then failed). */
-static int uvs__send(uvs_conn_t *c, char *alloc, const char *p, size_t n) {
-    if (c->inflight == 0) {
-        uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
-        int r = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
-        if (r >= 0) {
-            p += r;
-            n -= (size_t)r;
-        } else if (r != UV_EAGAIN && r != UV_ENOSYS) {
-            free(alloc);
-            uvs__conn_fail(c, UVS_EV_ERROR, r, UVS_ACT_WRITE);
-            return r;
-        }
-        if (n == 0) {
-            free(alloc);
-            return 0;
-        }
-    }
+/* Queue n bytes at p, which lie in the heap block `alloc` that this function now owns (freed
+ * once the bytes are out). Returns 0 or a uv error (the connection has then failed). */
+static int uvs__queue_write(uvs_conn_t *c, char *alloc, const char *p, size_t n) {
     uvs__wreq_t *w = malloc(sizeof(*w));
-    if (w != NULL && alloc == NULL) {
-        alloc = malloc(n);
-        if (alloc != NULL) {
-            memcpy(alloc, p, n);
-            p = alloc;
-        }
-    }
-    if (w == NULL || alloc == NULL) {
-        free(w);
+    if (w == NULL) {
         free(alloc);
         uvs__conn_fail(c, UVS_EV_ERROR, UV_ENOMEM, UVS_ACT_WRITE);
         return UV_ENOMEM;
@@ -366,9 +341,35 @@ static int uvs__send(uvs_conn_t *c, char *alloc, const char *p, size_t n) {
     return 0;
 }
 
-int uvs__conn_send(uvs_conn_t *c, const char *p, size_t n) { return uvs__send(c, NULL, p, n); }
-
-int uvs__conn_send_owned(uvs_conn_t *c, char *base, size_t n) { return uvs__send(c, base, base, n); }
+/* Send the bytes in b and leave b empty. In the common case the kernel takes them all and b
+ * keeps its memory for the next batch (no allocation per write); otherwise the rest goes to
+ * a uv_write request that takes the buffer over. Returns 0 or a uv error (then the
+ * connection has failed). */
+int uvs__conn_send_buf(uvs_conn_t *c, uvs__buf_t *b) {
+    size_t len = b->len;
+    if (len == 0)
+        return 0;
+    if (c->inflight == 0) {
+        uv_buf_t ub = uv_buf_init(b->base, (unsigned)len);
+        int r = uv_try_write((uv_stream_t *)&c->tcp, &ub, 1);
+        if (r == (int)len) {
+            uvs__buf_consume(b, len);
+            return 0;
+        }
+        if (r < 0 && r != UV_EAGAIN && r != UV_ENOSYS) {
+            uvs__buf_consume(b, len);
+            uvs__conn_fail(c, UVS_EV_ERROR, r, UVS_ACT_WRITE);
+            return r;
+        }
+        if (r > 0)
+            uvs__buf_consume(b, (size_t)r); /* keeps the tail at the front */
+    }
+    char *base = b->base;
+    size_t n = b->len;
+    b->base = NULL;
+    b->len = b->cap = 0;
+    return uvs__queue_write(c, base, base, n);
+}
 
 void uvs__conn_flush(uvs_conn_t *c) {
     if ((c->state & UVS__C_CLOSING) || !(c->state & UVS__C_CONNECTED))
@@ -376,12 +377,7 @@ void uvs__conn_flush(uvs_conn_t *c) {
     if (c->tls != NULL) {
         uvs__tls_flush(c);
     } else if (c->out.len > 0) {
-        /* hand the whole buffer over; the next write starts a fresh one */
-        char *base = c->out.base;
-        size_t len = c->out.len;
-        c->out.base = NULL;
-        c->out.len = c->out.cap = 0;
-        if (uvs__conn_send_owned(c, base, len) != 0)
+        if (uvs__conn_send_buf(c, &c->out) != 0)
             return;
     }
     if (!(c->state & UVS__C_CLOSING))

@@ -210,6 +210,20 @@ void uvs__tls_capture(uvs_tls_t *t, int ssl_err) {
 
 /* ---- progress ----------------------------------------------------------------------------- */
 
+/* SSL_get_error() trusts the thread's error queue, so it must be empty before a call whose
+ * outcome we classify. Someone else's leftovers are rare: peeking is cheap, while
+ * ERR_clear_error() walks all sixteen slots of the queue on every call. */
+static void uvs__err_fresh(void) {
+    if (ERR_peek_error() != 0)
+        ERR_clear_error();
+}
+
+/* True when another SSL_read could only answer WANT_READ: no offered input left and no record
+ * data buffered inside SSL. Saves a failing SSL_read (and its error bookkeeping) per read. */
+static int uvs__tls_drained(const uvs_tls_t *t) {
+    return t->in_n == 0 && !SSL_has_pending(t->ssl);
+}
+
 int uvs__tls_step(uvs_tls_t *t, char *buf, size_t cap, size_t *got) {
     *got = 0;
     if (t->deferred != 0) {
@@ -218,17 +232,15 @@ int uvs__tls_step(uvs_tls_t *t, char *buf, size_t cap, size_t *got) {
         return r;
     }
     if (t->state == UVS_TLS_HANDSHAKING) {
-        ERR_clear_error();
+        uvs__err_fresh();
         int r = SSL_do_handshake(t->ssl);
         if (r == 1) {
             t->state = UVS_TLS_OPEN;
             return UVS__TLS_R_HANDSHAKE;
         }
         int e = SSL_get_error(t->ssl, r);
-        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-            ERR_clear_error();
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
             return UVS__TLS_R_AGAIN;
-        }
         uvs__tls_capture(t, e);
         t->state = UVS_TLS_FAILED;
         return UVS__TLS_R_ERROR;
@@ -237,20 +249,19 @@ int uvs__tls_step(uvs_tls_t *t, char *buf, size_t cap, size_t *got) {
         return UVS__TLS_R_AGAIN;
     size_t total = 0;
     int result = UVS__TLS_R_AGAIN;
-    ERR_clear_error();
+    uvs__err_fresh();
     while (total < cap) {
         size_t n = 0;
         if (SSL_read_ex(t->ssl, buf + total, cap - total, &n) == 1) {
             total += n;
+            if (uvs__tls_drained(t))
+                break;
             continue;
         }
         int e = SSL_get_error(t->ssl, 0);
-        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-            ERR_clear_error();
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
             break;
-        }
         if (e == SSL_ERROR_ZERO_RETURN) {
-            ERR_clear_error();
             t->close_notify_received = 1;
             result = UVS__TLS_R_CLOSED;
         } else {
@@ -271,14 +282,12 @@ int uvs__tls_encrypt(uvs_tls_t *t, const char *p, size_t n, size_t *used) {
     *used = 0;
     if (n == 0)
         return 0;
-    ERR_clear_error();
+    uvs__err_fresh();
     if (SSL_write_ex(t->ssl, p, n, used) == 1)
         return 0;
     int e = SSL_get_error(t->ssl, 0);
-    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-        ERR_clear_error();
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
         return 0; /* nothing taken now; retried at the next flush */
-    }
     uvs__tls_capture(t, e);
     t->state = UVS_TLS_FAILED;
     return -1;
@@ -288,7 +297,7 @@ int uvs__tls_close_notify(uvs_tls_t *t) {
     if (t->close_notify_sent || t->state != UVS_TLS_OPEN)
         return 0;
     t->close_notify_sent = 1;
-    ERR_clear_error();
+    uvs__err_fresh();
     int r = SSL_shutdown(t->ssl);
     if (r < 0) {
         ERR_clear_error(); /* e.g. the peer's alert already broke the session: nothing to say */

@@ -43,16 +43,12 @@ static char *uvs__plain_buf(uvs_loop_t *loop) {
     return loop->pbuf;
 }
 
-/* Send whatever ciphertext the engine produced, handing over its buffer. */
+/* Send whatever ciphertext the engine produced. */
 static void uvs__tls_push(uvs_conn_t *c) {
     uvs_tls_t *t = c->tls;
     if (t->out.len == 0 || (c->state & UVS__C_CLOSING))
         return;
-    char *base = t->out.base;
-    size_t len = t->out.len;
-    t->out.base = NULL;
-    t->out.len = t->out.cap = 0;
-    (void)uvs__conn_send_owned(c, base, len); /* on failure the connection has failed */
+    (void)uvs__conn_send_buf(c, &t->out); /* on failure the connection has failed */
 }
 
 static void uvs__tls_fail(uvs_conn_t *c, int kind, int action) {
@@ -110,6 +106,10 @@ static void uvs__tls_pump(uvs_conn_t *c) {
             break;
         case UVS__TLS_R_DATA:
             uvs__conn_deliver(c, pbuf, got);
+            if (c->tls != t)
+                return;
+            if (t->deferred == 0 && t->in_n == 0 && !SSL_has_pending(t->ssl))
+                return; /* nothing left that another step could decrypt */
             break;
         case UVS__TLS_R_CLOSED:
             (void)uvs__tls_close_notify(t);

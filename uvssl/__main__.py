@@ -169,6 +169,12 @@ def demo(messages: int = 20000, connections: int = 8) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of ``python -m uvssl``."""
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["bench"]:
+        # the bench has its own parser (and its own --help)
+        from .bench.runner import main as bench_main
+
+        return int(bench_main(args_in[1:]))
     p = argparse.ArgumentParser(
         prog="python -m uvssl",
         description=__doc__,
@@ -185,17 +191,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     d = sub.add_parser("demo", help="a plain-TCP echo demonstration")
     d.add_argument("--messages", type=int, default=20000)
     d.add_argument("--connections", type=int, default=8)
-    b = sub.add_parser("bench", help="run the benchmark (see --help)", add_help=False)
-    b.add_argument("rest", nargs=argparse.REMAINDER)
-    args = p.parse_args(argv)
+    sub.add_parser("bench", help="run the benchmark (python -m uvssl bench --help)")
+    args = p.parse_args(args_in)
     if args.cmd == "serve":
         serve(args.host, args.port, args.cert, args.key, args.quiet, args.reuse_port)
     elif args.cmd == "demo":
         demo(args.messages, args.connections)
-    else:
-        from .bench.runner import main as bench_main
-
-        return int(bench_main(args.rest))
     return 0
 
 

@@ -86,6 +86,7 @@ class Loop:
         self._live: set[Any] = set()  # objects with a native side, until their CLOSED event
         self._error: Optional[BaseException] = None
         self._exiting = False
+        self._halted = False  # error or exit: callbacks no longer reach application code
         self._calls: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = (
             collections.deque()
         )
@@ -124,6 +125,7 @@ class Loop:
     def _fail(self, exc: BaseException) -> None:
         if self._error is None:
             self._error = exc
+        self._halted = True
         if self._ptr is not None:
             lib.uvs_loop_stop(self._ptr)
 
@@ -172,6 +174,7 @@ class Loop:
     def exit(self) -> None:
         """Stop the loop: every handle is closed and ``start_event_loop`` returns."""
         self._exiting = True
+        self._halted = True
         if self._ptr is not None:
             lib.uvs_loop_stop(self._ptr)
 
@@ -381,17 +384,22 @@ def _errname(code: int) -> str:
 
 
 # -- dispatchers (called from C with the GIL taken by cffi) ---------------------------------
+# The read path runs once per read on every connection: it uses prebound names.
+
+_from_handle = ffi.from_handle
+_unpack = ffi.unpack
+_EV_CLOSED = lib.UVS_EV_CLOSED
 
 
 @ffi.def_extern()  # type: ignore[untyped-decorator]
 def uvs_py_on_read(data: Any, buf: Any, length: int) -> None:
     """Data arrived on a connection: one call per read (TLS: per decrypted batch)."""
-    sock = ffi.from_handle(data)
+    sock = _from_handle(data)
     loop = sock._loop
-    if loop._error is not None or loop._exiting:
+    if loop._halted:
         return
     try:
-        sock._deliver(sock, ffi.unpack(buf, length))
+        sock._deliver(sock, _unpack(buf, length))
     except BaseException as exc:  # noqa: BLE001 - must not unwind into C
         loop._app_error(exc)
 
@@ -401,10 +409,10 @@ def uvs_py_on_event(data: Any, kind: int, status: int, action: int) -> None:
     """Anything but data: connect, EOF, errors, written/drain, closed."""
     obj = ffi.from_handle(data)
     loop = obj._loop
-    if kind == lib.UVS_EV_CLOSED:
+    if kind == _EV_CLOSED:
         obj._on_closed()
         return
-    if loop._error is not None or loop._exiting:
+    if loop._halted:
         return
     try:
         obj._event(kind, status, action)
@@ -417,7 +425,7 @@ def uvs_py_on_accept(server_data: Any, conn: Any) -> None:
     """A server accepted a connection: wrap it (leaving data NULL refuses it)."""
     server = ffi.from_handle(server_data)
     loop = server._loop
-    if loop._error is not None or loop._exiting:
+    if loop._halted:
         return
     try:
         server._accept(conn)
@@ -430,7 +438,7 @@ def uvs_py_on_timer(data: Any) -> None:
     """A timer fired."""
     timer = ffi.from_handle(data)
     loop = timer._loop
-    if loop._error is not None or loop._exiting:
+    if loop._halted:
         return
     try:
         timer._fire()

@@ -152,7 +152,7 @@ class AsyncStream:
 
     def _feed(self, sock: Socket, data: bytes) -> None:
         self._buf += data
-        cb = sock.read_cb
+        cb = sock._read_cb
         if cb is not None:
             cb(sock, self)
 
@@ -188,19 +188,31 @@ class Socket:
         self._eof = False
         self._flags = 0
         self.data = data
-        self.read_cb = read_cb
+        self._read_cb = read_cb
         self.event_cb = event_cb
         self.connect_cb = connect_cb
         self._write_cb = write_cb
         self._drain_cb: Optional[Callable[[Socket], Any]] = None
         self.stream: Optional[AsyncStream] = AsyncStream(self) if stream else None
-        self._deliver: Callable[[Socket, bytes], Any] = self._pick_deliver()
+        self._deliver: Callable[[Socket, Any], Any] = self._pick_deliver()
 
     # -- wiring ------------------------------------------------------------------------------
-    def _pick_deliver(self) -> Callable[[Socket, bytes], Any]:
+    def _pick_deliver(self) -> Callable[[Socket, Any], Any]:
+        # what the read dispatcher calls with (socket, bytes): the read_cb itself when it can
         if self.stream is not None:
             return self.stream._feed
-        return _call_read_cb
+        return self._read_cb if self._read_cb is not None else _discard
+
+    @property
+    def read_cb(self) -> Optional[ReadCb]:
+        """Called as ``read_cb(socket, data)`` (``read_cb(socket, stream)`` in stream mode)."""
+        return self._read_cb
+
+    @read_cb.setter
+    def read_cb(self, cb: Optional[ReadCb]) -> None:
+        _check_callable("read_cb", cb)
+        self._read_cb = cb
+        self._deliver = self._pick_deliver()
 
     def _attach(self, conn: Any) -> None:
         self._conn = conn
@@ -312,9 +324,13 @@ class Socket:
         it is above it: a writer should then stop and wait for ``drain_cb``.
         Raises ``SocketClosed`` on a closed socket.
         """
-        conn = self._live_conn("write")
-        buf = _check_data("data", data)
-        r = lib.uvs_conn_write(conn, buf, len(buf))
+        conn = self._conn
+        if conn is None or self._closed:
+            self._live_conn("write")  # raises SocketClosed
+        buf = data if type(data) is bytes else _check_data("data", data)
+        r: int = _conn_write(conn, buf, len(buf))
+        if not r:
+            return True
         if r < 0:
             raise SocketClosed(
                 f"socket is closing; cannot write ({_strerror(r)})",
@@ -322,7 +338,7 @@ class Socket:
                 socket=self,
                 identifier="shutdown",
             )
-        return bool(r == 0)
+        return False  # above the high-water mark
 
     def close(self, force: bool = False) -> None:
         """Close the socket. Graceful by default: pending writes are flushed first (and
@@ -464,10 +480,11 @@ class Socket:
         return f"<{type(self).__name__} {state}>"
 
 
-def _call_read_cb(sock: Socket, data: bytes) -> None:
-    cb = sock.read_cb
-    if cb is not None:
-        cb(sock, data)
+def _discard(sock: Socket, data: bytes) -> None:
+    """The read path of a socket with no read_cb: incoming data is dropped."""
+
+
+_conn_write = lib.uvs_conn_write
 
 
 # -- servers ---------------------------------------------------------------------------------

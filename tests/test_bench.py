@@ -1,0 +1,102 @@
+"""The benchmark runner (SPEC S8): ``python -m uvssl bench`` end to end in its tiny mode.
+
+No timing assertions: the figures of a 0.3 s cell on a shared machine are noise. The test checks
+that every requested server and cell is reported (measured, or skipped when the optional peer is
+not installed), in the JSON and in the printed table, and that nothing is left running.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from uvssl.bench import runner
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVERS = ["uvssl", "native", "aiofastnet"]
+CELLS = ["echo-1", "echo-64", "bulk", "hs-full", "hs-resumed", "idle", "plain-echo-64"]
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+@pytest.mark.timeout(180)
+def test_bench_tiny_end_to_end(tmp_path):
+    out = tmp_path / "bench.json"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    proc = subprocess.run(
+        [sys.executable, "-m", "uvssl", "bench", "--", "--tiny",
+         "--servers", ",".join(SERVERS), "--cells", ",".join(CELLS), "--json", str(out)],
+        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=170,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    report = json.loads(out.read_text())
+    assert report["meta"]["config"]["mode"] == "tiny"
+    for key in ("date", "nproc", "cpu_model", "kernel", "python", "openssl", "cpu_method"):
+        assert key in report["meta"]
+    assert list(report["cells"]) == CELLS
+    assert list(report["results"]) == SERVERS
+    aiofastnet_ok = _has("aiofastnet")
+    for name in SERVERS:
+        expected = "ok" if name != "aiofastnet" or aiofastnet_ok else "skipped"
+        assert report["servers"][name]["status"] == expected
+        for cell in CELLS:
+            res = report["results"][name][cell]
+            assert res["status"] == expected, (name, cell, res)
+            if expected != "ok":
+                assert res["reason"]
+                continue
+            for metric in report["cells"][cell]["metrics"]:
+                value = res[metric]
+                assert isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
+            assert res["ops"] > 0
+    assert report["results"]["uvssl"]["idle"]["conns"] == 20
+    for cell in CELLS:  # ratios to uvssl for every measured figure of the native server
+        assert set(report["ratios"]["native"][cell]) == set(report["cells"][cell]["metrics"])
+
+    table = proc.stdout
+    header = next(line for line in table.splitlines() if line.startswith("cell"))
+    assert header.split()[2:] == SERVERS
+    for label in ("echo-1 (TLS)", "echo-64 (TLS)", "bulk (TLS)", "hs-full (TLS)",
+                  "hs-resumed (TLS)", "idle-20 (TLS)", "plain-echo-64 (plain TCP)"):  # fmt: skip
+        assert label in table
+    for metric in ("req/s", "p50 us", "p99 us", "MB/s", "handshakes/s", "KiB/conn", "CPU us/op"):
+        assert metric in table
+    assert "x" in table.split("native")[-1]  # ratios are printed
+    if not aiofastnet_ok:
+        assert "aiofastnet: skipped" in table
+    # live progress on stderr, one step per (server, cell)
+    total = len(SERVERS) * len(CELLS)
+    assert f"[{total}/{total}]" in proc.stderr
+    assert "uvssl echo-64 ..." in proc.stderr
+
+
+def test_bench_bad_usage():
+    assert runner.main(["--servers", "uvssl,nope"]) == 2
+    assert runner.main(["--cells", "echo-1,warp"]) == 2
+    assert runner.main(["--tiny", "--duration", "-1"]) == 2
+    assert runner.main(["--bogus"]) == 2
+
+
+@pytest.mark.skipif(_has("matplotlib"), reason="matplotlib is installed")
+def test_bench_plot_without_matplotlib_refuses_before_running(capsys):
+    assert runner.main(["--tiny", "--plot", "x.png"]) == 2
+    assert "matplotlib" in capsys.readouterr().err
+
+
+def test_cpu_interpolation():
+    samples = [(0.0, 1.0), (1.0, 2.0), (3.0, 2.0)]
+    assert runner._cpu_at(samples, -1.0) == 1.0
+    assert runner._cpu_at(samples, 0.5) == pytest.approx(1.5)
+    assert runner._cpu_at(samples, 2.0) == 2.0
+    assert runner._cpu_at(samples, 9.0) == 2.0
