@@ -8,6 +8,9 @@ Environment switches:
   UVSSL_SANITIZE=1   build with AddressSanitizer/LeakSanitizer (run Python with the ASan
                      runtime preloaded, see tests/README or .ci/asan).
   UVSSL_DEBUG=1      -O0 -g instead of -O2.
+  UVSSL_LIBUV_PREFIX=DIR
+                     link DIR/lib/libuv.a statically (see vendor/README.md) instead of the
+                     system libuv.
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ def _pkg_config(*args: str) -> list[str]:
     return out.stdout.split()
 
 
-def _find_libraries() -> tuple[list[str], list[str], list[str]]:
-    """Return (include_dirs, library_dirs, libraries) for libuv and OpenSSL."""
+def _find_libraries() -> tuple[list[str], list[str], list[str], list[str]]:
+    """Return (include_dirs, library_dirs, libraries, extra_objects) for libuv and OpenSSL."""
     if shutil.which("pkg-config") is None:
         sys.exit(
             "uvssl: pkg-config was not found. Install it (Debian: apt-get install pkg-config) "
@@ -43,7 +46,19 @@ def _find_libraries() -> tuple[list[str], list[str], list[str]]:
     incs: list[str] = []
     libdirs: list[str] = []
     libs: list[str] = []
-    for name, package in REQUIRED:
+    objects: list[str] = []
+    required = REQUIRED
+    prefix = os.environ.get("UVSSL_LIBUV_PREFIX")
+    if prefix:
+        archive = Path(prefix) / "lib" / "libuv.a"
+        if not archive.is_file():
+            sys.exit(f"uvssl: UVSSL_LIBUV_PREFIX={prefix} has no lib/libuv.a "
+                     "(build it with vendor/build-libuv.sh)")
+        incs.append(str(Path(prefix) / "include"))
+        objects.append(str(archive))
+        libs += ["pthread", "dl"]
+        required = [r for r in REQUIRED if r[0] != "libuv"]
+    for name, package in required:
         try:
             cflags = _pkg_config("--cflags", name)
             ldflags = _pkg_config("--libs", name)
@@ -56,7 +71,7 @@ def _find_libraries() -> tuple[list[str], list[str], list[str]]:
         incs += [f[2:] for f in cflags if f.startswith("-I")]
         libdirs += [f[2:] for f in ldflags if f.startswith("-L")]
         libs += [f[2:] for f in ldflags if f.startswith("-l")]
-    return incs, libdirs, libs
+    return incs, libdirs, libs, objects
 
 
 CDEF = r"""
@@ -357,7 +372,7 @@ static void uvs_py_install(void) {
 def _build() -> FFI:
     ffibuilder = FFI()
     ffibuilder.cdef(CDEF)
-    incs, libdirs, libs = _find_libraries()
+    incs, libdirs, libs, objects = _find_libraries()
     cflags = [
         "-std=c99",
         "-D_GNU_SOURCE",
@@ -382,6 +397,7 @@ def _build() -> FFI:
         include_dirs=[str(CSRC.relative_to(HERE)), *incs],
         library_dirs=libdirs,
         libraries=libs,
+        extra_objects=objects,
         extra_compile_args=cflags,
         extra_link_args=ldflags,
         depends=[str(p.relative_to(HERE)) for p in CSRC.glob("*.h")],

@@ -83,6 +83,7 @@ class Loop:
         if ptr == ffi.NULL:
             raise MemoryError("uvssl: could not create an event loop")
         self._ptr: Any = ptr
+        self._ptr_lock = threading.Lock()  # other threads' wakeups vs. this loop's teardown
         self._live: set[Any] = set()  # objects with a native side, until their CLOSED event
         self._error: Optional[BaseException] = None
         self._exiting = False
@@ -158,9 +159,10 @@ class Loop:
             if self._error is None and not self._exiting:
                 lib.uvs_loop_run(self._ptr)
         finally:
-            lib.uvs_loop_close_all(self._ptr)
-            r = lib.uvs_loop_free(self._ptr)
-            self._ptr = None
+            with self._ptr_lock:
+                ptr, self._ptr = self._ptr, None
+            lib.uvs_loop_close_all(ptr)
+            r = lib.uvs_loop_free(ptr)
             self._live.clear()
             self._unwatch_signals()
             with _running_lock:
@@ -230,11 +232,11 @@ class Loop:
     def call_threadsafe(self, cb: Callable[..., Any], *args: Any) -> None:
         """Run ``cb(*args)`` in this loop's thread soon; callable from any thread."""
         _check_callable("cb", cb, optional=False)
-        ptr = self._ptr
-        if ptr is None:
-            raise RuntimeError("uvssl: this event loop has ended")
-        self._calls.append((cb, args))
-        lib.uvs_loop_wakeup(ptr)
+        with self._ptr_lock:
+            if self._ptr is None:
+                raise RuntimeError("uvssl: this event loop has ended")
+            self._calls.append((cb, args))
+            lib.uvs_loop_wakeup(self._ptr)
 
     # -- timers ------------------------------------------------------------------------------
     def delay(self, cb: Callable[..., Any], seconds: float = 0, *args: Any) -> Timer:
