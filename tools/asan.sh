@@ -16,6 +16,12 @@ asan_rt="$(gcc -print-file-name=libasan.so)"
 cat > lsan.supp <<'SUPP'
 leak:_my_Py_InitModule
 SUPP
+loaded="$(LD_PRELOAD="$asan_rt" ASAN_OPTIONS=detect_leaks=0 PYTHONPATH="$work" \
+    "$py" -c 'import uvssl._uvssl as m; print(m.__file__)')"
+case "$loaded" in
+    "$work"/*) echo "asan: testing $loaded" ;;
+    *) echo "asan: the sanitized extension was not the one imported ($loaded)" >&2; exit 1 ;;
+esac
 export PYTHONMALLOC=malloc
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:halt_on_error=1:detect_odr_violation=0"
 export LSAN_OPTIONS="suppressions=$work/lsan.supp:print_suppressions=0"

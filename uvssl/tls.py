@@ -313,6 +313,23 @@ def _default_client_context(
     return ctx
 
 
+class _ContextDefault(float):
+    """The handshake_timeout default: 60 s, unless an ``ssl_ctx`` Context sets its own."""
+
+    def __repr__(self) -> str:
+        return "60 (or the context's)"
+
+
+CONTEXT_DEFAULT = _ContextDefault(60.0)
+
+
+def _effective_hs(value: Any, ctx: Context) -> Optional[float]:
+    """The handshake timeout to use: an explicit value wins, else the context's."""
+    if value is CONTEXT_DEFAULT:
+        return ctx.handshake_timeout
+    return _check_hs_timeout(value)
+
+
 def _check_hs_timeout(value: Any) -> Optional[float]:
     if value is None:
         return None
@@ -385,7 +402,7 @@ def tcp_ssl_connect(
     verify: bool = True,
     ca_file: Any = None,
     alpn: Optional[Iterable[str]] = None,
-    handshake_timeout: Optional[float] = 60,
+    handshake_timeout: Optional[float] = CONTEXT_DEFAULT,
     session: Optional[SslSession] = None,
 ) -> SslSocket:
     """Open a TLS connection; the ``tcp_connect`` keywords apply, plus:
@@ -393,7 +410,8 @@ def tcp_ssl_connect(
     ``ssl_ctx`` (a ``Context``, an ``ssl.SSLContext`` or a raw ``SSL_CTX*``), or else
     ``ssl_options``, ``ciphers``, ``verify`` and ``ca_file`` to build one; ``server_hostname``
     (SNI and host name check; defaults to ``host``); ``alpn`` (protocol names to offer);
-    ``handshake_timeout`` (seconds, None for no limit); ``session`` (from an earlier socket's
+    ``handshake_timeout`` (seconds, None for no limit; by default the context's, 60 s unless
+    the ``Context`` says otherwise); ``session`` (from an earlier socket's
     ``.session``, to resume). ``connect_cb`` runs after the handshake.
     """
     host = _check_host("host", host)
@@ -403,7 +421,7 @@ def tcp_ssl_connect(
         _check_data("data", data)
     if not isinstance(verify, bool):
         raise TypeError(f"verify must be a bool, not {type(verify).__name__}")
-    hs = _check_hs_timeout(handshake_timeout)
+    _check_hs_timeout(handshake_timeout)  # validated now; resolved against the context below
     opts = options_value("ssl_options", ssl_options)
     if server_hostname is not None:
         server_hostname = _check_host("server_hostname", server_hostname)
@@ -428,6 +446,7 @@ def tcp_ssl_connect(
     sock.server_hostname = server_hostname or host
     _connect(loop, sock, host, port, None, read_timeout, write_timeout)
     try:
+        hs = _effective_hs(handshake_timeout, ctx)
         r = lib.uvs_conn_attach_tls(sock._conn, ctx._ctx, ffi.NULL, 0, hs or 0.0, ffi.NULL, 0)
         if r != 0:
             from .openssl import error_queue
@@ -471,19 +490,20 @@ def tcp_ssl_server(
     password: Optional[str] = None,
     ssl_options: Any = (),
     ciphers: Optional[str] = None,
-    handshake_timeout: Optional[float] = 60,
+    handshake_timeout: Optional[float] = CONTEXT_DEFAULT,
 ) -> TcpSslServer:
     """Listen for TLS connections; the ``tcp_server`` keywords apply, plus:
 
     ``ssl_ctx`` (any form ``tcp_ssl_connect`` accepts), or else ``certificate`` (a PEM chain
     file, or DER with ``keytype="der"``), ``key``, ``password``, ``ssl_options`` and
-    ``ciphers`` to build one. ``handshake_timeout`` (seconds; None for no limit) closes
+    ``ciphers`` to build one. ``handshake_timeout`` (seconds; None for no limit; by default the
+    context's, 60 s unless the ``Context`` says otherwise) closes
     connections that do not complete the handshake. ``connect_cb`` runs after the handshake.
     """
     port = _check_port(port)
     _check_common(read_cb, event_cb, connect_cb, None)
     backlog = _check_backlog(backlog)
-    hs = _check_hs_timeout(handshake_timeout)
+    _check_hs_timeout(handshake_timeout)  # validated now; resolved against the context below
     opts = options_value("ssl_options", ssl_options)
     if ssl_ctx is not None:
         if opts or ciphers is not None:
@@ -516,7 +536,7 @@ def tcp_ssl_server(
         bool(stream),
         bool(reuse_port),
     )
-    server._configure_tls(ctx, hs)
+    server._configure_tls(ctx, _effective_hs(handshake_timeout, ctx))
     return server
 
 
