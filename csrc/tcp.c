@@ -92,6 +92,17 @@ static void uvs__conn_maybe_free(uvs_conn_t *c) {
     free(c);
 }
 
+/* One of c's requests completed. Returns 1 when c is closing: the caller must then leave it
+ * alone (it may have been freed). */
+static int uvs__req_done(uvs_conn_t *c) {
+    c->pending_reqs--;
+    if (c->state & UVS__C_CLOSING) {
+        uvs__conn_maybe_free(c);
+        return 1;
+    }
+    return 0;
+}
+
 static void uvs__timer_closed_cb(uv_handle_t *h) {
     uvs_conn_t *c = h->data;
     free(h);
@@ -296,13 +307,10 @@ static void uvs__write_cb(uv_write_t *req, int status) {
     uvs__wreq_t *w = (uvs__wreq_t *)req;
     uvs_conn_t *c = w->conn;
     c->inflight -= w->len;
-    c->pending_reqs--;
     free(w->alloc);
     free(w);
-    if (c->state & UVS__C_CLOSING) {
-        uvs__conn_maybe_free(c);
+    if (uvs__req_done(c))
         return;
-    }
     if (status < 0) {
         uvs__conn_fail(c, UVS_EV_ERROR, status, UVS_ACT_WRITE);
         uvs__flush_dirty(c->loop);
@@ -387,11 +395,8 @@ void uvs__conn_flush(uvs_conn_t *c) {
 static void uvs__shutdown_cb(uv_shutdown_t *req, int status) {
     uvs_conn_t *c = req->data;
     free(req);
-    c->pending_reqs--;
-    if (c->state & UVS__C_CLOSING) {
-        uvs__conn_maybe_free(c);
+    if (uvs__req_done(c))
         return;
-    }
     if (status < 0 && status != UV_ECANCELED)
         uvs__conn_fail(c, UVS_EV_ERROR, status, UVS_ACT_SHUTDOWN);
     uvs__flush_dirty(c->loop);
@@ -572,11 +577,8 @@ static void uvs__reconnect_closed_cb(uv_handle_t *h) {
 static void uvs__connect_cb(uv_connect_t *req, int status) {
     uvs_conn_t *c = req->data;
     free(req);
-    c->pending_reqs--;
-    if (c->state & UVS__C_CLOSING) {
-        uvs__conn_maybe_free(c);
+    if (uvs__req_done(c))
         return;
-    }
     if (status == 0) {
         uvs__connected(c);
     } else if (c->ai_next != NULL && status != UV_ECANCELED) {
@@ -606,14 +608,13 @@ static int uvs__conn_try_connect(uvs_conn_t *c, const struct sockaddr *addr) {
 static void uvs__resolved_cb(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
     uvs_conn_t *c = req->data;
     free(req);
-    c->pending_reqs--;
     c->state &= ~(unsigned)UVS__C_RESOLVING;
-    if (c->state & UVS__C_CLOSING) {
-        if (res != NULL)
-            uv_freeaddrinfo(res);
-        uvs__conn_maybe_free(c);
-        return;
+    if ((c->state & UVS__C_CLOSING) && res != NULL) {
+        uv_freeaddrinfo(res);
+        res = NULL;
     }
+    if (uvs__req_done(c))
+        return;
     if (status != 0 || res == NULL) {
         if (res != NULL)
             uv_freeaddrinfo(res);

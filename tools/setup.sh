@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what uvssl needs on a Debian/Ubuntu machine (as root) and build it in place.
 #   bash tools/setup.sh          runtime + test dependencies
-#   bash tools/setup.sh --dev    also the linters (ruff, mypy) and the bench extras
+#   bash tools/setup.sh --bench  also the bench's optional peers (uvloop, aiofastnet, matplotlib)
+#   bash tools/setup.sh --dev    the linters (ruff, mypy) and the bench peers too
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +21,7 @@ if [ "${1:-}" = "--dev" ]; then
     extras="dev"
 fi
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".[$extras]"
-if [ "${1:-}" = "--dev" ]; then
+if [ "${1:-}" = "--dev" ] || [ "${1:-}" = "--bench" ]; then
     # the bench extras are optional: a missing one is reported as skipped by the bench
     python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
         uvloop matplotlib || echo "setup: uvloop/matplotlib unavailable; the bench skips them"

@@ -154,7 +154,21 @@ def _verify_mode(verify: Any, server: bool) -> int:
 
 class Context:
     """An OpenSSL ``SSL_CTX`` with uvssl's defaults. Build one with ``Context.client(...)`` or
-    ``Context.server(...)``; see the module docstring and README for the options.
+    ``Context.server(...)``.
+
+    Options: ``certificate`` (PEM chain file, or DER with ``keytype="der"``), ``key``,
+    ``certificate_password``, ``keytype``; ``ca_file`` / ``ca_directory`` (default: the system
+    store, for whoever verifies); ``verify`` (True/False or "none"/"optional"/"required";
+    clients default to True, servers to False, "required" asks clients for a certificate);
+    ``max_depth``; ``ciphers`` (TLS <= 1.2) and ``ciphersuites`` (TLS 1.3); ``min_version`` /
+    ``max_version`` or ``method`` ("tls-v1-2", "tls-v1-3" or a (min, max) tuple; TLS 1.2 is the
+    minimum by default); ``crl_check`` (None/"leaf"/"all") with ``crl_file``; ``alpn``;
+    ``options`` (``SSL_OP_*``); ``session_tickets`` (True: resumption by stateless tickets and no
+    server-side session cache; False: no tickets, sessions cached by id);
+    ``sni_callback(ssl_socket, server_name) -> Context | None`` (servers);
+    ``ctx_configure_callback(ptr)`` (once, with the new ``SSL_CTX*``);
+    ``ssl_configure_callback(ptr)`` (with every new ``SSL*``); ``handshake_timeout`` (seconds,
+    None for no limit; 60 by default); ``ssl_side`` ("client", "server" or "both").
 
     Attributes:
         side: "client" or "server".
@@ -363,6 +377,10 @@ class Context:
         if server:
             sid = b"uvssl"
             lib.SSL_CTX_set_session_id_context(ptr, sid, len(sid))
+            if session_tickets:
+                # Resumption rides on stateless tickets (TLS 1.2 and 1.3): a server-side cache
+                # would hold every session in memory and walk all of them every 255 handshakes.
+                lib.SSL_CTX_set_session_cache_mode(ptr, lib.SSL_SESS_CACHE_OFF)
         if alpn is not None:
             wire = alpn_wire("alpn", alpn)
             ctx.alpn = tuple(p if isinstance(p, str) else p.decode() for p in alpn)

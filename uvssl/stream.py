@@ -164,13 +164,7 @@ class SslStream(io.RawIOBase):
     @property
     def peer_certificate(self) -> Optional[X509Certificate]:
         """The peer's certificate, or None."""
-        x = lib.SSL_get1_peer_certificate(self._ssl())
-        if x == ffi.NULL:
-            return None
-        try:
-            return X509Certificate._from_x509(x)
-        finally:
-            lib.X509_free(x)
+        return X509Certificate._peer_of(self._ssl())
 
     @property
     def verify_result(self) -> int:

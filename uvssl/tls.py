@@ -139,13 +139,7 @@ class SslSocket(Socket):
         ssl = self._ssl()
         if ssl == ffi.NULL:
             return None
-        x = lib.SSL_get1_peer_certificate(ssl)
-        if x == ffi.NULL:
-            return None
-        try:
-            return X509Certificate._from_x509(x)
-        finally:
-            lib.X509_free(x)
+        return X509Certificate._peer_of(ssl)
 
     @property
     def session(self) -> Optional[SslSession]:
@@ -284,7 +278,8 @@ class TcpSslServer(TcpServer):
         ssl = lib.uvs_conn_ssl(sock._conn)
         if ssl == ffi.NULL:
             return
-        ssl_owners[int(ffi.cast("uintptr_t", ssl))] = sock
+        if self.context.sni_callback is not None:
+            ssl_owners[int(ffi.cast("uintptr_t", ssl))] = sock
         self.context._configure_ssl(ssl)
 
 

@@ -138,6 +138,17 @@ class X509Certificate:
         lib.i2d_X509(x509, p)
         return cls(ffi.buffer(buf, n)[:])
 
+    @classmethod
+    def _peer_of(cls, ssl: Any) -> Optional[X509Certificate]:
+        """The peer certificate of an ``SSL*``, or None."""
+        x = lib.SSL_get1_peer_certificate(ssl)
+        if x == ffi.NULL:
+            return None
+        try:
+            return cls._from_x509(x)
+        finally:
+            lib.X509_free(x)
+
     def to_der(self) -> bytes:
         """The certificate in DER form."""
         return self._der
