@@ -2,7 +2,8 @@
  * buf.c: a growable byte buffer.
  *
  * Theory of operation: a connection keeps the plaintext the application wrote and that has not
- * yet gone to the kernel (or to the TLS engine) in one of these. Appends grow it geometrically;
+ * yet gone to the kernel (or to the TLS engine) in one of these. Appends grow it geometrically
+ * (callers that know what is coming reserve it first, so a batch costs one allocation);
  * consuming from the front moves the remainder down, which is cheap because the common case
  * consumes everything. A buffer that grew large is released once empty so that idle
  * connections hold no big allocations.
@@ -14,9 +15,8 @@
 
 #define UVS__BUF_KEEP (16 * 1024) /* an empty buffer larger than this is released */
 
-int uvs__buf_append(uvs__buf_t *b, const char *p, size_t n) {
-    if (n == 0)
-        return 0;
+/* Make room for n more bytes with at most one reallocation. */
+int uvs__buf_reserve(uvs__buf_t *b, size_t n) {
     if (b->len + n < b->len)
         return UV_ENOMEM;
     if (b->len + n > b->cap) {
@@ -32,6 +32,15 @@ int uvs__buf_append(uvs__buf_t *b, const char *p, size_t n) {
         b->base = nb;
         b->cap = cap;
     }
+    return 0;
+}
+
+int uvs__buf_append(uvs__buf_t *b, const char *p, size_t n) {
+    if (n == 0)
+        return 0;
+    int r = uvs__buf_reserve(b, n);
+    if (r != 0)
+        return r;
     memcpy(b->base + b->len, p, n);
     b->len += n;
     return 0;

@@ -325,17 +325,30 @@ static void uvs__write_cb(uv_write_t *req, int status) {
 /* Queue n bytes at p, which lie in the heap block `alloc` that this function now owns (freed
  * once the bytes are out). Returns 0 or a uv error (the connection has then failed). */
 static int uvs__queue_write(uvs_conn_t *c, char *alloc, const char *p, size_t n) {
+    /* uv_buf_t lengths are 32-bit: a huge batch goes out as several buffers of one request */
+    size_t nbufs = (n + UVS__MAX_IOV - 1) / UVS__MAX_IOV;
+    uv_buf_t small[4];
+    uv_buf_t *bufs = nbufs <= 4 ? small : malloc(nbufs * sizeof(*bufs));
     uvs__wreq_t *w = malloc(sizeof(*w));
-    if (w == NULL) {
+    if (w == NULL || bufs == NULL) {
+        free(w);
+        if (bufs != small)
+            free(bufs);
         free(alloc);
         uvs__conn_fail(c, UVS_EV_ERROR, UV_ENOMEM, UVS_ACT_WRITE);
         return UV_ENOMEM;
     }
+    for (size_t i = 0; i < nbufs; i++) {
+        size_t off = i * UVS__MAX_IOV;
+        size_t len = n - off < UVS__MAX_IOV ? n - off : UVS__MAX_IOV;
+        bufs[i] = uv_buf_init((char *)p + off, (unsigned)len);
+    }
     w->conn = c;
     w->alloc = alloc;
     w->len = n;
-    uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
-    int r = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, uvs__write_cb);
+    int r = uv_write(&w->req, (uv_stream_t *)&c->tcp, bufs, (unsigned)nbufs, uvs__write_cb);
+    if (bufs != small)
+        free(bufs); /* libuv keeps its own copy of the array */
     if (r != 0) {
         free(alloc);
         free(w);
@@ -358,9 +371,9 @@ int uvs__conn_send_buf(uvs_conn_t *c, uvs__buf_t *b) {
     if (len == 0)
         return 0;
     if (c->inflight == 0) {
-        uv_buf_t ub = uv_buf_init(b->base, (unsigned)len);
+        uv_buf_t ub = uv_buf_init(b->base, (unsigned)(len < UVS__MAX_IOV ? len : UVS__MAX_IOV));
         int r = uv_try_write((uv_stream_t *)&c->tcp, &ub, 1);
-        if (r == (int)len) {
+        if (r >= 0 && (size_t)r == len) {
             uvs__buf_consume(b, len);
             return 0;
         }
@@ -447,10 +460,39 @@ void uvs__conn_maybe_finish(uvs_conn_t *c) {
     }
 }
 
+/* Plain TCP, large write, nothing queued: give the kernel what it takes straight from the
+ * caller's memory; only the rest is copied. Returns the bytes written, or a uv error. */
+static int uvs__write_direct(uvs_conn_t *c, const char *buf, size_t len) {
+    uv_buf_t b = uv_buf_init((char *)buf, (unsigned)len);
+    int r = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    if (r >= 0 || r == UV_EAGAIN || r == UV_ENOSYS)
+        return r < 0 ? 0 : r;
+    uvs__conn_fail(c, UVS_EV_ERROR, r, UVS_ACT_WRITE);
+    return r;
+}
+
 int uvs_conn_write(uvs_conn_t *c, const char *buf, size_t len) {
     if (c->state & (UVS__C_CLOSING | UVS__C_CLOSE_WANTED | UVS__C_SHUT_WANTED))
         return UV_EPIPE;
-    int r = uvs__buf_append(&c->out, buf, len);
+    int r = 0;
+    if (len >= UVS__DIRECT_WRITE_MIN && c->out.len == 0 && (c->state & UVS__C_CONNECTED) &&
+        len <= UVS__MAX_IOV) {
+        if (c->tls != NULL) {
+            r = uvs__tls_write_direct(c, buf, len);
+            if (r < 0)
+                return UV_EPIPE; /* the connection failed; its event says why */
+        } else if (c->inflight == 0) {
+            int n = uvs__write_direct(c, buf, len);
+            if (n < 0)
+                return UV_EPIPE;
+            buf += n;
+            len -= (size_t)n;
+        }
+    }
+    if (r == 0)
+        r = uvs__buf_append(&c->out, buf, len);
+    else
+        r = 0;
     if (r != 0)
         return r;
     c->state &= ~(unsigned)UVS__C_WRITTEN_TOLD;

@@ -282,6 +282,14 @@ int uvs__tls_encrypt(uvs_tls_t *t, const char *p, size_t n, size_t *used) {
     *used = 0;
     if (n == 0)
         return 0;
+    /* room for every record this makes (header, tag and padding per 16 KiB), in one go */
+    if (uvs__buf_reserve(&t->out, n + (n / 16384 + 1) * 256) != 0) {
+        t->state = UVS_TLS_FAILED;
+        t->err_ssl = SSL_ERROR_SYSCALL;
+        t->err_sys = UV_ENOMEM;
+        t->err_count = 0;
+        return -1;
+    }
     uvs__err_fresh();
     if (SSL_write_ex(t->ssl, p, n, used) == 1)
         return 0;

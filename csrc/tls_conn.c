@@ -231,6 +231,26 @@ void uvs__tls_flush(uvs_conn_t *c) {
 
 size_t uvs__tls_pending(const uvs_conn_t *c) { return c->tls->out.len; }
 
+/* A large write with nothing queued ahead of it: encrypt it from the caller's memory now
+ * instead of copying it into c->out first. Returns 1 when done here, 0 when the caller must
+ * buffer it as usual, or a uv error (the connection has then failed). */
+int uvs__tls_write_direct(uvs_conn_t *c, const char *p, size_t n) {
+    uvs_tls_t *t = c->tls;
+    if (t->state != UVS_TLS_OPEN || t->close_notify_sent || t->detaching || c->out.len > 0)
+        return 0;
+    size_t used = 0;
+    if (uvs__tls_encrypt(t, p, n, &used) != 0) {
+        uvs__tls_fail(c, UVS_EV_TLS_ERROR, UVS_ACT_TLS_WRITE);
+        return UV_EPROTO;
+    }
+    if (used < n && uvs__buf_append(&c->out, p + used, n - used) != 0) {
+        uvs__conn_fail(c, UVS_EV_ERROR, UV_ENOMEM, UVS_ACT_TLS_WRITE);
+        return UV_ENOMEM;
+    }
+    uvs__mark_dirty(c); /* the ciphertext leaves with the flush at the end of the callback */
+    return 1;
+}
+
 int uvs__tls_close_notify_sent(uvs_conn_t *c) {
     uvs_tls_t *t = c->tls;
     return t->state != UVS_TLS_OPEN || t->close_notify_sent;

@@ -126,6 +126,7 @@ typedef struct {
     size_t cap;
 } uvs__buf_t;
 
+int uvs__buf_reserve(uvs__buf_t *b, size_t n);
 int uvs__buf_append(uvs__buf_t *b, const char *p, size_t n);
 void uvs__buf_consume(uvs__buf_t *b, size_t n);
 void uvs__buf_free(uvs__buf_t *b);
@@ -225,5 +226,14 @@ void uvs__server_free_tls(uvs_server_t *s);
 void uvs__conn_fail(uvs_conn_t *c, int kind, int status, int action);
 void uvs__conn_deliver(uvs_conn_t *c, const char *p, size_t n);
 void uvs__conn_maybe_finish(uvs_conn_t *c);
+int uvs__tls_write_direct(uvs_conn_t *c, const char *p, size_t n);
+
+/* Writes at least this large skip the connection's plaintext buffer when nothing is queued
+ * ahead of them: plain TCP tries the kernel straight from the caller's memory, TLS encrypts
+ * straight from it. Smaller writes are copied and coalesced. */
+#define UVS__DIRECT_WRITE_MIN (16 * 1024)
+
+/* The most one uv_buf_t (or one try_write) carries: libuv's lengths are 32-bit. */
+#define UVS__MAX_IOV ((size_t)1 << 30)
 
 #endif /* UVS_H */
