@@ -139,7 +139,7 @@ typedef struct uvs__link_s {
     int kind;
 } uvs__link_t;
 
-#define UVS__READ_BUF_SIZE (64 * 1024)
+#define UVS__READ_BUF_SIZE (256 * 1024)
 
 struct uvs_loop_s {
     uv_loop_t uv;
