@@ -7,7 +7,7 @@
  * is on, a pointer to a TLS engine (tls.c). The engine is attached to the same object in place,
  * which is what makes STARTTLS and detaching possible: the connection never changes identity.
  *
- * Reading. Plain connections read into the loop's shared 64 KiB buffer (libuv reads one stream
+ * Reading. Plain connections read into the loop's shared 256 KiB buffer (libuv reads one stream
  * at a time and we consume the bytes before returning, so one buffer serves every connection)
  * and hand them to the embedding in one call. TLS connections let the engine supply the read
  * window (ciphertext lands directly in its BIO pair) and the engine delivers plaintext.

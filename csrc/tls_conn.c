@@ -8,7 +8,7 @@
  *   read:    ciphertext from libuv's shared read buffer is offered to the engine, which is
  *            pumped: handshake steps, then SSL_read into the loop's shared plaintext buffer
  *            until it has nothing more. All the plaintext one read made available reaches the
- *            embedding in one on_read call (64 KiB at most per call). After every step the
+ *            embedding in one on_read call (256 KiB at most per call). After every step the
  *            ciphertext the engine produced is sent, data or not (alerts, KeyUpdate replies,
  *            session tickets).
  *   flush:   the plaintext the application wrote during a callback (c->out) goes through one
