@@ -9,11 +9,12 @@
  *
  * Reading. Plain connections read into the loop's shared 256 KiB buffer (libuv reads one stream
  * at a time and we consume the bytes before returning, so one buffer serves every connection)
- * and hand them to the embedding in one call. TLS connections let the engine supply the read
- * window (ciphertext lands directly in its BIO pair) and the engine delivers plaintext.
+ * and hand them to the embedding in one call. On TLS connections the same bytes are ciphertext:
+ * the engine reads them from that buffer in place and delivers the plaintext instead.
  *
  * Writing. uvs_conn_write() appends to `out` and marks the connection dirty; the loop flushes
- * dirty connections after the embedding's callback returns (see loop.c). A flush first tries
+ * dirty connections after the embedding's callback returns (see loop.c). Large writes with
+ * nothing queued ahead skip `out` (UVS__DIRECT_WRITE_MIN). A flush first tries
  * uv_try_write() and queues only what the kernel did not take, handing the buffer itself to the
  * uv_write request so that nothing is copied twice. `inflight` counts the queued bytes;
  * write_buffer_size = out + inflight (+ ciphertext the TLS engine holds).
