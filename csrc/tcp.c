@@ -7,9 +7,10 @@
  * is on, a pointer to a TLS engine (tls.c). The engine is attached to the same object in place,
  * which is what makes STARTTLS and detaching possible: the connection never changes identity.
  *
- * Reading. Plain connections read into the loop's shared 256 KiB buffer (libuv reads one stream
+ * Reading. Plain connections read into the loop's shared buffer (libuv reads one stream
  * at a time and we consume the bytes before returning, so one buffer serves every connection)
- * and hand them to the embedding in one call. On TLS connections the same bytes are ciphertext:
+ * and hand them to the embedding in one call; a read offers 64 KiB, or all 256 KiB while reads
+ * keep filling what they are offered. On TLS connections the same bytes are ciphertext:
  * the engine reads them from that buffer in place and delivers the plaintext instead.
  *
  * Writing. uvs_conn_write() appends to `out` and marks the connection dirty; the loop flushes
@@ -223,7 +224,10 @@ static void uvs__alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
     uvs_conn_t *c = h->data;
     (void)suggested;
     buf->base = c->loop->rbuf;
-    buf->len = UVS__READ_BUF_SIZE;
+    /* Bulk transfers read 256 KiB at a time (fewer reads and calls into Python); small-message
+     * traffic is offered 64 KiB, as before 256 KiB reads existed (whether the bigger offer
+     * costs it anything was within this machine's noise). */
+    buf->len = (c->state & UVS__C_BIG_READS) ? UVS__READ_BUF_SIZE : UVS__READ_SMALL;
 }
 
 static void uvs__read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
@@ -232,6 +236,10 @@ static void uvs__read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     if (nread == 0 || (c->state & UVS__C_CLOSING))
         return;
     if (nread > 0) {
+        if ((size_t)nread == buf->len)
+            c->state |= UVS__C_BIG_READS;
+        else if (nread < UVS__READ_SMALL / 4)
+            c->state &= ~(unsigned)UVS__C_BIG_READS;
         uvs__rearm_read_timer(c);
         if (c->tls != NULL)
             uvs__tls_on_read(c, buf->base, (size_t)nread);

@@ -139,7 +139,8 @@ typedef struct uvs__link_s {
     int kind;
 } uvs__link_t;
 
-#define UVS__READ_BUF_SIZE (256 * 1024)
+#define UVS__READ_BUF_SIZE (256 * 1024) /* the shared buffer                          */
+#define UVS__READ_SMALL (64 * 1024)      /* what a read offers until reads fill it      */
 
 struct uvs_loop_s {
     uv_loop_t uv;
@@ -171,7 +172,8 @@ enum {
     UVS__C_DIRTY = 1 << 11,       /* on the loop's dirty list                 */
     UVS__C_ABOVE_HIGH = 1 << 12,  /* write buffer went above the high mark    */
     UVS__C_RECONNECT = 1 << 13,   /* handle closing only to try the next addr */
-    UVS__C_WRITTEN_TOLD = 1 << 14 /* UVS_EV_WRITTEN sent, nothing written since */
+    UVS__C_WRITTEN_TOLD = 1 << 14, /* UVS_EV_WRITTEN sent, nothing written since */
+    UVS__C_BIG_READS = 1 << 15     /* reads fill 64 KiB: offer the whole buffer  */
 };
 
 struct uvs_conn_s {
