@@ -483,12 +483,12 @@ static int uvs__write_direct(uvs_conn_t *c, const char *buf, size_t len) {
 int uvs_conn_write(uvs_conn_t *c, const char *buf, size_t len) {
     if (c->state & (UVS__C_CLOSING | UVS__C_CLOSE_WANTED | UVS__C_SHUT_WANTED))
         return UV_EPIPE;
-    int r = 0;
+    int encrypted = 0; /* the TLS direct path took all of it */
     if (len >= UVS__DIRECT_WRITE_MIN && c->out.len == 0 && (c->state & UVS__C_CONNECTED) &&
         len <= UVS__MAX_IOV) {
         if (c->tls != NULL) {
-            r = uvs__tls_write_direct(c, buf, len);
-            if (r < 0)
+            encrypted = uvs__tls_write_direct(c, buf, len);
+            if (encrypted < 0)
                 return UV_EPIPE; /* the connection failed; its event says why */
         } else if (c->inflight == 0) {
             int n = uvs__write_direct(c, buf, len);
@@ -498,12 +498,11 @@ int uvs_conn_write(uvs_conn_t *c, const char *buf, size_t len) {
             len -= (size_t)n;
         }
     }
-    if (r == 0)
-        r = uvs__buf_append(&c->out, buf, len);
-    else
-        r = 0;
-    if (r != 0)
-        return r;
+    if (!encrypted) {
+        int r = uvs__buf_append(&c->out, buf, len);
+        if (r != 0)
+            return r;
+    }
     c->state &= ~(unsigned)UVS__C_WRITTEN_TOLD;
     uvs__mark_dirty(c);
     if (uvs_conn_write_buffer_size(c) > c->high) {
@@ -752,8 +751,6 @@ uvs_conn_t *uvs_conn_open(uvs_loop_t *loop, void *data, int fd, int *err) {
 /* ---- accessors ---------------------------------------------------------------------------- */
 
 void uvs_conn_set_data(uvs_conn_t *c, void *data) { c->data = data; }
-
-int uvs_conn_state(const uvs_conn_t *c) { return (int)c->state; }
 
 int uvs_conn_nodelay(uvs_conn_t *c, int on) {
     if (c->state & UVS__C_CLOSING)

@@ -220,7 +220,7 @@ static void uvs__err_fresh(void) {
 
 /* True when another SSL_read could only answer WANT_READ: no offered input left and no record
  * data buffered inside SSL. Saves a failing SSL_read (and its error bookkeeping) per read. */
-static int uvs__tls_drained(const uvs_tls_t *t) {
+int uvs__tls_drained(const uvs_tls_t *t) {
     return t->in_n == 0 && !SSL_has_pending(t->ssl);
 }
 

@@ -96,6 +96,7 @@ void uvs__tls_settle(uvs_tls_t *t);
 int uvs__tls_step(uvs_tls_t *t, char *buf, size_t cap, size_t *got);
 int uvs__tls_encrypt(uvs_tls_t *t, const char *p, size_t n, size_t *used);
 int uvs__tls_close_notify(uvs_tls_t *t);
+int uvs__tls_drained(const uvs_tls_t *t);
 void uvs__tls_capture(uvs_tls_t *t, int ssl_err);
 
 /* ---- glue (tls_conn.c): hooks used by tcp.c --------------------------------------------- */

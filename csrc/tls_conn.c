@@ -108,7 +108,7 @@ static void uvs__tls_pump(uvs_conn_t *c) {
             uvs__conn_deliver(c, pbuf, got);
             if (c->tls != t)
                 return;
-            if (t->deferred == 0 && t->in_n == 0 && !SSL_has_pending(t->ssl))
+            if (t->deferred == 0 && uvs__tls_drained(t))
                 return; /* nothing left that another step could decrypt */
             break;
         case UVS__TLS_R_CLOSED:

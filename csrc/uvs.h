@@ -109,7 +109,6 @@ int uvs_conn_nodelay(uvs_conn_t *c, int on);
 int uvs_conn_keepalive(uvs_conn_t *c, int on, unsigned delay);
 int uvs_conn_fileno(uvs_conn_t *c);
 int uvs_conn_address(uvs_conn_t *c, int peer, char *host, size_t hostlen, int *port);
-int uvs_conn_state(const uvs_conn_t *c);
 
 uvs_server_t *uvs_server_new(uvs_loop_t *loop, void *data, const char *ip, int port, int backlog,
                              int reuse_port, int *err);

@@ -14,6 +14,7 @@ borrowed: uvssl holds a reference while it uses it and never frees the owner's.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import ssl as _stdlib_ssl
 import weakref
@@ -572,7 +573,5 @@ def uvs_py_on_sni(ctx_data: Any, ssl: Any, name: Any, verdict: Any) -> Any:
         if loop is not None:
             loop._app_error(exc)
         else:
-            import logging
-
             logging.getLogger("uvssl").error("uvssl: exception in sni_callback", exc_info=exc)
         return ffi.NULL

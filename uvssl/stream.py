@@ -18,10 +18,11 @@ import socket as _socket
 from typing import Any, Optional, Union
 
 from ._uvssl import ffi, lib
-from .context import Context, _version_range
+from .context import Context, _verify_mode, _version_range
 from .errors import SslClosed, SslFailure, SslVerificationFailure, TcpSslError
 from .loop import _strerror
-from .openssl import error_strings, verify_string
+from .openssl import error_queue, error_strings, verify_string
+from .tls import _configure_client_ssl
 from .x509 import X509Certificate
 
 __all__ = [
@@ -66,8 +67,6 @@ class SslStream(io.RawIOBase):
         err = ffi.new("int *")
         ptr = lib.uvs_stream_new(ctx._ctx, sock.fileno(), int(server), err)
         if ptr == ffi.NULL:
-            from .openssl import error_queue
-
             codes, strings = error_queue()
             raise SslFailure(
                 f"cannot create the TLS stream: {_strerror(err[0])}",
@@ -274,16 +273,12 @@ def _apply_overrides(
         if not isinstance(c, str):
             raise TypeError("ciphers must be a str")
         if lib.SSL_set_cipher_list(ssl, c.encode("ascii")) != 1:
-            from .openssl import error_queue
-
             codes, strings = error_queue()
             raise SslFailure(
                 f"invalid cipher list {c!r}", what="configure", codes=codes, strings=strings
             )
     verify = o.get("verify")
     if "verify" in o:
-        from .context import _verify_mode
-
         lib.SSL_set_verify(ssl, _verify_mode(verify, stream.server_side), ffi.NULL)
     if "max_depth" in o:
         d = o["max_depth"]
@@ -291,8 +286,6 @@ def _apply_overrides(
             raise ValueError("max_depth must be a non-negative int")
         lib.SSL_set_verify_depth(ssl, d)
     if server_hostname is not None:
-        from .tls import _configure_client_ssl
-
         if not isinstance(server_hostname, str) or not server_hostname:
             raise TypeError("server_hostname must be a non-empty str")
         verifying = bool(lib.SSL_get_verify_mode(ssl) & lib.SSL_VERIFY_PEER)

@@ -8,7 +8,6 @@ queued and sent, in order, right after it. ``close_socket`` sends close_notify f
 from __future__ import annotations
 
 import ipaddress
-import weakref
 from typing import Any, Callable, Iterable, Optional
 
 from ._uvssl import ffi, lib
@@ -21,8 +20,8 @@ from .errors import (
     SslX509Lookup,
     TcpSslError,
 )
-from .loop import Loop, _check_callable, _strerror, get_loop
-from .openssl import error_strings, verify_string
+from .loop import Loop, _strerror, get_loop
+from .openssl import error_queue, error_strings, verify_string
 from .tcp import (
     BytesLike,
     ReadCb,
@@ -286,7 +285,6 @@ class TcpSslServer(TcpServer):
 # -- helpers ---------------------------------------------------------------------------------
 
 _client_contexts: dict[tuple[Any, ...], Context] = {}
-_ctx_cache_refs: weakref.WeakValueDictionary[Any, Any] = weakref.WeakValueDictionary()
 
 
 def _default_client_context(
@@ -444,8 +442,6 @@ def tcp_ssl_connect(
         hs = _effective_hs(handshake_timeout, ctx)
         r = lib.uvs_conn_attach_tls(sock._conn, ctx._ctx, ffi.NULL, 0, hs or 0.0, ffi.NULL, 0)
         if r != 0:
-            from .openssl import error_queue
-
             codes, strings = error_queue()
             raise SslFailure(
                 f"cannot start TLS: {_strerror(r)}", what="attach", codes=codes, strings=strings
@@ -533,6 +529,3 @@ def tcp_ssl_server(
     )
     server._configure_tls(ctx, _effective_hs(handshake_timeout, ctx))
     return server
-
-
-_ = _check_callable  # re-exported helper used by callers of this module
