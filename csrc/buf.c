@@ -5,15 +5,16 @@
  * yet gone to the kernel (or to the TLS engine) in one of these. Appends grow it geometrically
  * (callers that know what is coming reserve it first, so a batch costs one allocation);
  * consuming from the front moves the remainder down, which is cheap because the common case
- * consumes everything. A buffer that grew large is released once empty so that idle
- * connections hold no big allocations.
+ * consumes everything. An empty buffer is kept for the next write only while it is small (at
+ * most 1 KiB): small writes then cost no allocation, and an idle connection holds at most a
+ * kilobyte or two here however much it sent before.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "uvs.h"
 
-#define UVS__BUF_KEEP (16 * 1024) /* an empty buffer larger than this is released */
+#define UVS__BUF_KEEP 1024 /* an empty buffer larger than this is released */
 
 /* Make room for n more bytes with at most one reallocation. */
 int uvs__buf_reserve(uvs__buf_t *b, size_t n) {

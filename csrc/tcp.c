@@ -519,6 +519,19 @@ size_t uvs_conn_write_buffer_size(const uvs_conn_t *c) {
     return n;
 }
 
+/* Heap memory this connection holds besides its fixed structures: buffer capacity and lazily
+ * created timers. An idle connection should hold almost none (see buf.c's keep rule). */
+size_t uvs_conn_held_bytes(const uvs_conn_t *c) {
+    size_t n = c->out.cap;
+    if (c->rtimer != NULL)
+        n += sizeof(*c->rtimer);
+    if (c->wtimer != NULL)
+        n += sizeof(*c->wtimer);
+    if (c->tls != NULL)
+        n += uvs__tls_held_bytes(c);
+    return n;
+}
+
 int uvs_conn_set_limits(uvs_conn_t *c, size_t high, size_t low) {
     if (low > high)
         return UV_EINVAL;

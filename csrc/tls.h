@@ -107,6 +107,7 @@ void uvs__tls_on_close(uvs_conn_t *c);
 void uvs__tls_flush(uvs_conn_t *c);
 void uvs__tls_resume(uvs_conn_t *c);
 size_t uvs__tls_pending(const uvs_conn_t *c);
+size_t uvs__tls_held_bytes(const uvs_conn_t *c);
 int uvs__tls_close_notify_sent(uvs_conn_t *c);
 
 /* shared with tcp.c */

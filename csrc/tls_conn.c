@@ -100,7 +100,11 @@ static void uvs__tls_pump(uvs_conn_t *c) {
         case UVS__TLS_R_AGAIN:
             return;
         case UVS__TLS_R_HANDSHAKE:
-            uvs__timer_disarm(t->htimer);
+            /* The handshake's timer and its output buffer (the size of a whole flight) are
+             * not needed again: an idle connection should not carry them. */
+            uvs__timer_release(c, &t->htimer);
+            if (t->out.len == 0)
+                uvs__buf_free(&t->out);
             uvs__emit(c, UVS_EV_CONNECT, 0, UVS_ACT_HANDSHAKE);
             uvs__mark_dirty(c); /* writes queued during the handshake */
             break;
@@ -230,6 +234,11 @@ void uvs__tls_flush(uvs_conn_t *c) {
 }
 
 size_t uvs__tls_pending(const uvs_conn_t *c) { return c->tls->out.len; }
+
+size_t uvs__tls_held_bytes(const uvs_conn_t *c) {
+    const uvs_tls_t *t = c->tls;
+    return t->out.cap + t->in_keep.cap + (t->htimer != NULL ? sizeof(*t->htimer) : 0);
+}
 
 /* A large write with nothing queued ahead of it: encrypt it from the caller's memory now
  * instead of copying it into c->out first. Returns 1 when done here, 0 when the caller must

@@ -21,6 +21,7 @@ from tls_support import (
     listening_socket,
     make_certs,
     openssl_binary,
+    recv_exactly,
     recv_until,
     run_pair,
     start_s_server,
@@ -514,6 +515,55 @@ def test_300_concurrent_connections(certs):
     assert not errors[:5], f"{len(errors)} clients failed"
     assert sorted(ok) == list(range(count))
     assert not server_errors[:5]
+
+
+def test_idle_connection_releases_handshake_and_large_buffers(certs):
+    """Once the handshake is done a connection drops its handshake timer and output buffer,
+    and after traffic it keeps only small buffers (at most 1 KiB each) for reuse."""
+    h = LoopHarness()
+    held = []  # (what, bytes held by the server-side connection)
+    state = {}
+
+    def measure(sock, what):
+        held.append((what, int(lib.uvs_conn_held_bytes(sock._conn))))
+
+    def s_read(sock, data):
+        sock.write(data)
+        uvssl.delay(lambda: sock.closed or measure(sock, f"after {len(data)}"), 0)
+
+    def client(port):
+        raw = socket.create_connection((LOCALHOST, port), timeout=PEER_TIMEOUT)
+        with stdlib_client_context(certs).wrap_socket(raw, server_hostname="localhost") as s:
+            big = b"b" * 10_000  # grows both of the server's buffers past the keep limit
+            s.sendall(big)
+            assert recv_exactly(s, len(big)) == big
+            s.sendall(b"ping\n")
+            assert recv_exactly(s, 5) == b"ping\n"
+            return True
+
+    def start():
+        srv = uvssl.tcp_ssl_server(
+            LOCALHOST,
+            0,
+            s_read,
+            close_quietly,
+            certificate=str(certs.server_cert),
+            key=str(certs.server_key),
+            connect_cb=lambda sock: measure(sock, "handshake done"),
+        )
+        state["peer"] = PeerThread(client, srv.port)
+        state["peer"].start()
+
+    def finished():
+        peer = state["peer"]
+        return peer.done and (peer.error is not None or (held and held[-1][0] == "after 5"))
+
+    h.run(start, until=finished)
+    assert state["peer"].result() is True
+    assert held[0] == ("handshake done", 0), held
+    after = [n for what, n in held[1:]]
+    assert after and all(n <= 2 * 1024 for n in after), held
+    assert after[-1] <= 1024, held  # a 5-byte echo: two small buffers kept for reuse
 
 
 # -- verification --------------------------------------------------------------------------------
