@@ -100,3 +100,45 @@ def test_cpu_interpolation():
     assert runner._cpu_at(samples, 0.5) == pytest.approx(1.5)
     assert runner._cpu_at(samples, 2.0) == 2.0
     assert runner._cpu_at(samples, 9.0) == 2.0
+
+
+def test_rounds_combine_to_medians():
+    cell = runner.CELLS["echo-64"]
+
+    def ok(rps, cpu, errors=0):
+        return {"status": "ok", "rps": rps, "p50_us": rps / 10, "p99_us": rps / 5,
+                "cpu_s_per_op": cpu, "ops": int(rps), "seconds": 1.0, "server_cpu_s": 0.5,
+                "errors": errors, "conns": 64}  # fmt: skip
+
+    runs = [ok(100.0, 3e-5), ok(300.0, 1e-5, errors=2), ok(200.0, 2e-5)]
+    res = runner.combine_rounds(cell, runs)
+    assert res["status"] == "ok"
+    assert res["rps"] == 200.0 and res["p50_us"] == 20.0 and res["p99_us"] == 40.0
+    assert res["cpu_s_per_op"] == 2e-5  # medians per figure, not the figures of one round
+    assert res["ops"] == 200 and res["errors"] == 2 and res["conns"] == 64
+    assert res["rounds"] == runs
+    assert runner.combine_rounds(cell, runs[:1]) is runs[0]
+
+    failed = runner.combine_rounds(cell, [runs[0], {"status": "failed", "reason": "boom"}])
+    assert failed["status"] == "failed" and failed["reason"] == "boom"
+    skipped = [{"status": "skipped", "reason": "not installed"}] * 2
+    assert runner.combine_rounds(cell, skipped)["status"] == "skipped"
+
+
+@pytest.mark.timeout(120)
+def test_bench_rounds_end_to_end(tmp_path):
+    out = tmp_path / "bench.json"
+    report_code = runner.main(
+        ["--tiny", "--rounds", "2", "--servers", "uvssl,native", "--cells", "echo-1",
+         "--no-progress", "--json", str(out)]
+    )  # fmt: skip
+    assert report_code == 0
+    report = json.loads(out.read_text())
+    assert report["meta"]["config"]["rounds"] == 2
+    for name in ("uvssl", "native"):
+        res = report["results"][name]["echo-1"]
+        assert res["status"] == "ok"
+        assert len(res["rounds"]) == 2 and all(r["status"] == "ok" for r in res["rounds"])
+        values = sorted(r["rps"] for r in res["rounds"])
+        assert res["rps"] == pytest.approx(sum(values) / 2)
+    assert runner.main(["--tiny", "--rounds", "0"]) == 2

@@ -33,6 +33,15 @@ window runs from just before the load client starts to its ``IDLE <n>`` line, an
 is one connection opened (handshake plus one echo). The error is about one clock tick at each
 end of the window (e.g. 20 ms over a 2 s window, 1%).
 
+Rounds
+------
+Timing on a shared machine is noisy: the same cell can move 10-30% between two runs. With
+``--rounds N`` (3 in full mode) every (server, cell) is measured N times, each time with a fresh
+server process; within a cell the servers take turns and each round starts with the next server,
+so a slow spell of the machine does not always hit the same one. Each reported figure is the
+median of its rounds (figure by figure); the rounds themselves are in the JSON under
+``rounds``. A round that fails makes the cell failed.
+
 Idle memory: ``VmRSS`` from ``/proc/<pid>/status`` before the load client starts and when it
 prints ``IDLE <n>``; (after - before) / n. Then its stdin is closed and it finishes.
 
@@ -57,6 +66,7 @@ import select
 import shutil
 import signal
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -154,12 +164,15 @@ CELLS: Dict[str, CellSpec] = {
 }  # fmt: skip
 
 #: Per-mode defaults: measured seconds, warm-up seconds, idle connections, handshake slots,
-#: load-client setup timeout.
+#: load-client setup timeout, rounds (each figure is the median over the rounds).
 PRESETS: Dict[str, Dict[str, Any]] = {
-    "full": {"duration": 8.0, "warmup": 2.0, "idle_conns": 5000, "hs_conns": 16, "timeout": 60.0},
-    "quick": {"duration": 1.5, "warmup": 0.5, "idle_conns": 1000, "hs_conns": 16, "timeout": 30.0},
-    "tiny": {"duration": 0.3, "warmup": 0.1, "idle_conns": 20, "hs_conns": 4, "timeout": 15.0},
-}
+    "full": {"duration": 5.0, "warmup": 1.0, "idle_conns": 5000, "hs_conns": 16,
+             "timeout": 60.0, "rounds": 3},
+    "quick": {"duration": 1.5, "warmup": 0.5, "idle_conns": 1000, "hs_conns": 16,
+              "timeout": 30.0, "rounds": 1},
+    "tiny": {"duration": 0.3, "warmup": 0.1, "idle_conns": 20, "hs_conns": 4,
+             "timeout": 15.0, "rounds": 1},
+}  # fmt: skip
 
 
 class BenchError(RuntimeError):
@@ -182,6 +195,7 @@ class Config:
     idle_conns: int = 1000
     hs_conns: int = 16
     timeout: float = 30.0  # load client's setup deadline (opening connections)
+    rounds: int = 1  # measurements per (server, cell); figures are their medians
     pin: bool = True
     progress: bool = True  # progress lines on stderr
 
@@ -214,6 +228,8 @@ class Config:
             raise ValueError(f"handshake slots must be in [1, 1024], got {self.hs_conns}")
         if not 1 <= self.timeout <= 3600:
             raise ValueError(f"timeout must be in [1, 3600] seconds, got {self.timeout}")
+        if not 1 <= self.rounds <= 100:
+            raise ValueError(f"rounds must be in [1, 100], got {self.rounds}")
 
 
 # -- machine facts --------------------------------------------------------------------------
@@ -722,6 +738,35 @@ def _progress(cfg: Config, text: str, end: str = "") -> None:
         sys.stderr.flush()
 
 
+def combine_rounds(cell: CellSpec, runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """One result from a (server, cell)'s rounds: each figure is the median over the rounds.
+
+    A round that failed makes the cell failed (its reason is kept); a server skipped in every
+    round is skipped. The rounds themselves are kept under ``rounds`` when there is more than
+    one; a single round is returned as it is.
+    """
+    if len(runs) == 1:
+        return runs[0]
+    failed = [r for r in runs if r["status"] == "failed"]
+    if failed:
+        return {"status": "failed", "reason": failed[0]["reason"], "rounds": runs}
+    ok = [r for r in runs if r["status"] == "ok"]
+    if not ok:
+        return dict(runs[0])
+    out: Dict[str, Any] = {"status": "ok"}
+    for key in (*cell.metrics, "ops", "seconds", "server_cpu_s"):
+        out[key] = statistics.median(float(r[key]) for r in ok)
+    out["ops"] = int(out["ops"])
+    out["errors"] = sum(int(r.get("errors", 0)) for r in ok)
+    out["conns"] = ok[0]["conns"]
+    for r in ok:
+        if r.get("client_error"):
+            out["client_error"] = r["client_error"]
+            break
+    out["rounds"] = runs
+    return out
+
+
 def _summary(cell: CellSpec, res: Dict[str, Any]) -> str:
     if res["status"] != "ok":
         return str(res["status"])
@@ -758,31 +803,43 @@ def run(config: Config) -> Dict[str, Any]:
     if native_error:
         servers["native"] = {"status": "failed", "reason": native_error}
     cells = [CELLS[c] for c in config.cells]
-    total = len(cells) * len(config.servers)
+    rounds = config.rounds
+    total = len(cells) * len(config.servers) * rounds
     width = len(str(total))
     step = 0
     t_begin = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="uvssl-bench-") as tmp:
         cert, key = make_certificate(Path(tmp))
         for cell in cells:
+            runs: Dict[str, List[Dict[str, Any]]] = {name: [] for name in config.servers}
+            for rnd in range(rounds):
+                # the servers take turns, and each round starts with the next one, so a drift
+                # in the machine's speed does not always land on the same server
+                k = rnd % len(config.servers)
+                for name in config.servers[k:] + config.servers[:k]:
+                    step += 1
+                    label = f"{name} {cell.key}" + (f" round {rnd + 1}" if rounds > 1 else "")
+                    _progress(config, f"[{step:>{width}}/{total}] {label} ...")
+                    status = servers[name]
+                    if status["status"] != "ok":
+                        res: Dict[str, Any] = {
+                            "status": status["status"],
+                            "reason": status["reason"],
+                        }
+                    else:
+                        try:
+                            argv = _server_argv(name, cell.tls, cert, key, native)
+                            with _Server(argv, server_cpu) as server:
+                                res = _measure(cell, server, loadgen, config, client_cpu)
+                        except _Unavailable as exc:
+                            servers[name] = {"status": "skipped", "reason": str(exc).strip()}
+                            res = {"status": "skipped", "reason": servers[name]["reason"]}
+                        except BenchError as exc:
+                            res = {"status": "failed", "reason": str(exc)}
+                    runs[name].append(res)
+                    _progress(config, " " + _summary(cell, res), "\n")
             for name in config.servers:
-                step += 1
-                _progress(config, f"[{step:>{width}}/{total}] {name} {cell.key} ...")
-                status = servers[name]
-                if status["status"] != "ok":
-                    res: Dict[str, Any] = {"status": status["status"], "reason": status["reason"]}
-                else:
-                    try:
-                        argv = _server_argv(name, cell.tls, cert, key, native)
-                        with _Server(argv, server_cpu) as server:
-                            res = _measure(cell, server, loadgen, config, client_cpu)
-                    except _Unavailable as exc:
-                        servers[name] = {"status": "skipped", "reason": str(exc).strip()}
-                        res = {"status": "skipped", "reason": servers[name]["reason"]}
-                    except BenchError as exc:
-                        res = {"status": "failed", "reason": str(exc)}
-                results[name][cell.key] = res
-                _progress(config, " " + _summary(cell, res), "\n")
+                results[name][cell.key] = combine_rounds(cell, runs[name])
     elapsed = time.monotonic() - t_begin
 
     ratios: Dict[str, Dict[str, Dict[str, float]]] = {}
@@ -870,7 +927,13 @@ def format_table(report: Dict[str, Any]) -> str:
             if pin["server_cpu"] is not None
             else "not pinned (only one usable CPU, or --no-pin)"
         )
-        + f"; per cell {cfg['warmup']:g} s warm-up + {cfg['duration']:g} s measured; "
+        + f"; per cell {cfg['warmup']:g} s warm-up + {cfg['duration']:g} s measured"
+        + (
+            f", {cfg['rounds']} rounds (figures are medians)"
+            if cfg.get("rounds", 1) > 1
+            else ""
+        )
+        + "; "
         f"idle: {cfg['idle_conns']} connections; handshakes: {cfg['hs_conns']} at a time",
         "ratios are server / uvssl; (+) higher is better, (-) lower is better; "
         "CPU/op = server CPU per operation",
@@ -984,7 +1047,8 @@ def _parser() -> argparse.ArgumentParser:
         action="store_const",
         dest="mode",
         const="full",
-        help="8 s cells, 5000 idle connections (a few minutes; the default)",
+        help="5 s cells, 3 rounds with medians, 5000 idle connections (about 15 minutes; "
+        "the default)",
     )
     mode.add_argument(
         "--tiny",
@@ -998,6 +1062,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, help="measured seconds per cell")
     p.add_argument("--warmup", type=float, help="warm-up seconds per cell")
     p.add_argument("--idle-conns", type=int, help="connections for the idle cell")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        help="measure each (server, cell) N times, servers taking turns; report medians "
+        "(full: 3, quick and tiny: 1)",
+    )
     p.add_argument("--no-pin", action="store_true", help="do not pin server and client to CPUs")
     p.add_argument("--json", metavar="FILE", help="write every figure as JSON to FILE")
     p.add_argument("--plot", metavar="FILE.png", help="write a chart (needs matplotlib)")
@@ -1024,6 +1094,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             duration=args.duration,
             warmup=args.warmup,
             idle_conns=args.idle_conns,
+            rounds=args.rounds,
             pin=not args.no_pin,
             progress=not args.no_progress,
         )
