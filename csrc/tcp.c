@@ -372,7 +372,7 @@ static int uvs__queue_write(uvs_conn_t *c, char *alloc, const char *p, size_t n)
 }
 
 /* Send the bytes in b and leave b empty. In the common case the kernel takes them all and b
- * keeps its memory for the next batch (no allocation per write); otherwise the rest goes to
+ * keeps its memory for the next batch if small (see buf.c); otherwise the rest goes to
  * a uv_write request that takes the buffer over. Returns 0 or a uv error (then the
  * connection has failed). */
 int uvs__conn_send_buf(uvs_conn_t *c, uvs__buf_t *b) {

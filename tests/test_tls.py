@@ -24,6 +24,7 @@ from tls_support import (
     recv_exactly,
     recv_until,
     run_pair,
+    serve_tls_to_peer,
     start_s_server,
     stdlib_client_context,
     stdlib_server_context,
@@ -128,10 +129,7 @@ def test_uvssl_client_to_stdlib_server(certs):
 
 
 def test_stdlib_client_to_uvssl_server(certs):
-    h = LoopHarness()
-    events = []
     seen = {}
-    state = {}
 
     def client(port):
         raw = socket.create_connection((LOCALHOST, port), timeout=PEER_TIMEOUT)
@@ -147,24 +145,8 @@ def test_stdlib_client_to_uvssl_server(certs):
         seen.update(version=sock.version, peer=sock.peer_certificate, alpn=sock.alpn_protocol)
         sock.write(data)
 
-    def event_cb(ev):
-        events.append(ev)
-        close_quietly(ev)
-
-    def start():
-        srv = uvssl.tcp_ssl_server(
-            LOCALHOST,
-            0,
-            read_cb,
-            event_cb,
-            certificate=str(certs.server_cert),
-            key=str(certs.server_key),
-        )
-        state["peer"] = PeerThread(client, srv.port)
-        state["peer"].start()
-
-    h.run(start, until=lambda: state["peer"].done and (events or state["peer"].error))
-    data, version = state["peer"].result()
+    peer, events = serve_tls_to_peer(certs, client, read_cb, until=bool)
+    data, version = peer.result()
     assert data == b"ping\n"
     assert version == seen["version"] == "TLSv1.3"
     assert seen["peer"] is None
@@ -175,9 +157,7 @@ def test_stdlib_client_to_uvssl_server(certs):
 
 def test_openssl_s_client_to_uvssl_server(certs):
     exe = openssl_binary()
-    h = LoopHarness()
     state = {}
-    events = []
 
     def drive(port):
         proc = subprocess.Popen(
@@ -214,24 +194,8 @@ def test_openssl_s_client_to_uvssl_server(certs):
             sock.write(b"uvssl says: " + bytes(buf))
             sock.close()  # close_notify ends s_client (-quiet implies -ign_eof)
 
-    def event_cb(ev):
-        events.append(ev)
-        close_quietly(ev)
-
-    def start():
-        srv = uvssl.tcp_ssl_server(
-            LOCALHOST,
-            0,
-            read_cb,
-            event_cb,
-            certificate=str(certs.server_cert),
-            key=str(certs.server_key),
-        )
-        state["peer"] = PeerThread(drive, srv.port)
-        state["peer"].start()
-
-    h.run(start, until=lambda: state["peer"].done)
-    rc, out, err = state["peer"].result()
+    peer, events = serve_tls_to_peer(certs, drive, read_cb)
+    rc, out, err = peer.result()
     assert b"uvssl says: hello from s_client\n" in out, (out, err)
     assert rc == 0, err
     assert state["version"] == "TLSv1.3"
@@ -520,9 +484,7 @@ def test_300_concurrent_connections(certs):
 def test_idle_connection_releases_handshake_and_large_buffers(certs):
     """Once the handshake is done a connection drops its handshake timer and output buffer,
     and after traffic it keeps only small buffers (at most 1 KiB each) for reuse."""
-    h = LoopHarness()
     held = []  # (what, bytes held by the server-side connection)
-    state = {}
 
     def measure(sock, what):
         held.append((what, int(lib.uvs_conn_held_bytes(sock._conn))))
@@ -541,25 +503,14 @@ def test_idle_connection_releases_handshake_and_large_buffers(certs):
             assert recv_exactly(s, 5) == b"ping\n"
             return True
 
-    def start():
-        srv = uvssl.tcp_ssl_server(
-            LOCALHOST,
-            0,
-            s_read,
-            close_quietly,
-            certificate=str(certs.server_cert),
-            key=str(certs.server_key),
-            connect_cb=lambda sock: measure(sock, "handshake done"),
-        )
-        state["peer"] = PeerThread(client, srv.port)
-        state["peer"].start()
-
-    def finished():
-        peer = state["peer"]
-        return peer.done and (peer.error is not None or (held and held[-1][0] == "after 5"))
-
-    h.run(start, until=finished)
-    assert state["peer"].result() is True
+    peer, _ = serve_tls_to_peer(
+        certs,
+        client,
+        s_read,
+        until=lambda _: held and held[-1][0] == "after 5",
+        connect_cb=lambda sock: measure(sock, "handshake done"),
+    )
+    assert peer.result() is True
     assert held[0] == ("handshake done", 0), held
     after = [n for what, n in held[1:]]
     assert after and all(n <= 2 * 1024 for n in after), held
@@ -746,10 +697,6 @@ def test_plain_tcp_garbage_then_tls_client_still_served(certs):
 
 
 def test_silent_client_hits_handshake_timeout(certs):
-    h = LoopHarness()
-    events = []
-    state = {}
-
     def silent(port):
         s = socket.create_connection((LOCALHOST, port), timeout=PEER_TIMEOUT)
         try:
@@ -760,25 +707,10 @@ def test_silent_client_hits_handshake_timeout(certs):
         finally:
             s.close()
 
-    def s_event(ev):
-        events.append(ev)
-        close_quietly(ev)
-
-    def start():
-        srv = uvssl.tcp_ssl_server(
-            LOCALHOST,
-            0,
-            lambda s, d: None,
-            s_event,
-            certificate=str(certs.server_cert),
-            key=str(certs.server_key),
-            handshake_timeout=0.5,
-        )
-        state["peer"] = PeerThread(silent, srv.port)
-        state["peer"].start()
-
-    h.run(start, until=lambda: state["peer"].done and events)
-    assert state["peer"].result() == b""  # the connection was closed, not left hanging
+    peer, events = serve_tls_to_peer(
+        certs, silent, lambda s, d: None, until=bool, handshake_timeout=0.5
+    )
+    assert peer.result() == b""  # the connection was closed, not left hanging
     assert len(events) == 1
     assert isinstance(events[0], uvssl.SslHandshakeTimeout), events
     assert isinstance(events[0], uvssl.TcpSslError)
@@ -788,28 +720,9 @@ def stdlib_client_server_test(certs, client_fn, read_cb=None, server_ctx=None):
     """A uvssl server (echo unless ``read_cb``) and one stdlib client thread.
 
     Returns (client result, server events)."""
-    h = LoopHarness()
-    events = []
-    state = {}
-
-    def s_event(ev):
-        events.append(ev)
-        close_quietly(ev)
-
-    def start():
-        kw = (
-            dict(ssl_ctx=server_ctx)
-            if server_ctx is not None
-            else dict(certificate=str(certs.server_cert), key=str(certs.server_key))
-        )
-        srv = uvssl.tcp_ssl_server(
-            LOCALHOST, 0, read_cb or (lambda s, d: s.write(d)), s_event, **kw
-        )
-        state["peer"] = PeerThread(client_fn, srv.port)
-        state["peer"].start()
-
-    h.run(start, until=lambda: state["peer"].done and (events or state["peer"].error))
-    return state["peer"].result(), events
+    kw = dict(ssl_ctx=server_ctx) if server_ctx is not None else {}
+    peer, events = serve_tls_to_peer(certs, client_fn, read_cb, until=bool, **kw)
+    return peer.result(), events
 
 
 def test_peer_dropping_tcp_without_close_notify_is_truncation(certs):
@@ -851,23 +764,8 @@ def test_peer_sees_close_notify_when_uvssl_closes(certs):
         sock.write(b"ok\n")
         uvssl.close_socket(sock)
 
-    h = LoopHarness()
-    state = {}
-
-    def start():
-        srv = uvssl.tcp_ssl_server(
-            LOCALHOST,
-            0,
-            read_cb,
-            lambda ev: close_quietly(ev),
-            certificate=str(certs.server_cert),
-            key=str(certs.server_key),
-        )
-        state["peer"] = PeerThread(client, srv.port)
-        state["peer"].start()
-
-    h.run(start, until=lambda: state["peer"].done)
-    assert state["peer"].result() == b"ok\n"
+    peer, _ = serve_tls_to_peer(certs, client, read_cb)
+    assert peer.result() == b"ok\n"
 
 
 def test_writes_before_handshake_arrive_in_order(certs):
@@ -959,29 +857,8 @@ def test_peer_key_update_is_answered(certs):
             kill_process(proc)
             reader.join()
 
-    events = []
-
-    def s_event(ev):
-        events.append(ev)
-        close_quietly(ev)
-
-    h = LoopHarness(deadline=30)
-    state = {}
-
-    def start():
-        srv = uvssl.tcp_ssl_server(
-            LOCALHOST,
-            0,
-            lambda s, d: s.write(d),
-            s_event,
-            certificate=str(certs.server_cert),
-            key=str(certs.server_key),
-        )
-        state["peer"] = PeerThread(drive, srv.port)
-        state["peer"].start()
-
-    h.run(start, until=lambda: state["peer"].done)
-    status, lines = state["peer"].result()
+    peer, events = serve_tls_to_peer(certs, drive, deadline=30)
+    status, lines = peer.result()
     if status == "unsupported":
         pytest.skip("this openssl s_client does not send KeyUpdate on 'K'")
     assert status == "ok", "\n".join(lines)

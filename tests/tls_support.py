@@ -362,6 +362,53 @@ class PairResult:
         return [ev for c in self.clients for ev in c["events"]]
 
 
+def serve_tls_to_peer(
+    certs: Certs,
+    peer_fn: Callable[[int], Any],
+    read_cb: Optional[Callable[[Any, bytes], Any]] = None,
+    event_cb: Optional[Callable[[BaseException], Any]] = None,
+    *,
+    until: Optional[Callable[[list[BaseException]], Any]] = None,
+    deadline: float = 15.0,
+    **server_kw: Any,
+) -> tuple[PeerThread, list[BaseException]]:
+    """Run a uvssl TLS server against one blocking peer: ``peer_fn(port)`` in a PeerThread.
+
+    The server echoes unless ``read_cb`` is given and uses the test certificate unless
+    ``ssl_ctx`` or ``certificate`` is among ``server_kw``. Every server event is recorded and
+    then passed to ``event_cb`` (default: close the event's socket). The loop ends once the
+    peer finished and, when given, ``until(events)`` is true (or the peer failed). Returns the
+    peer thread (call ``result()``) and the server's events.
+    """
+    h = LoopHarness(deadline)
+    events: list[BaseException] = []
+    state: dict[str, PeerThread] = {}
+    if "ssl_ctx" not in server_kw and "certificate" not in server_kw:
+        server_kw.update(certificate=str(certs.server_cert), key=str(certs.server_key))
+
+    def on_event(ev: BaseException) -> None:
+        events.append(ev)
+        if event_cb is not None:
+            event_cb(ev)
+        else:
+            s = getattr(ev, "socket", None)
+            if s is not None and not s.closed:
+                s.close()
+
+    def start() -> None:
+        echo = read_cb if read_cb is not None else (lambda sock, data: sock.write(data))
+        srv = uvssl.tcp_ssl_server(LOCALHOST, 0, echo, on_event, **server_kw)
+        state["peer"] = PeerThread(peer_fn, srv.port)
+        state["peer"].start()
+
+    def finished() -> bool:
+        peer = state["peer"]
+        return peer.done and (peer.error is not None or until is None or bool(until(events)))
+
+    h.run(start, until=finished)
+    return state["peer"], events
+
+
 def run_pair(
     certs: Certs,
     *,
