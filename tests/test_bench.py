@@ -21,6 +21,8 @@ from uvssl.bench import runner
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVERS = ["uvssl", "native", "aiofastnet"]
+# tools/asan.sh sets this: under AddressSanitizer every server process runs several times slower
+SLOWDOWN = float(os.environ.get("UVSSL_TEST_SLOWDOWN", "1"))
 CELLS = ["echo-1", "echo-64", "bulk", "hs-full", "hs-resumed", "idle", "plain-echo-64"]
 
 
@@ -28,7 +30,7 @@ def _has(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(180 * SLOWDOWN)
 def test_bench_tiny_end_to_end(tmp_path):
     out = tmp_path / "bench.json"
     env = dict(os.environ)
@@ -36,7 +38,7 @@ def test_bench_tiny_end_to_end(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "uvssl", "bench", "--", "--tiny",
          "--servers", ",".join(SERVERS), "--cells", ",".join(CELLS), "--json", str(out)],
-        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=170,
+        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=170 * SLOWDOWN,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -125,7 +127,7 @@ def test_rounds_combine_to_medians():
     assert runner.combine_rounds(cell, skipped)["status"] == "skipped"
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(120 * SLOWDOWN)
 def test_bench_rounds_end_to_end(tmp_path):
     out = tmp_path / "bench.json"
     report_code = runner.main(

@@ -30,6 +30,7 @@ case "$loaded" in
     *) echo "asan: the sanitized extension was not the one imported ($loaded)" >&2; exit 1 ;;
 esac
 export PYTHONMALLOC=malloc
+export UVSSL_TEST_SLOWDOWN=5  # tests that run whole server processes widen their time limits
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:halt_on_error=1:detect_odr_violation=0:fast_unwind_on_malloc=0:malloc_context_size=40"
 export LSAN_OPTIONS="suppressions=$work/lsan.supp:print_suppressions=0:exitcode=0"  # the parse below decides
 set +e

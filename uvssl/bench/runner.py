@@ -1047,7 +1047,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_const",
         dest="mode",
         const="full",
-        help="5 s cells, 3 rounds with medians, 5000 idle connections (about 15 minutes; "
+        help="5 s cells, 3 rounds with medians, 5000 idle connections (about 12 minutes; "
         "the default)",
     )
     mode.add_argument(
