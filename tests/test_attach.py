@@ -17,6 +17,7 @@ from tls_support import (
     listening_socket,
     make_certs,
     recv_exactly,
+    serve_to_peer,
     stdlib_client_context,
     stdlib_server_context,
 )
@@ -210,8 +211,7 @@ def test_starttls_uvssl_both_ends_pipelined_handshake_from_stream_buffer(
 
 
 def test_starttls_uvssl_server_stdlib_client(certs, server_ctx):
-    h = LoopHarness(DEADLINE)
-    st: dict[str, Any] = {"plain": bytearray(), "tls": bytearray(), "events": [], "versions": []}
+    st: dict[str, Any] = {"plain": bytearray(), "tls": bytearray(), "versions": []}
 
     def client(port: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -241,30 +241,15 @@ def test_starttls_uvssl_server_stdlib_client(certs, server_ctx):
             st["versions"].append(sock.version)
             sock.write(b"PONG:" + bytes(st["tls"]))
 
-    def s_event(ev):
-        st["events"].append(ev)
-        close_quietly(ev.socket)
-
-    def start():
-        st["server"] = uvssl.tcp_server(LOCALHOST, 0, s_read, s_event)
-        st["peer"] = PeerThread(client, st["server"].port)
-        st["peer"].start()
-
-    def finished():
-        if st["peer"].done and st["events"]:
-            st["server"].close()
-            return True
-        return False
-
-    h.run(start, until=finished)
-    out = st["peer"].result()
+    peer, events = serve_to_peer(client, s_read, until=bool, deadline=DEADLINE)
+    out = peer.result()
     assert out["ok"] == b"OK\n"
     assert out["reply"] == b"PONG:ping over tls\n"
     assert bytes(st["plain"]) == b"STARTTLS\n"
     assert bytes(st["tls"]) == b"ping over tls\n"
     assert st["versions"] == [out["version"]]
-    assert isinstance(st["events"][0], uvssl.SslClosed)
-    assert st["events"][0].truncated is False
+    assert isinstance(events[0], uvssl.SslClosed)
+    assert events[0].truncated is False
 
 
 def test_bytes_before_attach_are_plaintext_and_after_it_encrypted(certs, client_ctx):
@@ -519,8 +504,7 @@ def test_peer_close_notify_first_then_close_socket_ends_it(certs, server_ctx):
 
 
 def test_attaching_twice_is_an_error(certs, server_ctx):
-    h = LoopHarness(DEADLINE)
-    st: dict[str, Any] = {"plain": bytearray(), "tls": bytearray(), "events": [], "errors": []}
+    st: dict[str, Any] = {"plain": bytearray(), "tls": bytearray(), "errors": []}
     cctx = stdlib_client_context(certs)
 
     def client(port):
@@ -548,23 +532,8 @@ def test_attaching_twice_is_an_error(certs, server_ctx):
         if bytes(st["tls"]) == b"x\n":
             sock.write(b"TLS\n")  # the first attach is unharmed
 
-    def s_event(ev):
-        st["events"].append(ev)
-        close_quietly(ev.socket)
-
-    def start():
-        st["server"] = uvssl.tcp_server(LOCALHOST, 0, s_read, s_event)
-        st["peer"] = PeerThread(client, st["server"].port)
-        st["peer"].start()
-
-    def finished():
-        if st["peer"].done and st["events"]:
-            st["server"].close()
-            return True
-        return False
-
-    h.run(start, until=finished)
-    assert st["peer"].result() == (b"OK\n", b"TLS\n")
+    peer, _ = serve_to_peer(client, s_read, until=bool, deadline=DEADLINE)
+    assert peer.result() == (b"OK\n", b"TLS\n")
     assert len(st["errors"]) == 2
     assert all("already" in str(e) for e in st["errors"])
 

@@ -17,6 +17,7 @@ from tls_support import (
     LineReader,
     LoopHarness,
     PeerThread,
+    close_quietly,
     kill_process,
     listening_socket,
     make_certs,
@@ -24,7 +25,7 @@ from tls_support import (
     recv_exactly,
     recv_until,
     run_pair,
-    serve_tls_to_peer,
+    serve_to_peer,
     start_s_server,
     stdlib_client_context,
     stdlib_server_context,
@@ -47,12 +48,6 @@ def server_der(certs) -> bytes:
     pem = certs.server_cert.read_text()
     first = pem[: pem.index("-----END CERTIFICATE-----") + len("-----END CERTIFICATE-----")]
     return ssl.PEM_cert_to_DER_cert(first)
-
-
-def close_quietly(ev) -> None:
-    s = getattr(ev, "socket", None)
-    if s is not None and not s.closed:
-        s.close()
 
 
 def assert_echoed(r, n: int = 1, message: bytes = MESSAGE) -> None:
@@ -145,7 +140,7 @@ def test_stdlib_client_to_uvssl_server(certs):
         seen.update(version=sock.version, peer=sock.peer_certificate, alpn=sock.alpn_protocol)
         sock.write(data)
 
-    peer, events = serve_tls_to_peer(certs, client, read_cb, until=bool)
+    peer, events = serve_to_peer(client, read_cb, certs=certs, until=bool)
     data, version = peer.result()
     assert data == b"ping\n"
     assert version == seen["version"] == "TLSv1.3"
@@ -194,7 +189,7 @@ def test_openssl_s_client_to_uvssl_server(certs):
             sock.write(b"uvssl says: " + bytes(buf))
             sock.close()  # close_notify ends s_client (-quiet implies -ign_eof)
 
-    peer, events = serve_tls_to_peer(certs, drive, read_cb)
+    peer, events = serve_to_peer(drive, read_cb, certs=certs)
     rc, out, err = peer.result()
     assert b"uvssl says: hello from s_client\n" in out, (out, err)
     assert rc == 0, err
@@ -503,10 +498,10 @@ def test_idle_connection_releases_handshake_and_large_buffers(certs):
             assert recv_exactly(s, 5) == b"ping\n"
             return True
 
-    peer, _ = serve_tls_to_peer(
-        certs,
+    peer, _ = serve_to_peer(
         client,
         s_read,
+        certs=certs,
         until=lambda _: held and held[-1][0] == "after 5",
         connect_cb=lambda sock: measure(sock, "handshake done"),
     )
@@ -707,8 +702,8 @@ def test_silent_client_hits_handshake_timeout(certs):
         finally:
             s.close()
 
-    peer, events = serve_tls_to_peer(
-        certs, silent, lambda s, d: None, until=bool, handshake_timeout=0.5
+    peer, events = serve_to_peer(
+        silent, lambda s, d: None, certs=certs, until=bool, handshake_timeout=0.5
     )
     assert peer.result() == b""  # the connection was closed, not left hanging
     assert len(events) == 1
@@ -721,7 +716,7 @@ def stdlib_client_server_test(certs, client_fn, read_cb=None, server_ctx=None):
 
     Returns (client result, server events)."""
     kw = dict(ssl_ctx=server_ctx) if server_ctx is not None else {}
-    peer, events = serve_tls_to_peer(certs, client_fn, read_cb, until=bool, **kw)
+    peer, events = serve_to_peer(client_fn, read_cb, certs=certs, until=bool, **kw)
     return peer.result(), events
 
 
@@ -764,7 +759,7 @@ def test_peer_sees_close_notify_when_uvssl_closes(certs):
         sock.write(b"ok\n")
         uvssl.close_socket(sock)
 
-    peer, _ = serve_tls_to_peer(certs, client, read_cb)
+    peer, _ = serve_to_peer(client, read_cb, certs=certs)
     assert peer.result() == b"ok\n"
 
 
@@ -857,7 +852,7 @@ def test_peer_key_update_is_answered(certs):
             kill_process(proc)
             reader.join()
 
-    peer, events = serve_tls_to_peer(certs, drive, deadline=30)
+    peer, events = serve_to_peer(drive, certs=certs, deadline=30)
     status, lines = peer.result()
     if status == "unsupported":
         pytest.skip("this openssl s_client does not send KeyUpdate on 'K'")

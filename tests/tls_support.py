@@ -362,42 +362,47 @@ class PairResult:
         return [ev for c in self.clients for ev in c["events"]]
 
 
-def serve_tls_to_peer(
-    certs: Certs,
+def close_quietly(ev: BaseException) -> None:
+    """Close the socket an event happened on, if it is still open."""
+    s = getattr(ev, "socket", None)
+    if s is not None and not s.closed:
+        s.close()
+
+
+def serve_to_peer(
     peer_fn: Callable[[int], Any],
     read_cb: Optional[Callable[[Any, bytes], Any]] = None,
     event_cb: Optional[Callable[[BaseException], Any]] = None,
     *,
+    certs: Optional[Certs] = None,
     until: Optional[Callable[[list[BaseException]], Any]] = None,
     deadline: float = 15.0,
     **server_kw: Any,
 ) -> tuple[PeerThread, list[BaseException]]:
-    """Run a uvssl TLS server against one blocking peer: ``peer_fn(port)`` in a PeerThread.
+    """Run a uvssl server against one blocking peer: ``peer_fn(port)`` in a PeerThread.
 
-    The server echoes unless ``read_cb`` is given and uses the test certificate unless
-    ``ssl_ctx`` or ``certificate`` is among ``server_kw``. Every server event is recorded and
-    then passed to ``event_cb`` (default: close the event's socket). The loop ends once the
-    peer finished and, when given, ``until(events)`` is true (or the peer failed). Returns the
-    peer thread (call ``result()``) and the server's events.
+    With ``certs`` the server is a TLS server using the test certificate (unless ``ssl_ctx`` or
+    ``certificate`` is among ``server_kw``); without, a plain TCP server. It echoes unless
+    ``read_cb`` is given. Every server event is recorded and then passed to ``event_cb``
+    (default: close the event's socket). The loop ends once the peer finished and, when given,
+    ``until(events)`` is true (or the peer failed). Returns the peer thread (call ``result()``)
+    and the server's events.
     """
     h = LoopHarness(deadline)
     events: list[BaseException] = []
     state: dict[str, PeerThread] = {}
-    if "ssl_ctx" not in server_kw and "certificate" not in server_kw:
+    if certs is not None and "ssl_ctx" not in server_kw and "certificate" not in server_kw:
         server_kw.update(certificate=str(certs.server_cert), key=str(certs.server_key))
+    on_event_cb = event_cb if event_cb is not None else close_quietly
 
     def on_event(ev: BaseException) -> None:
         events.append(ev)
-        if event_cb is not None:
-            event_cb(ev)
-        else:
-            s = getattr(ev, "socket", None)
-            if s is not None and not s.closed:
-                s.close()
+        on_event_cb(ev)
 
     def start() -> None:
         echo = read_cb if read_cb is not None else (lambda sock, data: sock.write(data))
-        srv = uvssl.tcp_ssl_server(LOCALHOST, 0, echo, on_event, **server_kw)
+        listen = uvssl.tcp_ssl_server if certs is not None else uvssl.tcp_server
+        srv = listen(LOCALHOST, 0, echo, on_event, **server_kw)
         state["peer"] = PeerThread(peer_fn, srv.port)
         state["peer"].start()
 
@@ -441,9 +446,7 @@ def run_pair(
 
     def s_event(ev: BaseException) -> None:
         r.server_events.append(ev)
-        s = getattr(ev, "socket", None)
-        if s is not None and not s.closed:
-            s.close()
+        close_quietly(ev)
 
     def next_client() -> None:
         i = len(r.clients)

@@ -810,6 +810,21 @@ def run(config: Config) -> Dict[str, Any]:
     t_begin = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="uvssl-bench-") as tmp:
         cert, key = make_certificate(Path(tmp))
+
+        def measure_once(name: str, cell: CellSpec) -> Dict[str, Any]:
+            status = servers[name]
+            if status["status"] != "ok":
+                return {"status": status["status"], "reason": status["reason"]}
+            try:
+                argv = _server_argv(name, cell.tls, cert, key, native)
+                with _Server(argv, server_cpu) as server:
+                    return _measure(cell, server, loadgen, config, client_cpu)
+            except _Unavailable as exc:
+                servers[name] = {"status": "skipped", "reason": str(exc).strip()}
+                return {"status": "skipped", "reason": servers[name]["reason"]}
+            except BenchError as exc:
+                return {"status": "failed", "reason": str(exc)}
+
         for cell in cells:
             runs: Dict[str, List[Dict[str, Any]]] = {name: [] for name in config.servers}
             for rnd in range(rounds):
@@ -820,22 +835,7 @@ def run(config: Config) -> Dict[str, Any]:
                     step += 1
                     label = f"{name} {cell.key}" + (f" round {rnd + 1}" if rounds > 1 else "")
                     _progress(config, f"[{step:>{width}}/{total}] {label} ...")
-                    status = servers[name]
-                    if status["status"] != "ok":
-                        res: Dict[str, Any] = {
-                            "status": status["status"],
-                            "reason": status["reason"],
-                        }
-                    else:
-                        try:
-                            argv = _server_argv(name, cell.tls, cert, key, native)
-                            with _Server(argv, server_cpu) as server:
-                                res = _measure(cell, server, loadgen, config, client_cpu)
-                        except _Unavailable as exc:
-                            servers[name] = {"status": "skipped", "reason": str(exc).strip()}
-                            res = {"status": "skipped", "reason": servers[name]["reason"]}
-                        except BenchError as exc:
-                            res = {"status": "failed", "reason": str(exc)}
+                    res = measure_once(name, cell)
                     runs[name].append(res)
                     _progress(config, " " + _summary(cell, res), "\n")
             for name in config.servers:
@@ -928,11 +928,7 @@ def format_table(report: Dict[str, Any]) -> str:
             else "not pinned (only one usable CPU, or --no-pin)"
         )
         + f"; per cell {cfg['warmup']:g} s warm-up + {cfg['duration']:g} s measured"
-        + (
-            f", {cfg['rounds']} rounds (figures are medians)"
-            if cfg.get("rounds", 1) > 1
-            else ""
-        )
+        + (f", {cfg['rounds']} rounds (figures are medians)" if cfg.get("rounds", 1) > 1 else "")
         + "; "
         f"idle: {cfg['idle_conns']} connections; handshakes: {cfg['hs_conns']} at a time",
         "ratios are server / uvssl; (+) higher is better, (-) lower is better; "
