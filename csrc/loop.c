@@ -51,7 +51,11 @@ void uvs__link_del(uvs__link_t *l) {
     l->next = l->prev = NULL;
 }
 
-static void uvs__flusher_cb(uv_prepare_t *h) { uvs__flush_dirty(h->data); }
+static void uvs__flusher_cb(uv_prepare_t *h) {
+    uvs_loop_t *loop = h->data;
+    loop->iteration++;
+    uvs__flush_dirty(loop);
+}
 
 static void uvs__wakeup_cb(uv_async_t *h) {
     uvs_loop_t *loop = h->data;
@@ -73,6 +77,7 @@ uvs_loop_t *uvs_loop_new(void *data) {
     }
     loop->data = data;
     loop->objects.next = loop->objects.prev = &loop->objects;
+    loop->tls_busy.next = loop->tls_busy.prev = &loop->tls_busy;
     loop->uv.data = loop;
     loop->flusher.data = loop;
     loop->wakeup.data = loop;
@@ -156,13 +161,15 @@ void uvs_loop_close_all(uvs_loop_t *loop) {
 }
 
 int uvs_loop_free(uvs_loop_t *loop) {
-    /* Only the two internal handles may remain: anything else means close_all was not run. */
+    /* Only the internal handles may remain: anything else means close_all was not run. */
     uvs_loop_close_all(loop);
     (void)uv_run(&loop->uv, UV_RUN_DEFAULT);
     uv_close((uv_handle_t *)&loop->flusher, NULL);
     uv_close((uv_handle_t *)&loop->wakeup, NULL);
     if (loop->sigwatch_on)
         uv_close((uv_handle_t *)&loop->sigwatch, NULL);
+    if (loop->tls_trim_on)
+        uv_close((uv_handle_t *)&loop->tls_trim, NULL);
     (void)uv_run(&loop->uv, UV_RUN_DEFAULT);
     int r = uv_loop_close(&loop->uv);
     if (r != 0)

@@ -13,8 +13,9 @@
  * would cost. Our BIO instead reads straight from the memory the caller offers (for the event
  * loop that is libuv's read buffer, shared by every connection of the loop) and writes into a
  * growable buffer that is handed to the kernel and released. Nothing is copied that a BIO pair
- * would not copy, and an idle connection holds no I/O buffers at all (with
- * SSL_MODE_RELEASE_BUFFERS OpenSSL drops its own record buffers too). Input that SSL did not
+ * would not copy, and an idle connection holds no I/O buffers at all (the engine sets
+ * SSL_MODE_RELEASE_BUFFERS, so OpenSSL drops its own record buffers too; the event loop glue
+ * replaces that by a cheaper rule, see tls_conn.c). Input that SSL did not
  * consume in one call (a partial record) is kept in `in_keep` until more arrives.
  *
  * The BIO never blocks: reading with nothing offered answers "retry", so SSL_read and
@@ -149,6 +150,7 @@ uvs_tls_t *uvs__tls_new(SSL_CTX *ctx, SSL *borrowed, int server, int *err) {
 }
 
 void uvs__tls_free(uvs_tls_t *t) {
+    uvs__link_del(&t->busy); /* a no-op unless the event loop glue listed it */
     if (t->ssl != NULL) {
         if (t->borrowed_ssl)
             SSL_set_bio(t->ssl, NULL, NULL); /* our BIO must not outlive us in their SSL */

@@ -55,7 +55,17 @@ struct uvs_tls_s {
     /* glue state (tls_conn.c) */
     uint64_t handshake_timeout_ms;
     uv_timer_t *htimer;
+    int keep_buffers;      /* record buffers kept while busy (else RELEASE_BUFFERS)   */
+    uvs__link_t busy;      /* on loop->tls_busy while OpenSSL may hold record buffers */
+    uint64_t busy_at;      /* loop time (ms) of the engine's last step                */
+    uint64_t busy_iteration; /* and the loop iteration                               */
 };
+
+/* A connection's OpenSSL record buffers (about 34 KiB) are released once it has been quiet for
+ * this long and for this many loop iterations, instead of after every record
+ * (SSL_MODE_RELEASE_BUFFERS). */
+#define UVS__TLS_TRIM_MS 10
+#define UVS__TLS_TRIM_ITERATIONS 2
 
 /* ---- public TLS API (mirrored in build_ffi.py) ----------------------------------------- */
 int uvs_conn_attach_tls(uvs_conn_t *c, SSL_CTX *ctx, SSL *ssl, int server, double hs_timeout,
@@ -108,6 +118,7 @@ void uvs__tls_flush(uvs_conn_t *c);
 void uvs__tls_resume(uvs_conn_t *c);
 size_t uvs__tls_pending(const uvs_conn_t *c);
 size_t uvs__tls_held_bytes(const uvs_conn_t *c);
+int uvs_conn_tls_buffers_held(const uvs_conn_t *c);
 int uvs__tls_close_notify_sent(uvs_conn_t *c);
 
 /* shared with tcp.c */

@@ -27,6 +27,20 @@
  * peer's close_notify are plaintext and are delivered as such once the engine is gone.
  *
  * A handshake timeout, when set, runs from the moment the handshake starts until it completes.
+ *
+ * OpenSSL's record buffers: with SSL_MODE_RELEASE_BUFFERS OpenSSL frees its read and write
+ * buffers (about 17 KiB each) as soon as they drain and allocates them again for the next
+ * record: two allocations and two frees per request on a busy connection. Here the mode is off
+ * and the loop does the releasing instead: every engine step moves the connection to the tail of
+ * loop->tls_busy (newest last) with the loop time, and an unreferenced timer walks the list
+ * from the head every UVS__TLS_TRIM_MS, calling SSL_free_buffers on each connection quiet for
+ * that long and for UVS__TLS_TRIM_ITERATIONS loop iterations. The iterations matter when the
+ * loop is overloaded (or slowed down by a profiler): an iteration may then take longer than
+ * the time limit, and a connection merely waiting for its turn is not idle. A busy connection
+ * keeps its buffers; an idle one holds none, as before. A buffer
+ * holding half a record cannot be freed yet: the connection goes back to the tail and is tried
+ * again later. SSL_free_buffers had a use-after-free before OpenSSL 3.0.14 (CVE-2024-4741), so
+ * with an older library (see uvs__tls_trim_safe) the engine keeps SSL_MODE_RELEASE_BUFFERS.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -43,9 +57,101 @@ static char *uvs__plain_buf(uvs_loop_t *loop) {
     return loop->pbuf;
 }
 
-/* Send whatever ciphertext the engine produced. */
+/* ---- OpenSSL's record buffers ------------------------------------------------------------ */
+
+/* Whether SSL_free_buffers is safe in the loaded library: fixed in 3.0.14, 3.1.6, 3.2.2,
+ * 3.3.1 and 1.1.1y (CVE-2024-4741). Version numbers: 0xMNN00PP0 from 3.0 on. */
+static int uvs__tls_trim_safe(void) {
+    unsigned long v = OpenSSL_version_num();
+    if (v >= 0x30400000UL)
+        return 1;
+    if (v >= 0x30300000UL)
+        return v >= 0x30300010UL;
+    if (v >= 0x30200000UL)
+        return v >= 0x30200020UL;
+    if (v >= 0x30100000UL)
+        return v >= 0x30100060UL;
+    if (v >= 0x30000000UL)
+        return v >= 0x300000e0UL;
+    return v >= 0x1010119fUL;
+}
+
+static void uvs__busy_append(uvs__link_t *head, uvs__link_t *l) {
+    l->next = head;
+    l->prev = head->prev;
+    head->prev->next = l;
+    head->prev = l;
+}
+
+static void uvs__tls_trim_cb(uv_timer_t *h) {
+    uvs_loop_t *loop = h->data;
+    uvs__link_t *head = &loop->tls_busy;
+    uint64_t now = uv_now(&loop->uv);
+    while (head->next != head) {
+        uvs_tls_t *t = (uvs_tls_t *)(void *)((char *)head->next - offsetof(uvs_tls_t, busy));
+        if (now - t->busy_at < UVS__TLS_TRIM_MS ||
+            loop->iteration - t->busy_iteration < UVS__TLS_TRIM_ITERATIONS)
+            break; /* the rest are newer */
+        uvs__link_del(&t->busy);
+        if (SSL_free_buffers(t->ssl) != 1) {
+            t->busy_at = now; /* part of a record is buffered: try again later */
+            t->busy_iteration = loop->iteration;
+            uvs__busy_append(head, &t->busy);
+        }
+    }
+    if (head->next == head)
+        (void)uv_timer_stop(h); /* cannot fail */
+}
+
+/* The engine of c just ran: its record buffers stay until it has been quiet for a while. */
+static void uvs__tls_touch(uvs_conn_t *c) {
+    uvs_tls_t *t = c->tls;
+    if (!t->keep_buffers)
+        return;
+    uvs_loop_t *loop = c->loop;
+    uvs__link_t *head = &loop->tls_busy;
+    t->busy_at = uv_now(&loop->uv);
+    t->busy_iteration = loop->iteration;
+    if (head->prev == &t->busy)
+        return; /* already the newest */
+    uvs__link_del(&t->busy);
+    uvs__busy_append(head, &t->busy);
+    if (uv_is_active((uv_handle_t *)&loop->tls_trim))
+        return;
+    if (uv_timer_start(&loop->tls_trim, uvs__tls_trim_cb, UVS__TLS_TRIM_MS, UVS__TLS_TRIM_MS) !=
+        0) {
+        /* cannot happen for an initialised timer; never hold buffers with no one to free them */
+        uvs__link_del(&t->busy);
+        t->keep_buffers = 0;
+        SSL_set_mode(t->ssl, SSL_MODE_RELEASE_BUFFERS);
+    }
+}
+
+/* Called once per engine at attach: keep buffers while busy when that is safe and possible. */
+static void uvs__tls_keep_buffers(uvs_loop_t *loop, uvs_tls_t *t) {
+    if (!uvs__tls_trim_safe())
+        return;
+    if (!loop->tls_trim_on) {
+        if (uv_timer_init(&loop->uv, &loop->tls_trim) != 0)
+            return;
+        loop->tls_trim.data = loop;
+        uv_unref((uv_handle_t *)&loop->tls_trim);
+        loop->tls_trim_on = 1;
+    }
+    SSL_clear_mode(t->ssl, SSL_MODE_RELEASE_BUFFERS);
+    t->keep_buffers = 1;
+}
+
+int uvs_conn_tls_buffers_held(const uvs_conn_t *c) {
+    return c->tls != NULL && c->tls->busy.next != NULL;
+}
+
+/* ---- sending ------------------------------------------------------------------------------ */
+
+/* Send whatever ciphertext the engine produced. Every engine step ends here. */
 static void uvs__tls_push(uvs_conn_t *c) {
     uvs_tls_t *t = c->tls;
+    uvs__tls_touch(c);
     if (t->out.len == 0 || (c->state & UVS__C_CLOSING))
         return;
     (void)uvs__conn_send_buf(c, &t->out); /* on failure the connection has failed */
@@ -277,6 +383,7 @@ int uvs_conn_attach_tls(uvs_conn_t *c, SSL_CTX *ctx, SSL *ssl, int server, doubl
     uvs_tls_t *t = uvs__tls_new(ctx, ssl, server, &err);
     if (t == NULL)
         return err;
+    uvs__tls_keep_buffers(c->loop, t);
     t->handshake_timeout_ms = hs_timeout > 0 ? (uint64_t)(hs_timeout * 1000.0 + 0.5) : 0;
     if (hs_timeout > 0 && t->handshake_timeout_ms == 0)
         t->handshake_timeout_ms = 1;

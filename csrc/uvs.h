@@ -154,6 +154,10 @@ struct uvs_loop_s {
     int flushing;
     char *rbuf;              /* shared read buffer, UVS__READ_BUF_SIZE bytes             */
     char *pbuf;              /* shared plaintext buffer for TLS, same size (lazy)        */
+    uvs__link_t tls_busy;    /* TLS engines that may hold record buffers, oldest first   */
+    uv_timer_t tls_trim;     /* releases the quiet ones' buffers (unreferenced, lazy)    */
+    int tls_trim_on;         /* tls_trim is initialised                                  */
+    uint64_t iteration;      /* loop iterations so far (counted by the flusher)          */
 };
 
 /* connection state flags (internal) */

@@ -9,6 +9,7 @@ import os
 import socket
 import ssl
 import subprocess
+import time
 
 import pytest
 from tls_support import (
@@ -510,6 +511,46 @@ def test_idle_connection_releases_handshake_and_large_buffers(certs):
     after = [n for what, n in held[1:]]
     assert after and all(n <= 2 * 1024 for n in after), held
     assert after[-1] <= 1024, held  # a 5-byte echo: two small buffers kept for reuse
+
+
+def test_quiet_connection_gives_back_openssl_record_buffers(certs):
+    """A busy connection keeps OpenSSL's record buffers; once quiet for a few milliseconds
+    and loop iterations they are freed, and traffic afterwards still flows both ways."""
+    seen = []  # (what, whether the server-side connection may hold record buffers)
+    deadline = time.monotonic() + 5.0
+
+    def held(sock):
+        return bool(lib.uvs_conn_tls_buffers_held(sock._conn))
+
+    def wait_for_release(sock):
+        if sock.closed:
+            return
+        if held(sock) and time.monotonic() < deadline:
+            uvssl.delay(lambda: wait_for_release(sock), 0.005)
+            return
+        seen.append(("quiet", held(sock)))
+        sock.write(b"free")
+
+    def s_read(sock, data):
+        seen.append((data.decode(), held(sock)))
+        sock.write(data)
+        if data == b"one\n":
+            wait_for_release(sock)
+
+    def client(port):
+        raw = socket.create_connection((LOCALHOST, port), timeout=PEER_TIMEOUT)
+        with stdlib_client_context(certs).wrap_socket(raw, server_hostname="localhost") as s:
+            s.sendall(b"one\n")
+            assert recv_exactly(s, 8) == b"one\nfree"
+            s.sendall(b"two\n")
+            assert recv_exactly(s, 4) == b"two\n"
+            return True
+
+    peer, _ = serve_to_peer(
+        client, s_read, certs=certs, until=lambda _: len(seen) >= 3
+    )
+    assert peer.result() is True
+    assert seen == [("one\n", True), ("quiet", False), ("two\n", True)], seen
 
 
 # -- verification --------------------------------------------------------------------------------
