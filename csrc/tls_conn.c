@@ -37,10 +37,10 @@
  * that long and for UVS__TLS_TRIM_ITERATIONS loop iterations. The iterations matter when the
  * loop is overloaded (or slowed down by a profiler): an iteration may then take longer than
  * the time limit, and a connection merely waiting for its turn is not idle. A busy connection
- * keeps its buffers; an idle one holds none, as before. A buffer
- * holding half a record cannot be freed yet: the connection goes back to the tail and is tried
- * again later. SSL_free_buffers had a use-after-free before OpenSSL 3.0.14 (CVE-2024-4741), so
- * with an older library (see uvs__tls_trim_safe) the engine keeps SSL_MODE_RELEASE_BUFFERS.
+ * keeps its buffers; an idle one holds none, as before. A buffer holding half a record cannot
+ * be freed yet: the connection goes back to the tail and is tried again later.
+ * SSL_free_buffers had a use-after-free before OpenSSL 3.0.14 (CVE-2024-4741), so with an
+ * older library (see uvs__tls_trim_safe) the engine keeps SSL_MODE_RELEASE_BUFFERS.
  */
 #include <stdlib.h>
 #include <string.h>

@@ -62,6 +62,10 @@ def test_bench_tiny_end_to_end(tmp_path):
                 value = res[metric]
                 assert isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
             assert res["ops"] > 0
+            # cells whose connections persist are measured after an unmeasured priming run
+            primed = report["cells"][cell]["prime"]
+            assert primed == (cell in ("echo-1", "echo-64", "bulk", "plain-echo-64"))
+            assert (res["prime_ops"] > 0) == primed, (name, cell, res["prime_ops"])
     assert report["results"]["uvssl"]["idle"]["conns"] == 20
     for cell in CELLS:  # ratios to uvssl for every measured figure of the native server
         assert set(report["ratios"]["native"][cell]) == set(report["cells"][cell]["metrics"])
@@ -102,6 +106,23 @@ def test_cpu_interpolation():
     assert runner._cpu_at(samples, 0.5) == pytest.approx(1.5)
     assert runner._cpu_at(samples, 2.0) == 2.0
     assert runner._cpu_at(samples, 9.0) == 2.0
+
+
+def test_priming_run_is_short_and_unmeasured(tmp_path):
+    cfg = runner.Config.preset("full")
+    cell = runner.CELLS["echo-64"]
+    measured = runner._loadgen_argv(tmp_path / "lg", cell, 4433, cfg)
+    priming = runner._loadgen_argv(tmp_path / "lg", cell, 4433, cfg, priming=True)
+
+    def opt(argv, name):
+        return argv[argv.index(name) + 1]
+
+    assert float(opt(measured, "--duration")) == cfg.duration
+    assert float(opt(priming, "--duration")) == runner.PRIME_SECONDS < cfg.duration
+    assert float(opt(priming, "--warmup")) == 0
+    # the same load otherwise: connections, size, mode
+    for name in ("--mode", "--conns", "--size", "--port"):
+        assert opt(priming, name) == opt(measured, name)
 
 
 def test_rounds_combine_to_medians():

@@ -42,6 +42,20 @@ so a slow spell of the machine does not always hit the same one. Each reported f
 median of its rounds (figure by figure); the rounds themselves are in the JSON under
 ``rounds``. A round that fails makes the cell failed.
 
+Priming
+-------
+In the cells whose connections stay open for the whole run (echo-1, echo-64, bulk,
+plain-echo-64), the measured connections would otherwise be the first a fresh server process
+ever served. No long-running server is in that state, and it can cost a server far more than
+its steady state: glibc's malloc serves blocks above its mmap threshold (128 KiB at first)
+with ``mmap``/``munmap``, and raises the threshold only when such a block is freed. A server
+that allocates a large read buffer per read (uvloop + ssl does, 256 KiB) pays a map, page
+faults and an unmap per request until its first connection closes: 3x its steady-state CPU
+per request on this kind of machine. So before those cells the load client runs once
+unmeasured for ``PRIME_SECONDS`` with the same connections, which then close, and the measured
+run opens new ones. The handshake cells open and close connections all the time and need no
+priming; the idle cell measures memory growth from the fresh state on purpose.
+
 Idle memory: ``VmRSS`` from ``/proc/<pid>/status`` before the load client starts and when it
 prints ``IDLE <n>``; (after - before) / n. Then its stdin is closed and it finishes.
 
@@ -102,6 +116,8 @@ SERVER_START_TIMEOUT = 30.0
 SERVER_STOP_TIMEOUT = 5.0
 #: Seconds between two samples of the server's CPU time.
 SAMPLE_INTERVAL = 0.01
+#: Seconds of the unmeasured priming run before a cell whose connections persist.
+PRIME_SECONDS = 0.5
 #: Upper bound on the samples kept per load-client run (about 30 minutes at 100 Hz).
 MAX_SAMPLES = 200_000
 
@@ -141,17 +157,20 @@ class CellSpec:
     metrics: Tuple[str, ...]
     op: str  # what one operation is, for CPU/op
     resume: bool = False
+    #: The cell's connections stay open for the whole run, so a fresh server would be measured
+    #: in a state no long-running server is in: run a priming load first (see "Priming").
+    prime: bool = False
 
 
 CELLS: Dict[str, CellSpec] = {
     c.key: c
     for c in (
         CellSpec("echo-1", "64 B echo, 1 conn", "echo", True, 1, 64,
-                 ("rps", "p50_us", "p99_us", "cpu_s_per_op"), "request"),
+                 ("rps", "p50_us", "p99_us", "cpu_s_per_op"), "request", prime=True),
         CellSpec("echo-64", "64 B echo, 64 conns", "echo", True, 64, 64,
-                 ("rps", "p50_us", "p99_us", "cpu_s_per_op"), "request"),
+                 ("rps", "p50_us", "p99_us", "cpu_s_per_op"), "request", prime=True),
         CellSpec("bulk", "64 KiB bulk echo", "bulk", True, 1, 65536,
-                 ("mbps", "cpu_s_per_op"), "64 KiB chunk echoed"),
+                 ("mbps", "cpu_s_per_op"), "64 KiB chunk echoed", prime=True),
         CellSpec("hs-full", "full TLS 1.3 handshakes", "handshake", True, 0, 64,
                  ("hps", "cpu_s_per_op"), "handshake (+ one 64 B echo, close)"),
         CellSpec("hs-resumed", "resumed TLS 1.3 handshakes", "handshake", True, 0, 64,
@@ -159,7 +178,7 @@ CELLS: Dict[str, CellSpec] = {
         CellSpec("idle", "memory per idle TLS conn", "idle", True, 0, 64,
                  ("bytes_per_conn", "cpu_s_per_op"), "connection opened (handshake + echo)"),
         CellSpec("plain-echo-64", "64 B plain-TCP echo, 64 conns", "echo", False, 64, 64,
-                 ("rps", "p50_us", "p99_us", "cpu_s_per_op"), "request"),
+                 ("rps", "p50_us", "p99_us", "cpu_s_per_op"), "request", prime=True),
     )
 }  # fmt: skip
 
@@ -595,7 +614,10 @@ def _server_argv(name: str, tls: bool, cert: Path, key: Path, native: Optional[P
     ]  # fmt: skip
 
 
-def _loadgen_argv(loadgen: Path, cell: CellSpec, port: int, cfg: Config) -> List[str]:
+def _loadgen_argv(
+    loadgen: Path, cell: CellSpec, port: int, cfg: Config, priming: bool = False
+) -> List[str]:
+    """The load client's command line for *cell*; with *priming*, a short unmeasured run."""
     conns = cell.conns
     if cell.mode == "idle":
         conns = cfg.idle_conns
@@ -608,6 +630,8 @@ def _loadgen_argv(loadgen: Path, cell: CellSpec, port: int, cfg: Config) -> List
     ]  # fmt: skip
     if cell.mode == "idle":
         argv += ["--hold", f"{cfg.timeout + 30:g}"]
+    elif priming:
+        argv += ["--duration", f"{min(PRIME_SECONDS, cfg.duration):g}", "--warmup", "0"]
     else:
         argv += ["--duration", f"{cfg.duration:g}", "--warmup", f"{cfg.warmup:g}"]
     if cell.resume:
@@ -624,10 +648,23 @@ def _measure(
 ) -> Dict[str, Any]:
     """Run the load client against *server* for *cell*; return the cell's figures."""
     limit = cfg.timeout + cfg.warmup + cfg.duration + 30.0
+    prime_ops = 0
+    if cell.prime:
+        prime = _run_loadgen(
+            _loadgen_argv(loadgen, cell, server.port, cfg, priming=True),
+            client_cpu, server, limit, idle=False,
+        ).result  # fmt: skip
+        if prime.get("error"):
+            raise BenchError(f"priming run failed: {prime['error']}")
+        if cell.mode == "echo":
+            prime_ops = int(prime.get("requests", 0))
+        else:
+            prime_ops = int(prime.get("bytes", 0)) // cell.size
     argv = _loadgen_argv(loadgen, cell, server.port, cfg)
     run = _run_loadgen(argv, client_cpu, server, limit, idle=cell.mode == "idle")
     r = run.result
     out: Dict[str, Any] = {"status": "ok", "errors": int(r.get("errors", 0))}
+    out["prime_ops"] = prime_ops
     if r.get("error"):
         out["client_error"] = r["error"]
     if cell.mode == "idle":
@@ -757,6 +794,7 @@ def combine_rounds(cell: CellSpec, runs: List[Dict[str, Any]]) -> Dict[str, Any]
     for key in (*cell.metrics, "ops", "seconds", "server_cpu_s"):
         out[key] = statistics.median(float(r[key]) for r in ok)
     out["ops"] = int(out["ops"])
+    out["prime_ops"] = int(statistics.median(int(r.get("prime_ops", 0)) for r in ok))
     out["errors"] = sum(int(r.get("errors", 0)) for r in ok)
     out["conns"] = ok[0]["conns"]
     for r in ok:
