@@ -1074,7 +1074,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_const",
         dest="mode",
         const="quick",
-        help="short cells, 1000 idle connections (about a minute)",
+        help="short cells, 1000 idle connections (about 90 seconds)",
     )
     mode.add_argument(
         "--full",
