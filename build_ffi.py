@@ -149,6 +149,7 @@ void uvs_conn_set_flags(uvs_conn_t *c, int flags);
 size_t uvs_conn_write_buffer_size(const uvs_conn_t *c);
 size_t uvs_conn_held_bytes(const uvs_conn_t *c);
 int uvs_conn_tls_buffers_held(const uvs_conn_t *c);
+int uvs_tls_can_free_buffers(void);
 int uvs_conn_nodelay(uvs_conn_t *c, int on);
 int uvs_conn_keepalive(uvs_conn_t *c, int on, unsigned delay);
 int uvs_conn_fileno(uvs_conn_t *c);

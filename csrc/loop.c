@@ -43,6 +43,14 @@ void uvs__link_add(uvs_loop_t *loop, uvs__link_t *l, int kind) {
     loop->objects.next = l;
 }
 
+/* Put l last in the list headed by head. */
+void uvs__link_append(uvs__link_t *head, uvs__link_t *l) {
+    l->next = head;
+    l->prev = head->prev;
+    head->prev->next = l;
+    head->prev = l;
+}
+
 void uvs__link_del(uvs__link_t *l) {
     if (l->next == NULL)
         return;

@@ -72,6 +72,8 @@ int uvs_conn_attach_tls(uvs_conn_t *c, SSL_CTX *ctx, SSL *ssl, int server, doubl
                         const char *initial, size_t initial_len);
 int uvs_conn_detach_tls(uvs_conn_t *c);
 SSL *uvs_conn_ssl(uvs_conn_t *c);
+int uvs_conn_tls_buffers_held(const uvs_conn_t *c);
+int uvs_tls_can_free_buffers(void);
 int uvs_conn_tls_state(uvs_conn_t *c);
 int uvs_conn_tls_error(uvs_conn_t *c, unsigned long *codes, int max, int *ssl_err, int *sys_err,
                        long *verify_result);
@@ -118,7 +120,6 @@ void uvs__tls_flush(uvs_conn_t *c);
 void uvs__tls_resume(uvs_conn_t *c);
 size_t uvs__tls_pending(const uvs_conn_t *c);
 size_t uvs__tls_held_bytes(const uvs_conn_t *c);
-int uvs_conn_tls_buffers_held(const uvs_conn_t *c);
 int uvs__tls_close_notify_sent(uvs_conn_t *c);
 
 /* shared with tcp.c */

@@ -40,7 +40,7 @@
  * keeps its buffers; an idle one holds none, as before. A buffer holding half a record cannot
  * be freed yet: the connection goes back to the tail and is tried again later.
  * SSL_free_buffers had a use-after-free before OpenSSL 3.0.14 (CVE-2024-4741), so with an
- * older library (see uvs__tls_trim_safe) the engine keeps SSL_MODE_RELEASE_BUFFERS.
+ * older library (see uvs_tls_can_free_buffers) the engine keeps SSL_MODE_RELEASE_BUFFERS.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -60,8 +60,9 @@ static char *uvs__plain_buf(uvs_loop_t *loop) {
 /* ---- OpenSSL's record buffers ------------------------------------------------------------ */
 
 /* Whether SSL_free_buffers is safe in the loaded library: fixed in 3.0.14, 3.1.6, 3.2.2,
- * 3.3.1 and 1.1.1y (CVE-2024-4741). Version numbers: 0xMNN00PP0 from 3.0 on. */
-static int uvs__tls_trim_safe(void) {
+ * 3.3.1 and 1.1.1y (CVE-2024-4741). Version numbers: 0xMNN00PP0 from 3.0 on. When it is not,
+ * engines keep SSL_MODE_RELEASE_BUFFERS. */
+int uvs_tls_can_free_buffers(void) {
     unsigned long v = OpenSSL_version_num();
     if (v >= 0x30400000UL)
         return 1;
@@ -74,13 +75,6 @@ static int uvs__tls_trim_safe(void) {
     if (v >= 0x30000000UL)
         return v >= 0x300000e0UL;
     return v >= 0x1010119fUL;
-}
-
-static void uvs__busy_append(uvs__link_t *head, uvs__link_t *l) {
-    l->next = head;
-    l->prev = head->prev;
-    head->prev->next = l;
-    head->prev = l;
 }
 
 static void uvs__tls_trim_cb(uv_timer_t *h) {
@@ -96,7 +90,7 @@ static void uvs__tls_trim_cb(uv_timer_t *h) {
         if (SSL_free_buffers(t->ssl) != 1) {
             t->busy_at = now; /* part of a record is buffered: try again later */
             t->busy_iteration = loop->iteration;
-            uvs__busy_append(head, &t->busy);
+            uvs__link_append(head, &t->busy);
         }
     }
     if (head->next == head)
@@ -115,7 +109,7 @@ static void uvs__tls_touch(uvs_conn_t *c) {
     if (head->prev == &t->busy)
         return; /* already the newest */
     uvs__link_del(&t->busy);
-    uvs__busy_append(head, &t->busy);
+    uvs__link_append(head, &t->busy);
     if (uv_is_active((uv_handle_t *)&loop->tls_trim))
         return;
     if (uv_timer_start(&loop->tls_trim, uvs__tls_trim_cb, UVS__TLS_TRIM_MS, UVS__TLS_TRIM_MS) !=
@@ -129,7 +123,7 @@ static void uvs__tls_touch(uvs_conn_t *c) {
 
 /* Called once per engine at attach: keep buffers while busy when that is safe and possible. */
 static void uvs__tls_keep_buffers(uvs_loop_t *loop, uvs_tls_t *t) {
-    if (!uvs__tls_trim_safe())
+    if (!uvs_tls_can_free_buffers())
         return;
     if (!loop->tls_trim_on) {
         if (uv_timer_init(&loop->uv, &loop->tls_trim) != 0)

@@ -220,6 +220,7 @@ struct uvs_timer_s {
 extern uvs_callbacks_t uvs__cb;
 
 void uvs__link_add(uvs_loop_t *loop, uvs__link_t *l, int kind);
+void uvs__link_append(uvs__link_t *head, uvs__link_t *l);
 void uvs__link_del(uvs__link_t *l);
 void uvs__mark_dirty(uvs_conn_t *c);
 void uvs__flush_dirty(uvs_loop_t *loop);

@@ -639,6 +639,15 @@ def _loadgen_argv(
     return argv
 
 
+def _ops(cell: CellSpec, result: Dict[str, Any]) -> int:
+    """The operations a load-client run of *cell* counted (see ``CellSpec.op``)."""
+    if cell.mode == "echo":
+        return int(result["requests"])
+    if cell.mode == "bulk":
+        return int(result["bytes"]) // cell.size
+    return int(result["handshakes"])
+
+
 def _measure(
     cell: CellSpec,
     server: _Server,
@@ -656,10 +665,7 @@ def _measure(
         ).result  # fmt: skip
         if prime.get("error"):
             raise BenchError(f"priming run failed: {prime['error']}")
-        if cell.mode == "echo":
-            prime_ops = int(prime.get("requests", 0))
-        else:
-            prime_ops = int(prime.get("bytes", 0)) // cell.size
+        prime_ops = _ops(cell, prime)
     argv = _loadgen_argv(loadgen, cell, server.port, cfg)
     run = _run_loadgen(argv, client_cpu, server, limit, idle=cell.mode == "idle")
     r = run.result
@@ -686,15 +692,12 @@ def _measure(
     else:
         seconds = float(r.get("seconds", 0.0))
         if cell.mode == "echo":
-            ops = int(r["requests"])
             out.update(rps=float(r["rps"]), p50_us=float(r["p50_us"]), p99_us=float(r["p99_us"]))
         elif cell.mode == "bulk":
-            ops = int(r["bytes"]) // cell.size
             out.update(mbps=float(r["mbps"]), bytes=int(r["bytes"]))
         else:
-            ops = int(r["handshakes"])
             out.update(hps=float(r["hps"]), resumed=int(r.get("resumed", 0)))
-        out.update(ops=ops, seconds=seconds, conns=int(r.get("conns", cell.conns)))
+        out.update(ops=_ops(cell, r), seconds=seconds, conns=int(r.get("conns", cell.conns)))
         cpu0 = _cpu_at(run.samples, run.t_json - seconds)
         cpu1 = _cpu_at(run.samples, run.t_json)
     cpu = max(0.0, cpu1 - cpu0)
