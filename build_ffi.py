@@ -25,7 +25,7 @@ from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
 CSRC = HERE / "csrc"
-SOURCES = ["buf.c", "loop.c", "tcp.c", "tls.c", "tls_conn.c", "ctx.c", "stream.c"]
+SOURCES = ["buf.c", "batch.c", "loop.c", "tcp.c", "tls.c", "tls_conn.c", "ctx.c", "stream.c"]
 
 # (pkg-config name, Debian package that provides it)
 REQUIRED = [("libuv", "libuv1-dev"), ("openssl", "libssl-dev")]
@@ -337,6 +337,8 @@ const char *OpenSSL_version(int t);
 
 extern "Python" {
     void uvs_py_on_read(void *data, const char *buf, size_t len);
+    void uvs_py_on_batch(void *loop_data, void *const *datas, const size_t *lens, size_t n,
+                         const char *buf, size_t len);
     void uvs_py_on_event(void *data, int kind, int status, int action);
     void uvs_py_on_accept(void *server_data, uvs_conn_t *conn);
     void uvs_py_on_timer(void *data);
@@ -351,6 +353,8 @@ SOURCE = r"""
 #include "tls.h"
 
 static void uvs_py_on_read(void *data, const char *buf, size_t len);
+static void uvs_py_on_batch(void *loop_data, void *const *datas, const size_t *lens, size_t n,
+                            const char *buf, size_t len);
 static void uvs_py_on_event(void *data, int kind, int status, int action);
 static void uvs_py_on_accept(void *server_data, uvs_conn_t *conn);
 static void uvs_py_on_timer(void *data);
@@ -361,6 +365,7 @@ static SSL_CTX *uvs_py_on_sni(void *ctx_data, SSL *ssl, const char *name, int *v
 static void uvs_py_install(void) {
     uvs_callbacks_t cb;
     cb.on_read = uvs_py_on_read;
+    cb.on_batch = uvs_py_on_batch;
     cb.on_event = uvs_py_on_event;
     cb.on_accept = uvs_py_on_accept;
     cb.on_timer = uvs_py_on_timer;

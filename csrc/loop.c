@@ -15,6 +15,10 @@
  * runs, or from the start function) are flushed by an unreferenced prepare handle, which runs
  * once per loop iteration just before libuv blocks for I/O and does not keep the loop alive.
  *
+ * Input batching: small reads do not call the embedding one by one; they collect in the loop's
+ * batch, which an unreferenced check handle hands over after each poll phase (see batch.c).
+ * Every other call into the embedding hands the batch over first, so order is kept.
+ *
  * Cross-thread calls: uvs_loop_wakeup() is the only function that may be called from another
  * thread; it is uv_async_send(), and the embedding's on_wakeup callback drains its own queue.
  * The async handle is unreferenced too: like cl-async, a loop with nothing else to do ends.
@@ -59,14 +63,23 @@ void uvs__link_del(uvs__link_t *l) {
     l->next = l->prev = NULL;
 }
 
-static void uvs__flusher_cb(uv_prepare_t *h) {
-    uvs_loop_t *loop = h->data;
-    loop->iteration++;
+/* Hand over pending input and send what the application wrote meanwhile. */
+static void uvs__settle(uvs_loop_t *loop) {
+    uvs__batch_flush(loop);
     uvs__flush_dirty(loop);
 }
 
+static void uvs__flusher_cb(uv_prepare_t *h) {
+    uvs_loop_t *loop = h->data;
+    loop->iteration++;
+    uvs__settle(loop);
+}
+
+static void uvs__batcher_cb(uv_check_t *h) { uvs__settle(h->data); }
+
 static void uvs__wakeup_cb(uv_async_t *h) {
     uvs_loop_t *loop = h->data;
+    uvs__batch_flush(loop);
     uvs__cb.on_wakeup(loop->data);
     uvs__flush_dirty(loop);
 }
@@ -78,7 +91,8 @@ uvs_loop_t *uvs_loop_new(void *data) {
     if (loop == NULL)
         return NULL;
     loop->rbuf = malloc(UVS__READ_BUF_SIZE);
-    if (loop->rbuf == NULL || uv_loop_init(&loop->uv) != 0) {
+    if (loop->rbuf == NULL || uvs__batch_init(loop) != 0 || uv_loop_init(&loop->uv) != 0) {
+        uvs__batch_free(loop);
         free(loop->rbuf);
         free(loop);
         return NULL;
@@ -88,13 +102,20 @@ uvs_loop_t *uvs_loop_new(void *data) {
     loop->tls_busy.next = loop->tls_busy.prev = &loop->tls_busy;
     loop->uv.data = loop;
     loop->flusher.data = loop;
+    loop->batcher.data = loop;
     loop->wakeup.data = loop;
-    /* uv_prepare_init cannot fail; uv_async_init can (no file descriptors left). */
+    /* uv_prepare_init and uv_check_init cannot fail; uv_async_init can (no file descriptors
+     * left). */
     int r = uv_prepare_init(&loop->uv, &loop->flusher);
     if (r == 0)
+        r = uv_check_init(&loop->uv, &loop->batcher);
+    if (r == 0)
         r = uv_prepare_start(&loop->flusher, uvs__flusher_cb);
+    if (r == 0)
+        r = uv_check_start(&loop->batcher, uvs__batcher_cb);
     if (r == 0) {
         uv_unref((uv_handle_t *)&loop->flusher);
+        uv_unref((uv_handle_t *)&loop->batcher);
         r = uv_async_init(&loop->uv, &loop->wakeup, uvs__wakeup_cb);
         if (r == 0) {
             uv_unref((uv_handle_t *)&loop->wakeup);
@@ -102,8 +123,10 @@ uvs_loop_t *uvs_loop_new(void *data) {
         }
     }
     uv_close((uv_handle_t *)&loop->flusher, NULL);
+    uv_close((uv_handle_t *)&loop->batcher, NULL);
     (void)uv_run(&loop->uv, UV_RUN_DEFAULT);
     if (uv_loop_close(&loop->uv) == 0) {
+        uvs__batch_free(loop);
         free(loop->rbuf);
         free(loop);
     }
@@ -112,7 +135,7 @@ uvs_loop_t *uvs_loop_new(void *data) {
 
 int uvs_loop_run(uvs_loop_t *loop) {
     int r = uv_run(&loop->uv, UV_RUN_DEFAULT);
-    uvs__flush_dirty(loop);
+    uvs__settle(loop);
     return r;
 }
 
@@ -124,6 +147,7 @@ static void uvs__sigwatch_cb(uv_poll_t *h, int status, int events) {
     uvs_loop_t *loop = h->data;
     (void)status;
     (void)events;
+    uvs__batch_flush(loop);
     uvs__cb.on_wakeup(loop->data);
     uvs__flush_dirty(loop);
 }
@@ -172,7 +196,9 @@ int uvs_loop_free(uvs_loop_t *loop) {
     /* Only the internal handles may remain: anything else means close_all was not run. */
     uvs_loop_close_all(loop);
     (void)uv_run(&loop->uv, UV_RUN_DEFAULT);
+    uvs__batch_flush(loop);
     uv_close((uv_handle_t *)&loop->flusher, NULL);
+    uv_close((uv_handle_t *)&loop->batcher, NULL);
     uv_close((uv_handle_t *)&loop->wakeup, NULL);
     if (loop->sigwatch_on)
         uv_close((uv_handle_t *)&loop->sigwatch, NULL);
@@ -182,6 +208,7 @@ int uvs_loop_free(uvs_loop_t *loop) {
     int r = uv_loop_close(&loop->uv);
     if (r != 0)
         return r; /* leak rather than free memory libuv still points at */
+    uvs__batch_free(loop);
     free(loop->rbuf);
     free(loop->pbuf);
     free(loop);
@@ -217,12 +244,14 @@ void uvs__flush_dirty(uvs_loop_t *loop) {
 static void uvs__timer_cb(uv_timer_t *h) {
     uvs_timer_t *t = h->data;
     uvs_loop_t *loop = t->loop;
+    uvs__batch_flush(loop);
     uvs__cb.on_timer(t->data);
     uvs__flush_dirty(loop);
 }
 
 static void uvs__timer_close_cb(uv_handle_t *h) {
     uvs_timer_t *t = h->data;
+    uvs__batch_flush(t->loop);
     uvs__cb.on_event(t->data, UVS_EV_CLOSED, 0, 0);
     free(t);
 }

@@ -9,9 +9,10 @@
  *
  * Reading. Plain connections read into the loop's shared buffer (libuv reads one stream
  * at a time and we consume the bytes before returning, so one buffer serves every connection)
- * and hand them to the embedding in one call; a read offers 64 KiB, or all 256 KiB while reads
- * keep filling what they are offered. On TLS connections the same bytes are ciphertext:
- * the engine reads them from that buffer in place and delivers the plaintext instead.
+ * and pass them to uvs__conn_deliver, which batches small pieces for one call into the
+ * embedding per loop turn (batch.c); a read offers 64 KiB, or all 256 KiB while reads keep
+ * filling what they are offered. On TLS connections the same bytes are ciphertext: the engine
+ * reads them from that buffer in place and delivers the plaintext instead.
  *
  * Writing. uvs_conn_write() appends to `out` and marks the connection dirty; the loop flushes
  * dirty connections after the embedding's callback returns (see loop.c). Large writes with
@@ -63,13 +64,16 @@ static int uvs__conn_try_connect(uvs_conn_t *c, const struct sockaddr *addr);
 void uvs__emit(uvs_conn_t *c, int kind, int status, int action) {
     if (c->data == NULL)
         return;
+    uvs__batch_flush(c->loop); /* the data that came before the event goes first */
     uvs__cb.on_event(c->data, kind, status, action);
 }
 
-void uvs__conn_deliver(uvs_conn_t *c, const char *p, size_t n) {
-    if (c->data == NULL || (c->state & (UVS__C_CLOSING | UVS__C_CLOSE_WANTED)))
+/* An event for a server: like uvs__emit. */
+static void uvs__server_emit(uvs_server_t *s, int kind, int status, int action) {
+    if (s->data == NULL)
         return;
-    uvs__cb.on_read(c->data, p, n);
+    uvs__batch_flush(s->loop);
+    uvs__cb.on_event(s->data, kind, status, action);
 }
 
 void uvs__conn_fail(uvs_conn_t *c, int kind, int status, int action) {
@@ -84,8 +88,7 @@ void uvs__conn_fail(uvs_conn_t *c, int kind, int status, int action) {
 static void uvs__conn_maybe_free(uvs_conn_t *c) {
     if (!(c->state & UVS__C_CLOSED) || c->pending_reqs > 0)
         return;
-    if (c->data != NULL)
-        uvs__cb.on_event(c->data, UVS_EV_CLOSED, 0, 0);
+    uvs__emit(c, UVS_EV_CLOSED, 0, 0);
     if (c->tls != NULL)
         uvs__tls_free(c->tls);
     if (c->ai_head != NULL)
@@ -820,16 +823,15 @@ static void uvs__connection_cb(uv_stream_t *ls, int status) {
     if (s->closing)
         return;
     if (status < 0) {
-        if (s->data != NULL)
-            uvs__cb.on_event(s->data, UVS_EV_ERROR, status, UVS_ACT_ACCEPT);
+        uvs__server_emit(s, UVS_EV_ERROR, status, UVS_ACT_ACCEPT);
         uvs__flush_dirty(loop);
         return;
     }
     int err;
     uvs_conn_t *c = uvs__conn_new(loop, NULL, &err);
     if (c == NULL) {
-        if (s->data != NULL)
-            uvs__cb.on_event(s->data, UVS_EV_ERROR, err, UVS_ACT_ACCEPT);
+        uvs__server_emit(s, UVS_EV_ERROR, err, UVS_ACT_ACCEPT);
+        uvs__flush_dirty(loop);
         return;
     }
     err = uv_accept(ls, (uv_stream_t *)&c->tcp);
@@ -843,12 +845,12 @@ static void uvs__connection_cb(uv_stream_t *ls, int status) {
         err = uvs__tls_attach_accepted(c, s);
         if (err != 0) {
             uvs__conn_close_now(c);
-            if (s->data != NULL)
-                uvs__cb.on_event(s->data, UVS_EV_ERROR, err, UVS_ACT_ACCEPT);
+            uvs__server_emit(s, UVS_EV_ERROR, err, UVS_ACT_ACCEPT);
             uvs__flush_dirty(loop);
             return;
         }
     }
+    uvs__batch_flush(loop);
     uvs__cb.on_accept(s->data, c);
     if (c->data == NULL) {
         uvs__conn_close_now(c); /* the embedding refused it (or failed) */
@@ -863,8 +865,7 @@ static void uvs__connection_cb(uv_stream_t *ls, int status) {
 static void uvs__server_closed_cb(uv_handle_t *h) {
     uvs_server_t *s = h->data;
     uvs__server_free_tls(s);
-    if (s->data != NULL)
-        uvs__cb.on_event(s->data, UVS_EV_CLOSED, 0, 0);
+    uvs__server_emit(s, UVS_EV_CLOSED, 0, 0);
     free(s);
 }
 

@@ -65,6 +65,10 @@ enum {
 
 typedef struct {
     void (*on_read)(void *data, const char *buf, size_t len);
+    /* n pieces of data, in order: piece i is lens[i] bytes for the connection whose data
+     * pointer is datas[i], and the pieces lie one after another from buf (see batch.c) */
+    void (*on_batch)(void *loop_data, void *const *datas, const size_t *lens, size_t n,
+                     const char *buf, size_t len);
     void (*on_event)(void *data, int kind, int status, int action);
     void (*on_accept)(void *server_data, uvs_conn_t *conn);
     void (*on_timer)(void *data);
@@ -141,6 +145,9 @@ typedef struct uvs__link_s {
 
 #define UVS__READ_BUF_SIZE (256 * 1024) /* the shared buffer                          */
 #define UVS__READ_SMALL (64 * 1024)      /* what a read offers until reads fill it      */
+#define UVS__BATCH_BYTES (64 * 1024)     /* a read batch's bytes                        */
+#define UVS__BATCH_ITEMS 256             /* and entries                                 */
+#define UVS__BATCH_ITEM_MAX 4096         /* larger pieces are not copied: on_read direct */
 
 struct uvs_loop_s {
     uv_loop_t uv;
@@ -158,6 +165,13 @@ struct uvs_loop_s {
     uv_timer_t tls_trim;     /* releases the quiet ones' buffers (unreferenced, lazy)    */
     int tls_trim_on;         /* tls_trim is initialised                                  */
     uint64_t iteration;      /* loop iterations so far (counted by the flusher)          */
+    uv_check_t batcher;      /* hands the turn's reads over after the poll (unreferenced)  */
+    char *batch_buf;         /* the batch's bytes, UVS__BATCH_BYTES (see batch.c)        */
+    void **batch_data;       /* per entry: the connection's data pointer                 */
+    size_t *batch_lens;      /* per entry: its length in batch_buf                       */
+    size_t batch_n;          /* entries                                                  */
+    size_t batch_len;        /* bytes used in batch_buf                                  */
+    int batch_busy;          /* the embedding is reading the batch                       */
 };
 
 /* connection state flags (internal) */
@@ -232,6 +246,9 @@ int uvs__tls_attach_accepted(uvs_conn_t *c, uvs_server_t *s);
 void uvs__server_free_tls(uvs_server_t *s);
 void uvs__conn_fail(uvs_conn_t *c, int kind, int status, int action);
 void uvs__conn_deliver(uvs_conn_t *c, const char *p, size_t n);
+int uvs__batch_init(uvs_loop_t *loop);
+void uvs__batch_free(uvs_loop_t *loop);
+void uvs__batch_flush(uvs_loop_t *loop);
 void uvs__conn_maybe_finish(uvs_conn_t *c);
 int uvs__tls_write_direct(uvs_conn_t *c, const char *p, size_t n);
 

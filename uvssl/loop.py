@@ -2,7 +2,7 @@
 
 One loop runs per thread; several threads may each run their own at the same time. The
 module-level functions act on the loop running in the calling thread. ``uv_run`` and all the
-native work run with the GIL released; the C side calls back into the five ``extern "Python"``
+native work run with the GIL released; the C side calls back into the ``extern "Python"``
 dispatchers at the bottom of this module, which find the Python object through the cffi handle
 stored in the C struct.
 
@@ -395,15 +395,53 @@ _EV_CLOSED = lib.UVS_EV_CLOSED
 
 @ffi.def_extern()  # type: ignore[untyped-decorator]
 def uvs_py_on_read(data: Any, buf: Any, length: int) -> None:
-    """Data arrived on a connection: one call per read (TLS: per decrypted batch)."""
+    """Data arrived on a connection, too big to batch (or during a batch): deliver it now."""
     sock = _from_handle(data)
     loop = sock._loop
     if loop._halted:
+        return
+    if sock._held is not None:  # paused in this loop turn: kept until resume_reading()
+        sock._held.append(_unpack(buf, length))
         return
     try:
         sock._deliver(sock, _unpack(buf, length))
     except BaseException as exc:  # noqa: BLE001 - must not unwind into C
         loop._app_error(exc)
+
+
+@ffi.def_extern()  # type: ignore[untyped-decorator]
+def uvs_py_on_batch(loop_data: Any, datas: Any, lens: Any, n: int, buf: Any, length: int) -> None:
+    """The small reads of one loop turn, in order (see csrc/batch.c).
+
+    Entries of a socket closed earlier in the same batch are dropped, as the C side drops data
+    that arrives after a close; a socket paused earlier in the batch keeps its data until
+    ``resume_reading()``.
+    """
+    loop = _from_handle(loop_data)
+    if loop._halted:
+        return
+    blob = _unpack(buf, length)
+    if n == 1:
+        pieces: Any = ((datas[0], blob),)
+    else:
+        pieces = []
+        off = 0
+        for d, ln in zip(_unpack(datas, n), _unpack(lens, n)):
+            pieces.append((d, blob[off : off + ln]))
+            off += ln
+    for d, chunk in pieces:
+        sock = _from_handle(d)
+        if sock._closed:
+            continue
+        if sock._held is not None:
+            sock._held.append(chunk)
+            continue
+        try:
+            sock._deliver(sock, chunk)
+        except BaseException as exc:  # noqa: BLE001 - must not unwind into C
+            loop._app_error(exc)
+            if loop._halted:
+                return
 
 
 @ffi.def_extern()  # type: ignore[untyped-decorator]

@@ -8,6 +8,7 @@ the same object with a TLS engine attached, which is why every function here acc
 
 from __future__ import annotations
 
+import collections
 import errno as _errno
 import socket as _socket
 from typing import Any, Callable, Optional, Union
@@ -187,6 +188,8 @@ class Socket:
         self._connected = False
         self._eof = False
         self._flags = 0
+        # data that reached a paused socket in the loop turn that paused it (see resume_reading)
+        self._held: Optional[collections.deque[bytes]] = None
         self.data = data
         self._read_cb = read_cb
         self.event_cb = event_cb
@@ -392,12 +395,40 @@ class Socket:
             raise ValueError(_strerror(r))
 
     def pause_reading(self) -> None:
-        """Stop reading until ``resume_reading()``; the kernel buffers, then the peer waits."""
+        """Stop reading until ``resume_reading()``; the kernel buffers, then the peer waits.
+
+        No ``read_cb`` runs for this socket from now on until it resumes. Data already read in
+        the same loop turn (small reads reach the application once per turn) is kept for it.
+        """
         lib.uvs_conn_pause(self._live_conn("pause reading"))
+        if self._held is None:
+            self._held = collections.deque()
 
     def resume_reading(self) -> None:
-        """Start reading again after ``pause_reading()``."""
-        lib.uvs_conn_resume(self._live_conn("resume reading"))
+        """Start reading again after ``pause_reading()``.
+
+        Data kept since the pause is delivered first, from inside this call; if ``read_cb``
+        pauses the socket again meanwhile, the rest stays kept and reading stays off.
+        """
+        conn = self._live_conn("resume reading")
+        held = self._held
+        if held is None:
+            lib.uvs_conn_resume(conn)
+            return
+        self._held = None
+        loop = self._loop
+        while held:
+            if self._held is not None or self._closed or loop._halted:
+                # paused again (or closed) by read_cb: what is left waits, before newer data
+                if self._held is not None:
+                    self._held.extendleft(reversed(held))
+                return
+            try:
+                self._deliver(self, held.popleft())
+            except BaseException as exc:  # noqa: BLE001 - routed like any callback's error
+                loop._app_error(exc)
+        if self._held is None and not self._closed:
+            lib.uvs_conn_resume(conn)
 
     def set_write_buffer_limits(
         self,
