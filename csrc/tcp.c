@@ -77,6 +77,8 @@ static void uvs__server_emit(uvs_server_t *s, int kind, int status, int action) 
 }
 
 void uvs__conn_fail(uvs_conn_t *c, int kind, int status, int action) {
+    /* the data that came before the failure reaches the application while it can still answer */
+    uvs__batch_flush(c->loop);
     if (c->state & UVS__C_CLOSING)
         return;
     uvs__conn_close_now(c);
@@ -249,6 +251,11 @@ static void uvs__read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
         else
             uvs__conn_deliver(c, buf->base, (size_t)nread);
     } else if (nread == UV_EOF) {
+        uvs__batch_flush(loop); /* the data before the FIN first, while the state is as it was */
+        if (c->state & UVS__C_CLOSING) {
+            uvs__flush_dirty(loop);
+            return;
+        }
         c->state |= UVS__C_EOF;
         (void)uv_read_stop(s);
         c->state &= ~(unsigned)UVS__C_READING;

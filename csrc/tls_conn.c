@@ -152,6 +152,9 @@ static void uvs__tls_push(uvs_conn_t *c) {
 }
 
 static void uvs__tls_fail(uvs_conn_t *c, int kind, int action) {
+    uvs__batch_flush(c->loop); /* the plaintext that came before the failure goes first */
+    if (c->tls == NULL)
+        return; /* the application detached meanwhile */
     uvs__tls_push(c); /* the alert, if OpenSSL wrote one */
     uvs__timer_disarm(c->tls->htimer);
     if (c->state & UVS__C_CLOSING)
@@ -216,6 +219,12 @@ static void uvs__tls_pump(uvs_conn_t *c) {
                 return; /* nothing left that another step could decrypt */
             break;
         case UVS__TLS_R_CLOSED:
+            /* the plaintext before the close_notify reaches the application, and what it
+             * answers is encrypted, before our close_notify ends the session */
+            uvs__batch_flush(c->loop);
+            uvs__flush_dirty(c->loop);
+            if ((c->state & UVS__C_CLOSING) || c->tls != t)
+                return;
             (void)uvs__tls_close_notify(t);
             t->state = UVS_TLS_DONE;
             uvs__tls_push(c);

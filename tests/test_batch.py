@@ -184,3 +184,83 @@ def test_pause_again_while_resume_delivers_kept_data(certs):
     assert chunks[0] == MESSAGE
     assert chunks[1:] == [b"x1", b"x2"]
     assert state["replies"] == [MESSAGE, MESSAGE]
+
+
+def test_reply_to_data_that_arrived_with_close_notify(certs):
+    """Data and the peer's close_notify in one read: read_cb may still answer the data (the
+    batch reaches the application before uvssl answers the close_notify)."""
+    ctx = ssl.create_default_context(cafile=str(certs.ca))
+    go = threading.Event()
+    state: dict[str, Any] = {"reads": b"", "events": []}
+
+    def client(port: int) -> bytes:
+        raw = socket.create_connection((LOCALHOST, port), timeout=PEER_TIMEOUT)
+        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = ctx.wrap_bio(inc, out, server_hostname="localhost")
+
+        def pump_in() -> bool:
+            data = raw.recv(65536)
+            if data:
+                inc.write(data)
+            else:
+                inc.write_eof()
+            return bool(data)
+
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                raw.sendall(out.read())
+                pump_in()
+        raw.sendall(out.read())
+        assert go.wait(PEER_TIMEOUT)
+        tls.write(b"ping")
+        try:
+            tls.unwrap()
+        except ssl.SSLWantReadError:
+            pass
+        raw.sendall(out.read())  # the data and close_notify leave in one segment
+        reply = b""
+        while True:
+            try:
+                reply += tls.read(4096)
+            except ssl.SSLWantReadError:
+                if not pump_in():
+                    break
+            except ssl.SSLZeroReturnError:
+                break
+        raw.close()
+        return reply
+
+    h = LoopHarness(deadline=15)
+    peer: list[PeerThread] = []
+
+    def s_connect(sock: Any) -> None:
+        def block_while_peer_writes() -> None:
+            go.set()
+            time.sleep(0.3)
+
+        uvssl.delay(block_while_peer_writes, 0.05)
+
+    def s_read(sock: Any, data: bytes) -> None:
+        state["reads"] += data
+        sock.write(b"pong")
+
+    def s_event(ev: BaseException) -> None:
+        state["events"].append(ev)
+        ev.socket.close()
+
+    def start() -> None:
+        srv = uvssl.tcp_ssl_server(
+            LOCALHOST, 0, s_read, s_event, connect_cb=s_connect,
+            certificate=str(certs.server_cert), key=str(certs.server_key),
+        )
+        peer.append(PeerThread(client, srv.port))
+        peer[0].start()
+
+    h.run(start, until=lambda: peer[0].done)
+    assert peer[0].result() == b"pong"
+    assert state["reads"] == b"ping"
+    assert [type(e) for e in state["events"]] == [uvssl.SslClosed]
+    assert not state["events"][0].truncated
