@@ -68,11 +68,16 @@ void uvs__batch_flush(uvs_loop_t *loop) {
     loop->batch_n = loop->batch_len = 0;
 }
 
+/* Whether the application still follows c and has not closed it. */
+static int uvs__conn_wants_data(const uvs_conn_t *c) {
+    return c->data != NULL && !(c->state & (UVS__C_CLOSING | UVS__C_CLOSE_WANTED));
+}
+
 /* Hand n bytes at p, data for c, to the embedding: batched when small, else directly (after
  * the batch, so that the connection's data stays in order). */
 void uvs__conn_deliver(uvs_conn_t *c, const char *p, size_t n) {
     uvs_loop_t *loop = c->loop;
-    if (c->data == NULL || (c->state & (UVS__C_CLOSING | UVS__C_CLOSE_WANTED)))
+    if (!uvs__conn_wants_data(c))
         return;
     if (loop->batch_busy) {
         uvs__cb.on_read(c->data, p, n);
@@ -81,9 +86,8 @@ void uvs__conn_deliver(uvs_conn_t *c, const char *p, size_t n) {
     if (n > UVS__BATCH_ITEM_MAX || loop->batch_len + n > UVS__BATCH_BYTES ||
         loop->batch_n == UVS__BATCH_ITEMS) {
         uvs__batch_flush(loop);
-        /* the application ran: it may have closed this connection */
-        if (c->data == NULL || (c->state & (UVS__C_CLOSING | UVS__C_CLOSE_WANTED)))
-            return;
+        if (!uvs__conn_wants_data(c))
+            return; /* the application ran and closed it */
         if (n > UVS__BATCH_ITEM_MAX) {
             uvs__cb.on_read(c->data, p, n);
             return;

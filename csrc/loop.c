@@ -77,12 +77,14 @@ static void uvs__flusher_cb(uv_prepare_t *h) {
 
 static void uvs__batcher_cb(uv_check_t *h) { uvs__settle(h->data); }
 
-static void uvs__wakeup_cb(uv_async_t *h) {
-    uvs_loop_t *loop = h->data;
+/* The embedding has work queued (call_threadsafe) or a signal to handle. */
+static void uvs__wake(uvs_loop_t *loop) {
     uvs__batch_flush(loop);
     uvs__cb.on_wakeup(loop->data);
     uvs__flush_dirty(loop);
 }
+
+static void uvs__wakeup_cb(uv_async_t *h) { uvs__wake(h->data); }
 
 static void uvs__free_handle_cb(uv_handle_t *h) { free(h->data); }
 
@@ -144,12 +146,9 @@ void uvs_loop_stop(uvs_loop_t *loop) { uv_stop(&loop->uv); }
 int uvs_loop_wakeup(uvs_loop_t *loop) { return uv_async_send(&loop->wakeup); }
 
 static void uvs__sigwatch_cb(uv_poll_t *h, int status, int events) {
-    uvs_loop_t *loop = h->data;
     (void)status;
     (void)events;
-    uvs__batch_flush(loop);
-    uvs__cb.on_wakeup(loop->data);
-    uvs__flush_dirty(loop);
+    uvs__wake(h->data);
 }
 
 /* Watch fd (the embedding's signal wakeup descriptor): when it becomes readable the embedding
@@ -195,8 +194,7 @@ void uvs_loop_close_all(uvs_loop_t *loop) {
 int uvs_loop_free(uvs_loop_t *loop) {
     /* Only the internal handles may remain: anything else means close_all was not run. */
     uvs_loop_close_all(loop);
-    (void)uv_run(&loop->uv, UV_RUN_DEFAULT);
-    uvs__batch_flush(loop);
+    (void)uv_run(&loop->uv, UV_RUN_DEFAULT); /* every CLOSED event took the batch along */
     uv_close((uv_handle_t *)&loop->flusher, NULL);
     uv_close((uv_handle_t *)&loop->batcher, NULL);
     uv_close((uv_handle_t *)&loop->wakeup, NULL);

@@ -235,6 +235,22 @@ static void uvs__alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
     buf->len = (c->state & UVS__C_BIG_READS) ? UVS__READ_BUF_SIZE : UVS__READ_SMALL;
 }
 
+/* The peer's FIN. The data before it reaches the application first, while the connection is
+ * still as it was. */
+static void uvs__conn_eof(uvs_conn_t *c) {
+    uvs__batch_flush(c->loop);
+    if (c->state & UVS__C_CLOSING)
+        return;
+    c->state |= UVS__C_EOF;
+    (void)uv_read_stop((uv_stream_t *)&c->tcp);
+    c->state &= ~(unsigned)UVS__C_READING;
+    uvs__timer_disarm(c->rtimer);
+    if (c->tls != NULL)
+        uvs__tls_on_eof(c);
+    else
+        uvs__emit(c, UVS_EV_EOF, 0, UVS_ACT_READ);
+}
+
 static void uvs__read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     uvs_conn_t *c = s->data;
     uvs_loop_t *loop = c->loop;
@@ -251,19 +267,7 @@ static void uvs__read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
         else
             uvs__conn_deliver(c, buf->base, (size_t)nread);
     } else if (nread == UV_EOF) {
-        uvs__batch_flush(loop); /* the data before the FIN first, while the state is as it was */
-        if (c->state & UVS__C_CLOSING) {
-            uvs__flush_dirty(loop);
-            return;
-        }
-        c->state |= UVS__C_EOF;
-        (void)uv_read_stop(s);
-        c->state &= ~(unsigned)UVS__C_READING;
-        uvs__timer_disarm(c->rtimer);
-        if (c->tls != NULL)
-            uvs__tls_on_eof(c);
-        else
-            uvs__emit(c, UVS_EV_EOF, 0, UVS_ACT_READ);
+        uvs__conn_eof(c);
     } else {
         uvs__conn_fail(c, UVS_EV_ERROR, (int)nread, UVS_ACT_READ);
     }

@@ -421,15 +421,10 @@ def uvs_py_on_batch(loop_data: Any, datas: Any, lens: Any, n: int, buf: Any, len
     if loop._halted:
         return
     blob = _unpack(buf, length)
-    if n == 1:
-        pieces: Any = ((datas[0], blob),)
-    else:
-        pieces = []
-        off = 0
-        for d, ln in zip(_unpack(datas, n), _unpack(lens, n)):
-            pieces.append((d, blob[off : off + ln]))
-            off += ln
-    for d, chunk in pieces:
+    off = 0
+    for d, ln in zip(_unpack(datas, n), _unpack(lens, n)):
+        chunk = blob if n == 1 else blob[off : off + ln]
+        off += ln
         sock = _from_handle(d)
         if sock._closed:
             continue
