@@ -53,6 +53,7 @@ struct uvs_tls_s {
     int err_sys;           /* errno-style code for SSL_ERROR_SYSCALL, or 0         */
     long verify_result;
     /* glue state (tls_conn.c) */
+    uvs_conn_t *conn;      /* the connection this engine is attached to           */
     uint64_t handshake_timeout_ms;
     uv_timer_t *htimer;
     int keep_buffers;      /* record buffers kept while busy (else RELEASE_BUFFERS)   */

@@ -34,9 +34,10 @@
  * and the loop does the releasing instead: every engine step moves the connection to the tail of
  * loop->tls_busy (newest last) with the loop time, and an unreferenced timer walks the list
  * from the head every UVS__TLS_TRIM_MS, calling SSL_free_buffers on each connection quiet for
- * that long and for UVS__TLS_TRIM_ITERATIONS loop iterations. The iterations matter when the
- * loop is overloaded (or slowed down by a profiler): an iteration may then take longer than
- * the time limit, and a connection merely waiting for its turn is not idle. A busy connection
+ * that long and for UVS__TLS_TRIM_ITERATIONS loop iterations, and freeing the connection's own
+ * empty buffers, which are otherwise kept for the next small write. The iterations matter when
+ * the loop is overloaded (or slowed down by a profiler): an iteration may then take longer
+ * than the time limit, and a connection merely waiting for its turn is not idle. A busy connection
  * keeps its buffers; an idle one holds none, as before. A buffer holding half a record cannot
  * be freed yet: the connection goes back to the tail and is tried again later.
  * SSL_free_buffers had a use-after-free before OpenSSL 3.0.14 (CVE-2024-4741), so with an
@@ -77,6 +78,18 @@ int uvs_tls_can_free_buffers(void) {
     return v >= 0x1010119fUL;
 }
 
+/* A quiet connection keeps none of our own buffers either: the ciphertext and plaintext
+ * buffers that uvs__buf_consume keeps for the next small write (up to 1 KiB each), and an
+ * empty leftover-input buffer. Only empty ones go; a buffer holding bytes stays as it is. */
+static void uvs__tls_trim_own(uvs_tls_t *t) {
+    if (t->out.len == 0)
+        uvs__buf_free(&t->out);
+    if (t->in_keep.len == 0)
+        uvs__buf_free(&t->in_keep);
+    if (t->conn->out.len == 0)
+        uvs__buf_free(&t->conn->out);
+}
+
 static void uvs__tls_trim_cb(uv_timer_t *h) {
     uvs_loop_t *loop = h->data;
     uvs__link_t *head = &loop->tls_busy;
@@ -91,7 +104,9 @@ static void uvs__tls_trim_cb(uv_timer_t *h) {
             t->busy_at = now; /* part of a record is buffered: try again later */
             t->busy_iteration = loop->iteration;
             uvs__link_append(head, &t->busy);
+            continue;
         }
+        uvs__tls_trim_own(t);
     }
     if (head->next == head)
         (void)uv_timer_stop(h); /* cannot fail */
@@ -386,6 +401,7 @@ int uvs_conn_attach_tls(uvs_conn_t *c, SSL_CTX *ctx, SSL *ssl, int server, doubl
     uvs_tls_t *t = uvs__tls_new(ctx, ssl, server, &err);
     if (t == NULL)
         return err;
+    t->conn = c;
     uvs__tls_keep_buffers(c->loop, t);
     t->handshake_timeout_ms = hs_timeout > 0 ? (uint64_t)(hs_timeout * 1000.0 + 0.5) : 0;
     if (hs_timeout > 0 && t->handshake_timeout_ms == 0)
