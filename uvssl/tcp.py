@@ -169,6 +169,18 @@ class Socket:
     """
 
     _tls = False
+    # A new socket's state. These class attributes are the defaults, so that accepting a
+    # connection (which servers do thousands of times a second) sets only what differs.
+    _conn: Any = None
+    _closed = False
+    _connected = False
+    _eof = False
+    _flags = 0  # the UVS_CF_* flags last given to the C side
+    # data that reached a paused socket in the loop turn that paused it (see resume_reading)
+    _held: Optional[collections.deque[bytes]] = None
+    _write_cb: Optional[Callable[[Socket], Any]] = None
+    _drain_cb: Optional[Callable[[Socket], Any]] = None
+    stream: Optional[AsyncStream] = None
 
     def __init__(
         self,
@@ -182,21 +194,15 @@ class Socket:
     ) -> None:
         """Internal: sockets are made by ``tcp_connect``, servers and ``tcp_open``."""
         self._loop = loop
-        self._conn: Any = None
         self._handle = ffi.new_handle(self)
-        self._closed = False
-        self._connected = False
-        self._eof = False
-        self._flags = 0
-        # data that reached a paused socket in the loop turn that paused it (see resume_reading)
-        self._held: Optional[collections.deque[bytes]] = None
         self.data = data
         self._read_cb = read_cb
         self.event_cb = event_cb
         self.connect_cb = connect_cb
-        self._write_cb = write_cb
-        self._drain_cb: Optional[Callable[[Socket], Any]] = None
-        self.stream: Optional[AsyncStream] = AsyncStream(self) if stream else None
+        if write_cb is not None:
+            self._write_cb = write_cb
+        if stream:
+            self.stream = AsyncStream(self)
         self._deliver: Callable[[Socket, Any], Any] = self._pick_deliver()
 
     # -- wiring ------------------------------------------------------------------------------
@@ -220,14 +226,15 @@ class Socket:
     def _attach(self, conn: Any) -> None:
         self._conn = conn
         self._loop._live.add(self)
-        self._sync_flags()
+        if self._write_cb is not None or self._drain_cb is not None:
+            self._sync_flags()
 
     def _sync_flags(self) -> None:
         flags = 0
         if self._write_cb is not None:
-            flags |= lib.UVS_CF_NOTIFY_WRITTEN
+            flags |= _CF_NOTIFY_WRITTEN
         if self._drain_cb is not None:
-            flags |= lib.UVS_CF_NOTIFY_DRAIN
+            flags |= _CF_NOTIFY_DRAIN
         if self._conn is not None and flags != self._flags:
             lib.uvs_conn_set_flags(self._conn, flags)
         self._flags = flags
@@ -440,13 +447,8 @@ class Socket:
         quarter of high). ``write`` returns False above high; ``drain_cb(socket)`` (given here
         or assigned to ``socket.drain_cb``) runs when the buffer falls back to low.
         """
-        for name, v in (("high", high), ("low", low)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
-                raise TypeError(f"{name} must be an int, not {type(v).__name__}")
-            if v is not None and v < 0:
-                raise ValueError(f"{name} must be >= 0, got {v}")
-        hi = 64 * 1024 if high is None else high
-        lo = hi // 4 if low is None else low
+        hi = 64 * 1024 if high is None else _byte_count("high", high)
+        lo = hi // 4 if low is None else _byte_count("low", low)
         if lo > hi:
             raise ValueError(f"low ({lo}) must not exceed high ({hi})")
         if drain_cb is not None:
@@ -455,19 +457,19 @@ class Socket:
 
     # -- events from C -----------------------------------------------------------------------
     def _event(self, kind: int, status: int, action: int) -> None:
-        if kind == lib.UVS_EV_WRITTEN:
+        if kind == _EV_WRITTEN:
             if self._write_cb is not None:
                 self._write_cb(self)
             return
-        if kind == lib.UVS_EV_DRAIN:
+        if kind == _EV_DRAIN:
             if self._drain_cb is not None:
                 self._drain_cb(self)
             return
-        if kind == lib.UVS_EV_CONNECT:
+        if kind == _EV_CONNECT:
             self._connected = True
             self._on_connected()
             return
-        if kind == lib.UVS_EV_EOF:
+        if kind == _EV_EOF:
             self._eof = True
             self._report(
                 TcpEof("the peer closed the connection", action="read", socket=self), eof=True
@@ -509,6 +511,25 @@ class Socket:
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("connected" if self._connected else "connecting")
         return f"<{type(self).__name__} {state}>"
+
+
+# the C side's event kinds and connection flags, looked up once (lib.X is a lookup each time)
+_EV_WRITTEN = lib.UVS_EV_WRITTEN
+_EV_DRAIN = lib.UVS_EV_DRAIN
+_EV_CONNECT = lib.UVS_EV_CONNECT
+_EV_EOF = lib.UVS_EV_EOF
+_CF_NOTIFY_WRITTEN = lib.UVS_CF_NOTIFY_WRITTEN
+_CF_NOTIFY_DRAIN = lib.UVS_CF_NOTIFY_DRAIN
+
+
+def _byte_count(name: str, value: Any) -> int:
+    """Check a write buffer limit: a non-negative int (bool is not one)."""
+    if type(value) is not int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    v = int(value)
+    if v < 0:
+        raise ValueError(f"{name} must be >= 0, got {v}")
+    return v
 
 
 def _discard(sock: Socket, data: bytes) -> None:

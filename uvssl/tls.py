@@ -76,18 +76,20 @@ class SslSession:
         return bool(self._ptr is not None and lib.SSL_SESSION_is_resumable(self._ptr))
 
 
+_EV_TLS_DETACHED = lib.UVS_EV_TLS_DETACHED
+_EV_TLS_CLOSED = lib.UVS_EV_TLS_CLOSED
+
+
 class SslSocket(Socket):
     """A TLS connection (``tcp_ssl_connect`` / accepted by ``tcp_ssl_server``)."""
 
     _tls = True
-
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        """Internal: made by ``tcp_ssl_connect`` and ``tcp_ssl_server``."""
-        super().__init__(*args, **kw)
-        self._context: Optional[Context] = None
-        self.server_hostname: Optional[str] = None
-        self._tls_closed = False
-        self._attached = False  # made plain, then attach_ssl: connect_cb already ran
+    # defaults of a new TLS socket (see Socket's)
+    _context: Optional[Context] = None
+    #: the host name the client verified and sent as SNI, or None
+    server_hostname: Optional[str] = None
+    _tls_closed = False
+    _attached = False  # made plain, then attach_ssl: connect_cb already ran
 
     # -- TLS details -------------------------------------------------------------------------
     def _ssl(self) -> Any:
@@ -168,12 +170,12 @@ class SslSocket(Socket):
             super()._on_connected()
 
     def _event(self, kind: int, status: int, action: int) -> None:
-        if kind == lib.UVS_EV_TLS_DETACHED:
+        if kind == _EV_TLS_DETACHED:
             # plaintext from here on: the same object goes back to being a plain Socket
             self.__class__ = Socket  # type: ignore[assignment]
             self._connected = True
             return
-        if kind == lib.UVS_EV_TLS_CLOSED:
+        if kind == _EV_TLS_CLOSED:
             truncated = status != 0
             self._tls_closed = True
             exc = SslClosed(
@@ -266,20 +268,24 @@ class TcpSslServer(TcpServer):
             raise MemoryError(f"uvssl: cannot attach TLS to the server: {_strerror(r)}")
 
     def _new_socket(self) -> Socket:
-        sock = super()._new_socket()
-        assert isinstance(sock, SslSocket)
+        sock = SslSocket(
+            self._loop, self.read_cb, self.event_cb, self.connect_cb, None, self.stream
+        )
         sock._context = self.context
         return sock
 
     def _accepted(self, sock: Socket) -> None:
         # connect_cb runs after the handshake (UVS_EV_CONNECT from the engine); before it
         # starts, the new SSL* gets the context's configure callback and SNI bookkeeping
+        ctx = self.context
+        if ctx.sni_callback is None and ctx.ssl_configure_callback is None:
+            return
         ssl = lib.uvs_conn_ssl(sock._conn)
         if ssl == ffi.NULL:
             return
-        if self.context.sni_callback is not None:
+        if ctx.sni_callback is not None:
             ssl_owners[int(ffi.cast("uintptr_t", ssl))] = sock
-        self.context._configure_ssl(ssl)
+        ctx._configure_ssl(ssl)
 
 
 # -- helpers ---------------------------------------------------------------------------------
