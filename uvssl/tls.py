@@ -84,12 +84,14 @@ class SslSocket(Socket):
     """A TLS connection (``tcp_ssl_connect`` / accepted by ``tcp_ssl_server``)."""
 
     _tls = True
-    # defaults of a new TLS socket (see Socket's)
-    _context: Optional[Context] = None
-    #: the host name the client verified and sent as SNI, or None
-    server_hostname: Optional[str] = None
-    _tls_closed = False
-    _attached = False  # made plain, then attach_ssl: connect_cb already ran
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        """Internal: made by ``tcp_ssl_connect`` and ``tcp_ssl_server``."""
+        super().__init__(*args, **kw)
+        self._context: Optional[Context] = None
+        self.server_hostname: Optional[str] = None
+        self._tls_closed = False
+        self._attached = False  # made plain, then attach_ssl: connect_cb already ran
 
     # -- TLS details -------------------------------------------------------------------------
     def _ssl(self) -> Any:
