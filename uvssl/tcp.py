@@ -224,8 +224,7 @@ class Socket:
     def _attach(self, conn: Any) -> None:
         self._conn = conn
         self._loop._live.add(self)
-        if self._write_cb is not None or self._drain_cb is not None:
-            self._sync_flags()
+        self._sync_flags()
 
     def _sync_flags(self) -> None:
         flags = 0
@@ -522,12 +521,11 @@ _CF_NOTIFY_DRAIN = lib.UVS_CF_NOTIFY_DRAIN
 
 def _byte_count(name: str, value: Any) -> int:
     """Check a write buffer limit: a non-negative int (bool is not one)."""
-    if type(value) is not int and (isinstance(value, bool) or not isinstance(value, int)):
+    if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    v = int(value)
-    if v < 0:
-        raise ValueError(f"{name} must be >= 0, got {v}")
-    return v
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
 
 
 def _discard(sock: Socket, data: bytes) -> None:

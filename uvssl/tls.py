@@ -270,9 +270,8 @@ class TcpSslServer(TcpServer):
             raise MemoryError(f"uvssl: cannot attach TLS to the server: {_strerror(r)}")
 
     def _new_socket(self) -> Socket:
-        sock = SslSocket(
-            self._loop, self.read_cb, self.event_cb, self.connect_cb, None, self.stream
-        )
+        sock = super()._new_socket()
+        assert isinstance(sock, SslSocket)
         sock._context = self.context
         return sock
 
