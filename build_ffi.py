@@ -104,6 +104,9 @@ typedef struct uvs_timer_s uvs_timer_t;
 #define UVS_ACT_TLS_WRITE ...
 #define UVS_CF_NOTIFY_WRITTEN ...
 #define UVS_CF_NOTIFY_DRAIN ...
+#define UVS_ACCEPT_NEW ...
+#define UVS_ACCEPT_ESTABLISHED ...
+#define UVS_ACCEPT_FAILED ...
 #define UVS_TLS_HANDSHAKING ...
 #define UVS_TLS_OPEN ...
 #define UVS_TLS_FAILED ...
@@ -160,6 +163,7 @@ uvs_server_t *uvs_server_new(uvs_loop_t *loop, void *data, const char *ip, int p
 int uvs_server_port(uvs_server_t *s);
 int uvs_server_fileno(uvs_server_t *s);
 void uvs_server_close(uvs_server_t *s);
+void uvs_server_set_eager(uvs_server_t *s, int eager);
 
 /* ---- TLS ------------------------------------------------------------------------------- */
 typedef struct ssl_ctx_st SSL_CTX;
@@ -340,7 +344,7 @@ extern "Python" {
     void uvs_py_on_batch(void *loop_data, void *const *datas, const size_t *lens, size_t n,
                          const char *buf, size_t len);
     void uvs_py_on_event(void *data, int kind, int status, int action);
-    void uvs_py_on_accept(void *server_data, uvs_conn_t *conn);
+    void uvs_py_on_accept(void *server_data, uvs_conn_t *conn, int stage);
     void uvs_py_on_timer(void *data);
     void uvs_py_on_wakeup(void *loop_data);
     SSL_CTX *uvs_py_on_sni(void *ctx_data, SSL *ssl, const char *name, int *verdict);
@@ -356,7 +360,7 @@ static void uvs_py_on_read(void *data, const char *buf, size_t len);
 static void uvs_py_on_batch(void *loop_data, void *const *datas, const size_t *lens, size_t n,
                             const char *buf, size_t len);
 static void uvs_py_on_event(void *data, int kind, int status, int action);
-static void uvs_py_on_accept(void *server_data, uvs_conn_t *conn);
+static void uvs_py_on_accept(void *server_data, uvs_conn_t *conn, int stage);
 static void uvs_py_on_timer(void *data);
 static void uvs_py_on_wakeup(void *loop_data);
 static SSL_CTX *uvs_py_on_sni(void *ctx_data, SSL *ssl, const char *name, int *verdict);

@@ -34,6 +34,19 @@
  * connect to one resolved address fails, the handle is closed and re-initialised and the next
  * address is tried; only the last failure is reported.
  *
+ * Accepting. A plain server hands every connection to the embedding as it is accepted
+ * (UVS_ACCEPT_NEW). A TLS server does the handshake first and announces the connection once
+ * it is established (UVS_ACCEPT_ESTABLISHED, which stands for UVS_EV_CONNECT too): one call
+ * into the embedding instead of two, and none for a half-open scanner until its handshake
+ * fails. A connection still to be announced has data == NULL and `acceptor` set; an event
+ * before the handshake completes is a failure (an error, a timeout, the peer leaving), and it
+ * announces the connection first (UVS_ACCEPT_FAILED), so that the embedding sees the error on
+ * a socket as before. Servers set eager (uvs_server_set_eager) when the
+ * embedding must see the SSL* before the handshake (SNI bookkeeping, per-SSL configuration).
+ * A server counts the connections it has yet to announce and is freed (UVS_EV_CLOSED) only
+ * when they are all announced or gone, so that they can still be announced after it stopped
+ * listening. Closing the loop closes unannounced connections without telling anyone.
+ *
  * Every event goes through uvs__emit, which drops events for connections the embedding no
  * longer follows (data == NULL) or that it has closed.
  */
@@ -57,12 +70,13 @@ typedef struct {
 
 static void uvs__conn_start_reading(uvs_conn_t *c);
 static void uvs__conn_close_now(uvs_conn_t *c);
+static void uvs__server_release(uvs_server_t *s);
 static int uvs__conn_try_connect(uvs_conn_t *c, const struct sockaddr *addr);
 
 /* ---- events ------------------------------------------------------------------------------- */
 
 void uvs__emit(uvs_conn_t *c, int kind, int status, int action) {
-    if (c->data == NULL)
+    if (c->data == NULL && (c->acceptor == NULL || !uvs__conn_announce(c, UVS_ACCEPT_FAILED)))
         return;
     uvs__batch_flush(c->loop); /* the data that came before the event goes first */
     uvs__cb.on_event(c->data, kind, status, action);
@@ -81,8 +95,27 @@ void uvs__conn_fail(uvs_conn_t *c, int kind, int status, int action) {
     uvs__batch_flush(c->loop);
     if (c->state & UVS__C_CLOSING)
         return;
+    if (c->acceptor != NULL && !uvs__conn_announce(c, UVS_ACCEPT_FAILED))
+        return; /* refused: closed already */
     uvs__conn_close_now(c);
     uvs__emit(c, kind, status, action);
+}
+
+/* Hand a TLS server's connection to the embedding (see "Accepting" above). Returns 1 when the
+ * embedding took it, 0 when it refused it (the connection is then closing). */
+int uvs__conn_announce(uvs_conn_t *c, int stage) {
+    uvs_server_t *s = c->acceptor;
+    c->acceptor = NULL;
+    if (s->data != NULL) {
+        uvs__batch_flush(c->loop);
+        uvs__cb.on_accept(s->data, c, stage);
+    }
+    uvs__server_release(s);
+    if (c->data == NULL) {
+        uvs__conn_close_now(c);
+        return 0;
+    }
+    return 1;
 }
 
 /* ---- lifetime ----------------------------------------------------------------------------- */
@@ -161,6 +194,11 @@ static void uvs__conn_close_now(uvs_conn_t *c) {
     c->state |= UVS__C_CLOSING;
     c->state &= ~(unsigned)UVS__C_READING;
     uvs__link_del(&c->link);
+    if (c->acceptor != NULL) { /* never announced: nobody is told */
+        uvs_server_t *s = c->acceptor;
+        c->acceptor = NULL;
+        uvs__server_release(s);
+    }
     uvs__timer_release(c, &c->rtimer);
     uvs__timer_release(c, &c->wtimer);
     if (c->tls != NULL)
@@ -861,8 +899,18 @@ static void uvs__connection_cb(uv_stream_t *ls, int status) {
             return;
         }
     }
+    if (s->tls_ctx != NULL && !s->eager) {
+        /* announced when the handshake is done, or when it fails */
+        c->acceptor = s;
+        s->unannounced++;
+        uvs__conn_start_reading(c);
+        if (!(c->state & UVS__C_CLOSING))
+            uvs__mark_dirty(c); /* the flush arms the handshake timer */
+        uvs__flush_dirty(loop);
+        return;
+    }
     uvs__batch_flush(loop);
-    uvs__cb.on_accept(s->data, c);
+    uvs__cb.on_accept(s->data, c, UVS_ACCEPT_NEW);
     if (c->data == NULL) {
         uvs__conn_close_now(c); /* the embedding refused it (or failed) */
     } else if (!(c->state & UVS__C_CLOSING)) {
@@ -873,11 +921,24 @@ static void uvs__connection_cb(uv_stream_t *ls, int status) {
     uvs__flush_dirty(loop);
 }
 
-static void uvs__server_closed_cb(uv_handle_t *h) {
-    uvs_server_t *s = h->data;
+static void uvs__server_free(uvs_server_t *s) {
     uvs__server_free_tls(s);
     uvs__server_emit(s, UVS_EV_CLOSED, 0, 0);
     free(s);
+}
+
+/* One connection s had to announce was announced or closed. */
+static void uvs__server_release(uvs_server_t *s) {
+    s->unannounced--;
+    if (s->unannounced == 0 && s->handle_closed)
+        uvs__server_free(s);
+}
+
+static void uvs__server_closed_cb(uv_handle_t *h) {
+    uvs_server_t *s = h->data;
+    s->handle_closed = 1;
+    if (s->unannounced == 0)
+        uvs__server_free(s); /* else when the last of them is announced or closed */
 }
 
 uvs_server_t *uvs_server_new(uvs_loop_t *loop, void *data, const char *ip, int port, int backlog,
@@ -957,6 +1018,8 @@ int uvs_server_fileno(uvs_server_t *s) {
     int r = uv_fileno((uv_handle_t *)&s->tcp, &fd);
     return r != 0 ? r : (int)fd;
 }
+
+void uvs_server_set_eager(uvs_server_t *s, int eager) { s->eager = eager != 0; }
 
 void uvs_server_close(uvs_server_t *s) {
     if (s->closing)

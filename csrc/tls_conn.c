@@ -223,7 +223,12 @@ static void uvs__tls_pump(uvs_conn_t *c) {
             uvs__timer_release(c, &t->htimer);
             if (t->out.len == 0)
                 uvs__buf_free(&t->out);
-            uvs__emit(c, UVS_EV_CONNECT, 0, UVS_ACT_HANDSHAKE);
+            if (c->acceptor != NULL) {
+                if (!uvs__conn_announce(c, UVS_ACCEPT_ESTABLISHED)) /* see tcp.c */
+                    return;
+            } else {
+                uvs__emit(c, UVS_EV_CONNECT, 0, UVS_ACT_HANDSHAKE);
+            }
             uvs__mark_dirty(c); /* writes queued during the handshake */
             break;
         case UVS__TLS_R_DATA:

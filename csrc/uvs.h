@@ -57,6 +57,13 @@ enum {
     UVS_ACT_TLS_WRITE = 9
 };
 
+/* ---- when a server hands a connection over (on_accept's stage; see tcp.c) --------------- */
+enum {
+    UVS_ACCEPT_NEW = 0,          /* just accepted: a plain server, or an eager TLS server      */
+    UVS_ACCEPT_ESTABLISHED = 1,  /* TLS handshake done; stands for UVS_EV_CONNECT              */
+    UVS_ACCEPT_FAILED = 2        /* TLS handshake failed first; the error event follows        */
+};
+
 /* ---- connection flags the embedding may set ------------------------------------------- */
 enum {
     UVS_CF_NOTIFY_WRITTEN = 1,   /* deliver UVS_EV_WRITTEN                                    */
@@ -70,7 +77,9 @@ typedef struct {
     void (*on_batch)(void *loop_data, void *const *datas, const size_t *lens, size_t n,
                      const char *buf, size_t len);
     void (*on_event)(void *data, int kind, int status, int action);
-    void (*on_accept)(void *server_data, uvs_conn_t *conn);
+    /* A server's new connection, at one of the UVS_ACCEPT_* stages. Leaving the connection's
+     * data NULL refuses it. */
+    void (*on_accept)(void *server_data, uvs_conn_t *conn, int stage);
     void (*on_timer)(void *data);
     void (*on_wakeup)(void *loop_data);
     /* TLS servers: pick a context for the requested name (an SSL_CTX *, or NULL to keep the
@@ -120,6 +129,7 @@ uvs_server_t *uvs_server_new(uvs_loop_t *loop, void *data, const char *ip, int p
 int uvs_server_port(uvs_server_t *s);
 int uvs_server_fileno(uvs_server_t *s);
 void uvs_server_close(uvs_server_t *s);
+void uvs_server_set_eager(uvs_server_t *s, int eager);
 
 /* ---- internals ------------------------------------------------------------------------ */
 
@@ -211,6 +221,7 @@ struct uvs_conn_s {
     uvs_conn_t *dirty_next;
     struct addrinfo *ai_head, *ai_next;  /* connect in progress           */
     uvs_tls_t *tls;               /* NULL for plain TCP                      */
+    uvs_server_t *acceptor;       /* TLS server yet to announce it (tcp.c)   */
 };
 
 struct uvs_server_s {
@@ -221,6 +232,9 @@ struct uvs_server_s {
     int closing;
     struct ssl_ctx_st *tls_ctx;   /* a reference, when the server speaks TLS  */
     double hs_timeout;            /* handshake timeout for accepted conns (s) */
+    int eager;                    /* TLS: announce at accept, not handshake   */
+    int unannounced;              /* accepted conns not yet announced         */
+    int handle_closed;            /* the close callback ran; freed at 0 above */
 };
 
 struct uvs_timer_s {
@@ -245,6 +259,7 @@ int uvs__conn_send_buf(uvs_conn_t *c, uvs__buf_t *b);
 int uvs__tls_attach_accepted(uvs_conn_t *c, uvs_server_t *s);
 void uvs__server_free_tls(uvs_server_t *s);
 void uvs__conn_fail(uvs_conn_t *c, int kind, int status, int action);
+int uvs__conn_announce(uvs_conn_t *c, int stage);
 void uvs__conn_deliver(uvs_conn_t *c, const char *p, size_t n);
 int uvs__batch_init(uvs_loop_t *loop);
 void uvs__batch_free(uvs_loop_t *loop);

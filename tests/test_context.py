@@ -688,3 +688,61 @@ def test_bad_context_options(pki, tmp_path):
         uvssl.Context.from_pointer("0x1234")
     with pytest.raises(ValueError):
         uvssl.Context.from_pointer(0)
+
+
+def test_sni_callback_assigned_after_the_context_was_built(pki):
+    ctx_a = uvssl.Context.server(certificate=str(pki.a_cert), key=str(pki.a_key))
+    names: list[Any] = []
+
+    def choose(ssl_socket, server_name):
+        names.append(server_name)
+        return ctx_a if server_name == "a.test" else None
+
+    ctx = server_context(pki)
+    assert ctx.sni_callback is None
+    ctx.sni_callback = choose  # installs the servername callback now
+    r = run_pair(pki, server_kw={"ssl_ctx": ctx}, clients=[{"server_hostname": "a.test"}])
+    assert_echoed(r)
+    assert r.clients[0]["peer_certificate"].subject_alt_names == (("DNS", "a.test"),)
+    assert names == ["a.test"]
+    ctx.sni_callback = None  # removed: the default certificate again, no call
+    r = run_pair(pki, server_kw={"ssl_ctx": ctx}, clients=[{"server_hostname": "a.test"}])
+    assert r.clients[0]["events"], "a.test must not verify against the localhost certificate"
+    assert names == ["a.test"]
+
+
+def test_sni_callback_bad_assignments_are_refused(pki):
+    ctx = server_context(pki)
+    with pytest.raises(TypeError):
+        ctx.sni_callback = 42  # type: ignore[assignment]
+    with pytest.raises(ValueError, match="server"):
+        uvssl.Context.client().sni_callback = lambda sock, name: None
+    borrowed = uvssl.Context.from_pointer(ctx.pointer, "server")
+    with pytest.raises(ValueError, match="does not own"):
+        borrowed.sni_callback = lambda sock, name: None
+    assert borrowed.sni_callback is None
+    with pytest.raises(TypeError):
+        ctx.ssl_configure_callback = "not callable"  # type: ignore[assignment]
+
+
+def test_ssl_configure_callback_assigned_while_the_server_runs(pki):
+    # A TLS server hands a connection to Python once its handshake is done, unless the context
+    # has a callback that needs the SSL* before: assigning one to a running server's context
+    # must take effect for the next connection, and removing it too.
+    sctx = server_context(pki)
+    calls: list[int] = []
+
+    def set_cb(cb):
+        def spec(r):
+            sctx.ssl_configure_callback = cb
+            return {}
+
+        return spec
+
+    r = run_pair(
+        pki,
+        server_kw={"ssl_ctx": sctx},
+        clients=[{}, set_cb(calls.append), set_cb(None), {}],
+    )
+    assert_echoed(r)
+    assert len(calls) == 1 and isinstance(calls[0], int)

@@ -9,6 +9,7 @@ import os
 import socket
 import ssl
 import subprocess
+import threading
 import time
 
 import pytest
@@ -1206,3 +1207,105 @@ def test_error_class_hierarchy():
     assert "unable to get local issuer certificate" in text and "20" in text
     assert "a" in text and "handshake" in text
     assert exc.codes == (1, 2) and exc.strings == ("a", "b")
+
+
+# -- when a TLS server hands a connection over --------------------------------------------------
+
+
+def _live_ssl_sockets() -> int:
+    return sum(isinstance(o, uvssl.SslSocket) for o in uvssl.get_loop()._live)
+
+
+def test_tls_server_makes_no_socket_before_the_handshake(certs):
+    # A connection that never sends a ClientHello costs no Python object; when it goes away,
+    # the failed handshake is still reported on a socket, as for any accepted connection.
+    connected = threading.Event()
+    checked = threading.Event()
+
+    def silent(port):
+        s = socket.create_connection((LOCALHOST, port), timeout=PEER_TIMEOUT)
+        connected.set()
+        try:
+            assert checked.wait(PEER_TIMEOUT)
+        finally:
+            s.close()
+
+    h = LoopHarness(15)
+    st: dict = {"events": [], "counts": []}
+
+    def start():
+        srv = uvssl.tcp_ssl_server(
+            LOCALHOST,
+            0,
+            None,
+            lambda ev: (st["events"].append(ev), close_quietly(ev)),
+            certificate=str(certs.server_cert),
+            key=str(certs.server_key),
+            connect_cb=lambda s: h.fail("connect_cb ran for a connection with no handshake"),
+        )
+        st["peer"] = PeerThread(silent, srv.port)
+        st["peer"].start()
+        uvssl.interval(poll, 0.01)
+
+    def poll():
+        if connected.is_set() and "at" not in st:
+            st["at"] = time.monotonic()
+        if "at" in st and not checked.is_set() and time.monotonic() - st["at"] > 0.2:
+            st["counts"].append(_live_ssl_sockets())  # accepted by now: the loop is idle
+            checked.set()
+
+    h.run(start, until=lambda: "peer" in st and st["peer"].done and bool(st["events"]))
+    st["peer"].result()
+    assert st["counts"] == [0]
+    assert len(st["events"]) == 1, st["events"]
+    ev = st["events"][0]
+    assert isinstance(ev, uvssl.TcpSslError) and not isinstance(ev, uvssl.SslClosed), ev
+    assert isinstance(ev.socket, uvssl.SslSocket)
+
+
+def test_tls_server_closed_during_a_handshake_still_hands_the_connection_over(certs):
+    # close() stops listening; a connection accepted before it completes its handshake later
+    # and reaches connect_cb and read_cb like any other.
+    connected = threading.Event()
+    closed = threading.Event()
+
+    def client(port):
+        raw = socket.create_connection((LOCALHOST, port), timeout=PEER_TIMEOUT)
+        connected.set()
+        assert closed.wait(PEER_TIMEOUT)
+        ctx = stdlib_client_context(certs)
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            s.sendall(MESSAGE)
+            return recv_until(s, b"\n")
+
+    h = LoopHarness(15)
+    st: dict = {"events": [], "connected": []}
+
+    def start():
+        srv = uvssl.tcp_ssl_server(
+            LOCALHOST,
+            0,
+            lambda s, d: s.write(d),
+            lambda ev: (st["events"].append(ev), close_quietly(ev)),
+            certificate=str(certs.server_cert),
+            key=str(certs.server_key),
+            connect_cb=lambda s: st["connected"].append((s, st["srv"].closed)),
+        )
+        st["srv"] = srv
+        st["peer"] = PeerThread(client, srv.port)
+        st["peer"].start()
+        uvssl.interval(poll, 0.01)
+
+    def poll():
+        if connected.is_set() and "at" not in st:
+            st["at"] = time.monotonic()
+        if "at" in st and not closed.is_set() and time.monotonic() - st["at"] > 0.2:
+            st["srv"].close()  # the connection was accepted by now: the loop is idle
+            closed.set()
+
+    h.run(start, until=lambda: "peer" in st and st["peer"].done and bool(st["events"]))
+    assert st["peer"].result() == MESSAGE
+    assert len(st["connected"]) == 1
+    sock, server_was_closed = st["connected"][0]
+    assert server_was_closed and isinstance(sock, uvssl.SslSocket)
+    assert all(isinstance(ev, uvssl.SslClosed) for ev in st["events"]), st["events"]

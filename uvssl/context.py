@@ -187,9 +187,57 @@ class Context:
         self.handshake_timeout: Optional[float] = 60.0
         self.verify_host = True
         self.alpn: Optional[tuple[str, ...]] = None
-        self.sni_callback: Optional[Callable[[Any, Optional[str]], Optional[Context]]] = None
-        self.ssl_configure_callback: Optional[Callable[[int], Any]] = None
-        self._handle: Any = None
+        self._handle: Any = None  # what the SSL_CTX's SNI callback points to, once installed
+        self._servers: weakref.WeakSet[Any] = weakref.WeakSet()  # TLS servers using this
+        self._sni_callback: Optional[SniCallback] = None
+        self._ssl_configure_callback: Optional[ConfigureCallback] = None
+
+    @property
+    def sni_callback(self) -> Optional[SniCallback]:
+        """``sni_callback(ssl_socket, server_name) -> Context | None`` (servers): picks the
+        context for the name a client asked for; None keeps this one.
+        """
+        return self._sni_callback
+
+    @sni_callback.setter
+    def sni_callback(self, cb: Optional[SniCallback]) -> None:
+        if cb is not None:
+            if not callable(cb):
+                raise TypeError(f"sni_callback must be callable, not {type(cb).__name__}")
+            if self.side != "server":
+                raise ValueError("sni_callback is for server contexts")
+            if self._handle is None:
+                if not self._owned:
+                    # the SSL_CTX would keep pointing at this wrapper after it is gone
+                    raise ValueError(
+                        "sni_callback: this context wraps an SSL_CTX uvssl does not own; give "
+                        "the callback to a Context that uvssl built"
+                    )
+                handle = ffi.new_handle(self)
+                if lib.uvs_ctx_set_sni(self._ctx, handle) != 1:
+                    raise _openssl_failure("cannot install the SNI callback", "set sni")
+                self._handle = handle
+        self._sni_callback = cb
+        self._sync_servers()
+
+    @property
+    def ssl_configure_callback(self) -> Optional[ConfigureCallback]:
+        """``ssl_configure_callback(ptr)``: runs with every new ``SSL*`` made from this context
+        (for a server, before the handshake starts).
+        """
+        return self._ssl_configure_callback
+
+    @ssl_configure_callback.setter
+    def ssl_configure_callback(self, cb: Optional[ConfigureCallback]) -> None:
+        if cb is not None and not callable(cb):
+            raise TypeError(f"ssl_configure_callback must be callable, not {type(cb).__name__}")
+        self._ssl_configure_callback = cb
+        self._sync_servers()
+
+    def _sync_servers(self) -> None:
+        # servers hand connections over before the handshake only when a callback needs that
+        for server in list(self._servers):
+            server._sync_eager()
 
     def __del__(self) -> None:
         ctx = getattr(self, "_ctx", None)
@@ -371,9 +419,6 @@ class Context:
             lib.X509_VERIFY_PARAM_set_flags(lib.SSL_CTX_get0_param(ptr), flags)
         if sni_callback is not None:
             ctx.sni_callback = sni_callback
-            ctx._handle = ffi.new_handle(ctx)
-            if lib.uvs_ctx_set_sni(ptr, ctx._handle) != 1:
-                raise _openssl_failure("cannot install the SNI callback", "set sni")
         ctx.ssl_configure_callback = ssl_configure_callback
         if server:
             sid = b"uvssl"
@@ -543,6 +588,7 @@ def resolve_ssl_ctx(ssl_ctx: Any, side: str) -> Context:
 
 
 ConfigureCallback = Callable[[int], Any]
+SniCallback = Callable[[Any, Optional[str]], Optional["Context"]]
 
 # SSL* address -> the SslSocket it belongs to, for sni_callback (filled by TLS servers).
 ssl_owners: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
@@ -555,7 +601,10 @@ def uvs_py_on_sni(ctx_data: Any, ssl: Any, name: Any, verdict: Any) -> Any:
     sock = ssl_owners.get(int(ffi.cast("uintptr_t", ssl)))
     server_name = None if name == ffi.NULL else ffi.string(name).decode("utf-8", "replace")
     try:
-        chosen = ctx.sni_callback(sock, server_name)
+        cb = ctx.sni_callback
+        if cb is None:  # removed since: keep the context
+            return ffi.NULL
+        chosen = cb(sock, server_name)
         if chosen is None:
             return ffi.NULL
         if isinstance(chosen, _stdlib_ssl.SSLContext):

@@ -456,14 +456,18 @@ def uvs_py_on_event(data: Any, kind: int, status: int, action: int) -> None:
 
 
 @ffi.def_extern()  # type: ignore[untyped-decorator]
-def uvs_py_on_accept(server_data: Any, conn: Any) -> None:
-    """A server accepted a connection: wrap it (leaving data NULL refuses it)."""
+def uvs_py_on_accept(server_data: Any, conn: Any, stage: int) -> None:
+    """A server has a new connection: wrap it (leaving data NULL refuses it).
+
+    ``stage`` (UVS_ACCEPT_*): just accepted; a TLS connection whose handshake is done (this
+    stands for its connect event); or one whose handshake failed first (its error follows).
+    """
     server = ffi.from_handle(server_data)
     loop = server._loop
     if loop._halted:
         return
     try:
-        server._accept(conn)
+        server._accept(conn, stage)
     except BaseException as exc:  # noqa: BLE001
         loop._app_error(exc)
 

@@ -605,14 +605,14 @@ class TcpServer:
             self._loop, self.read_cb, self.event_cb, self.connect_cb, None, self.stream
         )
 
-    def _accept(self, conn: Any) -> None:
+    def _accept(self, conn: Any, stage: int) -> None:
         sock = self._new_socket()
         sock._server = self  # type: ignore[attr-defined]
         sock._attach(conn)
         lib.uvs_conn_set_data(conn, sock._handle)
-        self._accepted(sock)
+        self._accepted(sock, stage)
 
-    def _accepted(self, sock: Socket) -> None:
+    def _accepted(self, sock: Socket, stage: int) -> None:
         sock._connected = True
         if self.connect_cb is not None:
             self.connect_cb(sock)

@@ -78,6 +78,8 @@ class SslSession:
 
 _EV_TLS_DETACHED = lib.UVS_EV_TLS_DETACHED
 _EV_TLS_CLOSED = lib.UVS_EV_TLS_CLOSED
+_ACCEPT_NEW = lib.UVS_ACCEPT_NEW
+_ACCEPT_ESTABLISHED = lib.UVS_ACCEPT_ESTABLISHED
 
 
 class SslSocket(Socket):
@@ -268,6 +270,16 @@ class TcpSslServer(TcpServer):
         if r != 0:
             self.close()
             raise MemoryError(f"uvssl: cannot attach TLS to the server: {_strerror(r)}")
+        ctx._servers.add(self)
+        self._sync_eager()
+
+    def _sync_eager(self) -> None:
+        # A connection is handed over when its handshake is done (one call into Python for
+        # accept and connect), unless the context must see the SSL* before the handshake.
+        ctx = self.context
+        eager = ctx.sni_callback is not None or ctx.ssl_configure_callback is not None
+        if self._ptr is not None:
+            lib.uvs_server_set_eager(self._ptr, int(eager))
 
     def _new_socket(self) -> Socket:
         sock = super()._new_socket()
@@ -275,9 +287,16 @@ class TcpSslServer(TcpServer):
         sock._context = self.context
         return sock
 
-    def _accepted(self, sock: Socket) -> None:
-        # connect_cb runs after the handshake (UVS_EV_CONNECT from the engine); before it
-        # starts, the new SSL* gets the context's configure callback and SNI bookkeeping
+    def _accepted(self, sock: Socket, stage: int) -> None:
+        if stage == _ACCEPT_ESTABLISHED:  # handed over after the handshake: its connect event
+            sock._connected = True
+            sock._on_connected()
+            return
+        if stage != _ACCEPT_NEW:
+            return  # the handshake failed before the connection was handed over: error next
+        # An eager server's connection, before its handshake: the new SSL* gets the context's
+        # configure callback and SNI bookkeeping; connect_cb runs after the handshake
+        # (UVS_EV_CONNECT from the engine).
         ctx = self.context
         if ctx.sni_callback is None and ctx.ssl_configure_callback is None:
             return
