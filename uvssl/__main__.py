@@ -38,9 +38,22 @@ def self_signed_context(common_name: str = "localhost", days: int = 7) -> tuple[
     return ctx, ":".join(f"{b:02X}" for b in bytes(ffi.buffer(fp, 32)))
 
 
+# Write buffer limits of a connection that has echoed more than the default high-water mark
+# (64 KiB) ahead of its peer: a bulk sender, which keeps more in flight.
+_BULK_HIGH = 256 * 1024
+_BULK_LOW = 64 * 1024
+
+
 def _echo_read(sock: Socket, data: bytes) -> None:
-    if not sock.write(data):
-        sock.pause_reading()  # the peer is not reading: stop until our buffer drains
+    if sock.write(data):
+        return
+    if sock.drain_cb is None:
+        # The first time: bulk-sized limits, set here rather than for every connection at
+        # connect, so that a connection which never gets this far costs nothing for them.
+        sock.set_write_buffer_limits(_BULK_HIGH, _BULK_LOW, drain_cb=_echo_drain)
+        if sock.write_buffer_size <= _BULK_HIGH:
+            return
+    sock.pause_reading()  # the peer is not reading: stop until our buffer drains
 
 
 def _echo_drain(sock: Socket) -> None:
@@ -52,10 +65,6 @@ def _echo_event(ev: BaseException) -> None:
     sock = getattr(ev, "socket", None)
     if sock is not None and not sock.closed:
         sock.close()
-
-
-def _echo_connect(sock: Socket) -> None:
-    sock.set_write_buffer_limits(256 * 1024, 64 * 1024, drain_cb=_echo_drain)
 
 
 def serve(
@@ -82,7 +91,6 @@ def serve(
             _echo_read,
             _echo_event,
             ssl_ctx=ctx,
-            connect_cb=_echo_connect,
             reuse_port=reuse_port,
         )
         if fingerprint and not quiet:
