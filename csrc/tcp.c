@@ -900,22 +900,17 @@ static void uvs__connection_cb(uv_stream_t *ls, int status) {
         }
     }
     if (s->tls_ctx != NULL && !s->eager) {
-        /* announced when the handshake is done, or when it fails */
-        c->acceptor = s;
+        c->acceptor = s; /* announced when the handshake is done, or when it fails */
         s->unannounced++;
-        uvs__conn_start_reading(c);
-        if (!(c->state & UVS__C_CLOSING))
-            uvs__mark_dirty(c); /* the flush arms the handshake timer */
-        uvs__flush_dirty(loop);
-        return;
+    } else {
+        uvs__batch_flush(loop);
+        uvs__cb.on_accept(s->data, c, UVS_ACCEPT_NEW);
+        if (c->data == NULL)
+            uvs__conn_close_now(c); /* the embedding refused it (or failed) */
     }
-    uvs__batch_flush(loop);
-    uvs__cb.on_accept(s->data, c, UVS_ACCEPT_NEW);
-    if (c->data == NULL) {
-        uvs__conn_close_now(c); /* the embedding refused it (or failed) */
-    } else if (!(c->state & UVS__C_CLOSING)) {
+    if (!(c->state & UVS__C_CLOSING)) {
         uvs__conn_start_reading(c);
-        if (c->tls != NULL)
+        if (c->tls != NULL && !(c->state & UVS__C_CLOSING))
             uvs__mark_dirty(c); /* the flush arms the handshake timer */
     }
     uvs__flush_dirty(loop);

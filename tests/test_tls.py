@@ -1216,49 +1216,64 @@ def _live_ssl_sockets() -> int:
     return sum(isinstance(o, uvssl.SslSocket) for o in uvssl.get_loop()._live)
 
 
-def test_tls_server_makes_no_socket_before_the_handshake(certs):
-    # A connection that never sends a ClientHello costs no Python object; when it goes away,
-    # the failed handshake is still reported on a socket, as for any accepted connection.
+def _act_once_accepted(certs, peer_fn, act, read_cb=None, connect_cb=None):
+    """A TLS server and a peer thread ``peer_fn(port, connected, acted)``, which sets
+    ``connected`` once its TCP connect returned and waits for ``acted``. The loop calls
+    ``act(server)`` 0.2 s after ``connected`` (the idle loop has accepted the connection by then,
+    without a handshake), then sets ``acted``. Ends when the peer is done and the server saw an
+    event; returns (peer thread, server, server events)."""
     connected = threading.Event()
-    checked = threading.Event()
-
-    def silent(port):
-        s = socket.create_connection((LOCALHOST, port), timeout=PEER_TIMEOUT)
-        connected.set()
-        try:
-            assert checked.wait(PEER_TIMEOUT)
-        finally:
-            s.close()
-
+    acted = threading.Event()
     h = LoopHarness(15)
-    st: dict = {"events": [], "counts": []}
+    st: dict = {"events": []}
 
     def start():
         srv = uvssl.tcp_ssl_server(
             LOCALHOST,
             0,
-            None,
+            read_cb,
             lambda ev: (st["events"].append(ev), close_quietly(ev)),
             certificate=str(certs.server_cert),
             key=str(certs.server_key),
-            connect_cb=lambda s: h.fail("connect_cb ran for a connection with no handshake"),
+            connect_cb=connect_cb,
         )
-        st["peer"] = PeerThread(silent, srv.port)
+        st["srv"] = srv
+        st["peer"] = PeerThread(peer_fn, srv.port, connected, acted)
         st["peer"].start()
         uvssl.interval(poll, 0.01)
 
     def poll():
         if connected.is_set() and "at" not in st:
             st["at"] = time.monotonic()
-        if "at" in st and not checked.is_set() and time.monotonic() - st["at"] > 0.2:
-            st["counts"].append(_live_ssl_sockets())  # accepted by now: the loop is idle
-            checked.set()
+        if "at" in st and not acted.is_set() and time.monotonic() - st["at"] > 0.2:
+            act(st["srv"])
+            acted.set()
 
     h.run(start, until=lambda: "peer" in st and st["peer"].done and bool(st["events"]))
-    st["peer"].result()
-    assert st["counts"] == [0]
-    assert len(st["events"]) == 1, st["events"]
-    ev = st["events"][0]
+    return st["peer"], st["srv"], st["events"]
+
+
+def test_tls_server_makes_no_socket_before_the_handshake(certs):
+    # A connection that never sends a ClientHello costs no Python object; when it goes away,
+    # the failed handshake is still reported on a socket, as for any accepted connection.
+    def silent(port, connected, acted):
+        s = socket.create_connection((LOCALHOST, port), timeout=PEER_TIMEOUT)
+        connected.set()
+        try:
+            assert acted.wait(PEER_TIMEOUT)
+        finally:
+            s.close()
+
+    counts: list[int] = []
+    connects: list = []
+    peer, _, events = _act_once_accepted(
+        certs, silent, lambda srv: counts.append(_live_ssl_sockets()), connect_cb=connects.append
+    )
+    peer.result()
+    assert counts == [0]
+    assert not connects, "connect_cb ran for a connection with no handshake"
+    assert len(events) == 1, events
+    ev = events[0]
     assert isinstance(ev, uvssl.TcpSslError) and not isinstance(ev, uvssl.SslClosed), ev
     assert isinstance(ev.socket, uvssl.SslSocket)
 
@@ -1266,46 +1281,31 @@ def test_tls_server_makes_no_socket_before_the_handshake(certs):
 def test_tls_server_closed_during_a_handshake_still_hands_the_connection_over(certs):
     # close() stops listening; a connection accepted before it completes its handshake later
     # and reaches connect_cb and read_cb like any other.
-    connected = threading.Event()
-    closed = threading.Event()
-
-    def client(port):
+    def client(port, connected, acted):
         raw = socket.create_connection((LOCALHOST, port), timeout=PEER_TIMEOUT)
         connected.set()
-        assert closed.wait(PEER_TIMEOUT)
+        assert acted.wait(PEER_TIMEOUT)
         ctx = stdlib_client_context(certs)
         with ctx.wrap_socket(raw, server_hostname="localhost") as s:
             s.sendall(MESSAGE)
             return recv_until(s, b"\n")
 
-    h = LoopHarness(15)
-    st: dict = {"events": [], "connected": []}
+    seen: list = []
+    state: dict = {}
 
-    def start():
-        srv = uvssl.tcp_ssl_server(
-            LOCALHOST,
-            0,
-            lambda s, d: s.write(d),
-            lambda ev: (st["events"].append(ev), close_quietly(ev)),
-            certificate=str(certs.server_cert),
-            key=str(certs.server_key),
-            connect_cb=lambda s: st["connected"].append((s, st["srv"].closed)),
-        )
-        st["srv"] = srv
-        st["peer"] = PeerThread(client, srv.port)
-        st["peer"].start()
-        uvssl.interval(poll, 0.01)
+    def close_server(srv):
+        state["srv"] = srv
+        srv.close()
 
-    def poll():
-        if connected.is_set() and "at" not in st:
-            st["at"] = time.monotonic()
-        if "at" in st and not closed.is_set() and time.monotonic() - st["at"] > 0.2:
-            st["srv"].close()  # the connection was accepted by now: the loop is idle
-            closed.set()
-
-    h.run(start, until=lambda: "peer" in st and st["peer"].done and bool(st["events"]))
-    assert st["peer"].result() == MESSAGE
-    assert len(st["connected"]) == 1
-    sock, server_was_closed = st["connected"][0]
+    peer, _, events = _act_once_accepted(
+        certs,
+        client,
+        close_server,
+        read_cb=lambda s, d: s.write(d),
+        connect_cb=lambda s: seen.append((s, state["srv"].closed)),
+    )
+    assert peer.result() == MESSAGE
+    assert len(seen) == 1
+    sock, server_was_closed = seen[0]
     assert server_was_closed and isinstance(sock, uvssl.SslSocket)
-    assert all(isinstance(ev, uvssl.SslClosed) for ev in st["events"]), st["events"]
+    assert all(isinstance(ev, uvssl.SslClosed) for ev in events), events
