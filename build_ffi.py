@@ -344,7 +344,8 @@ extern "Python" {
     void uvs_py_on_batch(void *loop_data, void *const *datas, const size_t *lens, size_t n,
                          const char *buf, size_t len);
     void uvs_py_on_event(void *data, int kind, int status, int action);
-    void uvs_py_on_accept(void *server_data, uvs_conn_t *conn, int stage);
+    void uvs_py_on_accept(void *server_data, uvs_conn_t *conn, int stage, const char *buf,
+                          size_t len);
     void uvs_py_on_timer(void *data);
     void uvs_py_on_wakeup(void *loop_data);
     SSL_CTX *uvs_py_on_sni(void *ctx_data, SSL *ssl, const char *name, int *verdict);
@@ -360,7 +361,8 @@ static void uvs_py_on_read(void *data, const char *buf, size_t len);
 static void uvs_py_on_batch(void *loop_data, void *const *datas, const size_t *lens, size_t n,
                             const char *buf, size_t len);
 static void uvs_py_on_event(void *data, int kind, int status, int action);
-static void uvs_py_on_accept(void *server_data, uvs_conn_t *conn, int stage);
+static void uvs_py_on_accept(void *server_data, uvs_conn_t *conn, int stage, const char *buf,
+                             size_t len);
 static void uvs_py_on_timer(void *data);
 static void uvs_py_on_wakeup(void *loop_data);
 static SSL_CTX *uvs_py_on_sni(void *ctx_data, SSL *ssl, const char *name, int *verdict);

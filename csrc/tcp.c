@@ -38,7 +38,9 @@
  * (UVS_ACCEPT_NEW). A TLS server does the handshake first and announces the connection once
  * it is established (UVS_ACCEPT_ESTABLISHED, which stands for UVS_EV_CONNECT too): one call
  * into the embedding instead of two, and none for a half-open scanner until its handshake
- * fails. A connection still to be announced has data == NULL and `acceptor` set; an event
+ * fails. A client usually sends its first request right behind its last handshake message, so
+ * the engine goes on decrypting after the handshake (UVS__C_ANNOUNCE_DUE) and the announcement
+ * carries the plaintext that came along: connect and first read are one call, not two. A connection still to be announced has data == NULL and `acceptor` set; an event
  * before the handshake completes is a failure (an error, a timeout, the peer leaving), and it
  * announces the connection first (UVS_ACCEPT_FAILED), so that the embedding sees the error on
  * a socket as before. Servers set eager (uvs_server_set_eager) when the
@@ -76,7 +78,8 @@ static int uvs__conn_try_connect(uvs_conn_t *c, const struct sockaddr *addr);
 /* ---- events ------------------------------------------------------------------------------- */
 
 void uvs__emit(uvs_conn_t *c, int kind, int status, int action) {
-    if (c->data == NULL && (c->acceptor == NULL || !uvs__conn_announce(c, UVS_ACCEPT_FAILED)))
+    if (c->data == NULL &&
+        (c->acceptor == NULL || !uvs__conn_announce(c, UVS_ACCEPT_FAILED, NULL, 0)))
         return;
     uvs__batch_flush(c->loop); /* the data that came before the event goes first */
     uvs__cb.on_event(c->data, kind, status, action);
@@ -95,20 +98,27 @@ void uvs__conn_fail(uvs_conn_t *c, int kind, int status, int action) {
     uvs__batch_flush(c->loop);
     if (c->state & UVS__C_CLOSING)
         return;
-    if (c->acceptor != NULL && !uvs__conn_announce(c, UVS_ACCEPT_FAILED))
+    if (c->acceptor != NULL && !uvs__conn_announce(c, UVS_ACCEPT_FAILED, NULL, 0))
         return; /* refused: closed already */
     uvs__conn_close_now(c);
     uvs__emit(c, kind, status, action);
 }
 
-/* Hand a TLS server's connection to the embedding (see "Accepting" above). Returns 1 when the
- * embedding took it, 0 when it refused it (the connection is then closing). */
-int uvs__conn_announce(uvs_conn_t *c, int stage) {
+/* Hand a TLS server's connection to the embedding (see "Accepting" above), with the n bytes of
+ * first data at p, if any. A connection whose handshake is done is announced as established
+ * whatever the caller's stage: an event that follows the handshake (the peer's close_notify, an
+ * error) comes after the connect. Returns 1 when the embedding took it, 0 when it refused it
+ * (the connection is then closing). */
+int uvs__conn_announce(uvs_conn_t *c, int stage, const char *p, size_t n) {
     uvs_server_t *s = c->acceptor;
     c->acceptor = NULL;
+    if (c->state & UVS__C_ANNOUNCE_DUE) {
+        c->state &= ~(unsigned)UVS__C_ANNOUNCE_DUE;
+        stage = UVS_ACCEPT_ESTABLISHED;
+    }
     if (s->data != NULL) {
         uvs__batch_flush(c->loop);
-        uvs__cb.on_accept(s->data, c, stage);
+        uvs__cb.on_accept(s->data, c, stage, p, n);
     }
     uvs__server_release(s);
     if (c->data == NULL) {
@@ -197,6 +207,7 @@ static void uvs__conn_close_now(uvs_conn_t *c) {
     if (c->acceptor != NULL) { /* never announced: nobody is told */
         uvs_server_t *s = c->acceptor;
         c->acceptor = NULL;
+        c->state &= ~(unsigned)UVS__C_ANNOUNCE_DUE;
         uvs__server_release(s);
     }
     uvs__timer_release(c, &c->rtimer);
@@ -904,7 +915,7 @@ static void uvs__connection_cb(uv_stream_t *ls, int status) {
         s->unannounced++;
     } else {
         uvs__batch_flush(loop);
-        uvs__cb.on_accept(s->data, c, UVS_ACCEPT_NEW);
+        uvs__cb.on_accept(s->data, c, UVS_ACCEPT_NEW, NULL, 0);
         if (c->data == NULL)
             uvs__conn_close_now(c); /* the embedding refused it (or failed) */
     }

@@ -198,7 +198,7 @@ static void uvs__tls_finish_detach(uvs_conn_t *c) {
 }
 
 /* Make all the progress the offered input allows. */
-static void uvs__tls_pump(uvs_conn_t *c) {
+static void uvs__tls_pump_steps(uvs_conn_t *c) {
     uvs_tls_t *t = c->tls;
     char *pbuf = uvs__plain_buf(c->loop);
     if (pbuf == NULL) {
@@ -224,15 +224,18 @@ static void uvs__tls_pump(uvs_conn_t *c) {
             if (t->out.len == 0)
                 uvs__buf_free(&t->out);
             if (c->acceptor != NULL) {
-                if (!uvs__conn_announce(c, UVS_ACCEPT_ESTABLISHED)) /* see tcp.c */
-                    return;
+                /* announced with the plaintext that came along, or after the pump (tcp.c) */
+                c->state |= UVS__C_ANNOUNCE_DUE;
             } else {
                 uvs__emit(c, UVS_EV_CONNECT, 0, UVS_ACT_HANDSHAKE);
             }
             uvs__mark_dirty(c); /* writes queued during the handshake */
             break;
         case UVS__TLS_R_DATA:
-            uvs__conn_deliver(c, pbuf, got);
+            if (c->state & UVS__C_ANNOUNCE_DUE)
+                (void)uvs__conn_announce(c, UVS_ACCEPT_ESTABLISHED, pbuf, got);
+            else
+                uvs__conn_deliver(c, pbuf, got);
             if (c->tls != t)
                 return;
             if (t->deferred == 0 && uvs__tls_drained(t))
@@ -260,6 +263,12 @@ static void uvs__tls_pump(uvs_conn_t *c) {
             return;
         }
     }
+}
+
+static void uvs__tls_pump(uvs_conn_t *c) {
+    uvs__tls_pump_steps(c);
+    if (c->state & UVS__C_ANNOUNCE_DUE) /* the handshake ended with no data behind it */
+        (void)uvs__conn_announce(c, UVS_ACCEPT_ESTABLISHED, NULL, 0);
 }
 
 static void uvs__handshake_timeout_cb(uv_timer_t *timer) {

@@ -78,8 +78,11 @@ typedef struct {
                      const char *buf, size_t len);
     void (*on_event)(void *data, int kind, int status, int action);
     /* A server's new connection, at one of the UVS_ACCEPT_* stages. Leaving the connection's
-     * data NULL refuses it. */
-    void (*on_accept)(void *server_data, uvs_conn_t *conn, int stage);
+     * data NULL refuses it. At UVS_ACCEPT_ESTABLISHED, buf/len (len > 0) is the connection's
+     * first data when it came in with the end of the handshake: the embedding delivers it
+     * after the connect (it is not delivered again). */
+    void (*on_accept)(void *server_data, uvs_conn_t *conn, int stage, const char *buf,
+                      size_t len);
     void (*on_timer)(void *data);
     void (*on_wakeup)(void *loop_data);
     /* TLS servers: pick a context for the requested name (an SSL_CTX *, or NULL to keep the
@@ -201,7 +204,9 @@ enum {
     UVS__C_ABOVE_HIGH = 1 << 12,  /* write buffer went above the high mark    */
     UVS__C_RECONNECT = 1 << 13,   /* handle closing only to try the next addr */
     UVS__C_WRITTEN_TOLD = 1 << 14, /* UVS_EV_WRITTEN sent, nothing written since */
-    UVS__C_BIG_READS = 1 << 15     /* reads fill 64 KiB: offer the whole buffer  */
+    UVS__C_BIG_READS = 1 << 15,    /* reads fill 64 KiB: offer the whole buffer  */
+    UVS__C_ANNOUNCE_DUE = 1 << 16  /* accepted, handshake done, not announced yet: */
+                                   /* announced with the data that came with it  */
 };
 
 struct uvs_conn_s {
@@ -259,7 +264,7 @@ int uvs__conn_send_buf(uvs_conn_t *c, uvs__buf_t *b);
 int uvs__tls_attach_accepted(uvs_conn_t *c, uvs_server_t *s);
 void uvs__server_free_tls(uvs_server_t *s);
 void uvs__conn_fail(uvs_conn_t *c, int kind, int status, int action);
-int uvs__conn_announce(uvs_conn_t *c, int stage);
+int uvs__conn_announce(uvs_conn_t *c, int stage, const char *p, size_t n);
 void uvs__conn_deliver(uvs_conn_t *c, const char *p, size_t n);
 int uvs__batch_init(uvs_loop_t *loop);
 void uvs__batch_free(uvs_loop_t *loop);

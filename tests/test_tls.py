@@ -3,12 +3,14 @@ uvssl itself, the stdlib ``ssl`` module (in threads) and ``openssl s_client`` / 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 
@@ -1309,3 +1311,148 @@ def test_tls_server_closed_during_a_handshake_still_hands_the_connection_over(ce
     sock, server_was_closed = seen[0]
     assert server_was_closed and isinstance(sock, uvssl.SslSocket)
     assert all(isinstance(ev, uvssl.SslClosed) for ev in events), events
+
+
+def _one_flight_client(certs, port, payload, close_notify=False):
+    """A TLS 1.3 client that sends its last handshake message, ``payload`` and, with
+    ``close_notify``, its close_notify in one ``send()``, so that the server reads them in one go;
+    then it reads what comes back until the server closes. Returns the plaintext read."""
+    ctx = stdlib_client_context(certs)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    got = b""
+    with socket.create_connection((LOCALHOST, port), timeout=PEER_TIMEOUT) as s:
+        for _ in range(50):  # bounded: a TLS 1.3 handshake takes one round trip
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                if outgoing.pending:
+                    s.sendall(outgoing.read())
+                data = s.recv(65536)
+                if not data:
+                    raise ConnectionError("the server closed during the handshake") from None
+                incoming.write(data)
+        else:
+            raise AssertionError("no handshake after 50 rounds")
+        tls.write(payload)
+        if close_notify:
+            with contextlib.suppress(ssl.SSLWantReadError):
+                tls.unwrap()
+        s.sendall(outgoing.read())  # Finished + the payload's record (+ close_notify)
+        closed = False
+        for _ in range(200):
+            data = s.recv(65536)
+            if not data:
+                break
+            incoming.write(data)
+            try:
+                while not closed:
+                    chunk = tls.read(65536)
+                    closed = not chunk  # the server's close_notify
+                    got += chunk
+            except ssl.SSLWantReadError:
+                pass
+            except ssl.SSLZeroReturnError:  # the same, after our own close_notify
+                closed = True
+            if closed:
+                break
+    return got
+
+
+def _first_read_server(certs, payload, connect_cb, *, close_notify=False, **loop_kw):
+    """A uvssl TLS server echoing to ``_one_flight_client``; ``connect_cb(sock, log)`` runs
+    first. Returns (what the client read, the server's log): ("connect",), ("read", data,
+    whether read_cb ran inside the call that handed the connection over), ("event", ev)."""
+    h = LoopHarness(15)
+    log: list = []
+    st: dict = {}
+
+    def read_cb(sock, data):
+        frame, inside = sys._getframe(), False
+        while frame is not None:
+            inside = inside or frame.f_code.co_name == "uvs_py_on_accept"
+            frame = frame.f_back
+        log.append(("read", data, inside))
+        sock.write(data)
+        if b"".join(e[1] for e in log if e[0] == "read") == payload and not close_notify:
+            sock.close()
+
+    def event_cb(ev):
+        log.append(("event", ev))
+        close_quietly(ev)
+
+    def on_connect(sock):
+        log.append(("connect",))
+        connect_cb(sock, log)
+
+    def start():
+        srv = uvssl.tcp_ssl_server(
+            LOCALHOST,
+            0,
+            read_cb,
+            event_cb,
+            certificate=str(certs.server_cert),
+            key=str(certs.server_key),
+            connect_cb=on_connect,
+        )
+        st["peer"] = PeerThread(_one_flight_client, certs, srv.port, payload, close_notify)
+        st["peer"].start()
+
+    h.run(start, until=lambda: "peer" in st and st["peer"].done, **loop_kw)
+    return st["peer"].result(), log
+
+
+def test_first_data_behind_the_handshake_comes_with_the_connect(certs):
+    # The request that arrives with the client's Finished reaches read_cb right after
+    # connect_cb, in the same call into Python that hands the connection over.
+    got, log = _first_read_server(certs, MESSAGE, lambda sock, log: None)
+    assert got == MESSAGE
+    assert log[0] == ("connect",)
+    assert log[1] == ("read", MESSAGE, True), log
+
+
+def test_first_data_then_close_notify_in_one_read(certs):
+    # Finished, data and close_notify in one segment: connect, read, then SslClosed, in order.
+    got, log = _first_read_server(certs, MESSAGE, lambda sock, log: None, close_notify=True)
+    assert got == MESSAGE
+    assert [e[0] for e in log] == ["connect", "read", "event"], log
+    assert log[1][1] == MESSAGE
+    assert isinstance(log[2][1], uvssl.SslClosed) and not log[2][1].truncated
+
+
+def test_first_data_waits_for_a_socket_paused_in_connect_cb(certs):
+    def pause(sock, log):
+        sock.pause_reading()
+
+        def resume():
+            log.append(("resume",))
+            sock.resume_reading()
+
+        uvssl.delay(resume, 0.1)
+
+    got, log = _first_read_server(certs, MESSAGE, pause)
+    assert got == MESSAGE
+    assert [e[0] for e in log] == ["connect", "resume", "read"], log
+    assert log[2][1] == MESSAGE
+
+
+def test_first_data_is_dropped_for_a_socket_closed_in_connect_cb(certs):
+    got, log = _first_read_server(certs, MESSAGE, lambda sock, log: sock.close())
+    assert got == b""
+    assert [e[0] for e in log] == ["connect"], log
+
+
+def test_first_data_still_reaches_read_cb_when_connect_cb_raises(certs):
+    caught: list = []
+
+    def boom(sock, log):
+        raise KeyError("connect_cb failed")
+
+    got, log = _first_read_server(
+        certs, MESSAGE, boom, catch_app_errors=True, default_event_cb=caught.append
+    )
+    assert got == MESSAGE
+    assert [e[0] for e in log] == ["connect", "read"], log
+    assert len(caught) == 1 and isinstance(caught[0], KeyError)

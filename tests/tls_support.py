@@ -119,6 +119,7 @@ class LoopHarness:
         until: Optional[Callable[[], bool]] = None,
         *,
         check: bool = True,
+        **loop_kw: Any,
     ) -> None:
         def fail_and_exit() -> None:
             self.timed_out = True
@@ -136,7 +137,7 @@ class LoopHarness:
                 uvssl.interval(poll, 0.02)
             start_fn()
 
-        uvssl.start_event_loop(start)
+        uvssl.start_event_loop(start, **loop_kw)
         if check and self.failures:
             pytest.fail("; ".join(self.failures), pytrace=False)
 

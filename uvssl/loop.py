@@ -456,18 +456,30 @@ def uvs_py_on_event(data: Any, kind: int, status: int, action: int) -> None:
 
 
 @ffi.def_extern()  # type: ignore[untyped-decorator]
-def uvs_py_on_accept(server_data: Any, conn: Any, stage: int) -> None:
+def uvs_py_on_accept(server_data: Any, conn: Any, stage: int, buf: Any, length: int) -> None:
     """A server has a new connection: wrap it (leaving data NULL refuses it).
 
     ``stage`` (UVS_ACCEPT_*): just accepted; a TLS connection whose handshake is done (this
     stands for its connect event); or one whose handshake failed first (its error follows).
+    A connection handed over after its handshake may bring the data that came with the end of
+    the handshake (``length`` > 0): it is read after the connect, as on_read would deliver it.
     """
-    server = ffi.from_handle(server_data)
+    server = _from_handle(server_data)
     loop = server._loop
     if loop._halted:
         return
     try:
-        server._accept(conn, stage)
+        sock = server._accept(conn, stage)
+    except BaseException as exc:  # noqa: BLE001
+        loop._app_error(exc)
+        return
+    if length == 0 or sock._closed or loop._halted:
+        return
+    if sock._held is not None:  # paused by connect_cb: kept until resume_reading()
+        sock._held.append(_unpack(buf, length))
+        return
+    try:
+        sock._deliver(sock, _unpack(buf, length))
     except BaseException as exc:  # noqa: BLE001
         loop._app_error(exc)
 

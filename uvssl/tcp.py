@@ -605,12 +605,16 @@ class TcpServer:
             self._loop, self.read_cb, self.event_cb, self.connect_cb, None, self.stream
         )
 
-    def _accept(self, conn: Any, stage: int) -> None:
+    def _accept(self, conn: Any, stage: int) -> Socket:
         sock = self._new_socket()
         sock._server = self  # type: ignore[attr-defined]
         sock._attach(conn)
         lib.uvs_conn_set_data(conn, sock._handle)
-        self._accepted(sock, stage)
+        try:
+            self._accepted(sock, stage)
+        except BaseException as exc:  # noqa: BLE001 - the socket is taken: its data follows
+            self._loop._app_error(exc)
+        return sock
 
     def _accepted(self, sock: Socket, stage: int) -> None:
         sock._connected = True
