@@ -143,6 +143,7 @@ uvs_conn_t *uvs_conn_open(uvs_loop_t *loop, void *data, int fd, int *err);
 void uvs_conn_set_data(uvs_conn_t *c, void *data);
 int uvs_conn_write(uvs_conn_t *c, const char *buf, size_t len);
 int uvs_conn_close(uvs_conn_t *c, int force);
+int uvs_conn_release(uvs_conn_t *c, int force);
 int uvs_conn_shutdown(uvs_conn_t *c);
 int uvs_conn_pause(uvs_conn_t *c);
 int uvs_conn_resume(uvs_conn_t *c);

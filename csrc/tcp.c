@@ -29,6 +29,10 @@
  * close_notify has gone out). Shutdown ("write" half-close) waits the same way, then issues
  * uv_shutdown. The struct is freed only after the close callback AND every outstanding request
  * and timer close have come back (pending_reqs == 0); UVS_EV_CLOSED is the last event.
+ * An embedding that closes with uvs_conn_release instead is done with the connection: when
+ * nothing it wrote is left to flush (so no failure or notification could still concern it),
+ * the connection forgets the embedding's data at once and closes on its own, telling nobody.
+ * That spares a server one call into the embedding per connection, the UVS_EV_CLOSED.
  *
  * Connecting. Numeric addresses connect at once; names go through uv_getaddrinfo. When a
  * connect to one resolved address fails, the handle is closed and re-initialised and the next
@@ -642,6 +646,20 @@ int uvs_conn_close(uvs_conn_t *c, int force) {
     uvs__conn_stop_reading(c);
     uvs__mark_dirty(c);
     return 0;
+}
+
+/* Close c for an embedding that is done with it: as uvs_conn_close, and, when nothing it wrote
+ * is left to flush and no write or drain notification is due, c forgets the embedding at once
+ * and 1 is returned: no event follows, not even UVS_EV_CLOSED, and the embedding must not use
+ * c again. Otherwise 0: events go on (a flush can still fail) until UVS_EV_CLOSED. */
+int uvs_conn_release(uvs_conn_t *c, int force) {
+    (void)uvs_conn_close(c, force);
+    if (!(c->state & UVS__C_CLOSING) &&
+        (uvs_conn_write_buffer_size(c) > 0 || (c->state & UVS__C_ABOVE_HIGH) ||
+         ((c->user_flags & UVS_CF_NOTIFY_WRITTEN) && !(c->state & UVS__C_WRITTEN_TOLD))))
+        return 0;
+    c->data = NULL;
+    return 1;
 }
 
 int uvs_conn_shutdown(uvs_conn_t *c) {

@@ -948,6 +948,44 @@ def test_close_socket_force_drops_pending_writes():
     assert issubclass(state["server_events"][0], uvssl.TcpError)
 
 
+def test_close_lets_go_of_a_socket_at_once_when_nothing_is_left_to_flush():
+    # A socket whose writes have all reached the kernel is finished when close() returns: it
+    # leaves the loop's live set and no event reaches it any more. With writes still queued
+    # (or force=False and a write notification due) it stays followed until they are out, so
+    # that a failure can still be reported.
+    state: dict = {"live": [], "events": [], "echo": b""}
+
+    def live(sock):
+        return sock in uvssl.get_loop()._live
+
+    def start():
+        def srv_read(sock, data):
+            sock.write(data)  # queued until this callback returns
+            sock.close()
+            state["live"].append(("server, data queued", live(sock), sock.closed))
+
+        srv = uvssl.tcp_server(LOCALHOST, 0, srv_read, state["events"].append)
+
+        def cli_read(sock, data):
+            state["echo"] += data
+            sock.close()  # "ping" went out long ago
+            state["live"].append(("client, all flushed", live(sock), sock.closed))
+            with pytest.raises(uvssl.SocketClosed):
+                sock.write(b"late")
+            srv.close()
+
+        ping = lambda s: s.write(b"ping")  # noqa: E731
+        uvssl.tcp_connect(LOCALHOST, srv.port, cli_read, state["events"].append, connect_cb=ping)
+
+    run_loop(start)  # ends by itself: the released sockets close without anyone being told
+    assert state["echo"] == b"ping"
+    assert state["live"] == [
+        ("server, data queued", True, True),
+        ("client, all flushed", False, True),
+    ]
+    assert state["events"] == []
+
+
 def test_close_tcp_server_keeps_accepted_connections():
     state = {"echo": b"", "events": []}
 
