@@ -349,7 +349,9 @@ class Socket:
 
     def close(self, force: bool = False) -> None:
         """Close the socket. Graceful by default: pending writes are flushed first (and
-        close_notify sent on TLS); ``force=True`` drops them and closes at once.
+        close_notify sent on TLS), and a failure to flush them still reaches ``event_cb``;
+        ``force=True`` drops them and closes at once. With nothing left to flush (or forced),
+        the socket is finished when this returns: no event reaches it any more.
         """
         if self._closed:
             return
