@@ -468,18 +468,21 @@ def uvs_py_on_accept(server_data: Any, conn: Any, stage: int, buf: Any, length: 
     loop = server._loop
     if loop._halted:
         return
+    # copied first: buf is the loop's decryption buffer, which connect_cb may reuse (by
+    # resuming another TLS socket, say)
+    data = _unpack(buf, length) if length else None
     try:
         sock = server._accept(conn, stage)
     except BaseException as exc:  # noqa: BLE001
         loop._app_error(exc)
         return
-    if length == 0 or sock._closed or loop._halted:
+    if data is None or sock._closed or loop._halted:
         return
     if sock._held is not None:  # paused by connect_cb: kept until resume_reading()
-        sock._held.append(_unpack(buf, length))
+        sock._held.append(data)
         return
     try:
-        sock._deliver(sock, _unpack(buf, length))
+        sock._deliver(sock, data)
     except BaseException as exc:  # noqa: BLE001
         loop._app_error(exc)
 
