@@ -44,11 +44,13 @@
  * into the embedding instead of two, and none for a half-open scanner until its handshake
  * fails. A client usually sends its first request right behind its last handshake message, so
  * the engine goes on decrypting after the handshake (UVS__C_ANNOUNCE_DUE) and the announcement
- * carries the plaintext that came along: connect and first read are one call, not two. A connection still to be announced has data == NULL and `acceptor` set; an event
- * before the handshake completes is a failure (an error, a timeout, the peer leaving), and it
- * announces the connection first (UVS_ACCEPT_FAILED), so that the embedding sees the error on
- * a socket as before. Servers set eager (uvs_server_set_eager) when the
- * embedding must see the SSL* before the handshake (SNI bookkeeping, per-SSL configuration).
+ * carries the plaintext that came along: connect and first read are one call, not two.
+ * A connection still to be announced has data == NULL and `acceptor` set; an event before the
+ * handshake completes is a failure (an error, a timeout, the peer leaving), and it announces
+ * the connection first (UVS_ACCEPT_FAILED), so that the embedding sees the error on a socket
+ * as before; an event after it (the peer's close_notify, say) announces it as established.
+ * Servers set eager (uvs_server_set_eager) when the embedding must see the SSL* before the
+ * handshake (SNI bookkeeping, per-SSL configuration).
  * A server counts the connections it has yet to announce and is freed (UVS_EV_CLOSED) only
  * when they are all announced or gone, so that they can still be announced after it stopped
  * listening. Closing the loop closes unannounced connections without telling anyone.
