@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import hashlib
 import os
+import pickle
 import socket
 import ssl
 import subprocess
@@ -1209,6 +1211,25 @@ def test_error_class_hierarchy():
     assert "unable to get local issuer certificate" in text and "20" in text
     assert "a" in text and "handshake" in text
     assert exc.codes == (1, 2) and exc.strings == ("a", "b")
+
+
+def test_error_attributes_default_and_survive_pickling():
+    closed = uvssl.SslClosed("the peer sent close_notify", what="read", identifier="shutdown")
+    assert (closed.what, closed.action, closed.identifier) == ("read", "read", "shutdown")
+    assert closed.codes == () and closed.strings == ()
+    assert closed.verify_result is None and closed.verify_result_string is None
+    assert closed.code is None and closed.socket is None and not closed.truncated
+    eof = uvssl.TcpEof("the peer closed the connection", action="read")
+    assert (eof.code, eof.identifier, eof.action, eof.socket) == (None, "unknown", "read", None)
+    reset = uvssl.TcpError("reset", code=errno.ECONNRESET, action="write")
+    assert reset.identifier == "connection-reset" and reset.errno == errno.ECONNRESET
+    failure = uvssl.SslFailure("bad", what="handshake", codes=[7], strings=["x"], verify_result=0)
+    for exc in (closed, eof, reset, failure):
+        back = pickle.loads(pickle.dumps(exc))
+        assert type(back) is type(exc) and str(back) == str(exc)
+        for name in ("message", "code", "action", "identifier", "socket"):
+            assert getattr(back, name) == getattr(exc, name), name
+    assert back.codes == (7,) and back.strings == ("x",) and back.verify_result == 0
 
 
 # -- when a TLS server hands a connection over --------------------------------------------------

@@ -70,6 +70,13 @@ class SocketError(OSError):
 
     """
 
+    # Defaults as class attributes: an instance stores only what differs, which makes an event
+    # (an EOF, a close_notify: one per connection on a busy server) cheaper to build.
+    code: Optional[int] = None
+    action: str = ""
+    socket: Any = None
+    identifier: str = "unknown"
+
     def __init__(
         self,
         message: str,
@@ -79,15 +86,20 @@ class SocketError(OSError):
         socket: Any = None,
         identifier: Optional[str] = None,
     ) -> None:
+        self.message = message
         if code is not None:
             super().__init__(code, message)
+            self.code = code
         else:
             super().__init__(message)
-        self.message = message
-        self.code = code
-        self.action = action
-        self.socket = socket
-        self.identifier = identifier if identifier is not None else identifier_for_errno(code)
+        if action:
+            self.action = action
+        if socket is not None:
+            self.socket = socket
+        if identifier is None:
+            identifier = identifier_for_errno(code)
+        if identifier != "unknown":
+            self.identifier = identifier
 
     def __str__(self) -> str:
         parts = [self.message]
@@ -149,11 +161,11 @@ class SslCondition(Exception):
         verify_result_string: its text, or None.
     """
 
-    what: str
-    codes: tuple[int, ...]
-    strings: tuple[str, ...]
-    verify_result: Optional[int]
-    verify_result_string: Optional[str]
+    what: str = ""
+    codes: tuple[int, ...] = ()
+    strings: tuple[str, ...] = ()
+    verify_result: Optional[int] = None
+    verify_result_string: Optional[str] = None
 
 
 class TcpSslError(TcpError, SslCondition):
@@ -173,11 +185,16 @@ class TcpSslError(TcpError, SslCondition):
         identifier: Optional[str] = None,
     ) -> None:
         super().__init__(message, code=code, action=what, socket=socket, identifier=identifier)
-        self.what = what
-        self.codes = tuple(codes)
-        self.strings = tuple(strings)
-        self.verify_result = verify_result
-        self.verify_result_string = verify_result_string
+        if what:
+            self.what = what
+        if codes:
+            self.codes = tuple(codes)
+        if strings:
+            self.strings = tuple(strings)
+        if verify_result is not None:
+            self.verify_result = verify_result
+        if verify_result_string is not None:
+            self.verify_result_string = verify_result_string
 
     def __str__(self) -> str:
         text = self.message
