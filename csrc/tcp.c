@@ -552,6 +552,8 @@ static int uvs__write_direct(uvs_conn_t *c, const char *buf, size_t len) {
 int uvs_conn_write(uvs_conn_t *c, const char *buf, size_t len) {
     if (c->state & (UVS__C_CLOSING | UVS__C_CLOSE_WANTED | UVS__C_SHUT_WANTED))
         return UV_EPIPE;
+    if (c->tls != NULL && !uvs__tls_accepts_writes(c))
+        return UV_ESHUTDOWN; /* close_notify went both ways (see tls_conn.c) */
     int encrypted = 0; /* the TLS direct path took all of it */
     if (len >= UVS__DIRECT_WRITE_MIN && c->out.len == 0 && (c->state & UVS__C_CONNECTED) &&
         len <= UVS__MAX_IOV) {

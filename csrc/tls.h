@@ -122,6 +122,7 @@ void uvs__tls_resume(uvs_conn_t *c);
 size_t uvs__tls_pending(const uvs_conn_t *c);
 size_t uvs__tls_held_bytes(const uvs_conn_t *c);
 int uvs__tls_close_notify_sent(uvs_conn_t *c);
+int uvs__tls_accepts_writes(const uvs_conn_t *c);
 
 /* shared with tcp.c */
 int uvs__timer_arm(uvs_conn_t *c, uv_timer_t **slot, uint64_t ms, uv_timer_cb cb);

@@ -23,6 +23,8 @@
  *
  * The peer's close_notify is answered with ours at once (UVS_EV_TLS_CLOSED, status 0) and the
  * TCP connection stays open: the application may close it, or detach and go on in plaintext.
+ * Until it detaches, a write is refused (UV_ESHUTDOWN): the session can no longer carry it,
+ * and holding it would keep a graceful close waiting forever for a flush that cannot happen.
  * Detaching (uvs_conn_detach_tls) sends close_notify and waits for the peer's; bytes after the
  * peer's close_notify are plaintext and are delivered as such once the engine is gone.
  *
@@ -396,6 +398,13 @@ int uvs__tls_write_direct(uvs_conn_t *c, const char *p, size_t n) {
     }
     uvs__mark_dirty(c); /* the ciphertext leaves with the flush at the end of the callback */
     return 1;
+}
+
+/* Whether the session can still carry the application's writes: not once close_notify went
+ * both ways, unless a detach is under way (its writes then leave in plaintext). */
+int uvs__tls_accepts_writes(const uvs_conn_t *c) {
+    const uvs_tls_t *t = c->tls;
+    return t->state != UVS_TLS_DONE || t->detaching;
 }
 
 int uvs__tls_close_notify_sent(uvs_conn_t *c) {

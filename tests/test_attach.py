@@ -332,6 +332,7 @@ class LineServer:
         self.buf = bytearray()
         self.server: Any = None
         self.closed = False
+        self.write_error: Optional[BaseException] = None
         self.attach_twice_error: Optional[BaseException] = None
 
     def start(self) -> None:
@@ -363,6 +364,11 @@ class LineServer:
             assert not is_tls(sock)
             sock.write(b"AFTER CLOSE_NOTIFY\n")
             return
+        if isinstance(ev, uvssl.SslClosed) and not ev.truncated and self.on_ssl_closed == "write":
+            try:  # the session is over: refused, not held for a flush that cannot happen
+                sock.write(b"TOO LATE\n")
+            except uvssl.SocketClosed as exc:
+                self.write_error = exc
         if isinstance(ev, uvssl.SslClosed) and not ev.truncated:
             uvssl.close_socket(sock)
         else:
@@ -388,6 +394,32 @@ def run_line_server(server_ctx, client_fn, on_ssl_closed="close"):
 
     h.run(start, until=finished)
     return srv, st["peer"].result()
+
+
+def test_write_after_close_notify_both_ways_is_refused_and_close_still_ends_it(certs, server_ctx):
+    # After the peer's close_notify (answered with ours) the session can carry nothing more:
+    # a write is refused at once, and close_socket() ends the connection (before, the write was
+    # held and the graceful close waited for it for ever).
+    cctx = stdlib_client_context(certs)
+
+    def client(port):
+        raw = socket.create_connection((LOCALHOST, port), timeout=PEER_TIMEOUT)
+        with raw:
+            raw.sendall(b"STARTTLS\n")
+            assert recv_exactly(raw, 3) == b"OK\n"
+            s = cctx.wrap_socket(raw, server_hostname="localhost")
+            s.sendall(b"HI\n")
+            assert recv_exactly(s, len(b"ECHO:HI\n")) == b"ECHO:HI\n"
+            plain = s.unwrap()
+            eof = plain.recv(100)  # the server's FIN, not "TOO LATE" in any form
+            plain.detach()
+            return eof
+
+    srv, eof = run_line_server(server_ctx, client, on_ssl_closed="write")
+    assert eof == b""
+    assert isinstance(srv.write_error, uvssl.SocketClosed)
+    assert "detach_ssl" in str(srv.write_error)
+    assert len(srv.events) == 1 and isinstance(srv.events[0], uvssl.SslClosed)
 
 
 def test_detach_then_plaintext_then_attach_again(certs, server_ctx):

@@ -340,7 +340,10 @@ class Socket:
             return True
         if r < 0:
             raise SocketClosed(
-                f"socket is closing; cannot write ({_strerror(r)})",
+                "the TLS session has ended (close_notify both ways); detach_ssl() first to go"
+                " on in plaintext"
+                if r == _UV_ESHUTDOWN
+                else f"socket is closing; cannot write ({_strerror(r)})",
                 action="write",
                 socket=self,
                 identifier="shutdown",
@@ -519,6 +522,7 @@ _EV_WRITTEN = lib.UVS_EV_WRITTEN
 _EV_DRAIN = lib.UVS_EV_DRAIN
 _EV_CONNECT = lib.UVS_EV_CONNECT
 _EV_EOF = lib.UVS_EV_EOF
+_UV_ESHUTDOWN = lib.UV_ESHUTDOWN
 _CF_NOTIFY_WRITTEN = lib.UVS_CF_NOTIFY_WRITTEN
 _CF_NOTIFY_DRAIN = lib.UVS_CF_NOTIFY_DRAIN
 
