@@ -329,7 +329,8 @@ class Socket:
 
         Returns True while the write buffer is at or below its high-water mark and False once
         it is above it: a writer should then stop and wait for ``drain_cb``.
-        Raises ``SocketClosed`` on a closed socket.
+        Raises ``SocketClosed`` on a closed socket, and on a TLS socket whose session has
+        ended (the peer's close_notify answered) until ``detach_ssl`` makes it plaintext.
         """
         conn = self._conn
         if conn is None or self._closed:
