@@ -396,11 +396,9 @@ def run_line_server(server_ctx, client_fn, on_ssl_closed="close"):
     return srv, st["peer"].result()
 
 
-def test_write_after_close_notify_both_ways_is_refused_and_close_still_ends_it(certs, server_ctx):
-    # After the peer's close_notify (answered with ours) the session can carry nothing more:
-    # a write is refused at once, and close_socket() ends the connection (before, the write was
-    # held and the graceful close waited for it for ever).
-    cctx = stdlib_client_context(certs)
+def _close_notify_first_client(cctx):
+    """A peer that goes TLS (STARTTLS), has one line echoed, sends its close_notify first and
+    returns what the connection reads after that: b"" once the server closes."""
 
     def client(port):
         raw = socket.create_connection((LOCALHOST, port), timeout=PEER_TIMEOUT)
@@ -411,10 +409,18 @@ def test_write_after_close_notify_both_ways_is_refused_and_close_still_ends_it(c
             s.sendall(b"HI\n")
             assert recv_exactly(s, len(b"ECHO:HI\n")) == b"ECHO:HI\n"
             plain = s.unwrap()
-            eof = plain.recv(100)  # the server's FIN, not "TOO LATE" in any form
+            eof = plain.recv(100)  # the server's FIN (and nothing it tried to write after)
             plain.detach()
             return eof
 
+    return client
+
+
+def test_write_after_close_notify_both_ways_is_refused_and_close_still_ends_it(certs, server_ctx):
+    # After the peer's close_notify (answered with ours) the session can carry nothing more:
+    # a write is refused at once, and close_socket() ends the connection (before, the write was
+    # held and the graceful close waited for it for ever).
+    client = _close_notify_first_client(stdlib_client_context(certs))
     srv, eof = run_line_server(server_ctx, client, on_ssl_closed="write")
     assert eof == b""
     assert isinstance(srv.write_error, uvssl.SocketClosed)
@@ -514,21 +520,7 @@ def test_peer_close_notify_first_then_detach_continues_in_plaintext(certs, serve
 
 
 def test_peer_close_notify_first_then_close_socket_ends_it(certs, server_ctx):
-    cctx = stdlib_client_context(certs)
-
-    def client(port):
-        raw = socket.create_connection((LOCALHOST, port), timeout=PEER_TIMEOUT)
-        with raw:
-            raw.sendall(b"STARTTLS\n")
-            assert recv_exactly(raw, 3) == b"OK\n"
-            s = cctx.wrap_socket(raw, server_hostname="localhost")
-            s.sendall(b"HI\n")
-            assert recv_exactly(s, len(b"ECHO:HI\n")) == b"ECHO:HI\n"
-            plain = s.unwrap()
-            eof = plain.recv(100)
-            plain.detach()
-            return eof
-
+    client = _close_notify_first_client(stdlib_client_context(certs))
     srv, eof = run_line_server(server_ctx, client, on_ssl_closed="close")
     assert eof == b""
     assert len(srv.events) == 1
