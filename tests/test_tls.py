@@ -6,13 +6,16 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import hashlib
 import os
 import pickle
 import socket
 import ssl
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 
@@ -1477,3 +1480,102 @@ def test_first_data_still_reaches_read_cb_when_connect_cb_raises(certs):
     assert got == MESSAGE
     assert [e[0] for e in log] == ["connect", "read"], log
     assert len(caught) == 1 and isinstance(caught[0], KeyError)
+
+
+# The loop decrypts every TLS socket's records into one shared buffer, at most 256 KiB per step
+# (csrc/uvs.h, UVS__READ_BUF_SIZE). Records of 3,128 bytes (3,150 on the wire: TLS 1.3 adds 22)
+# make the second read of a socket (64 KiB first, then 256 KiB) bring 608 bytes of plaintext more
+# than that, which stay decrypted inside OpenSSL while the socket is paused.
+_HELD_RECORD = 3128
+_HELD_RECORDS = 120  # 378,000 bytes on the wire: both reads find all they ask for queued
+
+
+def _held_records_client(certs, port, go):
+    """Sends ``_HELD_RECORDS`` records of ``_HELD_RECORD`` bytes of ``a`` once the server says
+    "go", then reads until the server closes."""
+    ctx = stdlib_client_context(certs)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    with socket.create_connection((LOCALHOST, port), timeout=PEER_TIMEOUT) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            assert recv_exactly(s, 2) == b"go"
+            go.set()
+            for _ in range(_HELD_RECORDS):
+                s.sendall(b"a" * _HELD_RECORD)  # one record each
+            with contextlib.suppress(OSError, ssl.SSLError):
+                for _ in range(100):
+                    if not s.recv(65536):
+                        break
+
+
+def test_first_data_survives_connect_cb_resuming_another_tls_socket(certs):
+    # A connection is handed over with the plaintext that came behind its handshake, which is
+    # in the loop's decryption buffer. connect_cb may make another TLS socket decrypt into that
+    # buffer: here it resumes socket A, whose records OpenSSL still holds. The hand-over's data
+    # must reach read_cb as it came, not overwritten by A's.
+    h = LoopHarness(15)
+    st: dict = {"a": None, "a_got": [], "b_got": [], "capped": False}
+    go = threading.Event()
+    total = _HELD_RECORD * _HELD_RECORDS
+
+    def queued() -> int:  # bytes waiting in the kernel for A
+        buf = fcntl.ioctl(st["a_fd"].fileno(), termios.FIONREAD, struct.pack("i", 0))
+        return struct.unpack("i", buf)[0]
+
+    def resume_a_when_all_queued():
+        if st["a"] is not None and go.is_set() and queued() >= total + 22 * _HELD_RECORDS:
+            st["poll"].cancel()
+            st["a"].resume_reading()
+
+    def read_cb(sock, data):
+        if sock is st["a"]:
+            st["a_got"].append(data)
+            if len(data) == 256 * 1024:  # the step stopped at the buffer's end: A stops here
+                st["capped"] = True
+                sock.pause_reading()
+                st["b"] = PeerThread(_one_flight_client, certs, st["port"], MESSAGE, name="b")
+                st["b"].start()
+            elif sum(map(len, st["a_got"])) == total:
+                sock.close()
+                if not st["capped"]:
+                    h.fail("A never got a full 256 KiB step: the setup did not hold records")
+            return
+        st["b_got"].append(data)
+        sock.write(data)
+        if sum(map(len, st["b_got"])) >= len(MESSAGE):
+            sock.close()
+
+    def connect_cb(sock):
+        if st["a"] is None:  # A: room in the kernel for all it sends, read once it is queued
+            st["a"] = sock
+            st["a_fd"] = socket.socket(fileno=os.dup(sock.fileno()))
+            st["a_fd"].setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            sock.pause_reading()
+            sock.write(b"go")
+            st["poll"] = uvssl.interval(resume_a_when_all_queued, 0.01)
+        else:  # B, handed over with MESSAGE: A decrypts what OpenSSL kept for it
+            st["a"].resume_reading()
+
+    def start():
+        srv = uvssl.tcp_ssl_server(
+            LOCALHOST,
+            0,
+            read_cb,
+            close_quietly,
+            certificate=str(certs.server_cert),
+            key=str(certs.server_key),
+            connect_cb=connect_cb,
+        )
+        st["port"] = srv.port
+        st["peer_a"] = PeerThread(_held_records_client, certs, srv.port, go, name="a")
+        st["peer_a"].start()
+
+    try:
+        h.run(start, until=lambda: "b" in st and st["b"].done and st["peer_a"].done)
+    finally:
+        if "a_fd" in st:
+            st["a_fd"].close()
+    st["peer_a"].result()
+    assert st["capped"], "A never got a full 256 KiB step: the setup did not hold records"
+    assert b"".join(st["b_got"]) == MESSAGE
+    assert st["b"].result() == MESSAGE
+    assert b"".join(st["a_got"]) == b"a" * total
