@@ -20,9 +20,11 @@ plain-echo-64      64-byte plain-TCP echo, 64 connections (uvssl: ``uvssl.bench.
 
 Server CPU per operation
 ------------------------
-While the load client runs, the runner samples the server's ``utime + stime`` from
-``/proc/<pid>/stat`` (all its threads, in clock ticks, usually 10 ms) about every 10 ms, with
-time stamps from ``time.monotonic()`` (CLOCK_MONOTONIC, the load client's clock too). The load
+While the load client runs, the runner samples the server's CPU time about every 10 ms: the
+scheduler's own count for each of its threads, in nanoseconds (``/proc/<pid>/task/*/schedstat``),
+or, on a kernel that does not keep it, ``utime + stime`` from ``/proc/<pid>/stat`` in clock ticks
+(usually 10 ms); the report's ``cpu_resolution_s`` says which. Samples carry time stamps from
+``time.monotonic()`` (CLOCK_MONOTONIC, the load client's clock too). The load
 client measures only after its setup and warm-up phases and prints its JSON right after the
 measured window ends (it then only closes its connections), reporting the window's length as
 ``seconds``. So the window is ``[t_json - seconds, t_json]`` where ``t_json`` is when the JSON
@@ -30,8 +32,9 @@ arrived; the server's CPU at both ends is interpolated between samples, and the 
 divided by the operations the load client counted in that window: requests (echo), 64 KiB
 chunks echoed (bulk), handshakes (hs-*). Setup and warm-up are excluded. For ``idle`` the
 window runs from just before the load client starts to its ``IDLE <n>`` line, and an operation
-is one connection opened (handshake plus one echo). The error is about one clock tick at each
-end of the window (e.g. 20 ms over a 2 s window, 1%).
+is one connection opened (handshake plus one echo). The error is the interpolation between two
+samples at each end of the window (and, with clock ticks, about one tick at each end: 20 ms over
+a 2 s window, 1%).
 
 Rounds
 ------
