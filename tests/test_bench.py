@@ -63,6 +63,9 @@ def test_bench_tiny_end_to_end(tmp_path):
                 value = res[metric]
                 assert isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
             assert res["ops"] > 0
+            # where the server's time went: user space and kernel, over the same window
+            for key in ("server_user_s", "server_sys_s"):
+                assert isinstance(res[key], float) and res[key] >= 0, (name, cell, key)
             # cells whose connections persist are measured after an unmeasured priming run
             primed = report["cells"][cell]["prime"]
             assert primed == (cell in ("echo-1", "echo-64", "bulk", "plain-echo-64"))

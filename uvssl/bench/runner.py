@@ -36,6 +36,13 @@ is one connection opened (handshake plus one echo). The error is the interpolati
 samples at each end of the window (and, with clock ticks, about one tick at each end: 20 ms over
 a 2 s window, 1%).
 
+Every sample also reads ``utime`` and ``stime`` from ``/proc/<pid>/stat``, the time the
+server's threads spent in user space and in the kernel (clock ticks, attributed by the kernel
+at each tick). The JSON gives them for the same window as ``server_user_s`` and
+``server_sys_s``: where a server's time goes, in its own code and libraries or in system calls
+and the network stack. They are exact to a tick or two at each end, so they mean something in
+the full mode's 5-second cells, not in ``--tiny``'s.
+
 Rounds
 ------
 Timing on a shared machine is noisy: the same cell can move 10-30% between two runs. With
@@ -331,13 +338,22 @@ def _cpu_seconds(pid: int) -> Optional[float]:
             return total / 1e9
         except (OSError, ValueError, IndexError):
             pass  # gone, or a thread ended between the listing and the read: try /proc/stat
+    split = _cpu_split(pid)
+    return None if split is None else split[0] + split[1]
+
+
+def _cpu_split(pid: int) -> Optional[Tuple[float, float]]:
+    """(user, kernel) CPU time of process *pid* in seconds, or None if it is gone.
+
+    ``utime`` and ``stime`` of ``/proc/<pid>/stat``: all its threads, in clock ticks.
+    """
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             raw = f.read()
     except OSError:
         return None
     fields = raw[raw.rfind(b")") + 2 :].split()  # fields from 3 (state) on
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    return int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK
 
 
 _SCHEDSTAT = os.path.exists("/proc/self/schedstat")
@@ -526,6 +542,8 @@ class _LoadRun:
     t_start: float
     t_json: float
     idle: Optional[Dict[str, float]] = None
+    user_samples: List[Tuple[float, float]] = field(default_factory=list)
+    sys_samples: List[Tuple[float, float]] = field(default_factory=list)
 
 
 def _run_loadgen(
@@ -538,11 +556,18 @@ def _run_loadgen(
     """
     rss_before = _rss_bytes(server.pid) if idle else 0
     samples: List[Tuple[float, float]] = []
+    user_samples: List[Tuple[float, float]] = []
+    sys_samples: List[Tuple[float, float]] = []
 
     def sample() -> None:
         c = _cpu_seconds(server.pid)
+        split = _cpu_split(server.pid)
+        now = time.monotonic()
         if c is not None and len(samples) < MAX_SAMPLES:
-            samples.append((time.monotonic(), c))
+            samples.append((now, c))
+        if split is not None and len(user_samples) < MAX_SAMPLES:
+            user_samples.append((now, split[0]))
+            sys_samples.append((now, split[1]))
 
     sample()
     t_start = time.monotonic()
@@ -612,7 +637,9 @@ def _run_loadgen(
             f"load client failed (status {proc.returncode}): {detail}"
             + (f"; server stderr: {tail}" if tail else "")
         )
-    return _LoadRun(result, samples, t_start, t_json or time.monotonic(), idle_info)
+    return _LoadRun(
+        result, samples, t_start, t_json or time.monotonic(), idle_info, user_samples, sys_samples
+    )
 
 
 # -- one cell -------------------------------------------------------------------------------
@@ -700,7 +727,7 @@ def _measure(
         n = int(run.idle["n"])
         if n <= 0:
             raise BenchError(f"no idle connection could be opened: {r.get('error')}")
-        cpu0, cpu1 = _cpu_at(run.samples, run.t_start), _cpu_at(run.samples, run.idle["t"])
+        t0, t1 = run.t_start, run.idle["t"]
         growth = run.idle["rss_after"] - run.idle["rss_before"]
         out.update(
             conns=n,
@@ -719,10 +746,14 @@ def _measure(
         else:
             out.update(hps=float(r["hps"]), resumed=int(r.get("resumed", 0)))
         out.update(ops=_ops(cell, r), seconds=seconds, conns=int(r.get("conns", cell.conns)))
-        cpu0 = _cpu_at(run.samples, run.t_json - seconds)
-        cpu1 = _cpu_at(run.samples, run.t_json)
-    cpu = max(0.0, cpu1 - cpu0)
+        t0, t1 = run.t_json - seconds, run.t_json
+    cpu = max(0.0, _cpu_at(run.samples, t1) - _cpu_at(run.samples, t0))
     out["server_cpu_s"] = round(cpu, 4)
+    if run.user_samples:
+        user = _cpu_at(run.user_samples, t1) - _cpu_at(run.user_samples, t0)
+        kernel = _cpu_at(run.sys_samples, t1) - _cpu_at(run.sys_samples, t0)
+        out["server_user_s"] = round(max(0.0, user), 4)
+        out["server_sys_s"] = round(max(0.0, kernel), 4)
     out["cpu_s_per_op"] = cpu / out["ops"] if out["ops"] > 0 else 0.0
     out["loadgen"] = r
     return out
@@ -817,6 +848,9 @@ def combine_rounds(cell: CellSpec, runs: List[Dict[str, Any]]) -> Dict[str, Any]
     out: Dict[str, Any] = {"status": "ok"}
     for key in (*cell.metrics, "ops", "seconds", "server_cpu_s"):
         out[key] = statistics.median(float(r[key]) for r in ok)
+    for key in ("server_user_s", "server_sys_s"):  # absent when /proc/<pid>/stat was not read
+        if all(key in r for r in ok):
+            out[key] = statistics.median(float(r[key]) for r in ok)
     out["ops"] = int(out["ops"])
     out["prime_ops"] = int(statistics.median(int(r.get("prime_ops", 0)) for r in ok))
     out["errors"] = sum(int(r.get("errors", 0)) for r in ok)
