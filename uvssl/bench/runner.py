@@ -321,13 +321,13 @@ def machine_info() -> Dict[str, Any]:
 _CLK_TCK = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
 
 
-def _cpu_seconds(pid: int) -> Optional[float]:
+def _cpu_seconds(pid: int, split: Optional[Tuple[float, float]]) -> Optional[float]:
     """The CPU time of process *pid* (all its threads) in seconds, None if it is gone.
 
     The scheduler's own account of the time each thread ran, in nanoseconds
     (``/proc/<pid>/task/<tid>/schedstat``), when the kernel keeps it; otherwise utime + stime
-    from ``/proc/<pid>/stat``, which counts in clock ticks (10 ms): too coarse for a cell that
-    costs the server a few milliseconds in all.
+    from ``/proc/<pid>/stat`` (*split*, just read by ``_cpu_split``), which counts in clock
+    ticks (10 ms): too coarse for a cell that costs the server a few milliseconds in all.
     """
     if _SCHEDSTAT:
         try:
@@ -337,8 +337,7 @@ def _cpu_seconds(pid: int) -> Optional[float]:
                     total += int(f.read().split()[0])
             return total / 1e9
         except (OSError, ValueError, IndexError):
-            pass  # gone, or a thread ended between the listing and the read: try /proc/stat
-    split = _cpu_split(pid)
+            pass  # gone, or a thread ended between the listing and the read: use /proc/stat
     return None if split is None else split[0] + split[1]
 
 
@@ -560,8 +559,8 @@ def _run_loadgen(
     sys_samples: List[Tuple[float, float]] = []
 
     def sample() -> None:
-        c = _cpu_seconds(server.pid)
         split = _cpu_split(server.pid)
+        c = _cpu_seconds(server.pid, split)
         now = time.monotonic()
         if c is not None and len(samples) < MAX_SAMPLES:
             samples.append((now, c))
