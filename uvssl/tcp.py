@@ -202,6 +202,10 @@ class Socket:
         self._drain_cb: Optional[Callable[[Socket], Any]] = None
         self.stream: Optional[AsyncStream] = AsyncStream(self) if stream else None
         self._deliver: Callable[[Socket, Any], Any] = self._pick_deliver()
+        self._init_own()
+
+    def _init_own(self) -> None:
+        """A subclass sets its own attributes here, right after the base's (see above)."""
 
     # -- wiring ------------------------------------------------------------------------------
     def _pick_deliver(self) -> Callable[[Socket, Any], Any]:

@@ -87,20 +87,8 @@ class SslSocket(Socket):
 
     _tls = True
 
-    def __init__(
-        self,
-        loop: Loop,
-        read_cb: Optional[ReadCb],
-        event_cb: Optional[Callable[[BaseException], Any]],
-        connect_cb: Optional[Callable[[Socket], Any]],
-        write_cb: Optional[Callable[[Socket], Any]],
-        stream: bool,
-        data: Any = None,
-    ) -> None:
-        """Internal: made by ``tcp_ssl_connect`` and ``tcp_ssl_server``."""
-        # the arguments are passed on by position: forwarding *args and **kw would build a tuple
-        # and a dict for every accepted connection
-        super().__init__(loop, read_cb, event_cb, connect_cb, write_cb, stream, data)
+    def _init_own(self) -> None:
+        # set by Socket.__init__, which sockets are made with (tcp_ssl_connect, tcp_ssl_server)
         self._context: Optional[Context] = None
         self.server_hostname: Optional[str] = None
         self._tls_closed = False
