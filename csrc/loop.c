@@ -167,9 +167,23 @@ int uvs_loop_watch_fd(uvs_loop_t *loop, int fd) {
     return r;
 }
 
+/* While the embedding has signal handlers of its own (signal_handler), the signal watch keeps
+ * the loop alive, as a server would: a loop that waits only for a signal must not end. */
+int uvs_loop_ref_sigwatch(uvs_loop_t *loop, int on) {
+    if (!loop->sigwatch_on)
+        return UV_EINVAL;
+    if (on)
+        uv_ref((uv_handle_t *)&loop->sigwatch);
+    else
+        uv_unref((uv_handle_t *)&loop->sigwatch);
+    return 0;
+}
+
 double uvs_loop_now(uvs_loop_t *loop) { return (double)uv_now(&loop->uv) / 1000.0; }
 
 void uvs_loop_close_all(uvs_loop_t *loop) {
+    if (loop->sigwatch_on) /* signal handlers no longer keep the loop alive */
+        uv_unref((uv_handle_t *)&loop->sigwatch);
     /* Closing may unlink the current object (timers unlink at once), so step carefully. */
     uvs__link_t *l = loop->objects.next;
     while (l != &loop->objects) {

@@ -103,6 +103,7 @@ void uvs_loop_close_all(uvs_loop_t *loop);
 int uvs_loop_free(uvs_loop_t *loop);
 int uvs_loop_wakeup(uvs_loop_t *loop);
 int uvs_loop_watch_fd(uvs_loop_t *loop, int fd);
+int uvs_loop_ref_sigwatch(uvs_loop_t *loop, int on);
 double uvs_loop_now(uvs_loop_t *loop);
 
 uvs_timer_t *uvs_timer_new(uvs_loop_t *loop, void *data, uint64_t timeout_ms, uint64_t repeat_ms,

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterable, Optional, Union
 
 from ._uvssl import ffi, lib
 from .errors import SslFailure
+from .loop import _dispatch_error
 from .openssl import SSL_OPTIONS, error_queue
 
 __all__ = [
@@ -594,7 +595,7 @@ SniCallback = Callable[[Any, Optional[str]], Optional["Context"]]
 ssl_owners: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
 
 
-@ffi.def_extern()  # type: ignore[untyped-decorator]
+@ffi.def_extern(onerror=_dispatch_error)  # type: ignore[untyped-decorator]
 def uvs_py_on_sni(ctx_data: Any, ssl: Any, name: Any, verdict: Any) -> Any:
     """A ClientHello named a server: ask the context's sni_callback which context to use."""
     ctx = ffi.from_handle(ctx_data)

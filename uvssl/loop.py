@@ -10,6 +10,16 @@ An exception raised by application code inside a callback never unwinds through 
 dispatcher records it and either stops the loop (it then propagates out of
 ``start_event_loop`` after every handle was closed) or, with ``catch_app_errors=True``, hands
 it to ``default_event_cb`` (or logs it) and the loop goes on.
+
+Signals. Python runs its signal handlers in the main thread, between two bytecodes; a loop
+asleep in ``epoll_wait`` runs none. So the main thread's loop owns ``signal.set_wakeup_fd``:
+the C-level handler writes to a socket pair whose other end libuv watches, the loop wakes, and
+the wakeup dispatcher is the Python code in which the handler runs. A handler that raises (the
+default SIGINT handler's KeyboardInterrupt) may do so on a dispatcher's first line, before its
+``try``: every dispatcher has an ``onerror`` that treats that like an application error, so the
+loop stops, closes every handle and the exception propagates out of ``start_event_loop``.
+``signal_handler`` installs a Python handler that queues the application's callback as a loop
+call; while one is set, the signal watch is a referenced handle, so the loop waits for it.
 """
 
 from __future__ import annotations
@@ -34,6 +44,9 @@ __all__ = [
     "interval",
     "call_threadsafe",
     "get_loop",
+    "signal_handler",
+    "free_signal_handler",
+    "free_signal_handlers",
 ]
 
 log = logging.getLogger("uvssl")
@@ -92,7 +105,8 @@ class Loop:
             collections.deque()
         )
         self._sig_socks: Optional[tuple[_socket.socket, _socket.socket]] = None
-        self._old_wakeup_fd: Optional[int] = None
+        # signal_handler(): signum -> (callback, the handler it replaced)
+        self._sig_handlers: dict[int, tuple[Callable[[int], Any], Any]] = {}
 
     # -- state -------------------------------------------------------------------------------
     @property
@@ -159,6 +173,7 @@ class Loop:
             if self._error is None and not self._exiting:
                 lib.uvs_loop_run(self._ptr)
         finally:
+            self._restore_signal_handlers()
             with self._ptr_lock:
                 ptr, self._ptr = self._ptr, None
             lib.uvs_loop_close_all(ptr)
@@ -211,6 +226,78 @@ class Loop:
         for s in self._sig_socks:
             s.close()
         self._sig_socks = None
+
+    # -- signal handlers on the loop (cl-async's signal-handler) ------------------------------
+    def signal_handler(self, signum: int, cb: Callable[[int], Any]) -> None:
+        """Run ``cb(signum)`` on this loop for each delivery of signal ``signum``, instead of
+        the signal's default action (or the Python handler set before).
+
+        Setting a handler again for the same signal replaces the callback. While any handler
+        is set the loop keeps running, as it would for a server: ``free_signal_handler`` or
+        ``free_signal_handlers`` let it end, and the loop's end restores every handler.
+        Python runs signal handlers only in the main thread, so this needs the main thread's
+        loop; two deliveries before the loop gets to run may be counted as one.
+        """
+        self._check_open()
+        _check_callable("cb", cb, optional=False)
+        num = _check_signum(signum)
+        if threading.current_thread() is not threading.main_thread():
+            raise RuntimeError(
+                "uvssl: signal_handler() needs the event loop of the main thread (Python runs"
+                " signal handlers only there); use it in the loop that runs in the main thread"
+            )
+        if self._sig_socks is None:
+            raise RuntimeError(
+                "uvssl: signal_handler() cannot wake this loop: the signal wakeup descriptor"
+                " (signal.set_wakeup_fd) belongs to another event loop, such as asyncio's"
+            )
+        try:
+            old = signal.signal(num, self._on_signal)
+        except (OSError, ValueError) as e:
+            raise ValueError(
+                f"uvssl: signal {_signal_name(num)} cannot be handled ({e}); SIGKILL and SIGSTOP"
+                " never can"
+            ) from None
+        if num in self._sig_handlers:
+            old = self._sig_handlers[num][1]  # keep what was there before the first one
+        elif not self._sig_handlers:
+            lib.uvs_loop_ref_sigwatch(self._ptr, 1)
+        self._sig_handlers[num] = (cb, old)
+
+    def free_signal_handler(self, signum: int) -> None:
+        """Remove this loop's handler for ``signum`` (restoring the one it replaced); a signal
+        with no handler here is left alone.
+        """
+        num = _check_signum(signum)
+        entry = self._sig_handlers.pop(num, None)
+        if entry is None:
+            return
+        signal.signal(num, entry[1])
+        if not self._sig_handlers and self._ptr is not None:
+            lib.uvs_loop_ref_sigwatch(self._ptr, 0)
+
+    def free_signal_handlers(self) -> None:
+        """Remove every signal handler this loop set (restoring the ones they replaced)."""
+        for num in list(self._sig_handlers):
+            self.free_signal_handler(num)
+
+    def _restore_signal_handlers(self) -> None:
+        for num, (_cb, old) in self._sig_handlers.items():
+            signal.signal(num, old)
+        self._sig_handlers.clear()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        # Python's handler, run in the main thread between two bytecodes (of any callback):
+        # queue the application's callback as a loop call, so it runs as a callback of its own
+        if signum not in self._sig_handlers or self._ptr is None:
+            return
+        self._calls.append((self._run_signal_cb, (signum,)))
+        lib.uvs_loop_wakeup(self._ptr)
+
+    def _run_signal_cb(self, signum: int) -> None:
+        entry = self._sig_handlers.get(signum)
+        if entry is not None:  # not freed since the delivery
+            entry[0](signum)
 
     def _on_wakeup(self) -> None:
         if self._sig_socks is not None:
@@ -377,6 +464,38 @@ def call_threadsafe(cb: Callable[..., Any], *args: Any) -> None:
     loop.call_threadsafe(cb, *args)
 
 
+def signal_handler(signum: int, cb: Callable[[int], Any]) -> None:
+    """Run ``cb(signum)`` on this thread's loop for each delivery of ``signum`` instead of the
+    default action (cl-async's ``signal-handler``); see ``Loop.signal_handler``.
+    """
+    get_loop().signal_handler(signum, cb)
+
+
+def free_signal_handler(signum: int) -> None:
+    """Remove this thread's loop's handler for ``signum``, restoring the one it replaced."""
+    get_loop().free_signal_handler(signum)
+
+
+def free_signal_handlers() -> None:
+    """Remove every signal handler this thread's loop set, restoring the ones they replaced."""
+    get_loop().free_signal_handlers()
+
+
+def _check_signum(signum: Any) -> int:
+    if isinstance(signum, bool) or not isinstance(signum, int):
+        raise TypeError(f"signum must be a signal number such as signal.SIGTERM, not {signum!r}")
+    if signum not in signal.valid_signals():
+        raise ValueError(f"signum {int(signum)} is not a signal number of this system")
+    return int(signum)
+
+
+def _signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return str(num)
+
+
 def _strerror(code: int) -> str:
     return str(ffi.string(lib.uvs_strerror(code)).decode("utf-8", "replace"))
 
@@ -393,7 +512,25 @@ _unpack = ffi.unpack
 _EV_CLOSED = lib.UVS_EV_CLOSED
 
 
-@ffi.def_extern()  # type: ignore[untyped-decorator]
+def _dispatch_error(exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
+    """The ``onerror`` of every dispatcher (cffi): what escaped a dispatcher's own ``try``.
+
+    A Python signal handler runs at the first bytecode after the signal, which may be a
+    dispatcher's first line, before its ``try`` (the KeyboardInterrupt of a Ctrl-C that woke
+    an idle loop always lands there). Without this, cffi would print the exception and drop
+    it; here it stops the thread's loop and propagates out of ``start_event_loop``, like an
+    exception from a callback with ``catch_app_errors=False``.
+    """
+    if exc is None:
+        return
+    loop: Optional[Loop] = getattr(_local, "loop", None)
+    if loop is None:
+        log.error("uvssl: exception in a native callback with no loop running", exc_info=exc)
+        return
+    loop._fail(exc)
+
+
+@ffi.def_extern(onerror=_dispatch_error)  # type: ignore[untyped-decorator]
 def uvs_py_on_read(data: Any, buf: Any, length: int) -> None:
     """Data arrived on a connection, too big to batch (or during a batch): deliver it now."""
     sock = _from_handle(data)
@@ -409,7 +546,7 @@ def uvs_py_on_read(data: Any, buf: Any, length: int) -> None:
         loop._app_error(exc)
 
 
-@ffi.def_extern()  # type: ignore[untyped-decorator]
+@ffi.def_extern(onerror=_dispatch_error)  # type: ignore[untyped-decorator]
 def uvs_py_on_batch(loop_data: Any, datas: Any, lens: Any, n: int, buf: Any, length: int) -> None:
     """The small reads of one loop turn, in order (see csrc/batch.c).
 
@@ -439,7 +576,7 @@ def uvs_py_on_batch(loop_data: Any, datas: Any, lens: Any, n: int, buf: Any, len
                 return
 
 
-@ffi.def_extern()  # type: ignore[untyped-decorator]
+@ffi.def_extern(onerror=_dispatch_error)  # type: ignore[untyped-decorator]
 def uvs_py_on_event(data: Any, kind: int, status: int, action: int) -> None:
     """Anything but data: connect, EOF, errors, written/drain, closed."""
     obj = ffi.from_handle(data)
@@ -455,7 +592,7 @@ def uvs_py_on_event(data: Any, kind: int, status: int, action: int) -> None:
         loop._app_error(exc)
 
 
-@ffi.def_extern()  # type: ignore[untyped-decorator]
+@ffi.def_extern(onerror=_dispatch_error)  # type: ignore[untyped-decorator]
 def uvs_py_on_accept(server_data: Any, conn: Any, stage: int, buf: Any, length: int) -> None:
     """A server has a new connection: wrap it (leaving data NULL refuses it).
 
@@ -487,7 +624,7 @@ def uvs_py_on_accept(server_data: Any, conn: Any, stage: int, buf: Any, length: 
         loop._app_error(exc)
 
 
-@ffi.def_extern()  # type: ignore[untyped-decorator]
+@ffi.def_extern(onerror=_dispatch_error)  # type: ignore[untyped-decorator]
 def uvs_py_on_timer(data: Any) -> None:
     """A timer fired."""
     timer = ffi.from_handle(data)
@@ -500,7 +637,7 @@ def uvs_py_on_timer(data: Any) -> None:
         loop._app_error(exc)
 
 
-@ffi.def_extern()  # type: ignore[untyped-decorator]
+@ffi.def_extern(onerror=_dispatch_error)  # type: ignore[untyped-decorator]
 def uvs_py_on_wakeup(loop_data: Any) -> None:
     """call_threadsafe work or a signal is pending."""
     loop = ffi.from_handle(loop_data)
