@@ -80,6 +80,8 @@ typedef struct uvs_loop_s uvs_loop_t;
 typedef struct uvs_conn_s uvs_conn_t;
 typedef struct uvs_server_s uvs_server_t;
 typedef struct uvs_timer_s uvs_timer_t;
+typedef union { ...; } uvs_addr_t;
+typedef struct { uvs_addr_t local; uvs_addr_t peer; } uvs_addrs_t;
 
 #define UVS_EV_CONNECT ...
 #define UVS_EV_EOF ...
@@ -117,6 +119,7 @@ typedef struct uvs_timer_s uvs_timer_t;
 #define UV_ECANCELED ...
 #define UV_EPIPE ...
 #define UV_ESHUTDOWN ...
+#define UV_ENOTCONN ...
 #define UV_EBADF ...
 #define UV_EINVAL ...
 #define UV_EADDRINUSE ...
@@ -160,6 +163,8 @@ int uvs_conn_nodelay(uvs_conn_t *c, int on);
 int uvs_conn_keepalive(uvs_conn_t *c, int on, unsigned delay);
 int uvs_conn_fileno(uvs_conn_t *c);
 int uvs_conn_address(uvs_conn_t *c, int peer, char *host, size_t hostlen, int *port);
+void uvs_conn_copy_addresses(uvs_conn_t *c, uvs_addrs_t *out);
+int uvs_addr_format(const uvs_addr_t *a, char *host, size_t hostlen, int *port);
 
 uvs_server_t *uvs_server_new(uvs_loop_t *loop, void *data, const char *ip, int port, int backlog,
                              int reuse_port, int *err);
@@ -167,6 +172,7 @@ int uvs_server_port(uvs_server_t *s);
 int uvs_server_fileno(uvs_server_t *s);
 void uvs_server_close(uvs_server_t *s);
 void uvs_server_set_eager(uvs_server_t *s, int eager);
+void uvs_server_abort_unannounced(uvs_server_t *s);
 
 /* ---- TLS ------------------------------------------------------------------------------- */
 typedef struct ssl_ctx_st SSL_CTX;

@@ -79,6 +79,7 @@ typedef struct {
 static void uvs__conn_start_reading(uvs_conn_t *c);
 static void uvs__conn_close_now(uvs_conn_t *c);
 static void uvs__server_release(uvs_server_t *s);
+static int uvs__fetch_address(uvs_conn_t *c, int peer);
 static int uvs__conn_try_connect(uvs_conn_t *c, const struct sockaddr *addr);
 
 /* ---- events ------------------------------------------------------------------------------- */
@@ -216,6 +217,8 @@ static void uvs__conn_close_now(uvs_conn_t *c) {
         c->state &= ~(unsigned)UVS__C_ANNOUNCE_DUE;
         uvs__server_release(s);
     }
+    if (c->addrs.local.sa.sa_family == AF_UNSPEC && (c->state & UVS__C_CONNECTED))
+        (void)uvs__fetch_address(c, 0); /* this end's address, kept for after the close */
     uvs__timer_release(c, &c->rtimer);
     uvs__timer_release(c, &c->wtimer);
     if (c->tls != NULL)
@@ -743,6 +746,11 @@ static int uvs__conn_try_connect(uvs_conn_t *c, const struct sockaddr *addr) {
     if (req == NULL)
         return UV_ENOMEM;
     req->data = c;
+    /* the peer's address is the one being tried: a refused connection can still name it */
+    if (addr->sa_family == AF_INET6)
+        c->addrs.peer.in6 = *(const struct sockaddr_in6 *)addr;
+    else
+        c->addrs.peer.in4 = *(const struct sockaddr_in *)addr;
     int r = uv_tcp_connect(req, &c->tcp, addr, uvs__connect_cb);
     if (r != 0) {
         free(req);
@@ -840,6 +848,7 @@ uvs_conn_t *uvs_conn_open(uvs_loop_t *loop, void *data, int fd, int *err) {
         return NULL;
     }
     c->state |= UVS__C_CONNECTED;
+    (void)uvs__fetch_address(c, 1); /* kept for after the close; it may be gone already */
     (void)uv_tcp_nodelay(&c->tcp, 1); /* best effort: an adopted socket may refuse it */
     uvs__conn_start_reading(c);
     *err = 0;
@@ -870,31 +879,56 @@ int uvs_conn_fileno(uvs_conn_t *c) {
     return r != 0 ? r : (int)fd;
 }
 
-static int uvs__format_addr(const struct sockaddr_storage *ss, char *host, size_t hostlen,
-                            int *port) {
-    if (ss->ss_family == AF_INET) {
-        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
-        *port = ntohs(a->sin_port);
-        return uv_ip4_name(a, host, hostlen);
+int uvs_addr_format(const uvs_addr_t *a, char *host, size_t hostlen, int *port) {
+    if (a->sa.sa_family == AF_INET) {
+        *port = ntohs(a->in4.sin_port);
+        return uv_ip4_name(&a->in4, host, hostlen);
     }
-    if (ss->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
-        *port = ntohs(a->sin6_port);
-        return uv_ip6_name(a, host, hostlen);
+    if (a->sa.sa_family == AF_INET6) {
+        *port = ntohs(a->in6.sin6_port);
+        return uv_ip6_name(&a->in6, host, hostlen);
     }
-    return UV_EAFNOSUPPORT;
+    return a->sa.sa_family == AF_UNSPEC ? UV_ENOTCONN : UV_EAFNOSUPPORT;
 }
 
-int uvs_conn_address(uvs_conn_t *c, int peer, char *host, size_t hostlen, int *port) {
+/* Ask the kernel for one of c's addresses and keep it in c->addrs. */
+static int uvs__fetch_address(uvs_conn_t *c, int peer) {
     struct sockaddr_storage ss;
     int len = sizeof(ss);
-    if (c->state & UVS__C_CLOSING)
-        return UV_EBADF;
     int r = peer ? uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len)
                  : uv_tcp_getsockname(&c->tcp, (struct sockaddr *)&ss, &len);
     if (r != 0)
         return r;
-    return uvs__format_addr(&ss, host, hostlen, port);
+    if (ss.ss_family != AF_INET && ss.ss_family != AF_INET6)
+        return UV_EAFNOSUPPORT;
+    uvs_addr_t *a = peer ? &c->addrs.peer : &c->addrs.local;
+    if (ss.ss_family == AF_INET)
+        a->in4 = *(const struct sockaddr_in *)&ss;
+    else
+        a->in6 = *(const struct sockaddr_in6 *)&ss;
+    return 0;
+}
+
+/* One of c's addresses: the kept one, or the kernel's answer while c is open. */
+int uvs_conn_address(uvs_conn_t *c, int peer, char *host, size_t hostlen, int *port) {
+    const uvs_addr_t *a = peer ? &c->addrs.peer : &c->addrs.local;
+    if (a->sa.sa_family == AF_UNSPEC) {
+        if (c->state & UVS__C_CLOSING)
+            return UV_ENOTCONN;
+        int r = uvs__fetch_address(c, peer);
+        if (r != 0)
+            return r;
+    }
+    return uvs_addr_format(a, host, hostlen, port);
+}
+
+/* Copy c's kept addresses for the embedding, which keeps them once c is gone (this end's is
+ * asked for first if it is not known yet and still can be). */
+void uvs_conn_copy_addresses(uvs_conn_t *c, uvs_addrs_t *out) {
+    if (c->addrs.local.sa.sa_family == AF_UNSPEC && (c->state & UVS__C_CONNECTED) &&
+        !(c->state & UVS__C_CLOSING))
+        (void)uvs__fetch_address(c, 0);
+    *out = c->addrs;
 }
 
 /* ---- servers ------------------------------------------------------------------------------ */
@@ -922,6 +956,9 @@ static void uvs__connection_cb(uv_stream_t *ls, int status) {
         return;
     }
     c->state |= UVS__C_CONNECTED;
+    /* The peer's address now, while it can be asked (a reset connection cannot say it any
+     * more). A peer already gone leaves it unknown. */
+    (void)uvs__fetch_address(c, 1);
     (void)uv_tcp_nodelay(&c->tcp, 1); /* best effort, as every accepted socket supports it */
     if (s->tls_ctx != NULL) {
         err = uvs__tls_attach_accepted(c, s);
@@ -1032,13 +1069,14 @@ uvs_server_t *uvs_server_new(uvs_loop_t *loop, void *data, const char *ip, int p
 int uvs_server_port(uvs_server_t *s) {
     struct sockaddr_storage ss;
     int len = sizeof(ss);
-    char host[64];
-    int port = 0;
     int r = uv_tcp_getsockname(&s->tcp, (struct sockaddr *)&ss, &len);
     if (r != 0)
         return r;
-    r = uvs__format_addr(&ss, host, sizeof(host), &port);
-    return r != 0 ? r : port;
+    if (ss.ss_family == AF_INET)
+        return ntohs(((const struct sockaddr_in *)&ss)->sin_port);
+    if (ss.ss_family == AF_INET6)
+        return ntohs(((const struct sockaddr_in6 *)&ss)->sin6_port);
+    return UV_EAFNOSUPPORT;
 }
 
 int uvs_server_fileno(uvs_server_t *s) {
@@ -1048,6 +1086,27 @@ int uvs_server_fileno(uvs_server_t *s) {
 }
 
 void uvs_server_set_eager(uvs_server_t *s, int eager) { s->eager = eager != 0; }
+
+/* Graceful shutdown (TcpServer.shutdown): the connections s accepted but has not announced
+ * (TLS handshakes still running) never reached the embedding, and nothing was written to them:
+ * they are closed at once, telling nobody. Call it before uvs_server_close: while the listening
+ * handle is open, closing them cannot free s. */
+void uvs_server_abort_unannounced(uvs_server_t *s) {
+    uvs_loop_t *loop = s->loop;
+    int left = s->unannounced;
+    uvs__link_t *l = loop->objects.next;
+    while (left > 0 && l != &loop->objects) {
+        uvs__link_t *next = l->next; /* closing c unlinks it, and nothing else */
+        if (l->kind == UVS__OBJ_CONN) {
+            uvs_conn_t *c = (uvs_conn_t *)((char *)l - offsetof(uvs_conn_t, link));
+            if (c->acceptor == s) {
+                left--;
+                uvs__conn_close_now(c);
+            }
+        }
+        l = next;
+    }
+}
 
 void uvs_server_close(uvs_server_t *s) {
     if (s->closing)

@@ -18,6 +18,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <netinet/in.h>
 #include <uv.h>
 
 typedef struct uvs_loop_s uvs_loop_t;
@@ -91,6 +92,20 @@ typedef struct {
                                  int *verdict);
 } uvs_callbacks_t;
 
+/* A connection's two addresses, kept so that they stay readable after it closes: the peer's is
+ * taken when it connects or is accepted, this end's when it is first asked for or at the
+ * close, whichever comes first. An address never known has family AF_UNSPEC (0). */
+typedef union {
+    struct sockaddr sa;
+    struct sockaddr_in in4;
+    struct sockaddr_in6 in6;
+} uvs_addr_t;
+
+typedef struct {
+    uvs_addr_t local;
+    uvs_addr_t peer;
+} uvs_addrs_t;
+
 /* ---- public API (mirrored in build_ffi.py) -------------------------------------------- */
 void uvs_set_callbacks(const uvs_callbacks_t *cb);
 const char *uvs_strerror(int err);
@@ -128,6 +143,8 @@ int uvs_conn_nodelay(uvs_conn_t *c, int on);
 int uvs_conn_keepalive(uvs_conn_t *c, int on, unsigned delay);
 int uvs_conn_fileno(uvs_conn_t *c);
 int uvs_conn_address(uvs_conn_t *c, int peer, char *host, size_t hostlen, int *port);
+void uvs_conn_copy_addresses(uvs_conn_t *c, uvs_addrs_t *out);
+int uvs_addr_format(const uvs_addr_t *a, char *host, size_t hostlen, int *port);
 
 uvs_server_t *uvs_server_new(uvs_loop_t *loop, void *data, const char *ip, int port, int backlog,
                              int reuse_port, int *err);
@@ -135,6 +152,7 @@ int uvs_server_port(uvs_server_t *s);
 int uvs_server_fileno(uvs_server_t *s);
 void uvs_server_close(uvs_server_t *s);
 void uvs_server_set_eager(uvs_server_t *s, int eager);
+void uvs_server_abort_unannounced(uvs_server_t *s);
 
 /* ---- internals ------------------------------------------------------------------------ */
 
@@ -229,6 +247,7 @@ struct uvs_conn_s {
     struct addrinfo *ai_head, *ai_next;  /* connect in progress           */
     uvs_tls_t *tls;               /* NULL for plain TCP                      */
     uvs_server_t *acceptor;       /* TLS server yet to announce it (tcp.c)   */
+    uvs_addrs_t addrs;            /* kept for after the close (see above)    */
 };
 
 struct uvs_server_s {

@@ -61,12 +61,39 @@ def _errno_of(status: int) -> Optional[int]:
 
 
 def socket_error_for(status: int, action: int, sock: Any) -> SocketError:
-    """Build the exception for a native error code."""
+    """Build the exception for a native error code.
+
+    A client's connection errors name the host and port it tried (and the address, when the
+    host was a name that resolved).
+    """
     act = _ACTIONS.get(action, "")
-    msg = f"{_errname(status)}: {_strerror(status)}"
+    msg = f"{_strerror(status)} ({_errname(status)})"
     code = _errno_of(status)
+    target = getattr(sock, "_target", None)
     if action == lib.UVS_ACT_RESOLVE:
-        return DnsError(f"could not resolve host: {msg}", code=code, action=act, socket=sock)
+        where = f"{target[0]!r} (port {target[1]})" if target else "the host"
+        return DnsError(
+            f"could not resolve {where}: {msg}; check the host name",
+            code=code,
+            action=act,
+            socket=sock,
+        )
+    if target is not None and action == lib.UVS_ACT_CONNECT:
+        where = f"{target[0]} port {target[1]}"
+        try:
+            ip = sock.remote_address[0]
+        except SocketError:
+            ip = target[0]
+        if ip != target[0]:
+            where += f" ({ip})"
+        if code == _errno.ECONNREFUSED:
+            return TcpRefused(
+                f"connection to {where} refused: nothing is listening there",
+                code=code,
+                action=act,
+                socket=sock,
+            )
+        msg = f"cannot connect to {where}: {msg}"
     if code == _errno.ECONNREFUSED:
         return TcpRefused(f"connection refused: {msg}", code=code, action=act, socket=sock)
     if code == _errno.ETIMEDOUT:
@@ -194,6 +221,9 @@ class Socket:
         self._flags = 0
         # data that reached a paused socket in the loop turn that paused it (see resume_reading)
         self._held: Optional[collections.deque[bytes]] = None
+        self._server: Optional[TcpServer] = None  # the server that accepted it
+        self._target: Optional[tuple[str, int]] = None  # (host, port) a client connects to
+        self._addrs: Any = None  # the addresses, kept from the native side at the close
         self.data = data
         self._read_cb = read_cb
         self.event_cb = event_cb
@@ -297,13 +327,22 @@ class Socket:
         return int(r)
 
     def _address(self, peer: int) -> tuple[str, int]:
-        conn = self._live_conn("get its address")
         host = ffi.new("char[]", 64)
         port = ffi.new("int *")
-        r = lib.uvs_conn_address(conn, peer, host, 64, port)
+        conn = self._conn
+        if conn is not None:
+            r = lib.uvs_conn_address(conn, peer, host, 64, port)
+        elif self._addrs is not None:  # kept from when it was open
+            r = lib.uvs_addr_format(
+                ffi.addressof(self._addrs, "peer" if peer else "local"), host, 64, port
+            )
+        else:
+            r = lib.UV_ENOTCONN
         if r != 0:
+            which = "peer" if peer else "local"
             raise SocketError(
-                _strerror(r),
+                f"the {which} address is not known: the connection "
+                + ("never got that far" if r == lib.UV_ENOTCONN else f"failed ({_strerror(r)})"),
                 code=_errno_of(r),
                 action="getpeername" if peer else "getsockname",
                 socket=self,
@@ -312,12 +351,14 @@ class Socket:
 
     @property
     def local_address(self) -> tuple[str, int]:
-        """(host, port) of this end."""
+        """(host, port) of this end; still readable after the socket closed."""
         return self._address(0)
 
     @property
     def remote_address(self) -> tuple[str, int]:
-        """(host, port) of the peer."""
+        """(host, port) of the peer; still readable after the socket closed (for a client
+        whose connection failed: the address it tried last).
+        """
         return self._address(1)
 
     @property
@@ -512,10 +553,31 @@ class Socket:
             self._loop._unhandled(exc)
 
     def _on_closed(self) -> None:
+        conn = self._conn
+        if conn is not None:
+            self._addrs = addrs = _new_addrs()
+            _copy_addresses(conn, addrs)
         self._conn = None
         self._closed = True
         self._connected = False
         self._loop._live.discard(self)
+        server = self._server
+        if server is not None and server._draining is not None:
+            server._drained(self)
+
+    def _abort(self) -> None:
+        """Close at once, dropping what is left to send (a shutdown's timeout)."""
+        self._closed = True
+        conn = self._conn
+        if conn is not None and lib.uvs_conn_release(conn, 1):
+            self._on_closed()
+
+    def __enter__(self) -> Socket:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        """Leaving a ``with`` block closes the socket gracefully."""
+        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("connected" if self._connected else "connecting")
@@ -546,6 +608,12 @@ def _discard(sock: Socket, data: bytes) -> None:
 
 
 _conn_write = lib.uvs_conn_write
+_copy_addresses = lib.uvs_conn_copy_addresses
+_ADDRS_T = ffi.typeof("uvs_addrs_t *")
+
+
+def _new_addrs() -> Any:
+    return ffi.new(_ADDRS_T)
 
 
 # -- servers ---------------------------------------------------------------------------------
@@ -576,6 +644,11 @@ class TcpServer:
         self.stream = stream
         self._closed = False
         self._ptr: Any = None
+        # shutdown(): the connections still to close (None until it is called), its callback
+        # and its timeout's timer
+        self._draining: Optional[set[Socket]] = None
+        self._done_cb: Optional[Callable[[TcpServer], Any]] = None
+        self._drain_timer: Any = None
         self._handle = ffi.new_handle(self)
         ip = _bind_ip(bind_address, port)
         err = ffi.new("int *")
@@ -606,12 +679,80 @@ class TcpServer:
         return int(lib.uvs_server_fileno(self._ptr))
 
     def close(self) -> None:
-        """Stop listening. Connections already accepted stay open."""
+        """Stop listening. Connections already accepted stay open (see ``shutdown``)."""
         if self._closed:
             return
         self._closed = True
         if self._ptr is not None and self._loop._ptr is not None:
             lib.uvs_server_close(self._ptr)
+
+    def shutdown(
+        self, timeout: float = 30.0, done_cb: Optional[Callable[[TcpServer], Any]] = None
+    ) -> None:
+        """Shut the server down gracefully.
+
+        It stops listening at once. Each connection it accepted is closed as soon as what was
+        written to it has been flushed (TLS: close_notify, then FIN), exactly as
+        ``close()`` closes one; a TLS connection still in its handshake, which the
+        application never saw, is closed at once. Connections still not closed after
+        ``timeout`` seconds (a peer that does not read, say) are aborted. ``done_cb(server)``
+        runs once the last connection and the listening socket are gone. Call it once.
+        """
+        _check_callable("done_cb", done_cb)
+        secs = _check_seconds("timeout", timeout, allow_zero=True)
+        if self._draining is not None:
+            raise RuntimeError("uvssl: shutdown() was already called on this server")
+        loop = self._loop
+        loop._check_open()
+        self._draining = draining = set()
+        self._done_cb = done_cb
+        if self._ptr is not None and not self._closed:
+            lib.uvs_server_abort_unannounced(self._ptr)
+        self.close()
+        for obj in list(loop._live):
+            if isinstance(obj, Socket) and obj._server is self and obj._conn is not None:
+                draining.add(obj)
+        for sock in list(draining):
+            if not sock._closed:
+                sock.close()  # forgets it at once when nothing is left to flush
+        if draining:
+            self._drain_timer = loop.delay(self._abort_draining, secs)
+        self._maybe_done()
+
+    @property
+    def shutting_down(self) -> bool:
+        """True once ``shutdown()`` was called."""
+        return self._draining is not None
+
+    def _abort_draining(self) -> None:
+        self._drain_timer = None
+        for sock in list(self._draining or ()):
+            sock._abort()
+
+    def _drained(self, sock: Socket) -> None:
+        assert self._draining is not None
+        self._draining.discard(sock)
+        self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        if self._draining or self._ptr is not None or self._draining is None:
+            return
+        timer, self._drain_timer = self._drain_timer, None
+        if timer is not None:
+            timer.cancel()
+        cb, self._done_cb = self._done_cb, None
+        if cb is not None and not self._loop._halted:  # not while the loop is torn down
+            try:
+                cb(self)
+            except BaseException as exc:  # noqa: BLE001 - may run from a native callback
+                self._loop._app_error(exc)
+
+    def __enter__(self) -> TcpServer:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        """Leaving a ``with`` block stops the server listening (``close()``)."""
+        self.close()
 
     def _new_socket(self) -> Socket:
         return self._socket_class(
@@ -620,7 +761,7 @@ class TcpServer:
 
     def _accept(self, conn: Any, stage: int) -> Socket:
         sock = self._new_socket()
-        sock._server = self  # type: ignore[attr-defined]
+        sock._server = self
         sock._attach(conn)
         lib.uvs_conn_set_data(conn, sock._handle)
         try:
@@ -645,6 +786,8 @@ class TcpServer:
         self._ptr = None
         self._closed = True
         self._loop._live.discard(self)
+        if self._draining is not None:
+            self._maybe_done()
 
     def __repr__(self) -> str:
         return (
@@ -742,6 +885,7 @@ def _connect(
 ) -> Socket:
     _timeout("read_timeout", read_timeout)
     _timeout("write_timeout", write_timeout)
+    sock._target = (host, port)
     err = ffi.new("int *")
     conn = lib.uvs_conn_connect(loop._ptr, sock._handle, host.encode("idna"), port, err)
     if conn == ffi.NULL:
