@@ -590,3 +590,32 @@ def test_bad_start_event_loop_arguments():
     # neither left a loop behind
     with pytest.raises(RuntimeError):
         uvssl.get_loop()
+
+
+@pytest.mark.timeout(60)
+def test_1000_raising_callbacks_with_catch_app_errors_while_serving() -> None:
+    # every server read raises after answering: the loop goes on, and every error is reported
+    caught: list[BaseException] = []
+    replies = [0]
+
+    def start() -> None:
+        def on_server_read(sock: uvssl.Socket, data: bytes) -> None:
+            sock.write(data)
+            raise ValueError(f"callback error {len(caught)}")
+
+        server = uvssl.tcp_server("127.0.0.1", 0, on_server_read)
+
+        def on_reply(sock: uvssl.Socket, data: bytes) -> None:
+            replies[0] += 1
+            if replies[0] == 1000:
+                sock.close()
+                server.close()
+            else:
+                sock.write(b"again")
+
+        uvssl.tcp_connect("127.0.0.1", server.port, on_reply, data=b"first")
+
+    run_loop(start, timeout=30, catch_app_errors=True, default_event_cb=caught.append)
+    assert replies[0] == 1000
+    assert len(caught) == 1000
+    assert all(isinstance(e, ValueError) for e in caught)

@@ -17,7 +17,9 @@ from . import (
     Context,
     Socket,
     TcpEof,
-    exit_event_loop,
+    free_signal_handler,
+    free_signal_handlers,
+    signal_handler,
     start_event_loop,
     tcp_connect,
     tcp_server,
@@ -74,8 +76,14 @@ def serve(
     key: Optional[str],
     quiet: bool,
     reuse_port: bool = False,
+    graceful_timeout: float = 30.0,
 ) -> None:
-    """Run the TLS echo server until Ctrl-C or SIGTERM."""
+    """Run the TLS echo server until Ctrl-C or SIGTERM.
+
+    SIGTERM and the first Ctrl-C shut it down gracefully (``TcpServer.shutdown``: no new
+    connections, each open one closed once its echo is flushed, the rest aborted after
+    ``graceful_timeout`` seconds); a second Ctrl-C stops it at once.
+    """
     if cert is None and key is not None:
         raise SystemExit("uvssl serve: --key needs --cert")
     if cert is None:
@@ -103,16 +111,26 @@ def serve(
                 flush=True,
             )
 
-    def on_term(signum: int, frame: Any) -> None:
-        exit_event_loop()
+        def drain(signum: int) -> None:
+            if server.shutting_down:
+                return
+            # from now on a Ctrl-C raises KeyboardInterrupt again: the loop stops at once
+            free_signal_handler(signal.SIGINT)
+            if not quiet:
+                print(
+                    f"uvssl serve: {signal.Signals(signum).name}: shutting down (up to"
+                    f" {graceful_timeout:g} s for open connections; Ctrl-C again to stop now)",
+                    flush=True,
+                )
+            server.shutdown(graceful_timeout, lambda srv: free_signal_handlers())
 
-    old = signal.signal(signal.SIGTERM, on_term)
+        signal_handler(signal.SIGTERM, drain)
+        signal_handler(signal.SIGINT, drain)
+
     try:
         start_event_loop(start, catch_app_errors=True)
     except KeyboardInterrupt:
         pass
-    finally:
-        signal.signal(signal.SIGTERM, old)
     if not quiet:
         print("uvssl serve: closed", flush=True)
 
@@ -196,13 +214,31 @@ def main(argv: Optional[list[str]] = None) -> int:
     s.add_argument("--key", help="private key (PEM)")
     s.add_argument("--reuse-port", action="store_true", help="set SO_REUSEPORT")
     s.add_argument("--quiet", action="store_true", help="print only the READY line")
+    s.add_argument(
+        "--graceful-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGTERM or the first Ctrl-C, how long open connections may take to finish"
+        " (default 30)",
+    )
     d = sub.add_parser("demo", help="a plain-TCP echo demonstration")
     d.add_argument("--messages", type=int, default=20000)
     d.add_argument("--connections", type=int, default=8)
     sub.add_parser("bench", help="run the benchmark (python -m uvssl bench --help)")
     args = p.parse_args(args_in)
     if args.cmd == "serve":
-        serve(args.host, args.port, args.cert, args.key, args.quiet, args.reuse_port)
+        if not args.graceful_timeout >= 0:
+            p.error("--graceful-timeout must be a number of seconds >= 0")
+        serve(
+            args.host,
+            args.port,
+            args.cert,
+            args.key,
+            args.quiet,
+            args.reuse_port,
+            args.graceful_timeout,
+        )
     elif args.cmd == "demo":
         demo(args.messages, args.connections)
     return 0
