@@ -276,7 +276,7 @@ class TcpSslServer(TcpServer):
         if r != 0:
             self.close()
             raise MemoryError(f"uvssl: cannot attach TLS to the server: {_strerror(r)}")
-        ctx._servers.add(self)
+        ctx._add_server(self)
         self._sync_eager()
 
     def _sync_eager(self) -> None:
