@@ -162,7 +162,7 @@ done:
 
 static int uvs__sni_cb(SSL *ssl, int *alert, void *arg) {
     const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
-    if (uvs__cb.on_sni == NULL)
+    if (uvs__cb.on_sni == NULL || arg == NULL)
         return SSL_TLSEXT_ERR_OK;
     int verdict = 0;
     SSL_CTX *chosen = uvs__cb.on_sni(arg, ssl, name, &verdict);
@@ -177,11 +177,14 @@ static int uvs__sni_cb(SSL *ssl, int *alert, void *arg) {
     return SSL_TLSEXT_ERR_OK;
 }
 
-/* Route the ClientHello's server name to the embedding (arg identifies the context there). */
+/* Route the ClientHello's server name to the embedding (arg identifies the context there).
+ * The context may already serve handshakes in other threads (loops in several threads share
+ * it): the argument is set before the callback that reads it, and the callback ignores a NULL
+ * one, so a handshake that runs meanwhile never hands the embedding a NULL handle. */
 int uvs_ctx_set_sni(SSL_CTX *ctx, void *arg) {
-    if (SSL_CTX_set_tlsext_servername_callback(ctx, uvs__sni_cb) != 1)
+    if (SSL_CTX_set_tlsext_servername_arg(ctx, arg) != 1)
         return 0;
-    return SSL_CTX_set_tlsext_servername_arg(ctx, arg) == 1;
+    return SSL_CTX_set_tlsext_servername_callback(ctx, uvs__sni_cb) == 1;
 }
 
 /* ---- CRLs ------------------------------------------------------------------------------- */

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 from ._uvssl import ffi, lib
 from .context import Context, _openssl_failure, parse_version, resolve_ssl_ctx
 from .errors import SslFailure
-from .loop import _check_callable, _strerror
+from .loop import _check_callable, _check_thread, _strerror
 from .tcp import Socket, _check_host
 from .tls import SslSocket, _check_hs_timeout, _configure_client_ssl
 
@@ -87,6 +87,7 @@ def attach_ssl(
     """
     if not isinstance(socket, Socket):
         raise TypeError(f"socket must be a uvssl Socket, not {type(socket).__name__}")
+    _check_thread(socket._loop, "attach_ssl()")
     if ssl_side not in ("client", "server"):
         raise ValueError(f"ssl_side must be 'client' or 'server', got {ssl_side!r}")
     _check_callable("ctx_configure_callback", ctx_configure_callback)
@@ -164,6 +165,7 @@ def detach_ssl(socket: Socket) -> None:
     """End TLS on ``socket`` and go on in plaintext (see the module docstring)."""
     if not isinstance(socket, Socket):
         raise TypeError(f"socket must be a uvssl Socket, not {type(socket).__name__}")
+    _check_thread(socket._loop, "detach_ssl()")
     conn = socket._live_conn("detach TLS")
     state = lib.uvs_conn_tls_state(conn)
     if state == 0:

@@ -17,12 +17,13 @@ import ctypes
 import logging
 import os
 import ssl as _stdlib_ssl
+import threading
 import weakref
 from typing import Any, Callable, Iterable, Optional, Union
 
 from ._uvssl import ffi, lib
 from .errors import SslFailure
-from .loop import _dispatch_error
+from .loop import _dispatch_error, _get_ident
 from .openssl import SSL_OPTIONS, error_queue
 
 __all__ = [
@@ -190,6 +191,8 @@ class Context:
         self.alpn: Optional[tuple[str, ...]] = None
         self._handle: Any = None  # what the SSL_CTX's SNI callback points to, once installed
         self._servers: weakref.WeakSet[Any] = weakref.WeakSet()  # TLS servers using this
+        # a context may serve loops in several threads: they add servers at the same time
+        self._servers_lock = threading.Lock()
         self._sni_callback: Optional[SniCallback] = None
         self._ssl_configure_callback: Optional[ConfigureCallback] = None
 
@@ -235,10 +238,25 @@ class Context:
         self._ssl_configure_callback = cb
         self._sync_servers()
 
+    def _add_server(self, server: Any) -> None:
+        with self._servers_lock:
+            self._servers.add(server)
+
     def _sync_servers(self) -> None:
-        # servers hand connections over before the handshake only when a callback needs that
-        for server in list(self._servers):
-            server._sync_eager()
+        # servers hand connections over before the handshake only when a callback needs that.
+        # A server belongs to its loop's thread: one of a loop running in another thread is
+        # told there (its next handshakes follow), never touched from here.
+        with self._servers_lock:
+            servers = list(self._servers)
+        for server in servers:
+            loop = server._loop
+            if loop.thread == _get_ident():
+                server._sync_eager()
+            else:
+                try:
+                    loop.call_threadsafe(server._sync_eager)
+                except RuntimeError:
+                    pass  # that loop has ended, and its servers with it
 
     def __del__(self) -> None:
         ctx = getattr(self, "_ctx", None)
@@ -600,6 +618,16 @@ def uvs_py_on_sni(ctx_data: Any, ssl: Any, name: Any, verdict: Any) -> Any:
     """A ClientHello named a server: ask the context's sni_callback which context to use."""
     ctx = ffi.from_handle(ctx_data)
     sock = ssl_owners.get(int(ffi.cast("uintptr_t", ssl)))
+    # The registry is shared by every loop's thread and keyed by address: an entry outlives its
+    # SSL* (socket closed or detached but still referenced), and the address may by now belong
+    # to a new SSL* in another loop. Only a socket of this thread's loop whose SSL* is this one
+    # is the asker (reading its connection is safe here: it is this thread's).
+    if sock is not None and (
+        sock._loop.thread != _get_ident()
+        or sock._conn is None
+        or lib.uvs_conn_ssl(sock._conn) != ssl
+    ):
+        sock = None
     server_name = None if name == ffi.NULL else ffi.string(name).decode("utf-8", "replace")
     try:
         cb = ctx.sni_callback

@@ -54,6 +54,7 @@ log = logging.getLogger("uvssl")
 lib.uvs_py_install()
 
 _local = threading.local()
+_get_ident = threading.get_ident  # the thread check runs on hot paths (Socket.write): prebound
 _running: weakref.WeakSet[Loop] = weakref.WeakSet()
 _running_lock = threading.Lock()
 
@@ -78,6 +79,11 @@ class Loop:
     """An event loop bound to the thread that runs it.
 
     Create loops through ``start_event_loop``; ``get_loop()`` returns the running one.
+
+    The loop and everything made on it (sockets, servers, streams, timers) belong to its
+    thread (``thread``): only ``call_threadsafe`` and ``stop`` may be called from another one;
+    anything else raises ``RuntimeError`` there. Once the loop has ended, its objects hold no
+    native state and any thread may use them (they behave as closed).
     """
 
     def __init__(
@@ -101,6 +107,7 @@ class Loop:
         self._error: Optional[BaseException] = None
         self._exiting = False
         self._halted = False  # error or exit: callbacks no longer reach application code
+        self._ended = False  # torn down: no native state left, objects may be used anywhere
         self._calls: collections.deque[tuple[Callable[..., Any], tuple[Any, ...]]] = (
             collections.deque()
         )
@@ -116,12 +123,31 @@ class Loop:
 
     def now(self) -> float:
         """The loop's cached monotonic time, in seconds."""
+        _check_thread(self, "Loop.now()")
         self._check_open()
         return float(lib.uvs_loop_now(self._ptr))
 
     def _check_open(self) -> None:
         if self._ptr is None:
             raise RuntimeError("uvssl: this event loop has ended")
+
+    def _foreign(self, what: str, obj: Any = None, hint: str = "") -> None:
+        """``what`` (a method of ``obj``) was called from a thread that does not run this loop.
+
+        A running loop's objects are touched by its own thread only (libuv and the TLS engine
+        have no locks, and the C side runs with the GIL released): any other thread gets a
+        RuntimeError naming ``call_threadsafe``. Once the loop has ended (every handle closed
+        and freed) they hold no native state any more, so they may then be used from any
+        thread: they behave as closed. See ``_check_thread``.
+        """
+        if self._ended:
+            return
+        if obj is not None:
+            what = f"{type(obj).__name__}.{what}"
+        raise RuntimeError(
+            f"uvssl: {what} was used from a thread that does not run its event loop (thread "
+            f"{self.thread} does); use loop.call_threadsafe(...) to run it there{hint}"
+        )
 
     # -- application errors ------------------------------------------------------------------
     def _app_error(self, exc: BaseException) -> None:
@@ -179,6 +205,7 @@ class Loop:
             lib.uvs_loop_close_all(ptr)
             r = lib.uvs_loop_free(ptr)
             self._live.clear()
+            self._ended = True
             self._unwatch_signals()
             with _running_lock:
                 _running.discard(self)
@@ -189,7 +216,12 @@ class Loop:
             raise err
 
     def exit(self) -> None:
-        """Stop the loop: every handle is closed and ``start_event_loop`` returns."""
+        """Stop the loop: every handle is closed and ``start_event_loop`` returns.
+
+        From the loop's own thread only; ``stop()`` works from any thread.
+        """
+        if _get_ident() != self.thread:
+            self._foreign("Loop.exit()", hint=" (or loop.stop(), which any thread may call)")
         self._exiting = True
         self._halted = True
         if self._ptr is not None:
@@ -238,6 +270,7 @@ class Loop:
         Python runs signal handlers only in the main thread, so this needs the main thread's
         loop; two deliveries before the loop gets to run may be counted as one.
         """
+        _check_thread(self, "signal_handler()")
         self._check_open()
         _check_callable("cb", cb, optional=False)
         num = _check_signum(signum)
@@ -268,6 +301,7 @@ class Loop:
         """Remove this loop's handler for ``signum`` (restoring the one it replaced); a signal
         with no handler here is left alone.
         """
+        _check_thread(self, "free_signal_handler()")
         num = _check_signum(signum)
         entry = self._sig_handlers.pop(num, None)
         if entry is None:
@@ -325,15 +359,37 @@ class Loop:
             self._calls.append((cb, args))
             lib.uvs_loop_wakeup(self._ptr)
 
+    def stop(self) -> None:
+        """Stop the loop like ``exit()``; callable from any thread.
+
+        Every handle is closed and ``start_event_loop`` returns. From the loop's own thread
+        this is ``exit()``. From another thread it queues ``exit()`` on the loop and wakes it
+        (like ``call_threadsafe``), so it returns at once and the loop ends within a turn, idle
+        or busy. Stopping twice, or a loop that has already ended (or is ending), is harmless:
+        no error, nothing happens.
+        """
+        if _get_ident() == self.thread:
+            self.exit()
+            return
+        # The wakeup is sent under _ptr_lock, which _run takes to clear _ptr before it frees
+        # the native loop: a uv_async_send on a freed loop would be a use after free.
+        with self._ptr_lock:
+            if self._ptr is None:
+                return
+            self._calls.append((self.exit, ()))
+            lib.uvs_loop_wakeup(self._ptr)
+
     # -- timers ------------------------------------------------------------------------------
     def delay(self, cb: Callable[..., Any], seconds: float = 0, *args: Any) -> Timer:
         """Call ``cb(*args)`` once after ``seconds``."""
+        _check_thread(self, "Loop.delay()")
         _check_callable("cb", cb, optional=False)
         s = _check_seconds("seconds", seconds, allow_zero=True)
         return Timer(self, cb, args, s, 0.0)
 
     def interval(self, cb: Callable[..., Any], seconds: float, *args: Any) -> Timer:
         """Call ``cb(*args)`` every ``seconds`` until the timer is cancelled."""
+        _check_thread(self, "Loop.interval()")
         _check_callable("cb", cb, optional=False)
         s = _check_seconds("seconds", seconds, allow_zero=False)
         return Timer(self, cb, args, s, s)
@@ -370,6 +426,8 @@ class Timer:
 
     def cancel(self) -> None:
         """Stop the timer; its callback will not run again. Cancelling twice is harmless."""
+        if _get_ident() != self._loop.thread:
+            self._loop._foreign("Timer.cancel()")
         ptr, self._ptr = self._ptr, None
         if ptr is not None and self._loop._ptr is not None:
             lib.uvs_timer_close(ptr)
@@ -382,6 +440,17 @@ class Timer:
     def _on_closed(self) -> None:
         self._ptr = None
         self._loop._live.discard(self)
+
+
+def _check_thread(loop: Loop, what: str, obj: Any = None) -> None:
+    """Raise RuntimeError naming call_threadsafe unless called from ``loop``'s own thread.
+
+    Every method of a loop's objects that reaches native or loop state calls this first (or
+    inlines it: ``Socket.write``); only ``call_threadsafe`` and ``Loop.stop`` may be called
+    from other threads. See ``Loop._foreign``.
+    """
+    if _get_ident() != loop.thread:
+        loop._foreign(what, obj)
 
 
 # -- module-level API ------------------------------------------------------------------------

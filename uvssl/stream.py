@@ -9,12 +9,18 @@ each blocking step and raises ``TimeoutError``.
 
 The handshake happens at the first read or write, or at once with ``ssl_do_handshake``.
 Closing the stream sends close_notify and closes the socket.
+
+Threads: a stream is not tied to a thread, but one ``SSL`` object must never run in two threads
+at once (OpenSSL does not lock it, and the C side runs without the GIL), so a stream serves one
+call at a time: a call made while another thread is inside one on the same stream (a read
+blocked waiting for data, say) raises ``RuntimeError`` instead of waiting.
 """
 
 from __future__ import annotations
 
 import io
 import socket as _socket
+import threading
 from typing import Any, Optional, Union
 
 from ._uvssl import ffi, lib
@@ -60,6 +66,13 @@ class SslStream(io.RawIOBase):
 
     def __init__(self, sock: _socket.socket, ctx: Context, server: bool) -> None:
         """Internal: use ``make_ssl_client_stream`` / ``make_ssl_server_stream``."""
+        # Held while a call runs OpenSSL on this stream's SSL* (or frees it). Taken without
+        # waiting: a second thread gets a RuntimeError at once. Waiting instead would turn the
+        # common mistake of a reader thread and a writer thread sharing one stream into a
+        # silent deadlock (the reader holds the stream while it blocks in the kernel for data
+        # the writer never gets to send), and close() from another thread would wait for
+        # that read forever; an error names the problem where it happens.
+        self._busy = threading.Lock()
         super().__init__()
         self._sock = sock
         self.context = ctx
@@ -95,52 +108,85 @@ class SslStream(io.RawIOBase):
             raise ValueError("I/O operation on a closed SslStream")
         return self._s
 
+    def _enter(self, what: str) -> Any:
+        """Take the stream for one call (see ``__init__``) and return its native pointer;
+        the caller releases ``_busy`` when done.
+        """
+        if not self._busy.acquire(False):
+            raise _busy_error(what)
+        if self._s is None:
+            self._busy.release()
+            raise ValueError("I/O operation on a closed SslStream")
+        return self._s
+
     def _sync_timeout(self, s: Any) -> None:
         t = self._sock.gettimeout()
         lib.uvs_stream_set_timeout(s, -1 if t is None else max(0, int(t * 1000)))
 
     def readinto(self, b: Any) -> int:
         """Read up to len(b) bytes into b; 0 at the peer's close_notify."""
-        s = self._live()
-        self._sync_timeout(s)
-        n = len(memoryview(b).cast("B"))
-        if n == 0:
-            return 0
-        r = lib.uvs_stream_read(s, ffi.from_buffer(b, require_writable=True), n)
-        if r < 0:
-            raise self._error(int(r), "read")
-        return int(r)
+        s = self._enter("read()")
+        try:
+            self._sync_timeout(s)
+            n = len(memoryview(b).cast("B"))
+            if n == 0:
+                return 0
+            r = lib.uvs_stream_read(s, ffi.from_buffer(b, require_writable=True), n)
+            if r < 0:
+                raise self._error(int(r), "read")
+            return int(r)
+        finally:
+            self._busy.release()
 
     def write(self, b: Any) -> int:
         """Write all of b (blocking until the kernel took it); returns len(b)."""
-        s = self._live()
-        self._sync_timeout(s)
-        if isinstance(b, str):
-            raise TypeError("SslStream.write takes bytes-like data, not str")
-        buf = ffi.from_buffer(b)
-        r = lib.uvs_stream_write(s, buf, len(buf))
-        if r < 0:
-            raise self._error(int(r), "write")
-        return int(r)
+        s = self._enter("write()")
+        try:
+            self._sync_timeout(s)
+            if isinstance(b, str):
+                raise TypeError("SslStream.write takes bytes-like data, not str")
+            buf = ffi.from_buffer(b)
+            r = lib.uvs_stream_write(s, buf, len(buf))
+            if r < 0:
+                raise self._error(int(r), "write")
+            return int(r)
+        finally:
+            self._busy.release()
 
     def do_handshake(self) -> None:
         """Run the handshake now (it otherwise happens at the first read or write)."""
-        s = self._live()
-        self._sync_timeout(s)
-        r = lib.uvs_stream_handshake(s)
-        if r != 0:
-            raise self._error(int(r), "handshake")
+        s = self._enter("do_handshake()")
+        try:
+            self._sync_timeout(s)
+            r = lib.uvs_stream_handshake(s)
+            if r != 0:
+                raise self._error(int(r), "handshake")
+        finally:
+            self._busy.release()
 
     def close(self) -> None:
-        """Send close_notify (best effort), free the TLS state and close the socket."""
-        s, self._s = getattr(self, "_s", None), None
-        if s is not None:
+        """Send close_notify (best effort), free the TLS state and close the socket.
+
+        Closing is a call like the others: while another thread is inside one on this stream
+        it raises ``RuntimeError``, as the SSL* cannot be freed under that call. To end a read
+        blocked in another thread, ``shutdown(socket.SHUT_RDWR)`` the socket the stream was
+        made from: the read then returns or fails, and the stream can be closed.
+        """
+        busy = getattr(self, "_busy", None)
+        if busy is not None and getattr(self, "_s", None) is not None:
+            if not busy.acquire(False):
+                raise _busy_error("close()")
             try:
-                self._sync_timeout(s)
-                lib.uvs_stream_shutdown(s)
+                s, self._s = self._s, None
+                if s is not None:  # else another thread closed it meanwhile
+                    try:
+                        self._sync_timeout(s)
+                        lib.uvs_stream_shutdown(s)
+                    finally:
+                        lib.uvs_stream_free(s)
+                        self._sock.close()
             finally:
-                lib.uvs_stream_free(s)
-                self._sock.close()
+                busy.release()
         super().close()
 
     # -- TLS details -----------------------------------------------------------------------------
@@ -150,30 +196,49 @@ class SslStream(io.RawIOBase):
     @property
     def version(self) -> Optional[str]:
         """The negotiated protocol, or None before the handshake."""
-        ssl = self._ssl()
-        v = ffi.string(lib.SSL_get_version(ssl)).decode()
+        s = self._enter("version")
+        try:
+            v = ffi.string(lib.SSL_get_version(lib.uvs_stream_ssl(s))).decode()
+        finally:
+            self._busy.release()
         return None if v == "unknown" else str(v)
 
     @property
     def cipher(self) -> Optional[str]:
         """The negotiated cipher, or None before the handshake."""
-        c = lib.SSL_get_current_cipher(self._ssl())
-        return None if c == ffi.NULL else str(ffi.string(lib.SSL_CIPHER_get_name(c)).decode())
+        s = self._enter("cipher")
+        try:
+            c = lib.SSL_get_current_cipher(lib.uvs_stream_ssl(s))
+            return None if c == ffi.NULL else str(ffi.string(lib.SSL_CIPHER_get_name(c)).decode())
+        finally:
+            self._busy.release()
 
     @property
     def peer_certificate(self) -> Optional[X509Certificate]:
         """The peer's certificate, or None."""
-        return X509Certificate._peer_of(self._ssl())
+        s = self._enter("peer_certificate")
+        try:
+            return X509Certificate._peer_of(lib.uvs_stream_ssl(s))
+        finally:
+            self._busy.release()
 
     @property
     def verify_result(self) -> int:
         """The certificate verification result (0 is X509_V_OK)."""
-        return int(lib.SSL_get_verify_result(self._ssl()))
+        s = self._enter("verify_result")
+        try:
+            return int(lib.SSL_get_verify_result(lib.uvs_stream_ssl(s)))
+        finally:
+            self._busy.release()
 
     @property
     def ssl_pointer(self) -> int:
         """The raw ``SSL*`` as an int."""
-        return int(ffi.cast("uintptr_t", self._ssl()))
+        s = self._enter("ssl_pointer")
+        try:
+            return int(ffi.cast("uintptr_t", lib.uvs_stream_ssl(s)))
+        finally:
+            self._busy.release()
 
     # -- errors ----------------------------------------------------------------------------------
     def _error(self, r: int, what: str) -> BaseException:
@@ -207,6 +272,14 @@ class SslStream(io.RawIOBase):
         return TcpSslError(
             f"TLS {what} failed: {_strerror(r)}", what=what, code=-r if -4000 < r < 0 else None
         )
+
+
+def _busy_error(what: str) -> RuntimeError:
+    return RuntimeError(
+        f"uvssl: SslStream.{what} was called while another thread is inside a call on the same "
+        "stream; a TLS stream serves one thread at a time (give each thread its own "
+        "connection, or serialize the calls with a lock)"
+    )
 
 
 def _to_socket(sock: Union[_socket.socket, int]) -> _socket.socket:

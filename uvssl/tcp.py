@@ -23,7 +23,16 @@ from .errors import (
     TcpRefused,
     TcpTimeout,
 )
-from .loop import Loop, _check_callable, _check_seconds, _errname, _strerror, get_loop
+from .loop import (
+    Loop,
+    _check_callable,
+    _check_seconds,
+    _check_thread,
+    _errname,
+    _get_ident,
+    _strerror,
+    get_loop,
+)
 
 __all__ = [
     "Socket",
@@ -155,6 +164,7 @@ class AsyncStream:
 
     def read(self, n: int = -1) -> bytes:
         """Return up to ``n`` buffered bytes (all of them when ``n`` < 0); b"" if none."""
+        _check_thread(self.socket._loop, "AsyncStream.read()")
         if isinstance(n, bool) or not isinstance(n, int):
             raise TypeError(f"n must be an int, not {type(n).__name__}")
         if n < 0 or n >= len(self._buf):
@@ -167,15 +177,20 @@ class AsyncStream:
 
     def write(self, data: BytesLike) -> bool:
         """Write to the socket; see ``Socket.write``."""
-        return self.socket.write(data)
+        sock = self.socket
+        if _get_ident() != sock._loop.thread:
+            sock._loop._foreign("AsyncStream.write()")
+        return sock.write(data)
 
     @property
     def available(self) -> int:
         """How many bytes are buffered."""
+        _check_thread(self.socket._loop, "AsyncStream.available")
         return len(self._buf)
 
     def close(self) -> None:
         """Close the socket (gracefully)."""
+        _check_thread(self.socket._loop, "AsyncStream.close()")
         self.socket.close()
 
     def _feed(self, sock: Socket, data: bytes) -> None:
@@ -251,6 +266,7 @@ class Socket:
 
     @read_cb.setter
     def read_cb(self, cb: Optional[ReadCb]) -> None:
+        _check_thread(self._loop, "read_cb (assignment)", self)
         _check_callable("read_cb", cb)
         self._read_cb = cb
         self._deliver = self._pick_deliver()
@@ -277,6 +293,7 @@ class Socket:
 
     @write_cb.setter
     def write_cb(self, cb: Optional[Callable[[Socket], Any]]) -> None:
+        _check_thread(self._loop, "write_cb (assignment)", self)
         _check_callable("write_cb", cb)
         self._write_cb = cb
         self._sync_flags()
@@ -288,6 +305,7 @@ class Socket:
 
     @drain_cb.setter
     def drain_cb(self, cb: Optional[Callable[[Socket], Any]]) -> None:
+        _check_thread(self._loop, "drain_cb (assignment)", self)
         _check_callable("drain_cb", cb)
         self._drain_cb = cb
         self._sync_flags()
@@ -321,6 +339,7 @@ class Socket:
 
     def fileno(self) -> int:
         """The OS socket descriptor (owned by uvssl: do not close it)."""
+        _check_thread(self._loop, "fileno()", self)
         r = lib.uvs_conn_fileno(self._live_conn("get its descriptor"))
         if r < 0:
             raise SocketError(_strerror(r), code=_errno_of(r), action="fileno", socket=self)
@@ -352,6 +371,7 @@ class Socket:
     @property
     def local_address(self) -> tuple[str, int]:
         """(host, port) of this end; still readable after the socket closed."""
+        _check_thread(self._loop, "local_address", self)
         return self._address(0)
 
     @property
@@ -359,11 +379,13 @@ class Socket:
         """(host, port) of the peer; still readable after the socket closed (for a client
         whose connection failed: the address it tried last).
         """
+        _check_thread(self._loop, "remote_address", self)
         return self._address(1)
 
     @property
     def write_buffer_size(self) -> int:
         """Bytes accepted by ``write`` that have not reached the kernel yet."""
+        _check_thread(self._loop, "write_buffer_size", self)
         if self._conn is None:
             return 0
         return int(lib.uvs_conn_write_buffer_size(self._conn))
@@ -376,7 +398,11 @@ class Socket:
         it is above it: a writer should then stop and wait for ``drain_cb``.
         Raises ``SocketClosed`` on a closed socket, and on a TLS socket whose session has
         ended (the peer's close_notify answered) until ``detach_ssl`` makes it plaintext.
+        Raises ``RuntimeError`` when called from a thread other than the loop's.
         """
+        # the thread check, inline: this runs once per request in a server (no extra call)
+        if _get_ident() != self._loop.thread:
+            self._loop._foreign("write()", self)
         conn = self._conn
         if conn is None or self._closed:
             self._live_conn("write")  # raises SocketClosed
@@ -402,6 +428,7 @@ class Socket:
         ``force=True`` drops them and closes at once. With nothing left to flush (or forced),
         the socket is finished when this returns: no event reaches it any more.
         """
+        _check_thread(self._loop, "close()", self)
         if self._closed:
             return
         self._closed = True
@@ -412,6 +439,7 @@ class Socket:
 
     def shutdown(self, how: str = "write") -> None:
         """Half-close: after pending writes, send FIN; reading goes on."""
+        _check_thread(self._loop, "shutdown()", self)
         if how != "write":
             raise ValueError(f"how must be 'write' (only the write side can be shut), got {how!r}")
         r = lib.uvs_conn_shutdown(self._live_conn("shut down"))
@@ -424,6 +452,7 @@ class Socket:
         """Set TCP_NODELAY (on by default) and SO_KEEPALIVE (``True``, or the idle time in
         seconds before probes start; ``False`` turns it off).
         """
+        _check_thread(self._loop, "set_options()", self)
         conn = self._live_conn("set options")
         if nodelay is not None:
             if not isinstance(nodelay, bool):
@@ -445,6 +474,7 @@ class Socket:
 
     def set_timeouts(self, read_timeout: Optional[float], write_timeout: Optional[float]) -> None:
         """Change the read/write timeouts (seconds; None disables)."""
+        _check_thread(self._loop, "set_timeouts()", self)
         r_s = _timeout("read_timeout", read_timeout)
         w_s = _timeout("write_timeout", write_timeout)
         r = lib.uvs_conn_set_timeouts(self._live_conn("set timeouts"), r_s, w_s)
@@ -457,6 +487,7 @@ class Socket:
         No ``read_cb`` runs for this socket from now on until it resumes. Data already read in
         the same loop turn (small reads reach the application once per turn) is kept for it.
         """
+        _check_thread(self._loop, "pause_reading()", self)
         lib.uvs_conn_pause(self._live_conn("pause reading"))
         if self._held is None:
             self._held = collections.deque()
@@ -467,6 +498,7 @@ class Socket:
         Data kept since the pause is delivered first, from inside this call; if ``read_cb``
         pauses the socket again meanwhile, the rest stays kept and reading stays off.
         """
+        _check_thread(self._loop, "resume_reading()", self)
         conn = self._live_conn("resume reading")
         held = self._held
         if held is None:
@@ -497,6 +529,7 @@ class Socket:
         quarter of high). ``write`` returns False above high; ``drain_cb(socket)`` (given here
         or assigned to ``socket.drain_cb``) runs when the buffer falls back to low.
         """
+        _check_thread(self._loop, "set_write_buffer_limits()", self)
         hi = 64 * 1024 if high is None else _byte_count("high", high)
         lo = hi // 4 if low is None else _byte_count("low", low)
         if lo > hi:
@@ -674,12 +707,14 @@ class TcpServer:
 
     def fileno(self) -> int:
         """The listening socket's descriptor (owned by uvssl)."""
+        _check_thread(self._loop, "fileno()", self)
         if self._ptr is None:
             raise SocketClosed("server is closed", action="fileno")
         return int(lib.uvs_server_fileno(self._ptr))
 
     def close(self) -> None:
         """Stop listening. Connections already accepted stay open (see ``shutdown``)."""
+        _check_thread(self._loop, "close()", self)
         if self._closed:
             return
         self._closed = True
@@ -698,6 +733,7 @@ class TcpServer:
         ``timeout`` seconds (a peer that does not read, say) are aborted. ``done_cb(server)``
         runs once the last connection and the listening socket are gone. Call it once.
         """
+        _check_thread(self._loop, "shutdown()", self)
         _check_callable("done_cb", done_cb)
         secs = _check_seconds("timeout", timeout, allow_zero=True)
         if self._draining is not None:
@@ -1014,6 +1050,7 @@ def write_socket_data(
     """
     if not isinstance(socket, Socket):
         raise TypeError(f"socket must be a uvssl Socket, not {type(socket).__name__}")
+    _check_thread(socket._loop, "write_socket_data()")
     _check_common(read_cb, event_cb, None, write_cb)
     if read_cb is not None:
         socket.read_cb = read_cb
@@ -1028,6 +1065,7 @@ def close_socket(socket: Socket, *, force: bool = False) -> None:
     """Close ``socket``: gracefully (pending writes flushed first) or, with ``force``, at once."""
     if not isinstance(socket, Socket):
         raise TypeError(f"socket must be a uvssl Socket, not {type(socket).__name__}")
+    _check_thread(socket._loop, "close_socket()")
     socket.close(force=force)
 
 
@@ -1035,4 +1073,5 @@ def close_tcp_server(server: TcpServer) -> None:
     """Stop ``server`` listening; its open connections are not affected."""
     if not isinstance(server, TcpServer):
         raise TypeError(f"server must be a uvssl TcpServer, not {type(server).__name__}")
+    _check_thread(server._loop, "close_tcp_server()")
     server.close()

@@ -20,7 +20,7 @@ from .errors import (
     SslX509Lookup,
     TcpSslError,
 )
-from .loop import Loop, _strerror, get_loop
+from .loop import Loop, _check_thread, _strerror, get_loop
 from .openssl import error_queue, error_strings, verify_string
 from .tcp import (
     BytesLike,
@@ -104,12 +104,14 @@ class SslSocket(Socket):
     @property
     def ssl_pointer(self) -> Optional[int]:
         """The raw ``SSL*`` as an int (None once closed)."""
+        _check_thread(self._loop, "ssl_pointer", self)
         ssl = self._ssl()
         return None if ssl == ffi.NULL else int(ffi.cast("uintptr_t", ssl))
 
     @property
     def version(self) -> Optional[str]:
         """The negotiated protocol ("TLSv1.3"), or None before the handshake."""
+        _check_thread(self._loop, "version", self)
         ssl = self._ssl()
         if ssl == ffi.NULL or not self._connected:
             return None
@@ -118,6 +120,7 @@ class SslSocket(Socket):
     @property
     def cipher(self) -> Optional[str]:
         """The negotiated cipher's OpenSSL name, or None before the handshake."""
+        _check_thread(self._loop, "cipher", self)
         ssl = self._ssl()
         if ssl == ffi.NULL or not self._connected:
             return None
@@ -127,6 +130,7 @@ class SslSocket(Socket):
     @property
     def alpn_protocol(self) -> Optional[str]:
         """The protocol ALPN selected, or None."""
+        _check_thread(self._loop, "alpn_protocol", self)
         ssl = self._ssl()
         if ssl == ffi.NULL:
             return None
@@ -140,6 +144,7 @@ class SslSocket(Socket):
     @property
     def peer_certificate(self) -> Optional[X509Certificate]:
         """The peer's certificate, or None (no certificate, or not connected)."""
+        _check_thread(self._loop, "peer_certificate", self)
         ssl = self._ssl()
         if ssl == ffi.NULL:
             return None
@@ -150,6 +155,7 @@ class SslSocket(Socket):
         """The session, for ``tcp_ssl_connect(session=...)`` (with TLS 1.3 it is resumable
         once the server's ticket arrived, shortly after the handshake).
         """
+        _check_thread(self._loop, "session", self)
         ssl = self._ssl()
         if ssl == ffi.NULL:
             return None
@@ -159,6 +165,7 @@ class SslSocket(Socket):
     @property
     def session_reused(self) -> bool:
         """True when the handshake resumed a session."""
+        _check_thread(self._loop, "session_reused", self)
         ssl = self._ssl()
         return bool(ssl != ffi.NULL and lib.SSL_session_reused(ssl))
 
@@ -269,7 +276,7 @@ class TcpSslServer(TcpServer):
         if r != 0:
             self.close()
             raise MemoryError(f"uvssl: cannot attach TLS to the server: {_strerror(r)}")
-        ctx._servers.add(self)
+        ctx._add_server(self)
         self._sync_eager()
 
     def _sync_eager(self) -> None:
