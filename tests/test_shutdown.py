@@ -172,7 +172,10 @@ def test_shutdown_closes_handshakes_in_progress_at_once(certs: Any) -> None:
     run_loop(start, timeout=10)  # fails if the shutdown waited for its 60 s timeout
     assert len(done) == 1
     raw[0].settimeout(5)
-    assert raw[0].recv(10) == b""
+    try:  # closed (or, if it was not accepted yet, reset with the listening socket)
+        assert raw[0].recv(10) == b""
+    except ConnectionResetError:
+        pass
     raw[0].close()
 
 
