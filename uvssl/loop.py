@@ -22,6 +22,7 @@ import threading
 import weakref
 from typing import Any, Callable, Optional
 
+from ._args import check_keywords
 from ._uvssl import ffi, lib
 
 __all__ = [
@@ -338,6 +339,7 @@ def start_event_loop(
 
 def with_event_loop(fn: Callable[[], Any], **kw: Any) -> None:
     """The same as ``start_event_loop(fn, **kw)`` (cl-async's ``with-event-loop``)."""
+    check_keywords("with_event_loop", kw, ("catch_app_errors", "default_event_cb"))
     start_event_loop(fn, **kw)
 
 

@@ -17,8 +17,9 @@ import io
 import socket as _socket
 from typing import Any, Optional, Union
 
+from ._args import check_keywords
 from ._uvssl import ffi, lib
-from .context import Context, _verify_mode, _version_range
+from .context import CONTEXT_OPTIONS, Context, _verify_mode, _version_range
 from .errors import SslClosed, SslFailure, SslVerificationFailure, TcpSslError
 from .loop import _strerror
 from .openssl import error_queue, error_strings, verify_string
@@ -34,23 +35,11 @@ __all__ = [
     "get_ssl_verify_result",
 ]
 
-# Options a given context fixes: repeating them per stream is an error.
-_FIXED_BY_CONTEXT = (
-    "certificate",
-    "key",
-    "certificate_password",
-    "keytype",
-    "ca_file",
-    "ca_directory",
-    "crl_check",
-    "crl_file",
-    "alpn",
-    "options",
-    "session_tickets",
-    "ciphersuites",
-)
 # Options that may override the context for one stream.
 _PER_STREAM = ("method", "ciphers", "verify", "max_depth", "min_version", "max_version")
+# Every option the make_ssl_*_stream functions take; with context=, the others are the
+# context's to fix and an error to repeat.
+_STREAM_OPTIONS = CONTEXT_OPTIONS | {"context", "server_hostname"}
 
 _SSL_R_CERTIFICATE_VERIFY_FAILED = 134
 
@@ -225,6 +214,8 @@ def _to_socket(sock: Union[_socket.socket, int]) -> _socket.socket:
 
 
 def _make(sock: Any, side: str, opts: dict[str, Any]) -> SslStream:
+    public = f"make_ssl_{side}_stream"
+    check_keywords(public, opts, _STREAM_OPTIONS)
     s = _to_socket(sock)
     context = opts.pop("context", None)
     server_hostname = opts.pop("server_hostname", None)
@@ -233,19 +224,18 @@ def _make(sock: Any, side: str, opts: dict[str, Any]) -> SslStream:
     if context is not None:
         if not isinstance(context, Context):
             raise TypeError(f"context must be a uvssl.Context, not {type(context).__name__}")
-        fixed = [k for k in _FIXED_BY_CONTEXT if k in opts]
+        fixed = [k for k in opts if k not in _PER_STREAM]
         if fixed:
             raise ValueError(
-                f"{', '.join(fixed)} cannot be given with context= (the context fixes them)"
+                f"{public}(): {', '.join(fixed)} cannot be given with context= (the context "
+                f"fixes {'it' if len(fixed) == 1 else 'them'}; per stream, only "
+                f"{', '.join(_PER_STREAM)} may be given)"
             )
-        unknown = [k for k in opts if k not in _PER_STREAM]
-        if unknown:
-            raise TypeError(f"unknown option(s): {', '.join(unknown)}")
         ctx = context
         overrides = opts
     else:
         overrides = {}
-        ctx = Context.client(**opts) if side == "client" else Context.server(**opts)
+        ctx = Context._build(side, **opts)
     stream = SslStream(s, ctx, side == "server")
     try:
         _apply_overrides(stream, ctx, overrides, server_hostname)

@@ -13,6 +13,7 @@ import errno as _errno
 import socket as _socket
 from typing import Any, Callable, Optional, Union
 
+from ._args import keyword_hints
 from ._uvssl import ffi, lib
 from .errors import (
     DnsError,
@@ -695,6 +696,7 @@ def _setup_client(
         sock.write(data)
 
 
+@keyword_hints
 def tcp_connect(
     host: str,
     port: int,
@@ -751,6 +753,7 @@ def _connect(
     return sock
 
 
+@keyword_hints
 def tcp_server(
     bind_address: Optional[str],
     port: int,
@@ -784,6 +787,7 @@ def tcp_server(
     )
 
 
+@keyword_hints
 def tcp_open(
     fd_or_socket: Union[int, _socket.socket],
     read_cb: Optional[ReadCb],

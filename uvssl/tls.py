@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Callable, Iterable, Optional
 
+from ._args import keyword_hints
 from ._uvssl import ffi, lib
 from .context import Context, alpn_wire, options_value, resolve_ssl_ctx, ssl_owners
 from .errors import (
@@ -400,6 +401,7 @@ def _configure_client_ssl(
             lib.ERR_clear_error()  # an unusable session just means a full handshake
 
 
+@keyword_hints
 def tcp_ssl_connect(
     host: str,
     port: int,
@@ -489,6 +491,7 @@ def tcp_ssl_connect(
     return sock
 
 
+@keyword_hints
 def tcp_ssl_server(
     bind_address: Optional[str],
     port: int,
