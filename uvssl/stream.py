@@ -23,7 +23,7 @@ from .context import CONTEXT_OPTIONS, Context, _verify_mode, _version_range
 from .errors import SslClosed, SslFailure, SslVerificationFailure, TcpSslError
 from .loop import _strerror
 from .openssl import error_queue, error_strings, verify_string
-from .tls import _configure_client_ssl
+from .tls import _configure_client_ssl, tls_failure_message
 from .x509 import X509Certificate
 
 __all__ = [
@@ -178,17 +178,24 @@ class SslStream(io.RawIOBase):
             kw: dict[str, Any] = dict(
                 what=what, codes=codes, strings=strings, verify_result=vr, verify_result_string=vstr
             )
-            if _SSL_R_CERTIFICATE_VERIFY_FAILED in reasons and vr != lib.X509_V_OK:
-                return SslVerificationFailure(f"certificate verification failed: {vstr}", **kw)
+            verify_failed = _SSL_R_CERTIFICATE_VERIFY_FAILED in reasons and vr != lib.X509_V_OK
             if ye[0] == lib.UV_EOF and not codes:
                 return SslFailure("the peer closed the connection during the TLS handshake", **kw)
-            detail = strings[-1].split(":")[-1] if strings else "TLS error"
-            return SslFailure(f"TLS {what} failed: {detail}", **kw)
+            msg = tls_failure_message(
+                what, strings, verify_failed, vr, vstr, self.server_side, self.server_hostname
+            )
+            if verify_failed:
+                return SslVerificationFailure(msg, **kw)
+            return SslFailure(msg, **kw)
         if r == lib.UV_ETIMEDOUT:
-            return TimeoutError(f"TLS {what} timed out")
+            return TimeoutError(
+                f"TLS {what} timed out: the socket's timeout ({self._sock.gettimeout()} s, "
+                "see settimeout) passed"
+            )
         if r == lib.UV_EOF:
             exc = SslClosed(
-                "the peer closed the connection without close_notify (data may be truncated)",
+                f"TLS {what}: the peer closed the connection without close_notify (data may be "
+                "truncated)",
                 what=what,
             )
             exc.truncated = True
@@ -261,11 +268,14 @@ def _apply_overrides(
     if "ciphers" in o:
         c = o["ciphers"]
         if not isinstance(c, str):
-            raise TypeError("ciphers must be a str")
+            raise TypeError(f"ciphers must be a str, not {type(c).__name__}")
         if lib.SSL_set_cipher_list(ssl, c.encode("ascii")) != 1:
             codes, strings = error_queue()
             raise SslFailure(
-                f"invalid cipher list {c!r}", what="configure", codes=codes, strings=strings
+                f"invalid ciphers={c!r}: OpenSSL knows no TLS 1.2 cipher in it",
+                what="configure",
+                codes=codes,
+                strings=strings,
             )
     verify = o.get("verify")
     if "verify" in o:
@@ -273,7 +283,7 @@ def _apply_overrides(
     if "max_depth" in o:
         d = o["max_depth"]
         if isinstance(d, bool) or not isinstance(d, int) or d < 0:
-            raise ValueError("max_depth must be a non-negative int")
+            raise ValueError(f"max_depth must be a non-negative int, got {d!r}")
         lib.SSL_set_verify_depth(ssl, d)
     if server_hostname is not None:
         if not isinstance(server_hostname, str) or not server_hostname:
