@@ -99,7 +99,7 @@ def alpn_wire(name: str, protocols: Any) -> bytes:
         if not isinstance(b, bytes):
             raise TypeError(f"{name}: protocol names must be str, not {type(p).__name__}")
         if not 0 < len(b) < 256:
-            raise ValueError(f"{name}: protocol name {p!r} must be 1 to 255 bytes")
+            raise ValueError(f"{name}: a protocol name must be 1 to 255 bytes, not {len(b)}")
         out.append(len(b))
         out += b
     return bytes(out)

@@ -144,7 +144,12 @@ class Loop:
             except BaseException as second:  # noqa: BLE001
                 self._app_error(second)
         else:
-            log.warning("uvssl: unhandled event: %s", exc)
+            log.warning(
+                "uvssl: unhandled %s (no event_cb took it; give one, or start_event_loop a "
+                "default_event_cb): %s",
+                type(exc).__name__,
+                exc,
+            )
 
     # -- running -----------------------------------------------------------------------------
     def _run(self, start_fn: Optional[Callable[[], Any]]) -> None:

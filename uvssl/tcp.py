@@ -294,7 +294,12 @@ class Socket:
         """The OS socket descriptor (owned by uvssl: do not close it)."""
         r = lib.uvs_conn_fileno(self._live_conn("get its descriptor"))
         if r < 0:
-            raise SocketError(_strerror(r), code=_errno_of(r), action="fileno", socket=self)
+            raise SocketError(
+                f"cannot get the socket's descriptor: {_strerror(r)}",
+                code=_errno_of(r),
+                action="fileno",
+                socket=self,
+            )
         return int(r)
 
     def _address(self, peer: int) -> tuple[str, int]:
@@ -376,7 +381,9 @@ class Socket:
             raise ValueError(f"how must be 'write' (only the write side can be shut), got {how!r}")
         r = lib.uvs_conn_shutdown(self._live_conn("shut down"))
         if r != 0:
-            raise SocketClosed(_strerror(r), action="shutdown", socket=self)
+            raise SocketClosed(
+                f"cannot shut down the write side: {_strerror(r)}", action="shutdown", socket=self
+            )
 
     def set_options(
         self, *, nodelay: Optional[bool] = None, keepalive: Union[bool, float, None] = None
@@ -390,7 +397,12 @@ class Socket:
                 raise TypeError(f"nodelay must be a bool, not {type(nodelay).__name__}")
             r = lib.uvs_conn_nodelay(conn, int(nodelay))
             if r != 0:
-                raise SocketError(_strerror(r), code=_errno_of(r), action="setsockopt", socket=self)
+                raise SocketError(
+                    f"cannot set TCP_NODELAY: {_strerror(r)}",
+                    code=_errno_of(r),
+                    action="setsockopt",
+                    socket=self,
+                )
         if keepalive is not None:
             if keepalive is True:
                 on, secs = 1, 60
@@ -401,7 +413,12 @@ class Socket:
                 on, secs = 1, max(1, secs)
             r = lib.uvs_conn_keepalive(conn, on, secs)
             if r != 0:
-                raise SocketError(_strerror(r), code=_errno_of(r), action="setsockopt", socket=self)
+                raise SocketError(
+                    f"cannot set SO_KEEPALIVE: {_strerror(r)}",
+                    code=_errno_of(r),
+                    action="setsockopt",
+                    socket=self,
+                )
 
     def set_timeouts(self, read_timeout: Optional[float], write_timeout: Optional[float]) -> None:
         """Change the read/write timeouts (seconds; None disables)."""
@@ -409,7 +426,7 @@ class Socket:
         w_s = _timeout("write_timeout", write_timeout)
         r = lib.uvs_conn_set_timeouts(self._live_conn("set timeouts"), r_s, w_s)
         if r != 0:
-            raise ValueError(_strerror(r))
+            raise ValueError(f"cannot set the timeouts: {_strerror(r)}")
 
     def pause_reading(self) -> None:
         """Stop reading until ``resume_reading()``; the kernel buffers, then the peer waits.
@@ -482,7 +499,13 @@ class Socket:
         if kind == _EV_EOF:
             self._eof = True
             self._report(
-                TcpEof("the peer closed the connection", action="read", socket=self), eof=True
+                TcpEof(
+                    "the peer closed its end of the connection (EOF on read); this end can still "
+                    "write until it closes",
+                    action="read",
+                    socket=self,
+                ),
+                eof=True,
             )
             return
         self._closed = True
@@ -496,7 +519,10 @@ class Socket:
         if kind in (lib.UVS_EV_READ_TIMEOUT, lib.UVS_EV_WRITE_TIMEOUT):
             what = "read" if kind == lib.UVS_EV_READ_TIMEOUT else "write"
             return TcpTimeout(
-                f"{what} timed out",
+                "read timed out: no data arrived within read_timeout; the socket is closed"
+                if what == "read"
+                else "write timed out: queued data did not leave within write_timeout (is the "
+                "peer reading?); the socket is closed",
                 code=_errno.ETIMEDOUT,
                 action=what,
                 socket=self,
@@ -603,7 +629,7 @@ class TcpServer:
     def fileno(self) -> int:
         """The listening socket's descriptor (owned by uvssl)."""
         if self._ptr is None:
-            raise SocketClosed("server is closed", action="fileno")
+            raise SocketClosed("the server is closed; it has no descriptor", action="fileno")
         return int(lib.uvs_server_fileno(self._ptr))
 
     def close(self) -> None:
