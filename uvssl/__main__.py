@@ -16,6 +16,7 @@ from typing import Any, Optional
 from . import (
     Context,
     Socket,
+    SocketError,
     TcpEof,
     free_signal_handler,
     free_signal_handlers,
@@ -89,18 +90,25 @@ def serve(
     if cert is None:
         ctx, fingerprint = self_signed_context()
     else:
-        ctx = Context.server(certificate=cert, key=key)
+        try:
+            ctx = Context.server(certificate=cert, key=key)
+        except (OSError, ValueError) as exc:  # a missing or unusable file: no traceback
+            raise SystemExit(f"uvssl serve: --cert/--key: {exc}") from None
         fingerprint = ""
 
     def start() -> None:
-        server = tcp_ssl_server(
-            host,
-            port,
-            _echo_read,
-            _echo_event,
-            ssl_ctx=ctx,
-            reuse_port=reuse_port,
-        )
+        try:
+            server = tcp_ssl_server(
+                host,
+                port,
+                _echo_read,
+                _echo_event,
+                ssl_ctx=ctx,
+                reuse_port=reuse_port,
+            )
+        except SocketError as exc:  # the address is taken, or not this machine's
+            hint = "; choose another --port" if exc.identifier == "address-in-use" else ""
+            raise SystemExit(f"uvssl serve: {exc}{hint}") from None
         if fingerprint and not quiet:
             print(f"uvssl serve: self-signed certificate, SHA-256 {fingerprint}", flush=True)
         print(f"READY {server.port}", flush=True)
@@ -193,6 +201,17 @@ def demo(messages: int = 20000, connections: int = 8) -> None:
     )
 
 
+def _port(text: str) -> int:
+    """An argparse type: a TCP port number (0 picks a free one)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not in 0..65535")
+    return port
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of ``python -m uvssl``."""
     args_in = sys.argv[1:] if argv is None else argv
@@ -209,7 +228,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", help="run a TLS echo server")
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8443)
+    s.add_argument("--port", type=_port, default=8443)
     s.add_argument("--cert", help="certificate chain (PEM)")
     s.add_argument("--key", help="private key (PEM)")
     s.add_argument("--reuse-port", action="store_true", help="set SO_REUSEPORT")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+from ._args import keyword_hints
 from ._uvssl import ffi, lib
 from .context import Context, _openssl_failure, parse_version, resolve_ssl_ctx
 from .errors import SslFailure
@@ -64,6 +65,7 @@ def _default_context(spec: Any, side: str, configure: Optional[ConfigureCallback
     return ctx
 
 
+@keyword_hints
 def attach_ssl(
     socket: Socket,
     *,

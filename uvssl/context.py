@@ -21,6 +21,7 @@ import threading
 import weakref
 from typing import Any, Callable, Iterable, Optional, Union
 
+from ._args import check_keywords, file_path, keyword_names, pem_labels
 from ._uvssl import ffi, lib
 from .errors import SslFailure
 from .loop import _dispatch_error, _get_ident
@@ -100,7 +101,7 @@ def alpn_wire(name: str, protocols: Any) -> bytes:
         if not isinstance(b, bytes):
             raise TypeError(f"{name}: protocol names must be str, not {type(p).__name__}")
         if not 0 < len(b) < 256:
-            raise ValueError(f"{name}: protocol name {p!r} must be 1 to 255 bytes")
+            raise ValueError(f"{name}: a protocol name must be 1 to 255 bytes, not {len(b)}")
         out.append(len(b))
         out += b
     return bytes(out)
@@ -132,13 +133,75 @@ def options_value(name: str, options: Any) -> int:
     return total
 
 
+# What each file option holds, for its error messages.
+_FILE_KINDS = {
+    "certificate": "a PEM certificate chain or DER certificate file",
+    "key": "a PEM or DER private key file",
+    "ca_file": "a PEM file of CA certificates",
+    "ca_directory": "a directory of hashed CA certificates (see openssl rehash)",
+    "crl_file": "a PEM file of CRLs",
+}
+
+
 def _check_file(name: str, path: Any) -> bytes:
-    if not isinstance(path, (str, bytes, os.PathLike)):
-        raise TypeError(f"{name} must be a path, not {type(path).__name__}")
-    p = os.fsencode(path)
-    if not os.path.exists(p):
-        raise FileNotFoundError(2, f"{name}: no such file", os.fsdecode(p))
-    return p
+    # a value that is not a path (PEM data, say: a key pasted by mistake) is never echoed
+    return file_path(name, path, _FILE_KINDS.get(name, "a file"))
+
+
+def _certificate_failure(path: bytes) -> str:
+    """Why certificate= may not have loaded, from what the file holds (none of it is shown)."""
+    labels = pem_labels(path)
+    shown = f"certificate={os.fsdecode(path)!r}"
+    if not any("CERTIFICATE" in label for label in labels):
+        if any("PRIVATE KEY" in label for label in labels):
+            return (
+                f"cannot load {shown}: it holds a private key, not a certificate (give it as key=)"
+            )
+        if labels:
+            return f"cannot load {shown}: it holds no certificate"
+    return f"cannot load {shown}: it must hold a PEM certificate chain or one DER certificate"
+
+
+def _key_failure(
+    path: bytes,
+    cpath: bytes,
+    in_certificate: bool,
+    keytype: str,
+    password: Any,
+    strings: tuple[str, ...],
+) -> str:
+    """Why a private key may not have loaded, and what to try (none of the file is shown)."""
+    if any(t.endswith("key values mismatch") for t in strings):
+        return _mismatch(path, cpath, in_certificate)
+    labels = pem_labels(path)
+    has_key = any("PRIVATE KEY" in label for label in labels)
+    if in_certificate:
+        shown = f"certificate={os.fsdecode(path)!r}"
+        if not has_key:
+            return (
+                f"no private key: key= was not given, and {shown} holds none; give key= the "
+                "path of the key's file"
+            )
+    else:
+        shown = f"key={os.fsdecode(path)!r}"
+        if labels and not has_key:
+            return f"cannot load the private key from {shown}: it holds no private key"
+    if password is not None:
+        hint = "is the password right?"
+    elif "ENCRYPTED PRIVATE KEY" in labels:
+        hint = "it is encrypted: give its password"
+    elif not labels and keytype == "pem":
+        hint = "no PEM key found in it; a DER key needs keytype='der'"
+    else:
+        hint = "if it is encrypted, give its password"
+    return f"cannot load the private key from {shown} ({hint})"
+
+
+def _mismatch(path: bytes, cpath: bytes, in_certificate: bool) -> str:
+    return (
+        f"the private key in {'certificate' if in_certificate else 'key'}={os.fsdecode(path)!r} "
+        f"does not match the certificate in certificate={os.fsdecode(cpath)!r}"
+    )
 
 
 def _verify_mode(verify: Any, server: bool) -> int:
@@ -152,6 +215,12 @@ def _verify_mode(verify: Any, server: bool) -> int:
         return int(lib.SSL_VERIFY_PEER)
     if verify == "required":
         return int(lib.SSL_VERIFY_PEER | lib.SSL_VERIFY_FAIL_IF_NO_PEER_CERT)
+    if isinstance(verify, (str, bytes, os.PathLike)):
+        # verify="/path/ca.pem" is how requests takes a CA file: not shown, it may be data
+        raise ValueError(
+            "verify must be a bool or 'none'/'optional'/'required'; a CA file or directory goes "
+            "in ca_file= or ca_directory="
+        )
     raise ValueError(f"verify must be a bool or 'none'/'optional'/'required', got {verify!r}")
 
 
@@ -285,11 +354,13 @@ class Context:
     @classmethod
     def client(cls, **opts: Any) -> Context:
         """A client context: verifies the server's chain and host name unless ``verify=False``."""
+        check_keywords("Context.client", opts, CONTEXT_OPTIONS)
         return cls._build("client", **opts)
 
     @classmethod
     def server(cls, **opts: Any) -> Context:
         """A server context: ``certificate`` (a chain file) and ``key`` are usually given."""
+        check_keywords("Context.server", opts, CONTEXT_OPTIONS)
         return cls._build("server", **opts)
 
     @classmethod
@@ -365,7 +436,7 @@ class Context:
             else:
                 raise TypeError("certificate_password must be str or bytes")
         if key is not None and certificate is None:
-            raise ValueError("key was given without certificate")
+            raise ValueError("key= was given without certificate=: give the certificate chain too")
 
         if ssl_side == "both":
             method_ptr = lib.TLS_method()
@@ -380,7 +451,10 @@ class Context:
         if lib.SSL_CTX_set_min_proto_version(ptr, lo) != 1 or (
             hi and lib.SSL_CTX_set_max_proto_version(ptr, hi) != 1
         ):
-            raise _openssl_failure("cannot set the TLS version range", "set version")
+            raise _openssl_failure(
+                "cannot set the TLS version range (min_version, max_version or method)",
+                "set version",
+            )
         if opts_value:
             lib.SSL_CTX_set_options(ptr, opts_value)
         if not session_tickets:
@@ -389,39 +463,55 @@ class Context:
             if not isinstance(ciphers, str):
                 raise TypeError(f"ciphers must be a str, not {type(ciphers).__name__}")
             if lib.SSL_CTX_set_cipher_list(ptr, ciphers.encode("ascii")) != 1:
-                raise _openssl_failure(f"invalid cipher list {ciphers!r}", "set ciphers")
+                raise _openssl_failure(
+                    f"invalid ciphers={ciphers!r}: OpenSSL knows no TLS 1.2 cipher in it "
+                    "(TLS 1.3 suites go in ciphersuites=)",
+                    "set ciphers",
+                )
         if ciphersuites is not None:
             if not isinstance(ciphersuites, str):
                 raise TypeError(f"ciphersuites must be a str, not {type(ciphersuites).__name__}")
             if lib.SSL_CTX_set_ciphersuites(ptr, ciphersuites.encode("ascii")) != 1:
                 raise _openssl_failure(
-                    f"invalid TLS 1.3 ciphersuites {ciphersuites!r}", "set ciphersuites"
+                    f"invalid ciphersuites={ciphersuites!r}: it takes TLS 1.3 suite names such "
+                    "as 'TLS_AES_128_GCM_SHA256' (TLS 1.2 ciphers go in ciphers=)",
+                    "set ciphersuites",
                 )
         if certificate is not None:
             cpath = _check_file("certificate", certificate)
             pw = ffi.NULL if password is None else password
             if lib.uvs_ctx_use_cert_file(ptr, cpath, filetype, pw) != 1:
-                raise _openssl_failure(
-                    f"cannot load certificate {os.fsdecode(cpath)!r}", "load certificate"
-                )
+                raise _openssl_failure(_certificate_failure(cpath), "load certificate")
             kpath = _check_file("key", key) if key is not None else cpath
             if lib.uvs_ctx_use_key_file(ptr, kpath, filetype, pw) != 1:
-                hint = "" if password is None else " (is the password right?)"
-                raise _openssl_failure(
-                    f"cannot load private key {os.fsdecode(kpath)!r}{hint}", "load key"
+                codes, strings = error_queue()
+                raise SslFailure(
+                    _key_failure(kpath, cpath, key is None, keytype, password, strings),
+                    what="load key",
+                    codes=codes,
+                    strings=strings,
                 )
             if lib.SSL_CTX_check_private_key(ptr) != 1:
-                raise _openssl_failure(
-                    "the private key does not match the certificate", "check key"
-                )
+                raise _openssl_failure(_mismatch(kpath, cpath, key is None), "check key")
         if ca_file is not None or ca_directory is not None:
             f = _check_file("ca_file", ca_file) if ca_file is not None else ffi.NULL
             d = _check_file("ca_directory", ca_directory) if ca_directory is not None else ffi.NULL
             if lib.SSL_CTX_load_verify_locations(ptr, f, d) != 1:
-                raise _openssl_failure("cannot load CA certificates", "load CA")
+                raise _openssl_failure(
+                    "cannot load CA certificates from "
+                    + " and ".join(
+                        f"{n}={os.fsdecode(v)!r}"
+                        for n, v in (("ca_file", f), ("ca_directory", d))
+                        if v != ffi.NULL
+                    )
+                    + " (PEM certificates are needed)",
+                    "load CA",
+                )
         elif mode & lib.SSL_VERIFY_PEER:
             if lib.SSL_CTX_set_default_verify_paths(ptr) != 1:
-                raise _openssl_failure("cannot load the system trust store", "load CA")
+                raise _openssl_failure(
+                    "cannot load the system trust store: give ca_file= or ca_directory=", "load CA"
+                )
         lib.SSL_CTX_set_verify(ptr, mode, ffi.NULL)
         if max_depth is not None:
             lib.SSL_CTX_set_verify_depth(ptr, max_depth)
@@ -430,7 +520,9 @@ class Context:
                 path = _check_file("crl_file", crl_file)
                 if lib.uvs_ctx_load_crl_file(ptr, path) <= 0:
                     raise _openssl_failure(
-                        f"cannot load CRLs from {os.fsdecode(path)!r}", "load CRL"
+                        f"cannot load CRLs from crl_file={os.fsdecode(path)!r} (PEM CRLs are "
+                        "needed)",
+                        "load CRL",
                     )
             flags = lib.X509_V_FLAG_CRL_CHECK
             if crl_check == "all":
@@ -490,23 +582,31 @@ def _version_range(min_version: Any, max_version: Any, method: Any) -> tuple[int
     return int(lo), int(hi)
 
 
+#: The options ``Context.client`` / ``Context.server`` take.
+CONTEXT_OPTIONS = keyword_names(Context._build) - {"cls", "side"}
+
+
 def make_ssl_client_context(**opts: Any) -> Context:
     """Allegro CL's name for ``Context.client``."""
+    check_keywords("make_ssl_client_context", opts, CONTEXT_OPTIONS)
     return Context.client(**opts)
 
 
 def make_ssl_server_context(**opts: Any) -> Context:
     """Allegro CL's name for ``Context.server``."""
+    check_keywords("make_ssl_server_context", opts, CONTEXT_OPTIONS)
     return Context.server(**opts)
 
 
 def create_ssl_client_context(**opts: Any) -> Context:
     """LispWorks' name for ``Context.client``."""
+    check_keywords("create_ssl_client_context", opts, CONTEXT_OPTIONS)
     return Context.client(**opts)
 
 
 def create_ssl_server_context(**opts: Any) -> Context:
     """LispWorks' name for ``Context.server``."""
+    check_keywords("create_ssl_server_context", opts, CONTEXT_OPTIONS)
     return Context.server(**opts)
 
 

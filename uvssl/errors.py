@@ -12,6 +12,7 @@ happened on (or None).
 from __future__ import annotations
 
 import errno as _errno
+import re as _re
 from typing import Any, Optional, Sequence
 
 __all__ = [
@@ -59,8 +60,48 @@ def identifier_for_errno(code: Optional[int]) -> str:
     return _IDENTIFIERS.get(code, "unknown")
 
 
+# How ``str(exc)`` names the action when the message does not already say it: "while reading",
+# never "cannot write while write". The other forms a message may use for the same action.
+# Other actions ("load certificate", "attach", ...) are labels for programs: the messages that
+# carry them say what failed themselves.
+_ACTION_PHRASES = {
+    "resolve": "while resolving the host name",
+    "connect": "while connecting",
+    "read": "while reading",
+    "write": "while writing",
+    "shutdown": "while shutting down the write side",
+    "accept": "while accepting a connection",
+    "listen": "while starting to listen",
+    "handshake": "during the TLS handshake",
+}
+_ACTION_FORMS = {
+    "resolve": ("resolving",),
+    "connect": ("connecting",),
+    "read": ("reading",),
+    "write": ("writing", "written"),
+    "shutdown": ("shut down", "shutting down"),
+    "accept": ("accepting",),
+    "listen": ("listening",),
+}
+
+
+def _with_action(message: str, action: str) -> str:
+    """``message``, followed by what was being done unless the message already says it."""
+    phrase = _ACTION_PHRASES.get(action)
+    if phrase is None:
+        return message
+    low = message.lower()
+    for form in (action, *_ACTION_FORMS.get(action, ())):
+        if _re.search(r"\b" + _re.escape(form) + r"\b", low):
+            return message
+    return f"{message} {phrase}"
+
+
 class SocketError(OSError):
     """Base of every uvssl networking error.
+
+    ``str(exc)`` is the message, then what was being done unless the message says it already
+    ("... while reading"), then the identifier and errno.
 
     Attributes:
         identifier: Allegro CL's name for the condition, e.g. ``"connection-refused"``.
@@ -102,13 +143,11 @@ class SocketError(OSError):
             self.identifier = identifier
 
     def __str__(self) -> str:
-        parts = [self.message]
-        if self.action:
-            parts.append(f"while {self.action}")
-        details = [f"identifier={self.identifier}"]
+        text = _with_action(self.message, self.action)
+        details = [] if self.identifier == "unknown" else [f"identifier={self.identifier}"]
         if self.code is not None:
             details.append(f"errno={self.code}")
-        return f"{' '.join(parts)} ({', '.join(details)})"
+        return f"{text} ({', '.join(details)})" if details else text
 
     def __reduce__(self) -> Any:
         return (_rebuild, (type(self), self.message, dict(self.__dict__)))
@@ -169,7 +208,12 @@ class SslCondition(Exception):
 
 
 class TcpSslError(TcpError, SslCondition):
-    """A TLS connection failed (cl-async's ``tcp-ssl-error``)."""
+    """A TLS connection failed (cl-async's ``tcp-ssl-error``).
+
+    ``str(exc)`` is the message, the operation unless the message names it, the OpenSSL error
+    queue, and the verification result when verification failed (a result of 0, "ok", is
+    left out: a server that asked for no client certificate reports it for every failure).
+    """
 
     def __init__(
         self,
@@ -197,13 +241,15 @@ class TcpSslError(TcpError, SslCondition):
             self.verify_result_string = verify_result_string
 
     def __str__(self) -> str:
-        text = self.message
-        if self.what:
-            text += f" (during {self.what})"
-        if self.strings:
-            text += "; OpenSSL: " + "; ".join(self.strings)
-        if self.verify_result is not None:
-            text += f"; verify result {self.verify_result}: {self.verify_result_string}"
+        text = _with_action(self.message, self.what)
+        if self.strings:  # once each: OpenSSL may queue the same error several times
+            text += "; OpenSSL: " + "; ".join(dict.fromkeys(self.strings))
+        # 0 (X509_V_OK) says nothing: it is also what a side that verified nothing reports
+        if self.verify_result:
+            text += f"; verify result {self.verify_result}"
+            vstr = self.verify_result_string
+            if vstr and vstr not in text:
+                text += f": {vstr}"
         return text
 
 

@@ -32,6 +32,7 @@ import threading
 import weakref
 from typing import Any, Callable, Optional
 
+from ._args import check_keywords
 from ._uvssl import ffi, lib
 
 __all__ = [
@@ -183,7 +184,12 @@ class Loop:
             except BaseException as second:  # noqa: BLE001
                 self._app_error(second)
         else:
-            log.warning("uvssl: unhandled event: %s", exc)
+            log.warning(
+                "uvssl: unhandled %s (no event_cb took it; give one, or start_event_loop a "
+                "default_event_cb): %s",
+                type(exc).__name__,
+                exc,
+            )
 
     # -- running -----------------------------------------------------------------------------
     def _run(self, start_fn: Optional[Callable[[], Any]]) -> None:
@@ -494,6 +500,7 @@ def start_event_loop(
 
 def with_event_loop(fn: Callable[[], Any], **kw: Any) -> None:
     """The same as ``start_event_loop(fn, **kw)`` (cl-async's ``with-event-loop``)."""
+    check_keywords("with_event_loop", kw, ("catch_app_errors", "default_event_cb"))
     start_event_loop(fn, **kw)
 
 

@@ -23,12 +23,13 @@ import socket as _socket
 import threading
 from typing import Any, Optional, Union
 
+from ._args import check_keywords
 from ._uvssl import ffi, lib
-from .context import Context, _verify_mode, _version_range
+from .context import CONTEXT_OPTIONS, Context, _verify_mode, _version_range
 from .errors import SslClosed, SslFailure, SslVerificationFailure, TcpSslError
 from .loop import _strerror
 from .openssl import error_queue, error_strings, verify_string
-from .tls import _configure_client_ssl
+from .tls import _configure_client_ssl, tls_failure_message
 from .x509 import X509Certificate
 
 __all__ = [
@@ -40,23 +41,11 @@ __all__ = [
     "get_ssl_verify_result",
 ]
 
-# Options a given context fixes: repeating them per stream is an error.
-_FIXED_BY_CONTEXT = (
-    "certificate",
-    "key",
-    "certificate_password",
-    "keytype",
-    "ca_file",
-    "ca_directory",
-    "crl_check",
-    "crl_file",
-    "alpn",
-    "options",
-    "session_tickets",
-    "ciphersuites",
-)
 # Options that may override the context for one stream.
 _PER_STREAM = ("method", "ciphers", "verify", "max_depth", "min_version", "max_version")
+# Every option the make_ssl_*_stream functions take; with context=, the others are the
+# context's to fix and an error to repeat.
+_STREAM_OPTIONS = CONTEXT_OPTIONS | {"context", "server_hostname"}
 
 _SSL_R_CERTIFICATE_VERIFY_FAILED = 134
 
@@ -254,17 +243,24 @@ class SslStream(io.RawIOBase):
             kw: dict[str, Any] = dict(
                 what=what, codes=codes, strings=strings, verify_result=vr, verify_result_string=vstr
             )
-            if _SSL_R_CERTIFICATE_VERIFY_FAILED in reasons and vr != lib.X509_V_OK:
-                return SslVerificationFailure(f"certificate verification failed: {vstr}", **kw)
+            verify_failed = _SSL_R_CERTIFICATE_VERIFY_FAILED in reasons and vr != lib.X509_V_OK
             if ye[0] == lib.UV_EOF and not codes:
                 return SslFailure("the peer closed the connection during the TLS handshake", **kw)
-            detail = strings[-1].split(":")[-1] if strings else "TLS error"
-            return SslFailure(f"TLS {what} failed: {detail}", **kw)
+            msg = tls_failure_message(
+                what, strings, verify_failed, vr, vstr, self.server_side, self.server_hostname
+            )
+            if verify_failed:
+                return SslVerificationFailure(msg, **kw)
+            return SslFailure(msg, **kw)
         if r == lib.UV_ETIMEDOUT:
-            return TimeoutError(f"TLS {what} timed out")
+            return TimeoutError(
+                f"TLS {what} timed out: the socket's timeout ({self._sock.gettimeout()} s, "
+                "see settimeout) passed"
+            )
         if r == lib.UV_EOF:
             exc = SslClosed(
-                "the peer closed the connection without close_notify (data may be truncated)",
+                f"TLS {what}: the peer closed the connection without close_notify (data may be "
+                "truncated)",
                 what=what,
             )
             exc.truncated = True
@@ -298,6 +294,8 @@ def _to_socket(sock: Union[_socket.socket, int]) -> _socket.socket:
 
 
 def _make(sock: Any, side: str, opts: dict[str, Any]) -> SslStream:
+    public = f"make_ssl_{side}_stream"
+    check_keywords(public, opts, _STREAM_OPTIONS)
     s = _to_socket(sock)
     context = opts.pop("context", None)
     server_hostname = opts.pop("server_hostname", None)
@@ -306,19 +304,18 @@ def _make(sock: Any, side: str, opts: dict[str, Any]) -> SslStream:
     if context is not None:
         if not isinstance(context, Context):
             raise TypeError(f"context must be a uvssl.Context, not {type(context).__name__}")
-        fixed = [k for k in _FIXED_BY_CONTEXT if k in opts]
+        fixed = [k for k in opts if k not in _PER_STREAM]
         if fixed:
             raise ValueError(
-                f"{', '.join(fixed)} cannot be given with context= (the context fixes them)"
+                f"{public}(): {', '.join(fixed)} cannot be given with context= (the context "
+                f"fixes {'it' if len(fixed) == 1 else 'them'}; per stream, only "
+                f"{', '.join(_PER_STREAM)} may be given)"
             )
-        unknown = [k for k in opts if k not in _PER_STREAM]
-        if unknown:
-            raise TypeError(f"unknown option(s): {', '.join(unknown)}")
         ctx = context
         overrides = opts
     else:
         overrides = {}
-        ctx = Context.client(**opts) if side == "client" else Context.server(**opts)
+        ctx = Context._build(side, **opts)
     stream = SslStream(s, ctx, side == "server")
     try:
         _apply_overrides(stream, ctx, overrides, server_hostname)
@@ -344,11 +341,14 @@ def _apply_overrides(
     if "ciphers" in o:
         c = o["ciphers"]
         if not isinstance(c, str):
-            raise TypeError("ciphers must be a str")
+            raise TypeError(f"ciphers must be a str, not {type(c).__name__}")
         if lib.SSL_set_cipher_list(ssl, c.encode("ascii")) != 1:
             codes, strings = error_queue()
             raise SslFailure(
-                f"invalid cipher list {c!r}", what="configure", codes=codes, strings=strings
+                f"invalid ciphers={c!r}: OpenSSL knows no TLS 1.2 cipher in it",
+                what="configure",
+                codes=codes,
+                strings=strings,
             )
     verify = o.get("verify")
     if "verify" in o:
@@ -356,7 +356,7 @@ def _apply_overrides(
     if "max_depth" in o:
         d = o["max_depth"]
         if isinstance(d, bool) or not isinstance(d, int) or d < 0:
-            raise ValueError("max_depth must be a non-negative int")
+            raise ValueError(f"max_depth must be a non-negative int, got {d!r}")
         lib.SSL_set_verify_depth(ssl, d)
     if server_hostname is not None:
         if not isinstance(server_hostname, str) or not server_hostname:

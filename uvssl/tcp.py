@@ -13,6 +13,7 @@ import errno as _errno
 import socket as _socket
 from typing import Any, Callable, Optional, Union
 
+from ._args import keyword_hints
 from ._uvssl import ffi, lib
 from .errors import (
     DnsError,
@@ -342,7 +343,12 @@ class Socket:
         _check_thread(self._loop, "fileno()", self)
         r = lib.uvs_conn_fileno(self._live_conn("get its descriptor"))
         if r < 0:
-            raise SocketError(_strerror(r), code=_errno_of(r), action="fileno", socket=self)
+            raise SocketError(
+                f"cannot get the socket's descriptor: {_strerror(r)}",
+                code=_errno_of(r),
+                action="fileno",
+                socket=self,
+            )
         return int(r)
 
     def _address(self, peer: int) -> tuple[str, int]:
@@ -444,7 +450,9 @@ class Socket:
             raise ValueError(f"how must be 'write' (only the write side can be shut), got {how!r}")
         r = lib.uvs_conn_shutdown(self._live_conn("shut down"))
         if r != 0:
-            raise SocketClosed(_strerror(r), action="shutdown", socket=self)
+            raise SocketClosed(
+                f"cannot shut down the write side: {_strerror(r)}", action="shutdown", socket=self
+            )
 
     def set_options(
         self, *, nodelay: Optional[bool] = None, keepalive: Union[bool, float, None] = None
@@ -459,7 +467,12 @@ class Socket:
                 raise TypeError(f"nodelay must be a bool, not {type(nodelay).__name__}")
             r = lib.uvs_conn_nodelay(conn, int(nodelay))
             if r != 0:
-                raise SocketError(_strerror(r), code=_errno_of(r), action="setsockopt", socket=self)
+                raise SocketError(
+                    f"cannot set TCP_NODELAY: {_strerror(r)}",
+                    code=_errno_of(r),
+                    action="setsockopt",
+                    socket=self,
+                )
         if keepalive is not None:
             if keepalive is True:
                 on, secs = 1, 60
@@ -470,7 +483,12 @@ class Socket:
                 on, secs = 1, max(1, secs)
             r = lib.uvs_conn_keepalive(conn, on, secs)
             if r != 0:
-                raise SocketError(_strerror(r), code=_errno_of(r), action="setsockopt", socket=self)
+                raise SocketError(
+                    f"cannot set SO_KEEPALIVE: {_strerror(r)}",
+                    code=_errno_of(r),
+                    action="setsockopt",
+                    socket=self,
+                )
 
     def set_timeouts(self, read_timeout: Optional[float], write_timeout: Optional[float]) -> None:
         """Change the read/write timeouts (seconds; None disables)."""
@@ -479,7 +497,7 @@ class Socket:
         w_s = _timeout("write_timeout", write_timeout)
         r = lib.uvs_conn_set_timeouts(self._live_conn("set timeouts"), r_s, w_s)
         if r != 0:
-            raise ValueError(_strerror(r))
+            raise ValueError(f"cannot set the timeouts: {_strerror(r)}")
 
     def pause_reading(self) -> None:
         """Stop reading until ``resume_reading()``; the kernel buffers, then the peer waits.
@@ -555,7 +573,13 @@ class Socket:
         if kind == _EV_EOF:
             self._eof = True
             self._report(
-                TcpEof("the peer closed the connection", action="read", socket=self), eof=True
+                TcpEof(
+                    "the peer closed its end of the connection (EOF on read); this end can still "
+                    "write until it closes",
+                    action="read",
+                    socket=self,
+                ),
+                eof=True,
             )
             return
         self._closed = True
@@ -569,7 +593,10 @@ class Socket:
         if kind in (lib.UVS_EV_READ_TIMEOUT, lib.UVS_EV_WRITE_TIMEOUT):
             what = "read" if kind == lib.UVS_EV_READ_TIMEOUT else "write"
             return TcpTimeout(
-                f"{what} timed out",
+                "read timed out: no data arrived within read_timeout; the socket is closed"
+                if what == "read"
+                else "write timed out: queued data did not leave within write_timeout (is the "
+                "peer reading?); the socket is closed",
                 code=_errno.ETIMEDOUT,
                 action=what,
                 socket=self,
@@ -709,7 +736,7 @@ class TcpServer:
         """The listening socket's descriptor (owned by uvssl)."""
         _check_thread(self._loop, "fileno()", self)
         if self._ptr is None:
-            raise SocketClosed("server is closed", action="fileno")
+            raise SocketClosed("the server is closed; it has no descriptor", action="fileno")
         return int(lib.uvs_server_fileno(self._ptr))
 
     def close(self) -> None:
@@ -874,6 +901,7 @@ def _setup_client(
         sock.write(data)
 
 
+@keyword_hints
 def tcp_connect(
     host: str,
     port: int,
@@ -931,6 +959,7 @@ def _connect(
     return sock
 
 
+@keyword_hints
 def tcp_server(
     bind_address: Optional[str],
     port: int,
@@ -964,6 +993,7 @@ def tcp_server(
     )
 
 
+@keyword_hints
 def tcp_open(
     fd_or_socket: Union[int, _socket.socket],
     read_cb: Optional[ReadCb],

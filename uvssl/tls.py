@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Callable, Iterable, Optional
 
+from ._args import keyword_hints
 from ._uvssl import ffi, lib
 from .context import Context, alpn_wire, options_value, resolve_ssl_ctx, ssl_owners
 from .errors import (
@@ -53,6 +54,91 @@ _X509_LOOKUP_REASONS = {
     190,
     168,
 }
+
+# What a failed verification means and what to do, by verify result (X509_V_ERR_*).
+_UNTRUSTED = {2, 18, 19, 20, 21}  # no path to a trusted CA: unknown issuer, self-signed, ...
+_NAME_MISMATCH = {62, 64}  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
+_NOT_NOW = {9, 10}  # X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED
+_NO_CRL = 3  # X509_V_ERR_UNABLE_TO_GET_CRL
+_CHAIN_TOO_LONG = 22  # X509_V_ERR_CERT_CHAIN_TOO_LONG
+
+# OpenSSL reasons (the end of an error string) a user can act on: what they mean, and what to
+# do. "alert ..." is what the peer sent: it refused something of this side's.
+_REASON_HINTS = (
+    ("alert unknown ca", "the peer does not trust the CA that issued {this} certificate"),
+    ("alert bad certificate", "the peer rejected {this} certificate"),
+    ("alert certificate unknown", "the peer rejected {this} certificate"),
+    ("alert unsupported certificate", "the peer rejected {this} certificate"),
+    ("alert certificate expired", "the peer says {this} certificate has expired"),
+    ("alert certificate revoked", "the peer says {this} certificate is revoked"),
+    (
+        "alert certificate required",
+        "the peer requires a client certificate: give this client certificate= and key=",
+    ),
+    (
+        "alert protocol version",
+        "the two sides accept no common TLS version (uvssl's minimum is TLS 1.2)",
+    ),
+    (
+        "alert handshake failure",
+        "the peer found no acceptable parameters (cipher, TLS version or signature algorithm)",
+    ),
+    (
+        "peer did not return a certificate",
+        "the client sent no certificate, and this server requires one (verify='required')",
+    ),
+    ("no shared cipher", "the two sides have no cipher in common (see ciphers=)"),
+    (
+        "unsupported protocol",
+        "the two sides accept no common TLS version (uvssl's minimum is TLS 1.2; see min_version=)",
+    ),
+    ("http request", "the peer sent a plain HTTP request to this TLS port"),
+    ("wrong version number", "the peer does not speak TLS (is it a plain TCP or HTTP port?)"),
+)
+
+
+def _verification_hint(vr: int, server: bool, hostname: Optional[str]) -> str:
+    """What to do about verification result ``vr`` ("" when there is nothing to say)."""
+    if vr in _UNTRUSTED:
+        if server:
+            return "give the server's context ca_file= the CA that issued the client certificates"
+        return "give ca_file= the CA that issued it (or verify=False to skip verification)"
+    if vr in _NAME_MISMATCH:
+        name = f"{hostname!r}" if hostname else "the name asked for"
+        return f"it is not valid for {name}: connect with a server_hostname= it names"
+    if vr in _NOT_NOW:
+        return "check this machine's clock, or renew the certificate"
+    if vr == _NO_CRL:
+        return "crl_check is on, but no CRL from its issuer was loaded (crl_file=)"
+    if vr == _CHAIN_TOO_LONG:
+        return "the chain is longer than max_depth="
+    return ""
+
+
+def tls_failure_message(
+    what: str,
+    strings: tuple[str, ...],
+    verify_failed: bool,
+    vr: Optional[int],
+    vstr: Optional[str],
+    server: bool,
+    hostname: Optional[str],
+) -> str:
+    """The message of a TLS error with OpenSSL errors queued: what failed and, when the
+    reason is a common one, what it means and what to do. The OpenSSL texts themselves follow
+    in ``str(exc)``, so a reason without advice is not repeated here.
+    """
+    if verify_failed and vr is not None:
+        whose = "client's" if server else "server's"
+        msg = f"TLS {what} failed: the {whose} certificate did not verify ({vstr})"
+        hint = _verification_hint(vr, server, hostname)
+        return f"{msg}: {hint}" if hint else msg
+    last = strings[-1].rsplit(":", 1)[-1] if strings else ""
+    for reason, meaning in _REASON_HINTS:
+        if last.endswith(reason):
+            this = "this server's" if server else "this client's"
+            return f"TLS {what} failed: {meaning.format(this=this)}"
+    return f"TLS {what} failed"
 
 
 class SslSession:
@@ -189,9 +275,10 @@ class SslSocket(Socket):
             truncated = status != 0
             self._tls_closed = True
             exc = SslClosed(
-                "the peer closed the connection without close_notify (data may be truncated)"
+                "TLS read: the peer closed the connection without close_notify (data may be "
+                "truncated)"
                 if truncated
-                else "the peer sent close_notify",
+                else "TLS read: the peer sent close_notify (the TLS session has ended)",
                 what="read",
                 socket=self,
                 identifier="connection-reset" if truncated else "shutdown",
@@ -207,7 +294,8 @@ class SslSocket(Socket):
         what = _ACTION_WHAT.get(action, "handshake")
         if kind == lib.UVS_EV_HANDSHAKE_TIMEOUT:
             return SslHandshakeTimeout(
-                "the TLS handshake did not complete in time",
+                "the TLS handshake did not complete within handshake_timeout; the connection "
+                "is closed",
                 what="handshake",
                 socket=self,
                 identifier="connection-timed-out",
@@ -234,11 +322,16 @@ class SslSocket(Socket):
         strings = error_strings(codes)
         reasons = {int(lib.ERR_GET_REASON(c)) for c in codes}
         verified_bad = vr is not None and vr != lib.X509_V_OK
+        verify_failed = _SSL_R_CERTIFICATE_VERIFY_FAILED in reasons and verified_bad
         vstr = verify_string(vr) if vr is not None else None
         if sys_err == lib.UV_EOF and not codes:
             msg = "the peer closed the connection during the TLS handshake"
         elif codes:
-            msg = f"TLS {what} failed: {strings[-1].split(':')[-1] if strings else ''}".rstrip(": ")
+            ssl = lib.uvs_conn_ssl(conn) if conn is not None else ffi.NULL
+            server = ssl != ffi.NULL and bool(lib.SSL_is_server(ssl))
+            msg = tls_failure_message(
+                what, strings, verify_failed, vr, vstr, server, self.server_hostname
+            )
         elif ssl_err == lib.SSL_ERROR_SYSCALL and sys_err:
             msg = f"TLS {what} failed: {_strerror(-sys_err) if sys_err > 0 else _strerror(sys_err)}"
         else:
@@ -252,8 +345,8 @@ class SslSocket(Socket):
             socket=self,
             code=_errno_of(-sys_err) if sys_err > 0 else None,
         )
-        if _SSL_R_CERTIFICATE_VERIFY_FAILED in reasons and verified_bad:
-            return SslVerificationFailure(f"certificate verification failed: {vstr}", **kw)
+        if verify_failed:
+            return SslVerificationFailure(msg, **kw)
         if reasons & _X509_LOOKUP_REASONS:
             return SslX509Lookup(msg, **kw)
         return SslFailure(msg, **kw)
@@ -383,7 +476,7 @@ def _configure_client_ssl(
             is_ip = False
         if not is_ip:
             if lib.SSL_set_tlsext_host_name(ssl, server_hostname.encode("idna")) != 1:
-                raise SslFailure("cannot set SNI", what="configure")
+                raise SslFailure(f"cannot set SNI to {server_hostname!r}", what="configure")
         if verify and ctx.verify_host:
             lib.SSL_set_hostflags(ssl, lib.X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS)
             if is_ip:
@@ -407,6 +500,7 @@ def _configure_client_ssl(
             lib.ERR_clear_error()  # an unusable session just means a full handshake
 
 
+@keyword_hints
 def tcp_ssl_connect(
     host: str,
     port: int,
@@ -445,7 +539,8 @@ def tcp_ssl_connect(
     if data is not None:
         _check_data("data", data)
     if not isinstance(verify, bool):
-        raise TypeError(f"verify must be a bool, not {type(verify).__name__}")
+        hint = " (a CA file goes in ca_file=)" if isinstance(verify, (str, bytes)) else ""
+        raise TypeError(f"verify must be a bool, not {type(verify).__name__}{hint}")
     _check_hs_timeout(handshake_timeout)  # validated now; resolved against the context below
     opts = options_value("ssl_options", ssl_options)
     if server_hostname is not None:
@@ -496,6 +591,7 @@ def tcp_ssl_connect(
     return sock
 
 
+@keyword_hints
 def tcp_ssl_server(
     bind_address: Optional[str],
     port: int,
@@ -534,7 +630,15 @@ def tcp_ssl_server(
                 "ssl_options and ciphers cannot be combined with ssl_ctx: set them on the context"
             )
         if certificate is not None or key is not None or password is not None:
-            raise ValueError("certificate/key/password cannot be combined with ssl_ctx")
+            given = [
+                n
+                for n, v in (("certificate", certificate), ("key", key), ("password", password))
+                if v is not None
+            ]
+            raise ValueError(
+                f"{'/'.join(given)} cannot be combined with ssl_ctx=: set "
+                f"{'it' if len(given) == 1 else 'them'} on the context"
+            )
         ctx = resolve_ssl_ctx(ssl_ctx, "server")
     else:
         if certificate is None:
