@@ -98,7 +98,7 @@ def socket_error_for(status: int, action: int, sock: Any) -> SocketError:
             where += f" ({ip})"
         if code == _errno.ECONNREFUSED:
             return TcpRefused(
-                f"connection to {where} refused: nothing is listening there",
+                f"cannot connect to {where}: refused, nothing is listening there",
                 code=code,
                 action=act,
                 socket=sock,
