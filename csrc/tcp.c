@@ -105,8 +105,11 @@ void uvs__conn_fail(uvs_conn_t *c, int kind, int status, int action) {
     uvs__batch_flush(c->loop);
     if (c->state & UVS__C_CLOSING)
         return;
-    if (c->acceptor != NULL && !uvs__conn_announce(c, UVS_ACCEPT_FAILED, NULL, 0))
-        return; /* refused: closed already */
+    if (c->acceptor != NULL && !uvs__conn_announce(c, UVS_ACCEPT_FAILED, NULL, 0)) {
+        if (!(c->state & UVS__C_CLOSING)) /* taken and closed by connect_cb: it failed anyway */
+            uvs__conn_close_now(c);
+        return; /* nobody holds it: nobody is told */
+    }
     uvs__conn_close_now(c);
     uvs__emit(c, kind, status, action);
 }
@@ -129,7 +132,10 @@ int uvs__conn_announce(uvs_conn_t *c, int stage, const char *p, size_t n) {
     }
     uvs__server_release(s);
     if (c->data == NULL) {
-        uvs__conn_close_now(c);
+        /* refused; or taken and closed at once (connect_cb closing it), which is a graceful
+         * close like any other: close_notify still goes out when the flush comes */
+        if (!(c->state & (UVS__C_CLOSING | UVS__C_CLOSE_WANTED)))
+            uvs__conn_close_now(c);
         return 0;
     }
     return 1;

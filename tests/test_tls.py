@@ -20,6 +20,7 @@ import threading
 import time
 
 import pytest
+from conftest import run_loop
 from tls_support import (
     LOCALHOST,
     PEER_TIMEOUT,
@@ -1579,3 +1580,55 @@ def test_first_data_survives_connect_cb_resuming_another_tls_socket(certs):
     assert b"".join(st["b_got"]) == MESSAGE
     assert st["b"].result() == MESSAGE
     assert b"".join(st["a_got"]) == b"a" * total
+
+
+# -- a server closing a connection as soon as it is handed over ------------------------------------
+
+
+@pytest.mark.parametrize("with_request", [False, True], ids=["idle", "request-in-handshake"])
+def test_close_in_connect_cb_still_sends_close_notify(certs, with_request):
+    """A TLS server that closes a connection in connect_cb (the moment the handshake is done)
+    closes it gracefully: a uvssl client sees the peer's close_notify, not a truncation, and a
+    strict stdlib client (suppress_ragged_eofs=False) sees a clean end."""
+    events: list = []
+
+    def strict_client(port: int) -> str:
+        ctx = stdlib_client_context(certs)
+        with socket.create_connection(("127.0.0.1", port), timeout=PEER_TIMEOUT) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost",
+                                 suppress_ragged_eofs=False) as s:
+                if with_request:
+                    s.sendall(b"GET")
+                try:
+                    return "clean" if s.recv(100) == b"" else "data"
+                except ssl.SSLError as e:
+                    return f"ssl error: {e}"
+
+    def start():
+        state = {"left": 2}
+
+        def accepted(sock):
+            sock.close()
+            state["left"] -= 1
+            if state["left"] == 0:
+                server.close()
+
+        server = uvssl.tcp_ssl_server(
+            "127.0.0.1", 0, None, None, connect_cb=accepted,
+            certificate=str(certs.server_cert), key=str(certs.server_key))
+        data = b"GET" if with_request else None
+
+        def first_done(ev):
+            events.append(ev)
+            ev.socket.close()
+            peer = PeerThread(strict_client, server.port)
+            peer.start()
+            start.peer = peer
+
+        uvssl.tcp_ssl_connect("localhost", server.port, None, first_done,
+                              ca_file=str(certs.ca), data=data)
+
+    run_loop(start, timeout=20)
+    assert len(events) == 1
+    assert isinstance(events[0], uvssl.SslClosed) and events[0].truncated is False, events
+    assert start.peer.result() == "clean"
