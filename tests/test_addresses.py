@@ -65,13 +65,13 @@ def test_addresses_survive_a_normal_close() -> None:
 
 
 def test_a_reset_connection_still_names_its_peer() -> None:
-    events: list[tuple[str, Any, Any]] = []
+    events: list[tuple[str, Any, Any, str]] = []
     client_addr: list[Any] = []
 
     def start() -> None:
         def on_event(ev: BaseException) -> None:
             sock = ev.socket  # type: ignore[attr-defined]
-            events.append((type(ev).__name__, sock.remote_address, sock.closed))
+            events.append((type(ev).__name__, sock.remote_address, sock.closed, str(ev)))
             server.close()
 
         def on_read(sock: uvssl.Socket, data: bytes) -> None:
@@ -89,9 +89,10 @@ def test_a_reset_connection_still_names_its_peer() -> None:
     client: list[socket.socket] = []
     run_loop(start)
     assert len(events) == 1
-    name, peer, closed = events[0]
+    name, peer, closed, text = events[0]
     assert name == "TcpError" and closed
     assert peer == client_addr[0]
+    assert text.startswith(f"connection with 127.0.0.1 port {client_addr[0][1]}: "), text
 
 
 def test_a_failed_tls_handshake_names_its_peer(certs: Any) -> None:
@@ -123,6 +124,79 @@ def test_a_failed_tls_handshake_names_its_peer(certs: Any) -> None:
     ev, peer = events[0]
     assert isinstance(ev, uvssl.SslFailure)
     assert peer == client_addr[0]
+    assert str(ev).startswith(f"TLS handshake with 127.0.0.1 port {client_addr[0][1]} failed"), ev
+
+
+def test_timeouts_name_the_peer(certs: Any) -> None:
+    """A read timeout on an accepted connection, a client's read timeout and a handshake
+    timeout all say which connection timed out."""
+    events: list[tuple[str, BaseException]] = []
+    ports: dict[str, int] = {}
+
+    def start() -> None:
+        left = [3]
+
+        def record(who: str) -> Any:
+            def on_event(ev: BaseException) -> None:
+                events.append((who, ev))
+                ev.socket.close()  # type: ignore[attr-defined]
+                left[0] -= 1
+                if left[0] == 0:
+                    plain.close()
+                    tls.close()
+                    quiet.close()
+                    for c in raw:
+                        c.close()
+
+            return on_event
+
+        def accepted(sock: uvssl.Socket) -> None:
+            ports["accepted-peer"] = sock.remote_address[1]
+            sock.set_timeouts(read_timeout=0.1, write_timeout=None)
+
+        plain = uvssl.tcp_server("127.0.0.1", 0, None, record("server"), connect_cb=accepted)
+        tls = uvssl.tcp_ssl_server(
+            "127.0.0.1",
+            0,
+            None,
+            record("tls-server"),
+            handshake_timeout=0.1,
+            certificate=str(certs.server_cert),
+            key=str(certs.server_key),
+        )
+        ports["plain"], ports["tls"] = plain.port, tls.port
+        # a peer that connects to the plain server and says nothing: the server times out;
+        # one that connects to the TLS server and never starts the handshake
+        raw = [
+            socket.create_connection(("127.0.0.1", p), timeout=5) for p in (plain.port, tls.port)
+        ]
+        ports["tls-peer"] = raw[1].getsockname()[1]
+        # a client whose server never answers (and never times out itself)
+        quiet = uvssl.tcp_server("127.0.0.1", 0, None, None)
+        ports["quiet"] = quiet.port
+        uvssl.tcp_connect("localhost", quiet.port, None, record("client"), read_timeout=0.1)
+
+    run_loop(start)
+    by_who = {who: ev for who, ev in events}
+    assert set(by_who) == {"server", "tls-server", "client"}, events
+    server_ev = by_who["server"]
+    assert isinstance(server_ev, uvssl.TcpTimeout)
+    assert str(server_ev).startswith(
+        f"read timed out on the connection with 127.0.0.1 port {ports['accepted-peer']}: "
+    ), server_ev
+    hs = by_who["tls-server"]
+    assert isinstance(hs, uvssl.SslHandshakeTimeout)
+    assert str(hs).startswith(
+        f"the TLS handshake with 127.0.0.1 port {ports['tls-peer']} did not complete"
+    ), hs
+    # the client asked for "localhost": the message says so, and which address it reached
+    client_ev = by_who["client"]
+    assert isinstance(client_ev, uvssl.TcpTimeout)
+    assert str(client_ev).startswith(
+        f"read timed out on the connection with localhost port {ports['quiet']} (127.0.0.1): "
+    ) or str(client_ev).startswith(
+        f"read timed out on the connection with localhost port {ports['quiet']} (::1): "
+    ), client_ev
 
 
 def test_refused_names_host_and_port() -> None:
@@ -219,3 +293,33 @@ def test_ipv6_addresses_after_close() -> None:
     run_loop(start)
     ((peer, local_host),) = seen
     assert peer[0] == "::1" and local_host == "::1"
+
+
+def test_a_blocking_stream_names_its_peer(certs: Any) -> None:
+    """SslStream errors name the peer too (kept from the start: a reset socket cannot tell
+    it any more): here a server that hangs up during the handshake."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def hang_up() -> None:
+        conn, _ = listener.accept()
+        conn.recv(10)  # a piece of the ClientHello, then away
+        conn.close()
+
+    import threading
+
+    t = threading.Thread(target=hang_up, daemon=True)
+    t.start()
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        stream = uvssl.make_ssl_client_stream(
+            raw, server_hostname="localhost", ca_file=str(certs.ca)
+        )
+        with pytest.raises(uvssl.TcpSslError) as info:  # an EOF or a reset, by timing
+            stream.do_handshake()
+    finally:
+        raw.close()
+        t.join(5)
+        listener.close()
+    text = str(info.value)
+    assert f"127.0.0.1 port {port}" in text, text

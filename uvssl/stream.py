@@ -66,6 +66,14 @@ class SslStream(io.RawIOBase):
         self._sock = sock
         self.context = ctx
         self.server_side = server
+        # the peer, for error messages: asked now, since a reset connection cannot tell it
+        self._peer: Optional[str] = None
+        try:
+            addr = sock.getpeername()
+            if isinstance(addr, tuple) and len(addr) >= 2:
+                self._peer = f"{addr[0]} port {addr[1]}"
+        except OSError:
+            pass
         err = ffi.new("int *")
         ptr = lib.uvs_stream_new(ctx._ctx, sock.fileno(), int(server), err)
         if ptr == ffi.NULL:
@@ -244,29 +252,36 @@ class SslStream(io.RawIOBase):
                 what=what, codes=codes, strings=strings, verify_result=vr, verify_result_string=vstr
             )
             verify_failed = _SSL_R_CERTIFICATE_VERIFY_FAILED in reasons and vr != lib.X509_V_OK
+            where = self._peer
             if ye[0] == lib.UV_EOF and not codes:
-                return SslFailure("the peer closed the connection during the TLS handshake", **kw)
+                peer = f"the peer ({where})" if where else "the peer"
+                return SslFailure(f"{peer} closed the connection during the TLS handshake", **kw)
             msg = tls_failure_message(
-                what, strings, verify_failed, vr, vstr, self.server_side, self.server_hostname
+                what, strings, verify_failed, vr, vstr, self.server_side, self.server_hostname,
+                where,
             )
             if verify_failed:
                 return SslVerificationFailure(msg, **kw)
             return SslFailure(msg, **kw)
         if r == lib.UV_ETIMEDOUT:
+            where = self._peer
             return TimeoutError(
-                f"TLS {what} timed out: the socket's timeout ({self._sock.gettimeout()} s, "
-                "see settimeout) passed"
+                f"TLS {what}{f' with {where}' if where else ''} timed out: the socket's "
+                f"timeout ({self._sock.gettimeout()} s, see settimeout) passed"
             )
         if r == lib.UV_EOF:
             exc = SslClosed(
-                f"TLS {what}: the peer closed the connection without close_notify (data may be "
-                "truncated)",
+                f"TLS {what}: the peer{f' ({self._peer})' if self._peer else ''} closed the "
+                "connection without close_notify (data may be truncated)",
                 what=what,
             )
             exc.truncated = True
             return exc
+        with_peer = f" with {self._peer}" if self._peer else ""
         return TcpSslError(
-            f"TLS {what} failed: {_strerror(r)}", what=what, code=-r if -4000 < r < 0 else None
+            f"TLS {what}{with_peer} failed: {_strerror(r)}",
+            what=what,
+            code=-r if -4000 < r < 0 else None,
         )
 
 

@@ -70,32 +70,47 @@ def _errno_of(status: int) -> Optional[int]:
     return None
 
 
+def peer_name(sock: Any) -> Optional[str]:
+    """The peer of ``sock`` as messages name it, ``"HOST port N"``, or None when unknown.
+
+    A client names the host it was asked to reach, followed by the address it reached (or
+    tried last) when that differs; an accepted connection names the address it came from.
+    Called only to build an error, so the cost of asking the kernel does not matter.
+    """
+    target = getattr(sock, "_target", None)
+    ip: Optional[str] = None
+    port = 0
+    if isinstance(sock, Socket):
+        try:
+            ip, port = sock._address(1)
+        except SocketError:
+            ip = None
+    if target is not None:
+        where = f"{target[0]} port {target[1]}"
+        return where + (f" ({ip})" if ip is not None and ip != target[0] else "")
+    return None if ip is None else f"{ip} port {port}"
+
+
 def socket_error_for(status: int, action: int, sock: Any) -> SocketError:
     """Build the exception for a native error code.
 
-    A client's connection errors name the host and port it tried (and the address, when the
-    host was a name that resolved).
+    Errors on a connection name its peer: a client's, the host and port it tried (and the
+    address, when the host was a name that resolved).
     """
     act = _ACTIONS.get(action, "")
     msg = f"{_strerror(status)} ({_errname(status)})"
     code = _errno_of(status)
-    target = getattr(sock, "_target", None)
     if action == lib.UVS_ACT_RESOLVE:
-        where = f"{target[0]!r} (port {target[1]})" if target else "the host"
+        target = getattr(sock, "_target", None)
+        name = f"{target[0]!r} (port {target[1]})" if target else "the host"
         return DnsError(
-            f"could not resolve {where}: {msg}; check the host name",
+            f"could not resolve {name}: {msg}; check the host name",
             code=code,
             action=act,
             socket=sock,
         )
-    if target is not None and action == lib.UVS_ACT_CONNECT:
-        where = f"{target[0]} port {target[1]}"
-        try:
-            ip = sock.remote_address[0]
-        except SocketError:
-            ip = target[0]
-        if ip != target[0]:
-            where += f" ({ip})"
+    where = peer_name(sock)
+    if where is not None and action == lib.UVS_ACT_CONNECT:
         if code == _errno.ECONNREFUSED:
             return TcpRefused(
                 f"cannot connect to {where}: refused, nothing is listening there",
@@ -104,6 +119,8 @@ def socket_error_for(status: int, action: int, sock: Any) -> SocketError:
                 socket=sock,
             )
         msg = f"cannot connect to {where}: {msg}"
+    elif where is not None:
+        msg = f"connection with {where}: {msg}"
     if code == _errno.ECONNREFUSED:
         return TcpRefused(f"connection refused: {msg}", code=code, action=act, socket=sock)
     if code == _errno.ETIMEDOUT:
@@ -592,11 +609,13 @@ class Socket:
     def _error_for(self, kind: int, status: int, action: int) -> BaseException:
         if kind in (lib.UVS_EV_READ_TIMEOUT, lib.UVS_EV_WRITE_TIMEOUT):
             what = "read" if kind == lib.UVS_EV_READ_TIMEOUT else "write"
+            where = peer_name(self)
+            on = f" on the connection with {where}" if where is not None else ""
             return TcpTimeout(
-                "read timed out: no data arrived within read_timeout; the socket is closed"
+                f"read timed out{on}: no data arrived within read_timeout; the socket is closed"
                 if what == "read"
-                else "write timed out: queued data did not leave within write_timeout (is the "
-                "peer reading?); the socket is closed",
+                else f"write timed out{on}: queued data did not leave within write_timeout (is "
+                "the peer reading?); the socket is closed",
                 code=_errno.ETIMEDOUT,
                 action=what,
                 socket=self,

@@ -35,6 +35,7 @@ from .tcp import (
     _check_port,
     _connect,
     _errno_of,
+    peer_name,
 )
 from .x509 import X509Certificate
 
@@ -123,22 +124,25 @@ def tls_failure_message(
     vstr: Optional[str],
     server: bool,
     hostname: Optional[str],
+    peer: Optional[str] = None,
 ) -> str:
-    """The message of a TLS error with OpenSSL errors queued: what failed and, when the
-    reason is a common one, what it means and what to do. The OpenSSL texts themselves follow
-    in ``str(exc)``, so a reason without advice is not repeated here.
+    """The message of a TLS error with OpenSSL errors queued: what failed, with whom (``peer``,
+    "HOST port N", when known) and, when the reason is a common one, what it means and what
+    to do. The OpenSSL texts themselves follow in ``str(exc)``, so a reason without advice is
+    not repeated here.
     """
+    failed = f"TLS {what} with {peer} failed" if peer else f"TLS {what} failed"
     if verify_failed and vr is not None:
         whose = "client's" if server else "server's"
-        msg = f"TLS {what} failed: the {whose} certificate did not verify ({vstr})"
+        msg = f"{failed}: the {whose} certificate did not verify ({vstr})"
         hint = _verification_hint(vr, server, hostname)
         return f"{msg}: {hint}" if hint else msg
     last = strings[-1].rsplit(":", 1)[-1] if strings else ""
     for reason, meaning in _REASON_HINTS:
         if last.endswith(reason):
             this = "this server's" if server else "this client's"
-            return f"TLS {what} failed: {meaning.format(this=this)}"
-    return f"TLS {what} failed"
+            return f"{failed}: {meaning.format(this=this)}"
+    return failed
 
 
 class SslSession:
@@ -293,9 +297,10 @@ class SslSocket(Socket):
     def _error_for(self, kind: int, status: int, action: int) -> BaseException:
         what = _ACTION_WHAT.get(action, "handshake")
         if kind == lib.UVS_EV_HANDSHAKE_TIMEOUT:
+            where = peer_name(self)
             return SslHandshakeTimeout(
-                "the TLS handshake did not complete within handshake_timeout; the connection "
-                "is closed",
+                f"the TLS handshake{f' with {where}' if where else ''} did not complete within "
+                "handshake_timeout; the connection is closed",
                 what="handshake",
                 socket=self,
                 identifier="connection-timed-out",
@@ -324,18 +329,21 @@ class SslSocket(Socket):
         verified_bad = vr is not None and vr != lib.X509_V_OK
         verify_failed = _SSL_R_CERTIFICATE_VERIFY_FAILED in reasons and verified_bad
         vstr = verify_string(vr) if vr is not None else None
+        where = peer_name(self)
+        failed = f"TLS {what} with {where} failed" if where else f"TLS {what} failed"
         if sys_err == lib.UV_EOF and not codes:
-            msg = "the peer closed the connection during the TLS handshake"
+            peer = f"the peer ({where})" if where else "the peer"
+            msg = f"{peer} closed the connection during the TLS handshake"
         elif codes:
             ssl = lib.uvs_conn_ssl(conn) if conn is not None else ffi.NULL
             server = ssl != ffi.NULL and bool(lib.SSL_is_server(ssl))
             msg = tls_failure_message(
-                what, strings, verify_failed, vr, vstr, server, self.server_hostname
+                what, strings, verify_failed, vr, vstr, server, self.server_hostname, where
             )
         elif ssl_err == lib.SSL_ERROR_SYSCALL and sys_err:
-            msg = f"TLS {what} failed: {_strerror(-sys_err) if sys_err > 0 else _strerror(sys_err)}"
+            msg = f"{failed}: {_strerror(-sys_err) if sys_err > 0 else _strerror(sys_err)}"
         else:
-            msg = f"TLS {what} failed"
+            msg = failed
         kw: dict[str, Any] = dict(
             what=what,
             codes=codes,
