@@ -390,6 +390,24 @@ void uvs__conn_hold_reading(uvs_conn_t *c) { uvs__conn_stop_reading(c); }
 
 /* ---- writing ------------------------------------------------------------------------------ */
 
+/* A write failed with r. Once a TLS session has ended both ways (the peer's close_notify came
+ * and ours answered it), the peer has said it reads nothing more, and one that closed its
+ * socket right after its close_notify answers what we still send (our close_notify, often)
+ * with a reset. That is the end of a clean session, not a failure: the connection closes
+ * without an error event. Anything else is a failure. */
+static void uvs__write_failed(uvs_conn_t *c, int r) {
+    if (c->tls != NULL && !uvs__tls_accepts_writes(c) && (r == UV_EPIPE || r == UV_ECONNRESET)) {
+        /* a server's connection whose handshake ended just before the session did is still
+         * handed over first: the application sees it established, then the clean close */
+        if (c->acceptor != NULL && !uvs__conn_announce(c, UVS_ACCEPT_FAILED, NULL, 0) &&
+            (c->state & UVS__C_CLOSING))
+            return;
+        uvs__conn_close_now(c);
+        return;
+    }
+    uvs__conn_fail(c, UVS_EV_ERROR, r, UVS_ACT_WRITE);
+}
+
 static void uvs__write_cb(uv_write_t *req, int status) {
     uvs__wreq_t *w = (uvs__wreq_t *)req;
     uvs_conn_t *c = w->conn;
@@ -399,7 +417,7 @@ static void uvs__write_cb(uv_write_t *req, int status) {
     if (uvs__req_done(c))
         return;
     if (status < 0) {
-        uvs__conn_fail(c, UVS_EV_ERROR, status, UVS_ACT_WRITE);
+        uvs__write_failed(c, status);
         uvs__flush_dirty(c->loop);
         return;
     }
@@ -439,7 +457,7 @@ static int uvs__queue_write(uvs_conn_t *c, char *alloc, const char *p, size_t n)
     if (r != 0) {
         free(alloc);
         free(w);
-        uvs__conn_fail(c, UVS_EV_ERROR, r, UVS_ACT_WRITE);
+        uvs__write_failed(c, r);
         return r;
     }
     c->pending_reqs++;
@@ -466,7 +484,7 @@ int uvs__conn_send_buf(uvs_conn_t *c, uvs__buf_t *b) {
         }
         if (r < 0 && r != UV_EAGAIN && r != UV_ENOSYS) {
             uvs__buf_consume(b, len);
-            uvs__conn_fail(c, UVS_EV_ERROR, r, UVS_ACT_WRITE);
+            uvs__write_failed(c, r);
             return r;
         }
         if (r > 0)
@@ -667,7 +685,11 @@ int uvs_conn_close(uvs_conn_t *c, int force) {
  * c again. Otherwise 0: events go on (a flush can still fail) until UVS_EV_CLOSED. */
 int uvs_conn_release(uvs_conn_t *c, int force) {
     (void)uvs_conn_close(c, force);
-    if (!(c->state & UVS__C_CLOSING) &&
+    /* A TLS session that ended both ways (the peer's close_notify came, ours answered it) has
+     * nothing left to tell the embedding: what may still be queued is our close_notify, which
+     * a peer that already closed its socket answers with a reset. That is not a failure. */
+    int session_over = c->tls != NULL && !uvs__tls_accepts_writes(c) && c->out.len == 0;
+    if (!(c->state & UVS__C_CLOSING) && !session_over &&
         (uvs_conn_write_buffer_size(c) > 0 || (c->state & UVS__C_ABOVE_HIGH) ||
          ((c->user_flags & UVS_CF_NOTIFY_WRITTEN) && !(c->state & UVS__C_WRITTEN_TOLD))))
         return 0;

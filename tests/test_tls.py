@@ -1632,3 +1632,44 @@ def test_close_in_connect_cb_still_sends_close_notify(certs, with_request):
     assert len(events) == 1
     assert isinstance(events[0], uvssl.SslClosed) and events[0].truncated is False, events
     assert start.peer.result() == "clean"
+
+
+def test_peer_leaving_right_after_its_close_notify_is_a_clean_close(certs):
+    """A client that closes at once after its handshake (close_notify, FIN, and a socket that
+    answers the server's session tickets with a reset) ends a clean session: the server sees
+    the connection, then SslClosed without truncation, and no broken-pipe error for the
+    close_notify it sends back. Twenty times, since it is a race."""
+    rounds = 20
+    server_events: list = []
+    accepted: list = []
+    client_ctx = stdlib_client_context(certs)
+
+    def start():
+        state = {"done": 0}
+
+        def on_server_event(ev):
+            server_events.append(ev)
+            ev.socket.close()
+
+        server = uvssl.tcp_ssl_server(
+            "127.0.0.1", 0, None, on_server_event, connect_cb=accepted.append,
+            certificate=str(certs.server_cert), key=str(certs.server_key))
+
+        def client_connected(sock):
+            sock.close()
+            state["done"] += 1
+            if state["done"] < rounds:
+                connect()
+            else:
+                uvssl.delay(server.close, 0.2)
+
+        def connect():
+            uvssl.tcp_ssl_connect("localhost", server.port, None, None, ssl_ctx=client_ctx,
+                                  connect_cb=client_connected)
+
+        connect()
+
+    run_loop(start, timeout=20)
+    assert len(accepted) == rounds
+    assert [type(ev).__name__ for ev in server_events] == ["SslClosed"] * rounds, server_events
+    assert not any(ev.truncated for ev in server_events), server_events
