@@ -273,10 +273,15 @@ def rss_kib() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
+# tools/asan.sh sets this: under AddressSanitizer a handshake costs ten times as much, and its
+# allocator keeps freed memory in quarantine, so resident memory says nothing there
+SANITIZED = float(os.environ.get("UVSSL_TEST_SLOWDOWN", "1")) > 1
+
+
 @pytest.mark.timeout(120)
 def test_shutdown_of_2000_connections_returns_descriptors_and_memory(certs: Any) -> None:
     raise_nofile_limit(8192)
-    n = 2000
+    n = 300 if SANITIZED else 2000
     ctx = uvssl.Context.server(certificate=str(certs.server_cert), key=str(certs.server_key))
     fds_after: list[int] = []
     rss_after: list[int] = []
@@ -315,10 +320,12 @@ def test_shutdown_of_2000_connections_returns_descriptors_and_memory(certs: Any)
     for _ in range(3):
         cycle()
     assert fds_after == [fds_before] * 3
+    assert not [o for o in gc.get_objects() if isinstance(o, uvssl.Socket)]
+    if SANITIZED:
+        return  # descriptors and leaks are checked; resident memory is not meaningful here
     # the first cycle sets up what stays (OpenSSL's tables, the loop's buffers); each later
     # cycle of 2,000 connections must give back all it took: less than 0.5 KiB each left over
     assert max(rss_after) - rss_after[0] < 1024, rss_after
-    assert not [o for o in gc.get_objects() if isinstance(o, uvssl.Socket)]
 
 
 # -- context managers --------------------------------------------------------------------------
