@@ -28,7 +28,12 @@ import uvssl
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.timeout(60)
+# tools/asan.sh sets this: the children run sanitized too, several times slower
+SLOWDOWN = float(os.environ.get("UVSSL_TEST_SLOWDOWN", "1"))
+CHILD_SECONDS = 20 * SLOWDOWN  # for a child to end after the signal
+LINE_SECONDS = 30 * SLOWDOWN  # for a child to print the line a test waits for
+
+pytestmark = pytest.mark.timeout(60 * SLOWDOWN)
 
 # Every child script starts with this: a way to count its descriptors, and the loop's result
 # reported on stdout (KeyboardInterrupt or SystemExit by name, then the descriptors left open).
@@ -67,10 +72,10 @@ def spawn(body: str) -> tuple[subprocess.Popen[bytes], LineReader]:
 
 def finish(proc: subprocess.Popen[bytes], lines: LineReader) -> tuple[list[str], str]:
     try:
-        proc.wait(timeout=20)
+        proc.wait(timeout=CHILD_SECONDS)
     except subprocess.TimeoutExpired:
         kill_process(proc)
-        pytest.fail("the child did not end within 20 s of the signal")
+        pytest.fail(f"the child did not end within {CHILD_SECONDS:g} s of the signal")
     lines.join()
     out = lines.drain()
     assert proc.stderr is not None
@@ -81,7 +86,7 @@ def finish(proc: subprocess.Popen[bytes], lines: LineReader) -> tuple[list[str],
 
 def wait_line(lines: LineReader, text: str, proc: subprocess.Popen[bytes]) -> str:
     """The first line that starts with ``text`` or, for text with a space, contains it."""
-    line = lines.wait_for(lambda s: s.startswith(text) or (" " in text and text in s), 30)
+    line = lines.wait_for(lambda s: s.startswith(text) or (" " in text and text in s), LINE_SECONDS)
     if line is None:
         if proc.poll() is None:
             proc.kill()
@@ -372,7 +377,7 @@ def test_serve_drains_gracefully(sig: int) -> None:
         # the open connection gets a clean close_notify (a truncation would raise SSLEOFError)
         assert c.recv(100) == b""
         c.close()
-        assert proc.wait(timeout=20) == 0
+        assert proc.wait(timeout=CHILD_SECONDS) == 0
         lines.join()
         out = lines.drain()
         assert any("shutting down" in s for s in out), out
@@ -403,7 +408,7 @@ def test_serve_stops_at_once_on_a_second_ctrl_c() -> None:
         time.sleep(0.5)
         assert proc.poll() is None, "the first Ctrl-C must drain, not stop"
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=20) == 0
+        assert proc.wait(timeout=CHILD_SECONDS) == 0
         lines.join()
         assert any("closed" in s for s in lines.drain())
     finally:
