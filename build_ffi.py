@@ -137,6 +137,7 @@ int uvs_loop_free(uvs_loop_t *loop);
 int uvs_loop_wakeup(uvs_loop_t *loop);
 int uvs_loop_watch_fd(uvs_loop_t *loop, int fd);
 int uvs_loop_ref_sigwatch(uvs_loop_t *loop, int on);
+uvs_loop_t *uvs_loop_bind_thread(uvs_loop_t *loop);
 double uvs_loop_now(uvs_loop_t *loop);
 
 uvs_timer_t *uvs_timer_new(uvs_loop_t *loop, void *data, uint64_t timeout_ms, uint64_t repeat_ms,
@@ -146,7 +147,8 @@ void uvs_timer_close(uvs_timer_t *t);
 uvs_conn_t *uvs_conn_connect(uvs_loop_t *loop, void *data, const char *host, int port, int *err);
 uvs_conn_t *uvs_conn_open(uvs_loop_t *loop, void *data, int fd, int *err);
 void uvs_conn_set_data(uvs_conn_t *c, void *data);
-int uvs_conn_write(uvs_conn_t *c, const char *buf, size_t len);
+#define UVS_EFOREIGN ...
+int uvs_conn_write(uvs_loop_t *loop, uvs_conn_t *c, const char *buf, size_t len);
 int uvs_conn_close(uvs_conn_t *c, int force);
 int uvs_conn_release(uvs_conn_t *c, int force);
 int uvs_conn_shutdown(uvs_conn_t *c);

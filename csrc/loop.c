@@ -23,6 +23,13 @@
  * thread; it is uv_async_send(), and the embedding's on_wakeup callback drains its own queue.
  * The async handle is unreferenced too: like cl-async, a loop with nothing else to do ends.
  *
+ * Thread check: Python calls that run once per request (uvs_conn_write) come with the loop the
+ * caller believes it is on, and are refused (UVS_EFOREIGN) unless the calling thread runs that
+ * loop. The thread's loop is a thread-local pointer set by uvs_loop_bind_thread for as long as
+ * the loop runs; comparing two pointers reads neither the loop nor the connection, either of
+ * which the right thread may be freeing at that moment. This costs a few instructions, where
+ * the same check in Python (threading.get_ident allocates an int) cost 500 per request.
+ *
  * Every connection, server and timer is linked into loop->objects so that uvs_loop_close_all()
  * can close them all, for exit_event_loop() and for an application error that stops the loop.
  */
@@ -32,6 +39,15 @@
 #include "uvs.h"
 
 uvs_callbacks_t uvs__cb;
+
+__thread uvs_loop_t *uvs__thread_loop;
+
+/* Make `loop` the calling thread's loop (NULL: none) and return the one it replaces. */
+uvs_loop_t *uvs_loop_bind_thread(uvs_loop_t *loop) {
+    uvs_loop_t *prev = uvs__thread_loop;
+    uvs__thread_loop = loop;
+    return prev;
+}
 
 void uvs_set_callbacks(const uvs_callbacks_t *cb) { uvs__cb = *cb; }
 

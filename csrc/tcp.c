@@ -576,7 +576,9 @@ static int uvs__write_direct(uvs_conn_t *c, const char *buf, size_t len) {
     return r;
 }
 
-int uvs_conn_write(uvs_conn_t *c, const char *buf, size_t len) {
+int uvs_conn_write(uvs_loop_t *loop, uvs_conn_t *c, const char *buf, size_t len) {
+    if (loop != uvs__thread_loop || loop == NULL)
+        return UVS_EFOREIGN; /* c is not touched: its own thread may be freeing it */
     if (c->state & (UVS__C_CLOSING | UVS__C_CLOSE_WANTED | UVS__C_SHUT_WANTED))
         return UV_EPIPE;
     if (c->tls != NULL && !uvs__tls_accepts_writes(c))

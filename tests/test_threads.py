@@ -314,6 +314,33 @@ def test_objects_of_an_ended_loop_are_usable_from_any_thread(certs):
             call()
 
 
+def test_write_into_another_running_loop_is_refused():
+    """write() checks its thread in C against the loop the calling thread runs: a callback of
+    loop A writing to a socket of loop B is refused (RuntimeError), and so is a thread whose own
+    loop has ended; the owner's writes go on working."""
+    a = LoopThread(plain_pair).started()
+    b = LoopThread(plain_pair).started()
+    try:
+        with pytest.raises(RuntimeError, match="call_threadsafe"):
+            a.call(lambda: b.client.write(b"from loop A"))
+        before = b.count
+        assert b.call(lambda: b.client.write(b"x" * 8)) is True
+
+        def ended_then_write() -> None:
+            uvssl.start_event_loop(lambda: None)  # this thread's loop runs and ends
+            b.client.write(b"after my own loop")
+
+        with pytest.raises(RuntimeError, match="call_threadsafe"):
+            ended_then_write()
+        deadline = time.monotonic() + 10
+        while b.count == before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert b.count > before  # the owner's write was echoed back
+    finally:
+        a.finish()
+        b.finish()
+
+
 def test_error_in_checked_call_does_not_reach_the_loop():
     """A rejected call leaves no trace in the loop: its echo goes on."""
     lt = LoopThread(lambda lt: plain_pair(lt, busy=True)).started()

@@ -195,6 +195,8 @@ class Loop:
     def _run(self, start_fn: Optional[Callable[[], Any]]) -> None:
         with _running_lock:
             _running.add(self)
+        # this thread's loop, for the native thread check of Socket.write (see loop.c)
+        outer = lib.uvs_loop_bind_thread(self._ptr)
         self._watch_signals()
         try:
             if start_fn is not None:
@@ -210,6 +212,7 @@ class Loop:
                 ptr, self._ptr = self._ptr, None
             lib.uvs_loop_close_all(ptr)
             r = lib.uvs_loop_free(ptr)
+            lib.uvs_loop_bind_thread(outer)
             self._live.clear()
             self._ended = True
             self._unwatch_signals()
