@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from ._args import keyword_hints
+from ._args import check_callable, check_host, check_hs_timeout, check_thread, keyword_hints
 from ._uvssl import ffi, lib
 from .context import Context, _openssl_failure, parse_version, resolve_ssl_ctx
 from .errors import SslFailure
-from .loop import _check_callable, _check_thread, _strerror
-from .tcp import Socket, _check_host
-from .tls import SslSocket, _check_hs_timeout, _configure_client_ssl
+from .loop import _strerror
+from .tcp import Socket
+from .tls import SslSocket, _configure_client_ssl
 
 __all__ = ["attach_ssl", "detach_ssl", "SslPointer"]
 
@@ -89,14 +89,14 @@ def attach_ssl(
     """
     if not isinstance(socket, Socket):
         raise TypeError(f"socket must be a uvssl Socket, not {type(socket).__name__}")
-    _check_thread(socket._loop, "attach_ssl()")
+    check_thread(socket._loop, "attach_ssl()")
     if ssl_side not in ("client", "server"):
         raise ValueError(f"ssl_side must be 'client' or 'server', got {ssl_side!r}")
-    _check_callable("ctx_configure_callback", ctx_configure_callback)
-    _check_callable("ssl_configure_callback", ssl_configure_callback)
-    hs = _check_hs_timeout(handshake_timeout)
+    check_callable("ctx_configure_callback", ctx_configure_callback)
+    check_callable("ssl_configure_callback", ssl_configure_callback)
+    hs = check_hs_timeout(handshake_timeout)
     if tlsext_host_name is not None:
-        tlsext_host_name = _check_host("tlsext_host_name", tlsext_host_name)
+        tlsext_host_name = check_host("tlsext_host_name", tlsext_host_name)
         if ssl_side != "client":
             raise ValueError("tlsext_host_name is for ssl_side='client'")
     conn = socket._live_conn("attach TLS")
@@ -167,7 +167,7 @@ def detach_ssl(socket: Socket) -> None:
     """End TLS on ``socket`` and go on in plaintext (see the module docstring)."""
     if not isinstance(socket, Socket):
         raise TypeError(f"socket must be a uvssl Socket, not {type(socket).__name__}")
-    _check_thread(socket._loop, "detach_ssl()")
+    check_thread(socket._loop, "detach_ssl()")
     conn = socket._live_conn("detach TLS")
     state = lib.uvs_conn_tls_state(conn)
     if state == 0:

@@ -22,9 +22,10 @@ import weakref
 from typing import Any, Callable, Iterable, Optional, Union
 
 from ._args import check_keywords, file_path, keyword_names, pem_labels
+from ._args import get_ident as _get_ident
 from ._uvssl import ffi, lib
 from .errors import SslFailure
-from .loop import _dispatch_error, _get_ident
+from .loop import _dispatch_error
 from .openssl import SSL_OPTIONS, error_queue
 
 __all__ = [

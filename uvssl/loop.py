@@ -32,7 +32,14 @@ import threading
 import weakref
 from typing import Any, Callable, Optional
 
-from ._args import check_keywords
+from ._args import (
+    check_callable,
+    check_keywords,
+    check_seconds,
+    check_signum,
+    check_thread,
+    get_ident,
+)
 from ._uvssl import ffi, lib
 
 __all__ = [
@@ -55,25 +62,8 @@ log = logging.getLogger("uvssl")
 lib.uvs_py_install()
 
 _local = threading.local()
-_get_ident = threading.get_ident  # the thread check runs on hot paths (Socket.write): prebound
 _running: weakref.WeakSet[Loop] = weakref.WeakSet()
 _running_lock = threading.Lock()
-
-
-def _check_callable(name: str, value: Any, optional: bool = True) -> None:
-    if value is None and optional:
-        return
-    if not callable(value):
-        raise TypeError(f"{name} must be callable, not {type(value).__name__}")
-
-
-def _check_seconds(name: str, value: Any, *, allow_zero: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    v = float(value)
-    if v != v or v < 0 or (v == 0 and not allow_zero) or v > 1e9:
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'} seconds, got {value!r}")
-    return v
 
 
 class Loop:
@@ -94,7 +84,7 @@ class Loop:
         default_event_cb: Optional[Callable[[BaseException], Any]] = None,
     ) -> None:
         """Create the native loop (not yet running)."""
-        _check_callable("default_event_cb", default_event_cb)
+        check_callable("default_event_cb", default_event_cb)
         self.catch_app_errors = bool(catch_app_errors)
         self.default_event_cb = default_event_cb
         self.thread = threading.get_ident()
@@ -124,7 +114,7 @@ class Loop:
 
     def now(self) -> float:
         """The loop's cached monotonic time, in seconds."""
-        _check_thread(self, "Loop.now()")
+        check_thread(self, "Loop.now()")
         self._check_open()
         return float(lib.uvs_loop_now(self._ptr))
 
@@ -139,7 +129,7 @@ class Loop:
         have no locks, and the C side runs with the GIL released): any other thread gets a
         RuntimeError naming ``call_threadsafe``. Once the loop has ended (every handle closed
         and freed) they hold no native state any more, so they may then be used from any
-        thread: they behave as closed. See ``_check_thread``.
+        thread: they behave as closed. See ``_args.check_thread``.
         """
         if self._ended:
             return
@@ -229,7 +219,7 @@ class Loop:
 
         From the loop's own thread only; ``stop()`` works from any thread.
         """
-        if _get_ident() != self.thread:
+        if get_ident() != self.thread:
             self._foreign("Loop.exit()", hint=" (or loop.stop(), which any thread may call)")
         self._exiting = True
         self._halted = True
@@ -279,10 +269,10 @@ class Loop:
         Python runs signal handlers only in the main thread, so this needs the main thread's
         loop; two deliveries before the loop gets to run may be counted as one.
         """
-        _check_thread(self, "signal_handler()")
+        check_thread(self, "signal_handler()")
         self._check_open()
-        _check_callable("cb", cb, optional=False)
-        num = _check_signum(signum)
+        check_callable("cb", cb, optional=False)
+        num = check_signum(signum)
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError(
                 "uvssl: signal_handler() needs the event loop of the main thread (Python runs"
@@ -310,8 +300,8 @@ class Loop:
         """Remove this loop's handler for ``signum`` (restoring the one it replaced); a signal
         with no handler here is left alone.
         """
-        _check_thread(self, "free_signal_handler()")
-        num = _check_signum(signum)
+        check_thread(self, "free_signal_handler()")
+        num = check_signum(signum)
         entry = self._sig_handlers.pop(num, None)
         if entry is None:
             return
@@ -361,7 +351,7 @@ class Loop:
     # -- cross-thread calls ------------------------------------------------------------------
     def call_threadsafe(self, cb: Callable[..., Any], *args: Any) -> None:
         """Run ``cb(*args)`` in this loop's thread soon; callable from any thread."""
-        _check_callable("cb", cb, optional=False)
+        check_callable("cb", cb, optional=False)
         with self._ptr_lock:
             if self._ptr is None:
                 raise RuntimeError("uvssl: this event loop has ended")
@@ -377,7 +367,7 @@ class Loop:
         or busy. Stopping twice, or a loop that has already ended (or is ending), is harmless:
         no error, nothing happens.
         """
-        if _get_ident() == self.thread:
+        if get_ident() == self.thread:
             self.exit()
             return
         # The wakeup is sent under _ptr_lock, which _run takes to clear _ptr before it frees
@@ -391,16 +381,16 @@ class Loop:
     # -- timers ------------------------------------------------------------------------------
     def delay(self, cb: Callable[..., Any], seconds: float = 0, *args: Any) -> Timer:
         """Call ``cb(*args)`` once after ``seconds``."""
-        _check_thread(self, "Loop.delay()")
-        _check_callable("cb", cb, optional=False)
-        s = _check_seconds("seconds", seconds, allow_zero=True)
+        check_thread(self, "Loop.delay()")
+        check_callable("cb", cb, optional=False)
+        s = check_seconds("seconds", seconds, allow_zero=True)
         return Timer(self, cb, args, s, 0.0)
 
     def interval(self, cb: Callable[..., Any], seconds: float, *args: Any) -> Timer:
         """Call ``cb(*args)`` every ``seconds`` until the timer is cancelled."""
-        _check_thread(self, "Loop.interval()")
-        _check_callable("cb", cb, optional=False)
-        s = _check_seconds("seconds", seconds, allow_zero=False)
+        check_thread(self, "Loop.interval()")
+        check_callable("cb", cb, optional=False)
+        s = check_seconds("seconds", seconds, allow_zero=False)
         return Timer(self, cb, args, s, s)
 
 
@@ -435,7 +425,7 @@ class Timer:
 
     def cancel(self) -> None:
         """Stop the timer; its callback will not run again. Cancelling twice is harmless."""
-        if _get_ident() != self._loop.thread:
+        if get_ident() != self._loop.thread:
             self._loop._foreign("Timer.cancel()")
         ptr, self._ptr = self._ptr, None
         if ptr is not None and self._loop._ptr is not None:
@@ -449,17 +439,6 @@ class Timer:
     def _on_closed(self) -> None:
         self._ptr = None
         self._loop._live.discard(self)
-
-
-def _check_thread(loop: Loop, what: str, obj: Any = None) -> None:
-    """Raise RuntimeError naming call_threadsafe unless called from ``loop``'s own thread.
-
-    Every method of a loop's objects that reaches native or loop state calls this first (or
-    inlines it: ``Socket.write``); only ``call_threadsafe`` and ``Loop.stop`` may be called
-    from other threads. See ``Loop._foreign``.
-    """
-    if _get_ident() != loop.thread:
-        loop._foreign(what, obj)
 
 
 # -- module-level API ------------------------------------------------------------------------
@@ -490,7 +469,7 @@ def start_event_loop(
     Events that have no ``event_cb`` (a connection error on a socket without one) also go to
     ``default_event_cb`` when it is given.
     """
-    _check_callable("start_fn", start_fn)
+    check_callable("start_fn", start_fn)
     if getattr(_local, "loop", None) is not None and _local.loop._ptr is not None:
         raise RuntimeError("uvssl: an event loop is already running in this thread")
     loop = Loop(catch_app_errors=catch_app_errors, default_event_cb=default_event_cb)
@@ -558,14 +537,6 @@ def free_signal_handler(signum: int) -> None:
 def free_signal_handlers() -> None:
     """Remove every signal handler this thread's loop set, restoring the ones they replaced."""
     get_loop().free_signal_handlers()
-
-
-def _check_signum(signum: Any) -> int:
-    if isinstance(signum, bool) or not isinstance(signum, int):
-        raise TypeError(f"signum must be a signal number such as signal.SIGTERM, not {signum!r}")
-    if signum not in signal.valid_signals():
-        raise ValueError(f"signum {int(signum)} is not a signal number of this system")
-    return int(signum)
 
 
 def _signal_name(num: int) -> str:

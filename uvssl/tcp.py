@@ -13,7 +13,20 @@ import errno as _errno
 import socket as _socket
 from typing import Any, Callable, Optional, Union
 
-from ._args import keyword_hints
+from ._args import (
+    check_backlog,
+    check_byte_count,
+    check_callable,
+    check_callbacks,
+    check_data,
+    check_host,
+    check_port,
+    check_seconds,
+    check_thread,
+    check_timeout,
+    get_ident,
+    keyword_hints,
+)
 from ._uvssl import ffi, lib
 from .errors import (
     DnsError,
@@ -26,11 +39,7 @@ from .errors import (
 )
 from .loop import (
     Loop,
-    _check_callable,
-    _check_seconds,
-    _check_thread,
     _errname,
-    _get_ident,
     _strerror,
     get_loop,
 )
@@ -128,44 +137,6 @@ def socket_error_for(status: int, action: int, sock: Any) -> SocketError:
     return TcpError(msg, code=code, action=act, socket=sock)
 
 
-def _check_port(port: Any) -> int:
-    if isinstance(port, bool) or not isinstance(port, int):
-        raise TypeError(f"port must be an int, not {type(port).__name__}")
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port must be in 0..65535, got {port}")
-    return port
-
-
-def _check_host(name: str, host: Any) -> str:
-    if isinstance(host, bytes):
-        host = host.decode("ascii")
-    if not isinstance(host, str):
-        raise TypeError(f"{name} must be a str, not {type(host).__name__}")
-    if not host or "\x00" in host:
-        raise ValueError(f"{name} must be a non-empty host name or address, got {host!r}")
-    return host
-
-
-def _check_data(name: str, data: Any) -> Any:
-    """Return something cffi can pass as ``const char *`` (bytes stay bytes: no copy)."""
-    if type(data) is bytes:
-        return data
-    if isinstance(data, (bytearray, memoryview, bytes)):
-        return ffi.from_buffer(data)
-    if isinstance(data, str):
-        raise TypeError(f"{name} must be bytes-like, not str (encode it first)")
-    try:
-        return ffi.from_buffer(data)
-    except TypeError:
-        raise TypeError(f"{name} must be bytes-like, not {type(data).__name__}") from None
-
-
-def _timeout(name: str, value: Any) -> float:
-    if value is None:
-        return 0.0
-    return _check_seconds(name, value, allow_zero=False)
-
-
 class AsyncStream:
     """A non-blocking stream over a socket's buffered input (cl-async's stream mode).
 
@@ -182,7 +153,7 @@ class AsyncStream:
 
     def read(self, n: int = -1) -> bytes:
         """Return up to ``n`` buffered bytes (all of them when ``n`` < 0); b"" if none."""
-        _check_thread(self.socket._loop, "AsyncStream.read()")
+        check_thread(self.socket._loop, "AsyncStream.read()")
         if isinstance(n, bool) or not isinstance(n, int):
             raise TypeError(f"n must be an int, not {type(n).__name__}")
         if n < 0 or n >= len(self._buf):
@@ -196,19 +167,19 @@ class AsyncStream:
     def write(self, data: BytesLike) -> bool:
         """Write to the socket; see ``Socket.write``."""
         sock = self.socket
-        if _get_ident() != sock._loop.thread:
+        if get_ident() != sock._loop.thread:
             sock._loop._foreign("AsyncStream.write()")
         return sock.write(data)
 
     @property
     def available(self) -> int:
         """How many bytes are buffered."""
-        _check_thread(self.socket._loop, "AsyncStream.available")
+        check_thread(self.socket._loop, "AsyncStream.available")
         return len(self._buf)
 
     def close(self) -> None:
         """Close the socket (gracefully)."""
-        _check_thread(self.socket._loop, "AsyncStream.close()")
+        check_thread(self.socket._loop, "AsyncStream.close()")
         self.socket.close()
 
     def _feed(self, sock: Socket, data: bytes) -> None:
@@ -285,8 +256,8 @@ class Socket:
 
     @read_cb.setter
     def read_cb(self, cb: Optional[ReadCb]) -> None:
-        _check_thread(self._loop, "read_cb (assignment)", self)
-        _check_callable("read_cb", cb)
+        check_thread(self._loop, "read_cb (assignment)", self)
+        check_callable("read_cb", cb)
         self._read_cb = cb
         self._deliver = self._pick_deliver()
 
@@ -312,8 +283,8 @@ class Socket:
 
     @write_cb.setter
     def write_cb(self, cb: Optional[Callable[[Socket], Any]]) -> None:
-        _check_thread(self._loop, "write_cb (assignment)", self)
-        _check_callable("write_cb", cb)
+        check_thread(self._loop, "write_cb (assignment)", self)
+        check_callable("write_cb", cb)
         self._write_cb = cb
         self._sync_flags()
 
@@ -324,8 +295,8 @@ class Socket:
 
     @drain_cb.setter
     def drain_cb(self, cb: Optional[Callable[[Socket], Any]]) -> None:
-        _check_thread(self._loop, "drain_cb (assignment)", self)
-        _check_callable("drain_cb", cb)
+        check_thread(self._loop, "drain_cb (assignment)", self)
+        check_callable("drain_cb", cb)
         self._drain_cb = cb
         self._sync_flags()
 
@@ -358,7 +329,7 @@ class Socket:
 
     def fileno(self) -> int:
         """The OS socket descriptor (owned by uvssl: do not close it)."""
-        _check_thread(self._loop, "fileno()", self)
+        check_thread(self._loop, "fileno()", self)
         r = lib.uvs_conn_fileno(self._live_conn("get its descriptor"))
         if r < 0:
             raise SocketError(
@@ -395,7 +366,7 @@ class Socket:
     @property
     def local_address(self) -> tuple[str, int]:
         """(host, port) of this end; still readable after the socket closed."""
-        _check_thread(self._loop, "local_address", self)
+        check_thread(self._loop, "local_address", self)
         return self._address(0)
 
     @property
@@ -403,13 +374,13 @@ class Socket:
         """(host, port) of the peer; still readable after the socket closed (for a client
         whose connection failed: the address it tried last).
         """
-        _check_thread(self._loop, "remote_address", self)
+        check_thread(self._loop, "remote_address", self)
         return self._address(1)
 
     @property
     def write_buffer_size(self) -> int:
         """Bytes accepted by ``write`` that have not reached the kernel yet."""
-        _check_thread(self._loop, "write_buffer_size", self)
+        check_thread(self._loop, "write_buffer_size", self)
         if self._conn is None:
             return 0
         return int(lib.uvs_conn_write_buffer_size(self._conn))
@@ -426,9 +397,9 @@ class Socket:
         """
         conn = self._conn
         if conn is None or self._closed:
-            _check_thread(self._loop, "write()", self)
+            check_thread(self._loop, "write()", self)
             self._live_conn("write")  # raises SocketClosed
-        buf = data if type(data) is bytes else _check_data("data", data)
+        buf = data if type(data) is bytes else check_data("data", data)
         # The thread check runs in C, where it costs a few instructions instead of the 500 it
         # costs here per request: the loop is passed, and a thread that does not run it gets
         # UVS_EFOREIGN before the connection is touched. (The loop's memory outlives every
@@ -438,7 +409,7 @@ class Socket:
             return True
         if r < 0:
             if r == _E_FOREIGN:
-                _check_thread(self._loop, "write()", self)  # raises RuntimeError
+                check_thread(self._loop, "write()", self)  # raises RuntimeError
                 reason = "the event loop has ended; cannot write"  # meanwhile: nothing ran
             elif r == _UV_ESHUTDOWN:
                 reason = (
@@ -461,7 +432,7 @@ class Socket:
         ``force=True`` drops them and closes at once. With nothing left to flush (or forced),
         the socket is finished when this returns: no event reaches it any more.
         """
-        _check_thread(self._loop, "close()", self)
+        check_thread(self._loop, "close()", self)
         if self._closed:
             return
         self._closed = True
@@ -472,7 +443,7 @@ class Socket:
 
     def shutdown(self, how: str = "write") -> None:
         """Half-close: after pending writes, send FIN; reading goes on."""
-        _check_thread(self._loop, "shutdown()", self)
+        check_thread(self._loop, "shutdown()", self)
         if how != "write":
             raise ValueError(f"how must be 'write' (only the write side can be shut), got {how!r}")
         r = lib.uvs_conn_shutdown(self._live_conn("shut down"))
@@ -487,7 +458,7 @@ class Socket:
         """Set TCP_NODELAY (on by default) and SO_KEEPALIVE (``True``, or the idle time in
         seconds before probes start; ``False`` turns it off).
         """
-        _check_thread(self._loop, "set_options()", self)
+        check_thread(self._loop, "set_options()", self)
         conn = self._live_conn("set options")
         if nodelay is not None:
             if not isinstance(nodelay, bool):
@@ -506,7 +477,7 @@ class Socket:
             elif keepalive is False:
                 on, secs = 0, 0
             else:
-                secs = int(_check_seconds("keepalive", keepalive, allow_zero=False))
+                secs = int(check_seconds("keepalive", keepalive, allow_zero=False))
                 on, secs = 1, max(1, secs)
             r = lib.uvs_conn_keepalive(conn, on, secs)
             if r != 0:
@@ -519,9 +490,9 @@ class Socket:
 
     def set_timeouts(self, read_timeout: Optional[float], write_timeout: Optional[float]) -> None:
         """Change the read/write timeouts (seconds; None disables)."""
-        _check_thread(self._loop, "set_timeouts()", self)
-        r_s = _timeout("read_timeout", read_timeout)
-        w_s = _timeout("write_timeout", write_timeout)
+        check_thread(self._loop, "set_timeouts()", self)
+        r_s = check_timeout("read_timeout", read_timeout)
+        w_s = check_timeout("write_timeout", write_timeout)
         r = lib.uvs_conn_set_timeouts(self._live_conn("set timeouts"), r_s, w_s)
         if r != 0:
             raise ValueError(f"cannot set the timeouts: {_strerror(r)}")
@@ -532,7 +503,7 @@ class Socket:
         No ``read_cb`` runs for this socket from now on until it resumes. Data already read in
         the same loop turn (small reads reach the application once per turn) is kept for it.
         """
-        _check_thread(self._loop, "pause_reading()", self)
+        check_thread(self._loop, "pause_reading()", self)
         lib.uvs_conn_pause(self._live_conn("pause reading"))
         if self._held is None:
             self._held = collections.deque()
@@ -543,7 +514,7 @@ class Socket:
         Data kept since the pause is delivered first, from inside this call; if ``read_cb``
         pauses the socket again meanwhile, the rest stays kept and reading stays off.
         """
-        _check_thread(self._loop, "resume_reading()", self)
+        check_thread(self._loop, "resume_reading()", self)
         conn = self._live_conn("resume reading")
         held = self._held
         if held is None:
@@ -574,9 +545,9 @@ class Socket:
         quarter of high). ``write`` returns False above high; ``drain_cb(socket)`` (given here
         or assigned to ``socket.drain_cb``) runs when the buffer falls back to low.
         """
-        _check_thread(self._loop, "set_write_buffer_limits()", self)
-        hi = 64 * 1024 if high is None else _byte_count("high", high)
-        lo = hi // 4 if low is None else _byte_count("low", low)
+        check_thread(self._loop, "set_write_buffer_limits()", self)
+        hi = 64 * 1024 if high is None else check_byte_count("high", high)
+        lo = hi // 4 if low is None else check_byte_count("low", low)
         if lo > hi:
             raise ValueError(f"low ({lo}) must not exceed high ({hi})")
         if drain_cb is not None:
@@ -683,15 +654,6 @@ _CF_NOTIFY_WRITTEN = lib.UVS_CF_NOTIFY_WRITTEN
 _CF_NOTIFY_DRAIN = lib.UVS_CF_NOTIFY_DRAIN
 
 
-def _byte_count(name: str, value: Any) -> int:
-    """Check a write buffer limit: a non-negative int (bool is not one)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return value
-
-
 def _discard(sock: Socket, data: bytes) -> None:
     """The read path of a socket with no read_cb: incoming data is dropped."""
 
@@ -764,14 +726,14 @@ class TcpServer:
 
     def fileno(self) -> int:
         """The listening socket's descriptor (owned by uvssl)."""
-        _check_thread(self._loop, "fileno()", self)
+        check_thread(self._loop, "fileno()", self)
         if self._ptr is None:
             raise SocketClosed("the server is closed; it has no descriptor", action="fileno")
         return int(lib.uvs_server_fileno(self._ptr))
 
     def close(self) -> None:
         """Stop listening. Connections already accepted stay open (see ``shutdown``)."""
-        _check_thread(self._loop, "close()", self)
+        check_thread(self._loop, "close()", self)
         if self._closed:
             return
         self._closed = True
@@ -790,9 +752,9 @@ class TcpServer:
         ``timeout`` seconds (a peer that does not read, say) are aborted. ``done_cb(server)``
         runs once the last connection and the listening socket are gone. Call it once.
         """
-        _check_thread(self._loop, "shutdown()", self)
-        _check_callable("done_cb", done_cb)
-        secs = _check_seconds("timeout", timeout, allow_zero=True)
+        check_thread(self._loop, "shutdown()", self)
+        check_callable("done_cb", done_cb)
+        secs = check_seconds("timeout", timeout, allow_zero=True)
         if self._draining is not None:
             raise RuntimeError("uvssl: shutdown() was already called on this server")
         loop = self._loop
@@ -891,7 +853,7 @@ class TcpServer:
 def _bind_ip(bind_address: Optional[str], port: int) -> str:
     if bind_address is None or bind_address in ("", "*"):
         return "0.0.0.0"
-    host = _check_host("bind_address", bind_address)
+    host = check_host("bind_address", bind_address)
     try:
         infos = _socket.getaddrinfo(host, port, type=_socket.SOCK_STREAM, flags=_socket.AI_PASSIVE)
     except _socket.gaierror as e:
@@ -899,32 +861,15 @@ def _bind_ip(bind_address: Optional[str], port: int) -> str:
     return str(infos[0][4][0])
 
 
-def _check_backlog(backlog: Any) -> int:
-    if isinstance(backlog, bool) or not isinstance(backlog, int):
-        raise TypeError(f"backlog must be an int, not {type(backlog).__name__}")
-    if backlog < -1 or backlog > 1 << 20:
-        raise ValueError(
-            f"backlog must be -1 (the system maximum) or a positive int, got {backlog}"
-        )
-    return backlog
-
-
 # -- module-level API ------------------------------------------------------------------------
-
-
-def _check_common(read_cb: Any, event_cb: Any, connect_cb: Any, write_cb: Any) -> None:
-    _check_callable("read_cb", read_cb)
-    _check_callable("event_cb", event_cb)
-    _check_callable("connect_cb", connect_cb)
-    _check_callable("write_cb", write_cb)
 
 
 def _setup_client(
     sock: Socket, conn: Any, data: Any, read_timeout: Any, write_timeout: Any
 ) -> None:
     sock._attach(conn)
-    r_s = _timeout("read_timeout", read_timeout)
-    w_s = _timeout("write_timeout", write_timeout)
+    r_s = check_timeout("read_timeout", read_timeout)
+    w_s = check_timeout("write_timeout", write_timeout)
     if r_s or w_s:
         lib.uvs_conn_set_timeouts(conn, r_s, w_s)
     if data is not None:
@@ -956,11 +901,11 @@ def tcp_connect(
     ``stream=True`` (or cl-async's ``dont_drain_read_buffer=True``) keeps input in
     ``socket.stream`` until the application reads it.
     """
-    host = _check_host("host", host)
-    port = _check_port(port)
-    _check_common(read_cb, event_cb, connect_cb, write_cb)
+    host = check_host("host", host)
+    port = check_port(port)
+    check_callbacks(read_cb, event_cb, connect_cb, write_cb)
     if data is not None:
-        _check_data("data", data)
+        check_data("data", data)
     loop = get_loop()
     sock = Socket(
         loop, read_cb, event_cb, connect_cb, write_cb, bool(stream or dont_drain_read_buffer)
@@ -977,8 +922,8 @@ def _connect(
     read_timeout: Any,
     write_timeout: Any,
 ) -> Socket:
-    _timeout("read_timeout", read_timeout)
-    _timeout("write_timeout", write_timeout)
+    check_timeout("read_timeout", read_timeout)
+    check_timeout("write_timeout", write_timeout)
     sock._target = (host, port)
     err = ffi.new("int *")
     conn = lib.uvs_conn_connect(loop._ptr, sock._handle, host.encode("idna"), port, err)
@@ -1007,9 +952,9 @@ def tcp_server(
     runs when it is accepted. ``backlog=-1`` means the system maximum. ``reuse_port=True``
     sets SO_REUSEPORT so several processes or threads can serve one port.
     """
-    port = _check_port(port)
-    _check_common(read_cb, event_cb, connect_cb, None)
-    backlog = _check_backlog(backlog)
+    port = check_port(port)
+    check_callbacks(read_cb, event_cb, connect_cb, None)
+    backlog = check_backlog(backlog)
     return TcpServer(
         get_loop(),
         bind_address,
@@ -1042,11 +987,11 @@ def tcp_open(
     uvssl takes ownership: a ``socket.socket`` is detached, a descriptor will be closed by
     uvssl. ``connect_cb``, if given, runs from the loop right away.
     """
-    _check_common(read_cb, event_cb, connect_cb, write_cb)
+    check_callbacks(read_cb, event_cb, connect_cb, write_cb)
     if data is not None:
-        _check_data("data", data)
-    _timeout("read_timeout", read_timeout)
-    _timeout("write_timeout", write_timeout)
+        check_data("data", data)
+    check_timeout("read_timeout", read_timeout)
+    check_timeout("write_timeout", write_timeout)
     loop = get_loop()
     if isinstance(fd_or_socket, _socket.socket):
         pysock = fd_or_socket
@@ -1110,8 +1055,8 @@ def write_socket_data(
     """
     if not isinstance(socket, Socket):
         raise TypeError(f"socket must be a uvssl Socket, not {type(socket).__name__}")
-    _check_thread(socket._loop, "write_socket_data()")
-    _check_common(read_cb, event_cb, None, write_cb)
+    check_thread(socket._loop, "write_socket_data()")
+    check_callbacks(read_cb, event_cb, None, write_cb)
     if read_cb is not None:
         socket.read_cb = read_cb
     if event_cb is not None:
@@ -1125,7 +1070,7 @@ def close_socket(socket: Socket, *, force: bool = False) -> None:
     """Close ``socket``: gracefully (pending writes flushed first) or, with ``force``, at once."""
     if not isinstance(socket, Socket):
         raise TypeError(f"socket must be a uvssl Socket, not {type(socket).__name__}")
-    _check_thread(socket._loop, "close_socket()")
+    check_thread(socket._loop, "close_socket()")
     socket.close(force=force)
 
 
@@ -1133,5 +1078,5 @@ def close_tcp_server(server: TcpServer) -> None:
     """Stop ``server`` listening; its open connections are not affected."""
     if not isinstance(server, TcpServer):
         raise TypeError(f"server must be a uvssl TcpServer, not {type(server).__name__}")
-    _check_thread(server._loop, "close_tcp_server()")
+    check_thread(server._loop, "close_tcp_server()")
     server.close()

@@ -10,7 +10,16 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Callable, Iterable, Optional
 
-from ._args import keyword_hints
+from ._args import (
+    check_backlog,
+    check_callbacks,
+    check_data,
+    check_host,
+    check_hs_timeout,
+    check_port,
+    check_thread,
+    keyword_hints,
+)
 from ._uvssl import ffi, lib
 from .context import Context, alpn_wire, options_value, resolve_ssl_ctx, ssl_owners
 from .errors import (
@@ -21,18 +30,13 @@ from .errors import (
     SslX509Lookup,
     TcpSslError,
 )
-from .loop import Loop, _check_thread, _strerror, get_loop
+from .loop import Loop, _strerror, get_loop
 from .openssl import error_queue, error_strings, verify_string
 from .tcp import (
     BytesLike,
     ReadCb,
     Socket,
     TcpServer,
-    _check_backlog,
-    _check_common,
-    _check_data,
-    _check_host,
-    _check_port,
     _connect,
     _errno_of,
     peer_name,
@@ -194,14 +198,14 @@ class SslSocket(Socket):
     @property
     def ssl_pointer(self) -> Optional[int]:
         """The raw ``SSL*`` as an int (None once closed)."""
-        _check_thread(self._loop, "ssl_pointer", self)
+        check_thread(self._loop, "ssl_pointer", self)
         ssl = self._ssl()
         return None if ssl == ffi.NULL else int(ffi.cast("uintptr_t", ssl))
 
     @property
     def version(self) -> Optional[str]:
         """The negotiated protocol ("TLSv1.3"), or None before the handshake."""
-        _check_thread(self._loop, "version", self)
+        check_thread(self._loop, "version", self)
         ssl = self._ssl()
         if ssl == ffi.NULL or not self._connected:
             return None
@@ -210,7 +214,7 @@ class SslSocket(Socket):
     @property
     def cipher(self) -> Optional[str]:
         """The negotiated cipher's OpenSSL name, or None before the handshake."""
-        _check_thread(self._loop, "cipher", self)
+        check_thread(self._loop, "cipher", self)
         ssl = self._ssl()
         if ssl == ffi.NULL or not self._connected:
             return None
@@ -220,7 +224,7 @@ class SslSocket(Socket):
     @property
     def alpn_protocol(self) -> Optional[str]:
         """The protocol ALPN selected, or None."""
-        _check_thread(self._loop, "alpn_protocol", self)
+        check_thread(self._loop, "alpn_protocol", self)
         ssl = self._ssl()
         if ssl == ffi.NULL:
             return None
@@ -234,7 +238,7 @@ class SslSocket(Socket):
     @property
     def peer_certificate(self) -> Optional[X509Certificate]:
         """The peer's certificate, or None (no certificate, or not connected)."""
-        _check_thread(self._loop, "peer_certificate", self)
+        check_thread(self._loop, "peer_certificate", self)
         ssl = self._ssl()
         if ssl == ffi.NULL:
             return None
@@ -245,7 +249,7 @@ class SslSocket(Socket):
         """The session, for ``tcp_ssl_connect(session=...)`` (with TLS 1.3 it is resumable
         once the server's ticket arrived, shortly after the handshake).
         """
-        _check_thread(self._loop, "session", self)
+        check_thread(self._loop, "session", self)
         ssl = self._ssl()
         if ssl == ffi.NULL:
             return None
@@ -255,7 +259,7 @@ class SslSocket(Socket):
     @property
     def session_reused(self) -> bool:
         """True when the handshake resumed a session."""
-        _check_thread(self._loop, "session_reused", self)
+        check_thread(self._loop, "session_reused", self)
         ssl = self._ssl()
         return bool(ssl != ffi.NULL and lib.SSL_session_reused(ssl))
 
@@ -453,19 +457,7 @@ def _effective_hs(value: Any, ctx: Context) -> Optional[float]:
     """The handshake timeout to use: an explicit value wins, else the context's."""
     if value is CONTEXT_DEFAULT:
         return ctx.handshake_timeout
-    return _check_hs_timeout(value)
-
-
-def _check_hs_timeout(value: Any) -> Optional[float]:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(
-            f"handshake_timeout must be a number of seconds or None, not {type(value).__name__}"
-        )
-    if value <= 0:
-        raise ValueError(f"handshake_timeout must be > 0 seconds (or None), got {value!r}")
-    return float(value)
+    return check_hs_timeout(value)
 
 
 def _configure_client_ssl(
@@ -541,18 +533,18 @@ def tcp_ssl_connect(
     the ``Context`` says otherwise); ``session`` (from an earlier socket's
     ``.session``, to resume). ``connect_cb`` runs after the handshake.
     """
-    host = _check_host("host", host)
-    port = _check_port(port)
-    _check_common(read_cb, event_cb, connect_cb, write_cb)
+    host = check_host("host", host)
+    port = check_port(port)
+    check_callbacks(read_cb, event_cb, connect_cb, write_cb)
     if data is not None:
-        _check_data("data", data)
+        check_data("data", data)
     if not isinstance(verify, bool):
         hint = " (a CA file goes in ca_file=)" if isinstance(verify, (str, bytes)) else ""
         raise TypeError(f"verify must be a bool, not {type(verify).__name__}{hint}")
-    _check_hs_timeout(handshake_timeout)  # validated now; resolved against the context below
+    check_hs_timeout(handshake_timeout)  # validated now; resolved against the context below
     opts = options_value("ssl_options", ssl_options)
     if server_hostname is not None:
-        server_hostname = _check_host("server_hostname", server_hostname)
+        server_hostname = check_host("server_hostname", server_hostname)
     alpn_bytes = alpn_wire("alpn", alpn) if alpn is not None else None
     if ssl_ctx is not None:
         if opts or ciphers is not None:
@@ -627,10 +619,10 @@ def tcp_ssl_server(
     context's, 60 s unless the ``Context`` says otherwise) closes
     connections that do not complete the handshake. ``connect_cb`` runs after the handshake.
     """
-    port = _check_port(port)
-    _check_common(read_cb, event_cb, connect_cb, None)
-    backlog = _check_backlog(backlog)
-    _check_hs_timeout(handshake_timeout)  # validated now; resolved against the context below
+    port = check_port(port)
+    check_callbacks(read_cb, event_cb, connect_cb, None)
+    backlog = check_backlog(backlog)
+    check_hs_timeout(handshake_timeout)  # validated now; resolved against the context below
     opts = options_value("ssl_options", ssl_options)
     if ssl_ctx is not None:
         if opts or ciphers is not None:
