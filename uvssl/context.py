@@ -14,18 +14,15 @@ borrowed: uvssl holds a reference while it uses it and never frees the owner's.
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 import ssl as _stdlib_ssl
 import threading
 import weakref
 from typing import Any, Callable, Iterable, Optional, Union
 
-from ._args import check_keywords, file_path, keyword_names, pem_labels
-from ._args import get_ident as _get_ident
+from ._args import check_keywords, file_path, get_ident, keyword_names, pem_labels
 from ._uvssl import ffi, lib
 from .errors import SslFailure
-from .loop import _dispatch_error
 from .openssl import SSL_OPTIONS, error_queue
 
 __all__ = [
@@ -320,7 +317,7 @@ class Context:
             servers = list(self._servers)
         for server in servers:
             loop = server._loop
-            if loop.thread == _get_ident():
+            if loop.thread == get_ident():
                 server._sync_eager()
             else:
                 try:
@@ -712,45 +709,3 @@ SniCallback = Callable[[Any, Optional[str]], Optional["Context"]]
 
 # SSL* address -> the SslSocket it belongs to, for sni_callback (filled by TLS servers).
 ssl_owners: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
-
-
-@ffi.def_extern(onerror=_dispatch_error)  # type: ignore[untyped-decorator]
-def uvs_py_on_sni(ctx_data: Any, ssl: Any, name: Any, verdict: Any) -> Any:
-    """A ClientHello named a server: ask the context's sni_callback which context to use."""
-    ctx = ffi.from_handle(ctx_data)
-    sock = ssl_owners.get(int(ffi.cast("uintptr_t", ssl)))
-    # The registry is shared by every loop's thread and keyed by address: an entry outlives its
-    # SSL* (socket closed or detached but still referenced), and the address may by now belong
-    # to a new SSL* in another loop. Only a socket of this thread's loop whose SSL* is this one
-    # is the asker (reading its connection is safe here: it is this thread's).
-    if sock is not None and (
-        sock._loop.thread != _get_ident()
-        or sock._conn is None
-        or lib.uvs_conn_ssl(sock._conn) != ssl
-    ):
-        sock = None
-    server_name = None if name == ffi.NULL else ffi.string(name).decode("utf-8", "replace")
-    try:
-        cb = ctx.sni_callback
-        if cb is None:  # removed since: keep the context
-            return ffi.NULL
-        chosen = cb(sock, server_name)
-        if chosen is None:
-            return ffi.NULL
-        if isinstance(chosen, _stdlib_ssl.SSLContext):
-            chosen = resolve_ssl_ctx(chosen, "server")
-        if not isinstance(chosen, Context):
-            raise TypeError(
-                f"sni_callback must return a uvssl.Context or None, not {type(chosen).__name__}"
-            )
-        if sock is not None:
-            sock._sni_context = chosen  # keep it alive as long as the connection
-        return chosen._ctx
-    except BaseException as exc:  # noqa: BLE001 - must not unwind into C
-        verdict[0] = 1
-        loop = getattr(sock, "_loop", None)
-        if loop is not None:
-            loop._app_error(exc)
-        else:
-            logging.getLogger("uvssl").error("uvssl: exception in sni_callback", exc_info=exc)
-        return ffi.NULL

@@ -1,15 +1,16 @@
-"""The event loop (SPEC S1): start/exit, timers, cross-thread calls, and the C dispatchers.
+"""The event loop (SPEC S1): start/exit, timers, cross-thread calls, signals.
 
 One loop runs per thread; several threads may each run their own at the same time. The
-module-level functions act on the loop running in the calling thread. ``uv_run`` and all the
-native work run with the GIL released; the C side calls back into the ``extern "Python"``
-dispatchers at the bottom of this module, which find the Python object through the cffi handle
-stored in the C struct.
+module-level functions act on the loop running in the calling thread (``_dispatch.current``).
+``uv_run`` and all the native work run with the GIL released; the C side calls back into the
+``extern "Python"`` dispatchers of ``uvssl/_dispatch.py`` (imported here, so they are attached
+before any loop exists), which find the Python object through the cffi handle stored in the C
+struct and call the methods of this module's objects.
 
 An exception raised by application code inside a callback never unwinds through C: the
 dispatcher records it and either stops the loop (it then propagates out of
 ``start_event_loop`` after every handle was closed) or, with ``catch_app_errors=True``, hands
-it to ``default_event_cb`` (or logs it) and the loop goes on.
+it to ``default_event_cb`` (or logs it) and the loop goes on (``Loop._app_error``).
 
 Signals. Python runs its signal handlers in the main thread, between two bytecodes; a loop
 asleep in ``epoll_wait`` runs none. So the main thread's loop owns ``signal.set_wakeup_fd``:
@@ -40,6 +41,7 @@ from ._args import (
     check_thread,
     get_ident,
 )
+from ._dispatch import current
 from ._uvssl import ffi, lib
 
 __all__ = [
@@ -59,9 +61,6 @@ __all__ = [
 
 log = logging.getLogger("uvssl")
 
-lib.uvs_py_install()
-
-_local = threading.local()
 _running: weakref.WeakSet[Loop] = weakref.WeakSet()
 _running_lock = threading.Lock()
 
@@ -446,7 +445,7 @@ class Timer:
 
 def get_loop() -> Loop:
     """Return the loop running in this thread (RuntimeError if there is none)."""
-    loop: Optional[Loop] = getattr(_local, "loop", None)
+    loop: Optional[Loop] = getattr(current, "loop", None)
     if loop is None or loop._ptr is None:
         raise RuntimeError(
             "uvssl: no event loop is running in this thread; call this inside start_event_loop()"
@@ -470,14 +469,14 @@ def start_event_loop(
     ``default_event_cb`` when it is given.
     """
     check_callable("start_fn", start_fn)
-    if getattr(_local, "loop", None) is not None and _local.loop._ptr is not None:
+    if getattr(current, "loop", None) is not None and current.loop._ptr is not None:
         raise RuntimeError("uvssl: an event loop is already running in this thread")
     loop = Loop(catch_app_errors=catch_app_errors, default_event_cb=default_event_cb)
-    _local.loop = loop
+    current.loop = loop
     try:
         loop._run(start_fn)
     finally:
-        _local.loop = None
+        current.loop = None
 
 
 def with_event_loop(fn: Callable[[], Any], **kw: Any) -> None:
@@ -508,7 +507,7 @@ def call_threadsafe(cb: Callable[..., Any], *args: Any) -> None:
     loop running in the process. With several loops running, call ``loop.call_threadsafe`` on
     the one you mean (``get_loop()`` inside it returns it).
     """
-    loop: Optional[Loop] = getattr(_local, "loop", None)
+    loop: Optional[Loop] = getattr(current, "loop", None)
     if loop is None or loop._ptr is None:
         with _running_lock:
             loops = [lp for lp in _running if lp._ptr is not None]
@@ -552,146 +551,3 @@ def _strerror(code: int) -> str:
 
 def _errname(code: int) -> str:
     return str(ffi.string(lib.uvs_errname(code)).decode("ascii", "replace"))
-
-
-# -- dispatchers (called from C with the GIL taken by cffi) ---------------------------------
-# The read path runs once per read on every connection: it uses prebound names.
-
-_from_handle = ffi.from_handle
-_unpack = ffi.unpack
-_EV_CLOSED = lib.UVS_EV_CLOSED
-
-
-def _dispatch_error(exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
-    """The ``onerror`` of every dispatcher (cffi): what escaped a dispatcher's own ``try``.
-
-    A Python signal handler runs at the first bytecode after the signal, which may be a
-    dispatcher's first line, before its ``try`` (the KeyboardInterrupt of a Ctrl-C that woke
-    an idle loop always lands there). Without this, cffi would print the exception and drop
-    it; here it stops the thread's loop and propagates out of ``start_event_loop``, like an
-    exception from a callback with ``catch_app_errors=False``.
-    """
-    if exc is None:
-        return
-    loop: Optional[Loop] = getattr(_local, "loop", None)
-    if loop is None:
-        log.error("uvssl: exception in a native callback with no loop running", exc_info=exc)
-        return
-    loop._fail(exc)
-
-
-@ffi.def_extern(onerror=_dispatch_error)  # type: ignore[untyped-decorator]
-def uvs_py_on_read(data: Any, buf: Any, length: int) -> None:
-    """Data arrived on a connection, too big to batch (or during a batch): deliver it now."""
-    sock = _from_handle(data)
-    loop = sock._loop
-    if loop._halted:
-        return
-    if sock._held is not None:  # paused in this loop turn: kept until resume_reading()
-        sock._held.append(_unpack(buf, length))
-        return
-    try:
-        sock._deliver(sock, _unpack(buf, length))
-    except BaseException as exc:  # noqa: BLE001 - must not unwind into C
-        loop._app_error(exc)
-
-
-@ffi.def_extern(onerror=_dispatch_error)  # type: ignore[untyped-decorator]
-def uvs_py_on_batch(loop_data: Any, datas: Any, lens: Any, n: int, buf: Any, length: int) -> None:
-    """The small reads of one loop turn, in order (see csrc/batch.c).
-
-    Entries of a socket closed earlier in the same batch are dropped, as the C side drops data
-    that arrives after a close; a socket paused earlier in the batch keeps its data until
-    ``resume_reading()``.
-    """
-    loop = _from_handle(loop_data)
-    if loop._halted:
-        return
-    blob = _unpack(buf, length)
-    off = 0
-    for d, ln in zip(_unpack(datas, n), _unpack(lens, n)):
-        chunk = blob if n == 1 else blob[off : off + ln]
-        off += ln
-        sock = _from_handle(d)
-        if sock._closed:
-            continue
-        if sock._held is not None:
-            sock._held.append(chunk)
-            continue
-        try:
-            sock._deliver(sock, chunk)
-        except BaseException as exc:  # noqa: BLE001 - must not unwind into C
-            loop._app_error(exc)
-            if loop._halted:
-                return
-
-
-@ffi.def_extern(onerror=_dispatch_error)  # type: ignore[untyped-decorator]
-def uvs_py_on_event(data: Any, kind: int, status: int, action: int) -> None:
-    """Anything but data: connect, EOF, errors, written/drain, closed."""
-    obj = ffi.from_handle(data)
-    loop = obj._loop
-    if kind == _EV_CLOSED:
-        obj._on_closed()
-        return
-    if loop._halted:
-        return
-    try:
-        obj._event(kind, status, action)
-    except BaseException as exc:  # noqa: BLE001
-        loop._app_error(exc)
-
-
-@ffi.def_extern(onerror=_dispatch_error)  # type: ignore[untyped-decorator]
-def uvs_py_on_accept(server_data: Any, conn: Any, stage: int, buf: Any, length: int) -> None:
-    """A server has a new connection: wrap it (leaving data NULL refuses it).
-
-    ``stage`` (UVS_ACCEPT_*): just accepted; a TLS connection whose handshake is done (this
-    stands for its connect event); or one whose handshake failed first (its error follows).
-    A connection handed over after its handshake may bring the data that came with the end of
-    the handshake (``length`` > 0): it is read after the connect, as on_read would deliver it.
-    """
-    server = _from_handle(server_data)
-    loop = server._loop
-    if loop._halted:
-        return
-    # copied first: buf is the loop's decryption buffer, which connect_cb may reuse (by
-    # resuming another TLS socket, say)
-    data = _unpack(buf, length) if length else None
-    try:
-        sock = server._accept(conn, stage)
-    except BaseException as exc:  # noqa: BLE001
-        loop._app_error(exc)
-        return
-    if data is None or sock._closed or loop._halted:
-        return
-    if sock._held is not None:  # paused by connect_cb: kept until resume_reading()
-        sock._held.append(data)
-        return
-    try:
-        sock._deliver(sock, data)
-    except BaseException as exc:  # noqa: BLE001
-        loop._app_error(exc)
-
-
-@ffi.def_extern(onerror=_dispatch_error)  # type: ignore[untyped-decorator]
-def uvs_py_on_timer(data: Any) -> None:
-    """A timer fired."""
-    timer = ffi.from_handle(data)
-    loop = timer._loop
-    if loop._halted:
-        return
-    try:
-        timer._fire()
-    except BaseException as exc:  # noqa: BLE001
-        loop._app_error(exc)
-
-
-@ffi.def_extern(onerror=_dispatch_error)  # type: ignore[untyped-decorator]
-def uvs_py_on_wakeup(loop_data: Any) -> None:
-    """call_threadsafe work or a signal is pending."""
-    loop = ffi.from_handle(loop_data)
-    try:
-        loop._on_wakeup()
-    except BaseException as exc:  # noqa: BLE001
-        loop._fail(exc)
