@@ -18,9 +18,8 @@ from typing import Any, Callable, Optional
 
 from ._args import check_callable, check_host, check_hs_timeout, check_thread, keyword_hints
 from ._uvssl import ffi, lib
-from .context import Context, _openssl_failure, parse_version, resolve_ssl_ctx
-from .errors import SslFailure
-from .loop import _strerror
+from .context import Context, parse_version, resolve_ssl_ctx
+from .errors import SslFailure, openssl_failure, strerror
 from .tcp import Socket
 from .tls import SslSocket, _configure_client_ssl
 
@@ -135,9 +134,9 @@ def attach_ssl(
         conn, ctx_ptr, borrowed, int(server), hs or 0.0, initial, len(initial)
     )
     if r == lib.UV_EPROTO:
-        raise _openssl_failure("cannot start TLS (SSL_new failed)", "attach")
+        raise openssl_failure("cannot start TLS (SSL_new failed)", "attach")
     if r != 0:
-        raise SslFailure(f"cannot start TLS: {_strerror(r)}", what="attach", socket=socket)
+        raise SslFailure(f"cannot start TLS: {strerror(r)}", what="attach", socket=socket)
 
     # the same object becomes an SslSocket
     socket.__class__ = SslSocket
@@ -179,7 +178,7 @@ def detach_ssl(socket: Socket) -> None:
             + (
                 "the handshake has not completed"
                 if state == lib.UVS_TLS_HANDSHAKING
-                else _strerror(r)
+                else strerror(r)
             ),
             what="detach",
             socket=socket,

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Optional, Union
 
 from ._args import check_keywords, file_path, get_ident, keyword_names, pem_labels
 from ._uvssl import ffi, lib
-from .errors import SslFailure
+from .errors import SslFailure, openssl_failure
 from .openssl import SSL_OPTIONS, error_queue
 
 __all__ = [
@@ -48,11 +48,6 @@ _VERSIONS = {
     "1.2": lib.TLS1_2_VERSION,
     "1.3": lib.TLS1_3_VERSION,
 }
-
-
-def _openssl_failure(message: str, what: str) -> SslFailure:
-    codes, strings = error_queue()
-    return SslFailure(message, what=what, codes=codes, strings=strings)
 
 
 def parse_version(name: str, value: Any) -> int:
@@ -286,7 +281,7 @@ class Context:
                     )
                 handle = ffi.new_handle(self)
                 if lib.uvs_ctx_set_sni(self._ctx, handle) != 1:
-                    raise _openssl_failure("cannot install the SNI callback", "set sni")
+                    raise openssl_failure("cannot install the SNI callback", "set sni")
                 self._handle = handle
         self._sni_callback = cb
         self._sync_servers()
@@ -344,7 +339,7 @@ class Context:
         """
         ptr = _as_ctx_pointer(address)
         if lib.SSL_CTX_up_ref(ptr) != 1:
-            raise _openssl_failure("SSL_CTX_up_ref failed", "borrow context")
+            raise openssl_failure("SSL_CTX_up_ref failed", "borrow context")
         ctx = cls(ptr, side, owned=False)
         ctx.verify_host = bool(lib.SSL_CTX_get_verify_mode(ptr) & lib.SSL_VERIFY_PEER)
         return ctx
@@ -442,14 +437,14 @@ class Context:
             method_ptr = lib.TLS_server_method() if server else lib.TLS_client_method()
         ptr = lib.SSL_CTX_new(method_ptr)
         if ptr == ffi.NULL:
-            raise _openssl_failure("SSL_CTX_new failed", "create context")
+            raise openssl_failure("SSL_CTX_new failed", "create context")
         ctx = cls(ptr, side, owned=True)
         ctx.handshake_timeout = None if handshake_timeout is None else float(handshake_timeout)
         ctx.verify_host = bool(mode & lib.SSL_VERIFY_PEER) and not server
         if lib.SSL_CTX_set_min_proto_version(ptr, lo) != 1 or (
             hi and lib.SSL_CTX_set_max_proto_version(ptr, hi) != 1
         ):
-            raise _openssl_failure(
+            raise openssl_failure(
                 "cannot set the TLS version range (min_version, max_version or method)",
                 "set version",
             )
@@ -461,7 +456,7 @@ class Context:
             if not isinstance(ciphers, str):
                 raise TypeError(f"ciphers must be a str, not {type(ciphers).__name__}")
             if lib.SSL_CTX_set_cipher_list(ptr, ciphers.encode("ascii")) != 1:
-                raise _openssl_failure(
+                raise openssl_failure(
                     f"invalid ciphers={ciphers!r}: OpenSSL knows no TLS 1.2 cipher in it "
                     "(TLS 1.3 suites go in ciphersuites=)",
                     "set ciphers",
@@ -470,7 +465,7 @@ class Context:
             if not isinstance(ciphersuites, str):
                 raise TypeError(f"ciphersuites must be a str, not {type(ciphersuites).__name__}")
             if lib.SSL_CTX_set_ciphersuites(ptr, ciphersuites.encode("ascii")) != 1:
-                raise _openssl_failure(
+                raise openssl_failure(
                     f"invalid ciphersuites={ciphersuites!r}: it takes TLS 1.3 suite names such "
                     "as 'TLS_AES_128_GCM_SHA256' (TLS 1.2 ciphers go in ciphers=)",
                     "set ciphersuites",
@@ -479,7 +474,7 @@ class Context:
             cpath = _check_file("certificate", certificate)
             pw = ffi.NULL if password is None else password
             if lib.uvs_ctx_use_cert_file(ptr, cpath, filetype, pw) != 1:
-                raise _openssl_failure(_certificate_failure(cpath), "load certificate")
+                raise openssl_failure(_certificate_failure(cpath), "load certificate")
             kpath = _check_file("key", key) if key is not None else cpath
             if lib.uvs_ctx_use_key_file(ptr, kpath, filetype, pw) != 1:
                 codes, strings = error_queue()
@@ -490,12 +485,12 @@ class Context:
                     strings=strings,
                 )
             if lib.SSL_CTX_check_private_key(ptr) != 1:
-                raise _openssl_failure(_mismatch(kpath, cpath, key is None), "check key")
+                raise openssl_failure(_mismatch(kpath, cpath, key is None), "check key")
         if ca_file is not None or ca_directory is not None:
             f = _check_file("ca_file", ca_file) if ca_file is not None else ffi.NULL
             d = _check_file("ca_directory", ca_directory) if ca_directory is not None else ffi.NULL
             if lib.SSL_CTX_load_verify_locations(ptr, f, d) != 1:
-                raise _openssl_failure(
+                raise openssl_failure(
                     "cannot load CA certificates from "
                     + " and ".join(
                         f"{n}={os.fsdecode(v)!r}"
@@ -507,7 +502,7 @@ class Context:
                 )
         elif mode & lib.SSL_VERIFY_PEER:
             if lib.SSL_CTX_set_default_verify_paths(ptr) != 1:
-                raise _openssl_failure(
+                raise openssl_failure(
                     "cannot load the system trust store: give ca_file= or ca_directory=", "load CA"
                 )
         lib.SSL_CTX_set_verify(ptr, mode, ffi.NULL)
@@ -517,7 +512,7 @@ class Context:
             if crl_file is not None:
                 path = _check_file("crl_file", crl_file)
                 if lib.uvs_ctx_load_crl_file(ptr, path) <= 0:
-                    raise _openssl_failure(
+                    raise openssl_failure(
                         f"cannot load CRLs from crl_file={os.fsdecode(path)!r} (PEM CRLs are "
                         "needed)",
                         "load CRL",
@@ -541,9 +536,9 @@ class Context:
             ctx.alpn = tuple(p if isinstance(p, str) else p.decode() for p in alpn)
             if server:
                 if lib.uvs_ctx_set_alpn_select(ptr, wire, len(wire)) != 1:
-                    raise _openssl_failure("cannot set ALPN", "set alpn")
+                    raise openssl_failure("cannot set ALPN", "set alpn")
             elif lib.SSL_CTX_set_alpn_protos(ptr, wire, len(wire)) != 0:
-                raise _openssl_failure("cannot set ALPN", "set alpn")
+                raise openssl_failure("cannot set ALPN", "set alpn")
         if ctx_configure_callback is not None:
             ctx_configure_callback(ctx.pointer)
         return ctx
@@ -689,7 +684,7 @@ def _from_stdlib(sslctx: _stdlib_ssl.SSLContext, side: str) -> Context:
     ):
         raise RuntimeError("uvssl: could not find this ssl.SSLContext's SSL_CTX")
     if lib.SSL_CTX_up_ref(ptr) != 1:
-        raise _openssl_failure("SSL_CTX_up_ref failed", "borrow context")
+        raise openssl_failure("SSL_CTX_up_ref failed", "borrow context")
     ctx = Context(ptr, side, owned=False, keepalive=sslctx)
     ctx.verify_host = bool(sslctx.check_hostname)
     return ctx

@@ -43,6 +43,7 @@ from ._args import (
 )
 from ._dispatch import current
 from ._uvssl import ffi, lib
+from .errors import strerror
 
 __all__ = [
     "Loop",
@@ -208,7 +209,7 @@ class Loop:
             with _running_lock:
                 _running.discard(self)
             if r != 0:
-                log.error("uvssl: event loop did not close cleanly: %s", _strerror(r))
+                log.error("uvssl: event loop did not close cleanly: %s", strerror(r))
         if self._error is not None:
             err, self._error = self._error, None
             raise err
@@ -413,7 +414,7 @@ class Timer:
         every_ms = max(1, int(round(every * 1000))) if every > 0 else 0
         ptr = lib.uvs_timer_new(loop._ptr, self._handle, after_ms, every_ms, err)
         if ptr == ffi.NULL:
-            raise OSError(f"uvssl: could not start a timer: {_strerror(err[0])}")
+            raise OSError(f"uvssl: could not start a timer: {strerror(err[0])}")
         self._ptr: Any = ptr
         loop._live.add(self)
 
@@ -543,11 +544,3 @@ def _signal_name(num: int) -> str:
         return signal.Signals(num).name
     except ValueError:
         return str(num)
-
-
-def _strerror(code: int) -> str:
-    return str(ffi.string(lib.uvs_strerror(code)).decode("utf-8", "replace"))
-
-
-def _errname(code: int) -> str:
-    return str(ffi.string(lib.uvs_errname(code)).decode("ascii", "replace"))

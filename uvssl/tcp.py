@@ -36,13 +36,11 @@ from .errors import (
     TcpError,
     TcpRefused,
     TcpTimeout,
+    errname,
+    errno_of,
+    strerror,
 )
-from .loop import (
-    Loop,
-    _errname,
-    _strerror,
-    get_loop,
-)
+from .loop import Loop, get_loop
 
 __all__ = [
     "Socket",
@@ -70,13 +68,6 @@ _ACTIONS = {
     lib.UVS_ACT_TLS_READ: "read",
     lib.UVS_ACT_TLS_WRITE: "write",
 }
-
-
-def _errno_of(status: int) -> Optional[int]:
-    """Libuv codes are negated errno values on Unix; DNS (EAI) codes have no errno."""
-    if -4000 < status < 0 and not (-3100 < status <= -3000):
-        return -status
-    return None
 
 
 def peer_name(sock: Any) -> Optional[str]:
@@ -107,8 +98,8 @@ def socket_error_for(status: int, action: int, sock: Any) -> SocketError:
     address, when the host was a name that resolved).
     """
     act = _ACTIONS.get(action, "")
-    msg = f"{_strerror(status)} ({_errname(status)})"
-    code = _errno_of(status)
+    msg = f"{strerror(status)} ({errname(status)})"
+    code = errno_of(status)
     if action == lib.UVS_ACT_RESOLVE:
         target = getattr(sock, "_target", None)
         name = f"{target[0]!r} (port {target[1]})" if target else "the host"
@@ -333,8 +324,8 @@ class Socket:
         r = lib.uvs_conn_fileno(self._live_conn("get its descriptor"))
         if r < 0:
             raise SocketError(
-                f"cannot get the socket's descriptor: {_strerror(r)}",
-                code=_errno_of(r),
+                f"cannot get the socket's descriptor: {strerror(r)}",
+                code=errno_of(r),
                 action="fileno",
                 socket=self,
             )
@@ -356,8 +347,8 @@ class Socket:
             which = "peer" if peer else "local"
             raise SocketError(
                 f"the {which} address is not known: the connection "
-                + ("never got that far" if r == lib.UV_ENOTCONN else f"failed ({_strerror(r)})"),
-                code=_errno_of(r),
+                + ("never got that far" if r == lib.UV_ENOTCONN else f"failed ({strerror(r)})"),
+                code=errno_of(r),
                 action="getpeername" if peer else "getsockname",
                 socket=self,
             )
@@ -417,7 +408,7 @@ class Socket:
                     "go on in plaintext"
                 )
             else:
-                reason = f"socket is closing; cannot write ({_strerror(r)})"
+                reason = f"socket is closing; cannot write ({strerror(r)})"
             raise SocketClosed(
                 reason,
                 action="write",
@@ -449,7 +440,7 @@ class Socket:
         r = lib.uvs_conn_shutdown(self._live_conn("shut down"))
         if r != 0:
             raise SocketClosed(
-                f"cannot shut down the write side: {_strerror(r)}", action="shutdown", socket=self
+                f"cannot shut down the write side: {strerror(r)}", action="shutdown", socket=self
             )
 
     def set_options(
@@ -466,8 +457,8 @@ class Socket:
             r = lib.uvs_conn_nodelay(conn, int(nodelay))
             if r != 0:
                 raise SocketError(
-                    f"cannot set TCP_NODELAY: {_strerror(r)}",
-                    code=_errno_of(r),
+                    f"cannot set TCP_NODELAY: {strerror(r)}",
+                    code=errno_of(r),
                     action="setsockopt",
                     socket=self,
                 )
@@ -482,8 +473,8 @@ class Socket:
             r = lib.uvs_conn_keepalive(conn, on, secs)
             if r != 0:
                 raise SocketError(
-                    f"cannot set SO_KEEPALIVE: {_strerror(r)}",
-                    code=_errno_of(r),
+                    f"cannot set SO_KEEPALIVE: {strerror(r)}",
+                    code=errno_of(r),
                     action="setsockopt",
                     socket=self,
                 )
@@ -495,7 +486,7 @@ class Socket:
         w_s = check_timeout("write_timeout", write_timeout)
         r = lib.uvs_conn_set_timeouts(self._live_conn("set timeouts"), r_s, w_s)
         if r != 0:
-            raise ValueError(f"cannot set the timeouts: {_strerror(r)}")
+            raise ValueError(f"cannot set the timeouts: {strerror(r)}")
 
     def pause_reading(self) -> None:
         """Stop reading until ``resume_reading()``; the kernel buffers, then the peer waits.
@@ -710,8 +701,8 @@ class TcpServer:
         if ptr == ffi.NULL:
             code = err[0]
             raise SocketError(
-                f"cannot listen on {ip!r} port {port}: {_strerror(code)}",
-                code=_errno_of(code),
+                f"cannot listen on {ip!r} port {port}: {strerror(code)}",
+                code=errno_of(code),
                 action="listen",
             )
         self._ptr = ptr

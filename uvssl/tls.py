@@ -26,19 +26,19 @@ from .errors import (
     SslClosed,
     SslFailure,
     SslHandshakeTimeout,
-    SslVerificationFailure,
-    SslX509Lookup,
     TcpSslError,
+    captured_tls_error,
+    strerror,
+    tls_error,
 )
-from .loop import Loop, _strerror, get_loop
-from .openssl import error_queue, error_strings, verify_string
+from .loop import Loop, get_loop
+from .openssl import error_queue
 from .tcp import (
     BytesLike,
     ReadCb,
     Socket,
     TcpServer,
     _connect,
-    _errno_of,
     peer_name,
 )
 from .x509 import X509Certificate
@@ -50,104 +50,6 @@ _ACTION_WHAT = {
     lib.UVS_ACT_TLS_READ: "read",
     lib.UVS_ACT_TLS_WRITE: "write",
 }
-
-# Reason codes (ERR_GET_REASON) that say "the certificate did not verify".
-_SSL_R_CERTIFICATE_VERIFY_FAILED = 134
-_X509_LOOKUP_REASONS = {
-    # SSL_R_NO_CERTIFICATE_ASSIGNED, SSL_R_NO_PRIVATE_KEY_ASSIGNED, SSL_R_MISSING_RSA_CERTIFICATE
-    177,
-    190,
-    168,
-}
-
-# What a failed verification means and what to do, by verify result (X509_V_ERR_*).
-_UNTRUSTED = {2, 18, 19, 20, 21}  # no path to a trusted CA: unknown issuer, self-signed, ...
-_NAME_MISMATCH = {62, 64}  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
-_NOT_NOW = {9, 10}  # X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED
-_NO_CRL = 3  # X509_V_ERR_UNABLE_TO_GET_CRL
-_CHAIN_TOO_LONG = 22  # X509_V_ERR_CERT_CHAIN_TOO_LONG
-
-# OpenSSL reasons (the end of an error string) a user can act on: what they mean, and what to
-# do. "alert ..." is what the peer sent: it refused something of this side's.
-_REASON_HINTS = (
-    ("alert unknown ca", "the peer does not trust the CA that issued {this} certificate"),
-    ("alert bad certificate", "the peer rejected {this} certificate"),
-    ("alert certificate unknown", "the peer rejected {this} certificate"),
-    ("alert unsupported certificate", "the peer rejected {this} certificate"),
-    ("alert certificate expired", "the peer says {this} certificate has expired"),
-    ("alert certificate revoked", "the peer says {this} certificate is revoked"),
-    (
-        "alert certificate required",
-        "the peer requires a client certificate: give this client certificate= and key=",
-    ),
-    (
-        "alert protocol version",
-        "the two sides accept no common TLS version (uvssl's minimum is TLS 1.2)",
-    ),
-    (
-        "alert handshake failure",
-        "the peer found no acceptable parameters (cipher, TLS version or signature algorithm)",
-    ),
-    (
-        "peer did not return a certificate",
-        "the client sent no certificate, and this server requires one (verify='required')",
-    ),
-    ("no shared cipher", "the two sides have no cipher in common (see ciphers=)"),
-    (
-        "unsupported protocol",
-        "the two sides accept no common TLS version (uvssl's minimum is TLS 1.2; see min_version=)",
-    ),
-    ("http request", "the peer sent a plain HTTP request to this TLS port"),
-    ("wrong version number", "the peer does not speak TLS (is it a plain TCP or HTTP port?)"),
-)
-
-
-def _verification_hint(vr: int, server: bool, hostname: Optional[str]) -> str:
-    """What to do about verification result ``vr`` ("" when there is nothing to say)."""
-    if vr in _UNTRUSTED:
-        if server:
-            return "give the server's context ca_file= the CA that issued the client certificates"
-        return "give ca_file= the CA that issued it (or verify=False to skip verification)"
-    if vr in _NAME_MISMATCH:
-        name = f"{hostname!r}" if hostname else "the name asked for"
-        return f"it is not valid for {name}: connect with a server_hostname= it names"
-    if vr in _NOT_NOW:
-        return "check this machine's clock, or renew the certificate"
-    if vr == _NO_CRL:
-        return "crl_check is on, but no CRL from its issuer was loaded (crl_file=)"
-    if vr == _CHAIN_TOO_LONG:
-        return "the chain is longer than max_depth="
-    return ""
-
-
-def tls_failure_message(
-    what: str,
-    strings: tuple[str, ...],
-    verify_failed: bool,
-    vr: Optional[int],
-    vstr: Optional[str],
-    server: bool,
-    hostname: Optional[str],
-    peer: Optional[str] = None,
-) -> str:
-    """The message of a TLS error with OpenSSL errors queued: what failed, with whom (``peer``,
-    "HOST port N", when known) and, when the reason is a common one, what it means and what
-    to do. The OpenSSL texts themselves follow in ``str(exc)``, so a reason without advice is
-    not repeated here.
-    """
-    failed = f"TLS {what} with {peer} failed" if peer else f"TLS {what} failed"
-    if verify_failed and vr is not None:
-        whose = "client's" if server else "server's"
-        msg = f"{failed}: the {whose} certificate did not verify ({vstr})"
-        hint = _verification_hint(vr, server, hostname)
-        return f"{msg}: {hint}" if hint else msg
-    last = strings[-1].rsplit(":", 1)[-1] if strings else ""
-    for reason, meaning in _REASON_HINTS:
-        if last.endswith(reason):
-            this = "this server's" if server else "this client's"
-            return f"{failed}: {meaning.format(this=this)}"
-    return failed
-
 
 class SslSession:
     """A TLS session that a later ``tcp_ssl_connect(session=...)`` can resume."""
@@ -316,52 +218,14 @@ class SslSocket(Socket):
 
     def _tls_error(self, what: str) -> TcpSslError:
         conn = self._conn
-        codes: tuple[int, ...] = ()
-        ssl_err = sys_err = 0
-        vr: Optional[int] = None
+        captured = None if conn is None else captured_tls_error(lib.uvs_conn_tls_error, conn)
+        server = False
         if conn is not None:
-            buf = ffi.new("unsigned long[16]")
-            se = ffi.new("int *")
-            ye = ffi.new("int *")
-            v = ffi.new("long *")
-            n = lib.uvs_conn_tls_error(conn, buf, 16, se, ye, v)
-            if n >= 0:
-                codes = tuple(int(buf[i]) for i in range(n))
-                ssl_err, sys_err, vr = se[0], ye[0], int(v[0])
-        strings = error_strings(codes)
-        reasons = {int(lib.ERR_GET_REASON(c)) for c in codes}
-        verified_bad = vr is not None and vr != lib.X509_V_OK
-        verify_failed = _SSL_R_CERTIFICATE_VERIFY_FAILED in reasons and verified_bad
-        vstr = verify_string(vr) if vr is not None else None
-        where = peer_name(self)
-        failed = f"TLS {what} with {where} failed" if where else f"TLS {what} failed"
-        if sys_err == lib.UV_EOF and not codes:
-            peer = f"the peer ({where})" if where else "the peer"
-            msg = f"{peer} closed the connection during the TLS handshake"
-        elif codes:
-            ssl = lib.uvs_conn_ssl(conn) if conn is not None else ffi.NULL
+            ssl = lib.uvs_conn_ssl(conn)
             server = ssl != ffi.NULL and bool(lib.SSL_is_server(ssl))
-            msg = tls_failure_message(
-                what, strings, verify_failed, vr, vstr, server, self.server_hostname, where
-            )
-        elif ssl_err == lib.SSL_ERROR_SYSCALL and sys_err:
-            msg = f"{failed}: {_strerror(-sys_err) if sys_err > 0 else _strerror(sys_err)}"
-        else:
-            msg = failed
-        kw: dict[str, Any] = dict(
-            what=what,
-            codes=codes,
-            strings=strings,
-            verify_result=vr,
-            verify_result_string=vstr,
-            socket=self,
-            code=_errno_of(-sys_err) if sys_err > 0 else None,
+        return tls_error(
+            what, captured, server, self.server_hostname, peer_name(self), socket=self
         )
-        if verify_failed:
-            return SslVerificationFailure(msg, **kw)
-        if reasons & _X509_LOOKUP_REASONS:
-            return SslX509Lookup(msg, **kw)
-        return SslFailure(msg, **kw)
 
     def _report(self, exc: BaseException, eof: bool = False) -> None:
         if isinstance(exc, TcpSslError) and not isinstance(exc, SslClosed):
@@ -380,7 +244,7 @@ class TcpSslServer(TcpServer):
         r = lib.uvs_server_set_tls(self._ptr, ctx._ctx, hs)
         if r != 0:
             self.close()
-            raise MemoryError(f"uvssl: cannot attach TLS to the server: {_strerror(r)}")
+            raise MemoryError(f"uvssl: cannot attach TLS to the server: {strerror(r)}")
         ctx._add_server(self)
         self._sync_eager()
 
@@ -571,7 +435,7 @@ def tcp_ssl_connect(
         if r != 0:
             codes, strings = error_queue()
             raise SslFailure(
-                f"cannot start TLS: {_strerror(r)}", what="attach", codes=codes, strings=strings
+                f"cannot start TLS: {strerror(r)}", what="attach", codes=codes, strings=strings
             )
         ssl = lib.uvs_conn_ssl(sock._conn)
         _configure_client_ssl(
