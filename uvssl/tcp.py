@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 import errno as _errno
 import socket as _socket
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, TypeVar, Union
 
 from ._args import (
     check_backlog,
@@ -252,10 +252,13 @@ class Socket:
         self._read_cb = cb
         self._deliver = self._pick_deliver()
 
-    def _attach(self, conn: Any) -> None:
+    def _attach(self, conn: Any, read_timeout: float = 0.0, write_timeout: float = 0.0) -> None:
+        """Bind the native connection (see ``new_socket``), with its timeouts (0: none)."""
         self._conn = conn
         self._loop._live.add(self)
         self._sync_flags()
+        if read_timeout or write_timeout:
+            lib.uvs_conn_set_timeouts(conn, read_timeout, write_timeout)
 
     def _sync_flags(self) -> None:
         flags = 0
@@ -800,16 +803,18 @@ class TcpServer:
         """Leaving a ``with`` block stops the server listening (``close()``)."""
         self.close()
 
-    def _new_socket(self) -> Socket:
-        return self._socket_class(
-            self._loop, self.read_cb, self.event_cb, self.connect_cb, None, self.stream
-        )
-
     def _accept(self, conn: Any, stage: int) -> Socket:
-        sock = self._new_socket()
-        sock._server = self
-        sock._attach(conn)
-        lib.uvs_conn_set_data(conn, sock._handle)
+        sock = new_socket(
+            self._socket_class,
+            self._loop,
+            self.read_cb,
+            self.event_cb,
+            self.connect_cb,
+            None,
+            self.stream,
+            accepted=conn,
+            server=self,
+        )
         try:
             self._accepted(sock, stage)
         except BaseException as exc:  # noqa: BLE001 - the socket is taken: its data follows
@@ -855,16 +860,49 @@ def _bind_ip(bind_address: Optional[str], port: int) -> str:
 # -- module-level API ------------------------------------------------------------------------
 
 
-def _setup_client(
-    sock: Socket, conn: Any, data: Any, read_timeout: Any, write_timeout: Any
-) -> None:
-    sock._attach(conn)
-    r_s = check_timeout("read_timeout", read_timeout)
-    w_s = check_timeout("write_timeout", write_timeout)
-    if r_s or w_s:
-        lib.uvs_conn_set_timeouts(conn, r_s, w_s)
-    if data is not None:
-        sock.write(data)
+_S = TypeVar("_S", bound=Socket)
+
+
+def new_socket(
+    cls: type[_S],
+    loop: Loop,
+    read_cb: Optional[ReadCb],
+    event_cb: Optional[Callable[[BaseException], Any]],
+    connect_cb: Optional[Callable[[Socket], Any]],
+    write_cb: Optional[Callable[[Socket], Any]],
+    stream: bool,
+    *,
+    target: Optional[tuple[str, int]] = None,
+    fd: Optional[int] = None,
+    accepted: Any = None,
+    server: Optional[TcpServer] = None,
+    read_timeout: float = 0.0,
+    write_timeout: float = 0.0,
+) -> _S:
+    """The one path by which every ``Socket`` (and ``SslSocket``) gets its native connection.
+
+    Exactly one of: ``target`` (host, port), to connect to; ``fd``, a connected descriptor to
+    adopt; ``accepted``, a connection ``server`` accepted (the native side made it and waits
+    for its handle). A connection that cannot be started raises the ``SocketError`` for it.
+    Arguments are checked by the caller; timeouts are seconds (0: none).
+    """
+    sock = cls(loop, read_cb, event_cb, connect_cb, write_cb, stream)
+    if accepted is not None:
+        conn = accepted
+        sock._server = server
+        lib.uvs_conn_set_data(conn, sock._handle)
+    else:
+        err = ffi.new("int *")
+        if target is not None:
+            sock._target = target
+            host, port = target
+            conn = lib.uvs_conn_connect(loop._ptr, sock._handle, host.encode("idna"), port, err)
+        else:
+            conn = lib.uvs_conn_open(loop._ptr, sock._handle, fd, err)
+        if conn == ffi.NULL:
+            raise socket_error_for(err[0], lib.UVS_ACT_CONNECT, sock)
+    sock._attach(conn, read_timeout, write_timeout)
+    return sock
 
 
 @keyword_hints
@@ -898,30 +936,22 @@ def tcp_connect(
     if data is not None:
         check_data("data", data)
     loop = get_loop()
-    sock = Socket(
-        loop, read_cb, event_cb, connect_cb, write_cb, bool(stream or dont_drain_read_buffer)
+    r_s = check_timeout("read_timeout", read_timeout)
+    w_s = check_timeout("write_timeout", write_timeout)
+    sock = new_socket(
+        Socket,
+        loop,
+        read_cb,
+        event_cb,
+        connect_cb,
+        write_cb,
+        bool(stream or dont_drain_read_buffer),
+        target=(host, port),
+        read_timeout=r_s,
+        write_timeout=w_s,
     )
-    return _connect(loop, sock, host, port, data, read_timeout, write_timeout)
-
-
-def _connect(
-    loop: Loop,
-    sock: Socket,
-    host: str,
-    port: int,
-    data: Any,
-    read_timeout: Any,
-    write_timeout: Any,
-) -> Socket:
-    check_timeout("read_timeout", read_timeout)
-    check_timeout("write_timeout", write_timeout)
-    sock._target = (host, port)
-    err = ffi.new("int *")
-    conn = lib.uvs_conn_connect(loop._ptr, sock._handle, host.encode("idna"), port, err)
-    if conn == ffi.NULL:
-        exc = socket_error_for(err[0], lib.UVS_ACT_CONNECT, sock)
-        raise exc
-    _setup_client(sock, conn, data, read_timeout, write_timeout)
+    if data is not None:
+        sock.write(data)
     return sock
 
 
@@ -981,8 +1011,8 @@ def tcp_open(
     check_callbacks(read_cb, event_cb, connect_cb, write_cb)
     if data is not None:
         check_data("data", data)
-    check_timeout("read_timeout", read_timeout)
-    check_timeout("write_timeout", write_timeout)
+    r_s = check_timeout("read_timeout", read_timeout)
+    w_s = check_timeout("write_timeout", write_timeout)
     loop = get_loop()
     if isinstance(fd_or_socket, _socket.socket):
         pysock = fd_or_socket
@@ -1010,17 +1040,26 @@ def tcp_open(
         if not isinstance(fd_or_socket, _socket.socket):
             pysock.detach()
         raise ValueError("fd_or_socket must be connected") from None
-    sock = Socket(
-        loop, read_cb, event_cb, connect_cb, write_cb, bool(stream or dont_drain_read_buffer)
-    )
-    err = ffi.new("int *")
-    conn = lib.uvs_conn_open(loop._ptr, sock._handle, pysock.fileno(), err)
-    if conn == ffi.NULL:
+    try:
+        sock = new_socket(
+            Socket,
+            loop,
+            read_cb,
+            event_cb,
+            connect_cb,
+            write_cb,
+            bool(stream or dont_drain_read_buffer),
+            fd=pysock.fileno(),
+            read_timeout=r_s,
+            write_timeout=w_s,
+        )
+    except SocketError:
         if not isinstance(fd_or_socket, _socket.socket):
             pysock.detach()
-        raise socket_error_for(err[0], lib.UVS_ACT_CONNECT, sock)
+        raise
     pysock.detach()
-    _setup_client(sock, conn, data, read_timeout, write_timeout)
+    if data is not None:
+        sock.write(data)
     sock._connected = True
     if connect_cb is not None:
         loop.delay(_late_connect_cb, 0, sock)

@@ -18,6 +18,7 @@ from ._args import (
     check_hs_timeout,
     check_port,
     check_thread,
+    check_timeout,
     keyword_hints,
 )
 from ._uvssl import ffi, lib
@@ -38,7 +39,7 @@ from .tcp import (
     ReadCb,
     Socket,
     TcpServer,
-    _connect,
+    new_socket,
     peer_name,
 )
 from .x509 import X509Certificate
@@ -256,13 +257,9 @@ class TcpSslServer(TcpServer):
         if self._ptr is not None:
             lib.uvs_server_set_eager(self._ptr, int(eager))
 
-    def _new_socket(self) -> Socket:
-        sock = super()._new_socket()
+    def _accepted(self, sock: Socket, stage: int) -> None:
         assert isinstance(sock, SslSocket)
         sock._context = self.context
-        return sock
-
-    def _accepted(self, sock: Socket, stage: int) -> None:
         if stage == _ACCEPT_ESTABLISHED:  # handed over after the handshake: its connect event
             sock._connected = True
             sock._on_connected()
@@ -423,12 +420,20 @@ def tcp_ssl_connect(
     if session is not None and not isinstance(session, SslSession):
         raise TypeError(f"session must be an SslSession, not {type(session).__name__}")
     loop = get_loop()
-    sock = SslSocket(
-        loop, read_cb, event_cb, connect_cb, write_cb, bool(stream or dont_drain_read_buffer)
+    sock = new_socket(
+        SslSocket,
+        loop,
+        read_cb,
+        event_cb,
+        connect_cb,
+        write_cb,
+        bool(stream or dont_drain_read_buffer),
+        target=(host, port),
+        read_timeout=check_timeout("read_timeout", read_timeout),
+        write_timeout=check_timeout("write_timeout", write_timeout),
     )
     sock._context = ctx
     sock.server_hostname = server_hostname or host
-    _connect(loop, sock, host, port, None, read_timeout, write_timeout)
     try:
         hs = _effective_hs(handshake_timeout, ctx)
         r = lib.uvs_conn_attach_tls(sock._conn, ctx._ctx, ffi.NULL, 0, hs or 0.0, ffi.NULL, 0)
