@@ -18,10 +18,10 @@ from typing import Any, Callable, Optional
 
 from ._args import check_callable, check_host, check_hs_timeout, check_thread, keyword_hints
 from ._uvssl import ffi, lib
-from .context import Context, parse_version, resolve_ssl_ctx
+from .context import Context, configure_client_ssl, parse_version, resolve_ssl_ctx
 from .errors import SslFailure, openssl_failure, strerror
 from .tcp import Socket
-from .tls import SslSocket, _configure_client_ssl
+from .tls import SslSocket
 
 __all__ = ["attach_ssl", "detach_ssl", "SslPointer"]
 
@@ -151,7 +151,7 @@ def attach_ssl(
     try:
         if not server and borrowed == ffi.NULL:
             assert ctx is not None
-            _configure_client_ssl(ssl, ctx, tlsext_host_name, True, None, None)
+            configure_client_ssl(ssl, ctx, tlsext_host_name, True, None)
         if ctx is not None:
             ctx._configure_ssl(ssl)  # the context's own callback, if it has one
         if ssl_configure_callback is not None:

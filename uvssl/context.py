@@ -14,6 +14,7 @@ borrowed: uvssl holds a reference while it uses it and never frees the owner's.
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import os
 import ssl as _stdlib_ssl
 import threading
@@ -197,7 +198,7 @@ def _mismatch(path: bytes, cpath: bytes, in_certificate: bool) -> str:
     )
 
 
-def _verify_mode(verify: Any, server: bool) -> int:
+def verify_mode(verify: Any, server: bool) -> int:
     if verify is None:
         verify = not server
     if verify is True:
@@ -406,7 +407,7 @@ class Context:
         if keytype not in ("pem", "der"):
             raise ValueError(f"keytype must be 'pem' or 'der', got {keytype!r}")
         filetype = lib.SSL_FILETYPE_PEM if keytype == "pem" else lib.SSL_FILETYPE_ASN1
-        mode = _verify_mode(verify, server)
+        mode = verify_mode(verify, server)
         opts_value = options_value("options", options)
         if max_depth is not None and (
             isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 0
@@ -419,7 +420,7 @@ class Context:
                 raise TypeError("handshake_timeout must be a number of seconds or None")
             if handshake_timeout <= 0:
                 raise ValueError("handshake_timeout must be > 0 seconds (or None for no limit)")
-        lo, hi = _version_range(min_version, max_version, method)
+        lo, hi = version_range(min_version, max_version, method)
         password: Optional[bytes] = None
         if certificate_password is not None:
             if isinstance(certificate_password, str):
@@ -552,7 +553,7 @@ class Context:
         return f"<uvssl.Context {self.side} {self.pointer:#x}{'' if self._owned else ' borrowed'}>"
 
 
-def _version_range(min_version: Any, max_version: Any, method: Any) -> tuple[int, int]:
+def version_range(min_version: Any, max_version: Any, method: Any) -> tuple[int, int]:
     lo = lib.TLS1_2_VERSION
     hi = 0
     if method is not None:
@@ -573,6 +574,42 @@ def _version_range(min_version: Any, max_version: Any, method: Any) -> tuple[int
     if hi and lo and hi < lo:
         raise ValueError("max_version is below min_version")
     return int(lo), int(hi)
+
+
+def configure_client_ssl(
+    ssl: Any,
+    ctx: Context,
+    server_hostname: Optional[str],
+    verify: bool,
+    alpn: Optional[bytes],
+) -> None:
+    """Set up a client's new ``SSL*`` made with ``ctx``: SNI and the host name check for
+    ``server_hostname`` (an IP address is checked, not sent), no verification when ``verify``
+    is false, and the ALPN protocols (``alpn``, in wire format).
+    """
+    if server_hostname:
+        is_ip = True
+        try:
+            ipaddress.ip_address(server_hostname)
+        except ValueError:
+            is_ip = False
+        if not is_ip:
+            if lib.SSL_set_tlsext_host_name(ssl, server_hostname.encode("idna")) != 1:
+                raise SslFailure(f"cannot set SNI to {server_hostname!r}", what="configure")
+        if verify and ctx.verify_host:
+            lib.SSL_set_hostflags(ssl, lib.X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS)
+            if is_ip:
+                ok = lib.X509_VERIFY_PARAM_set1_ip_asc(
+                    lib.SSL_get0_param(ssl), server_hostname.encode("ascii")
+                )
+            else:
+                ok = lib.SSL_set1_host(ssl, server_hostname.encode("idna"))
+            if ok != 1:
+                raise SslFailure(f"cannot check host name {server_hostname!r}", what="configure")
+    if not verify:
+        lib.SSL_set_verify(ssl, lib.SSL_VERIFY_NONE, ffi.NULL)
+    if alpn is not None and lib.SSL_set_alpn_protos(ssl, alpn, len(alpn)) != 0:
+        raise SslFailure("cannot set ALPN", what="configure")
 
 
 #: The options ``Context.client`` / ``Context.server`` take.

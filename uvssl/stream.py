@@ -25,7 +25,13 @@ from typing import Any, Optional, Union
 
 from ._args import check_keywords
 from ._uvssl import ffi, lib
-from .context import CONTEXT_OPTIONS, Context, _verify_mode, _version_range
+from .context import (
+    CONTEXT_OPTIONS,
+    Context,
+    configure_client_ssl,
+    verify_mode,
+    version_range,
+)
 from .errors import (
     SslClosed,
     SslFailure,
@@ -35,7 +41,6 @@ from .errors import (
     tls_error,
 )
 from .openssl import error_queue
-from .tls import _configure_client_ssl
 from .x509 import X509Certificate
 
 __all__ = [
@@ -330,7 +335,7 @@ def _apply_overrides(
 ) -> None:
     ssl = stream._ssl()
     if "method" in o or "min_version" in o or "max_version" in o:
-        lo, hi = _version_range(o.get("min_version"), o.get("max_version"), o.get("method"))
+        lo, hi = version_range(o.get("min_version"), o.get("max_version"), o.get("method"))
         if (
             lib.SSL_set_min_proto_version(ssl, lo) != 1
             or lib.SSL_set_max_proto_version(ssl, hi) != 1
@@ -350,7 +355,7 @@ def _apply_overrides(
             )
     verify = o.get("verify")
     if "verify" in o:
-        lib.SSL_set_verify(ssl, _verify_mode(verify, stream.server_side), ffi.NULL)
+        lib.SSL_set_verify(ssl, verify_mode(verify, stream.server_side), ffi.NULL)
     if "max_depth" in o:
         d = o["max_depth"]
         if isinstance(d, bool) or not isinstance(d, int) or d < 0:
@@ -361,7 +366,7 @@ def _apply_overrides(
             raise TypeError("server_hostname must be a non-empty str")
         verifying = bool(lib.SSL_get_verify_mode(ssl) & lib.SSL_VERIFY_PEER)
         stream.server_hostname = server_hostname
-        _configure_client_ssl(ssl, ctx, server_hostname, verifying, None, None)
+        configure_client_ssl(ssl, ctx, server_hostname, verifying, None)
 
 
 def make_ssl_client_stream(sock: Union[_socket.socket, int], **opts: Any) -> SslStream:

@@ -7,7 +7,6 @@ queued and sent, in order, right after it. ``close_socket`` sends close_notify f
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any, Callable, Iterable, Optional
 
 from ._args import (
@@ -22,7 +21,14 @@ from ._args import (
     keyword_hints,
 )
 from ._uvssl import ffi, lib
-from .context import Context, alpn_wire, options_value, resolve_ssl_ctx, ssl_owners
+from .context import (
+    Context,
+    alpn_wire,
+    configure_client_ssl,
+    options_value,
+    resolve_ssl_ctx,
+    ssl_owners,
+)
 from .errors import (
     SslClosed,
     SslFailure,
@@ -321,46 +327,6 @@ def _effective_hs(value: Any, ctx: Context) -> Optional[float]:
     return check_hs_timeout(value)
 
 
-def _configure_client_ssl(
-    ssl: Any,
-    ctx: Context,
-    server_hostname: Optional[str],
-    verify: bool,
-    alpn: Optional[bytes],
-    session: Optional[SslSession],
-) -> None:
-    if server_hostname:
-        is_ip = True
-        try:
-            ipaddress.ip_address(server_hostname)
-        except ValueError:
-            is_ip = False
-        if not is_ip:
-            if lib.SSL_set_tlsext_host_name(ssl, server_hostname.encode("idna")) != 1:
-                raise SslFailure(f"cannot set SNI to {server_hostname!r}", what="configure")
-        if verify and ctx.verify_host:
-            lib.SSL_set_hostflags(ssl, lib.X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS)
-            if is_ip:
-                ok = lib.X509_VERIFY_PARAM_set1_ip_asc(
-                    lib.SSL_get0_param(ssl), server_hostname.encode("ascii")
-                )
-            else:
-                ok = lib.SSL_set1_host(ssl, server_hostname.encode("idna"))
-            if ok != 1:
-                raise SslFailure(f"cannot check host name {server_hostname!r}", what="configure")
-    if not verify:
-        lib.SSL_set_verify(ssl, lib.SSL_VERIFY_NONE, ffi.NULL)
-    if alpn is not None and lib.SSL_set_alpn_protos(ssl, alpn, len(alpn)) != 0:
-        raise SslFailure("cannot set ALPN", what="configure")
-    if session is not None:
-        if not isinstance(session, SslSession):
-            raise TypeError(
-                f"session must be an SslSession (from socket.session), not {type(session).__name__}"
-            )
-        if session._ptr is not None and lib.SSL_set_session(ssl, session._ptr) != 1:
-            lib.ERR_clear_error()  # an unusable session just means a full handshake
-
-
 @keyword_hints
 def tcp_ssl_connect(
     host: str,
@@ -443,14 +409,10 @@ def tcp_ssl_connect(
                 f"cannot start TLS: {strerror(r)}", what="attach", codes=codes, strings=strings
             )
         ssl = lib.uvs_conn_ssl(sock._conn)
-        _configure_client_ssl(
-            ssl,
-            ctx,
-            sock.server_hostname,
-            verify,
-            alpn_bytes,
-            session,
-        )
+        configure_client_ssl(ssl, ctx, sock.server_hostname, verify, alpn_bytes)
+        if session is not None and session._ptr is not None:
+            if lib.SSL_set_session(ssl, session._ptr) != 1:
+                lib.ERR_clear_error()  # an unusable session just means a full handshake
         ctx._configure_ssl(ssl)
     except BaseException:
         sock.close(force=True)
