@@ -142,9 +142,9 @@ def attach_ssl(
     socket.__class__ = SslSocket
     sslsock = socket
     assert isinstance(sslsock, SslSocket)
+    sslsock._init_own()
     sslsock._context = ctx
     sslsock.server_hostname = tlsext_host_name
-    sslsock._tls_closed = False
     sslsock._attached = True
     sslsock._connected = False
     ssl = lib.uvs_conn_ssl(conn)

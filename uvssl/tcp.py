@@ -190,8 +190,6 @@ class Socket:
 
     """
 
-    _tls = False
-
     def __init__(
         self,
         loop: Loop,
@@ -202,7 +200,7 @@ class Socket:
         stream: bool,
         data: Any = None,
     ) -> None:
-        """Internal: sockets are made by ``tcp_connect``, servers and ``tcp_open``."""
+        """Internal: every socket is made by ``new_socket`` (for the public functions)."""
         # Every attribute is set here, always in this order: CPython then keeps one key table
         # for all sockets and each socket holds only its values. Attributes added later, or in
         # another order, give each socket a dictionary of its own (about 0.8 KiB more for
@@ -213,7 +211,6 @@ class Socket:
         self._handle = ffi.new_handle(self)
         self._closed = False
         self._connected = False
-        self._eof = False
         self._flags = 0
         # data that reached a paused socket in the loop turn that paused it (see resume_reading)
         self._held: Optional[collections.deque[bytes]] = None
@@ -563,7 +560,6 @@ class Socket:
             self._on_connected()
             return
         if kind == _EV_EOF:
-            self._eof = True
             self._report(
                 TcpEof(
                     "the peer closed its end of the connection (EOF on read); this end can still "

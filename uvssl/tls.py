@@ -88,14 +88,14 @@ _ACCEPT_ESTABLISHED = lib.UVS_ACCEPT_ESTABLISHED
 class SslSocket(Socket):
     """A TLS connection (``tcp_ssl_connect`` / accepted by ``tcp_ssl_server``)."""
 
-    _tls = True
-
     def _init_own(self) -> None:
-        # set by Socket.__init__, which sockets are made with (tcp_ssl_connect, tcp_ssl_server)
+        # Called by Socket.__init__, which sockets are made with (new_socket), and by
+        # attach_ssl when a plain Socket becomes an SslSocket: every attribute of its own,
+        # always in this order (see Socket.__init__).
         self._context: Optional[Context] = None
         self.server_hostname: Optional[str] = None
-        self._tls_closed = False
         self._attached = False  # made plain, then attach_ssl: connect_cb already ran
+        self._sni_context: Optional[Context] = None  # what sni_callback chose, kept alive
 
     # -- TLS details -------------------------------------------------------------------------
     def _ssl(self) -> Any:
@@ -190,7 +190,6 @@ class SslSocket(Socket):
             return
         if kind == _EV_TLS_CLOSED:
             truncated = status != 0
-            self._tls_closed = True
             exc = SslClosed(
                 "TLS read: the peer closed the connection without close_notify (data may be "
                 "truncated)"
