@@ -1,4 +1,4 @@
-"""Argument checking: every check of a public function's arguments, in one place.
+"""Argument checking: the checks of public arguments that several modules share, in one place.
 
 The checks raise the exception Python users expect (TypeError for a wrong type, ValueError
 for a wrong value) with a message that names the argument, and return the value normalised
@@ -206,7 +206,9 @@ def check_hs_timeout(value: Any) -> Optional[float]:
             f"handshake_timeout must be a number of seconds or None, not {type(value).__name__}"
         )
     if value <= 0:
-        raise ValueError(f"handshake_timeout must be > 0 seconds (or None), got {value!r}")
+        raise ValueError(
+            f"handshake_timeout must be > 0 seconds (or None for no limit), got {value!r}"
+        )
     return float(value)
 
 
@@ -217,6 +219,13 @@ def check_signum(signum: Any) -> int:
     if signum not in signal.valid_signals():
         raise ValueError(f"signum {int(signum)} is not a signal number of this system")
     return int(signum)
+
+
+def check_max_depth(value: Any) -> int:
+    """A verification depth: a non-negative int (bool is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"max_depth must be a non-negative int, got {value!r}")
+    return value
 
 
 def check_port(port: Any) -> int:

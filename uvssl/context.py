@@ -21,7 +21,16 @@ import threading
 import weakref
 from typing import Any, Callable, Iterable, Optional, Union
 
-from ._args import check_keywords, file_path, get_ident, keyword_names, pem_labels
+from ._args import (
+    check_callable,
+    check_hs_timeout,
+    check_keywords,
+    check_max_depth,
+    file_path,
+    get_ident,
+    keyword_names,
+    pem_labels,
+)
 from ._uvssl import ffi, lib
 from .errors import SslFailure, openssl_failure
 from .openssl import SSL_OPTIONS, error_queue
@@ -199,6 +208,7 @@ def _mismatch(path: bytes, cpath: bytes, in_certificate: bool) -> str:
 
 
 def verify_mode(verify: Any, server: bool) -> int:
+    """The ``SSL_VERIFY_*`` bits for a ``verify=`` value (None: the side's default)."""
     if verify is None:
         verify = not server
     if verify is True:
@@ -269,8 +279,7 @@ class Context:
     @sni_callback.setter
     def sni_callback(self, cb: Optional[SniCallback]) -> None:
         if cb is not None:
-            if not callable(cb):
-                raise TypeError(f"sni_callback must be callable, not {type(cb).__name__}")
+            check_callable("sni_callback", cb)
             if self.side != "server":
                 raise ValueError("sni_callback is for server contexts")
             if self._handle is None:
@@ -296,8 +305,7 @@ class Context:
 
     @ssl_configure_callback.setter
     def ssl_configure_callback(self, cb: Optional[ConfigureCallback]) -> None:
-        if cb is not None and not callable(cb):
-            raise TypeError(f"ssl_configure_callback must be callable, not {type(cb).__name__}")
+        check_callable("ssl_configure_callback", cb)
         self._ssl_configure_callback = cb
         self._sync_servers()
 
@@ -391,13 +399,9 @@ class Context:
             raise ValueError(f"ssl_side must be 'client', 'server' or 'both', got {ssl_side!r}")
         if ssl_side is not None and ssl_side not in (side, "both"):
             raise ValueError(f"ssl_side={ssl_side!r} contradicts Context.{side}()")
-        for cbname, cb in (
-            ("sni_callback", sni_callback),
-            ("ctx_configure_callback", ctx_configure_callback),
-            ("ssl_configure_callback", ssl_configure_callback),
-        ):
-            if cb is not None and not callable(cb):
-                raise TypeError(f"{cbname} must be callable, not {type(cb).__name__}")
+        check_callable("sni_callback", sni_callback)
+        check_callable("ctx_configure_callback", ctx_configure_callback)
+        check_callable("ssl_configure_callback", ssl_configure_callback)
         if sni_callback is not None and not server:
             raise ValueError("sni_callback is for server contexts")
         if crl_check not in (None, "leaf", "all"):
@@ -409,17 +413,9 @@ class Context:
         filetype = lib.SSL_FILETYPE_PEM if keytype == "pem" else lib.SSL_FILETYPE_ASN1
         mode = verify_mode(verify, server)
         opts_value = options_value("options", options)
-        if max_depth is not None and (
-            isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 0
-        ):
-            raise ValueError(f"max_depth must be a non-negative int, got {max_depth!r}")
-        if handshake_timeout is not None:
-            if isinstance(handshake_timeout, bool) or not isinstance(
-                handshake_timeout, (int, float)
-            ):
-                raise TypeError("handshake_timeout must be a number of seconds or None")
-            if handshake_timeout <= 0:
-                raise ValueError("handshake_timeout must be > 0 seconds (or None for no limit)")
+        if max_depth is not None:
+            check_max_depth(max_depth)
+        hs_timeout = check_hs_timeout(handshake_timeout)
         lo, hi = version_range(min_version, max_version, method)
         password: Optional[bytes] = None
         if certificate_password is not None:
@@ -440,7 +436,7 @@ class Context:
         if ptr == ffi.NULL:
             raise openssl_failure("SSL_CTX_new failed", "create context")
         ctx = cls(ptr, side, owned=True)
-        ctx.handshake_timeout = None if handshake_timeout is None else float(handshake_timeout)
+        ctx.handshake_timeout = hs_timeout
         ctx.verify_host = bool(mode & lib.SSL_VERIFY_PEER) and not server
         if lib.SSL_CTX_set_min_proto_version(ptr, lo) != 1 or (
             hi and lib.SSL_CTX_set_max_proto_version(ptr, hi) != 1
@@ -554,6 +550,9 @@ class Context:
 
 
 def version_range(min_version: Any, max_version: Any, method: Any) -> tuple[int, int]:
+    """The (min, max) protocol versions for ``min_version``/``max_version`` or ``method``
+    (0: no maximum); TLS 1.2 is the minimum unless another is asked for.
+    """
     lo = lib.TLS1_2_VERSION
     hi = 0
     if method is not None:

@@ -7,6 +7,13 @@ the whole OpenSSL error queue (``codes`` and ``strings``) and the verification r
 
 Every error is delivered to an ``event_cb(ev)`` as an instance; ``ev.socket`` is the socket it
 happened on (or None).
+
+The end of the module builds errors for uvssl's other modules (these helpers are not part of
+the public API): ``strerror`` / ``errname`` / ``errno_of`` for native (libuv) codes,
+``openssl_failure`` from the thread's OpenSSL error queue, and ``tls_error``, the one mapping
+from what the TLS engine captured at a failure (``captured_tls_error``) to ``SslFailure``,
+``SslVerificationFailure`` or ``SslX509Lookup``, with a message that says what to do about
+the common reasons; TLS sockets and ``SslStream`` both use it.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ import socket as _socket
 import threading
 from typing import Any, Optional, Union
 
-from ._args import check_keywords
+from ._args import check_keywords, check_max_depth
 from ._uvssl import ffi, lib
 from .context import (
     CONTEXT_OPTIONS,
@@ -357,10 +357,7 @@ def _apply_overrides(
     if "verify" in o:
         lib.SSL_set_verify(ssl, verify_mode(verify, stream.server_side), ffi.NULL)
     if "max_depth" in o:
-        d = o["max_depth"]
-        if isinstance(d, bool) or not isinstance(d, int) or d < 0:
-            raise ValueError(f"max_depth must be a non-negative int, got {d!r}")
-        lib.SSL_set_verify_depth(ssl, d)
+        lib.SSL_set_verify_depth(ssl, check_max_depth(o["max_depth"]))
     if server_hostname is not None:
         if not isinstance(server_hostname, str) or not server_hostname:
             raise TypeError("server_hostname must be a non-empty str")

@@ -1,9 +1,30 @@
 """TCP sockets and servers (SPEC S2).
 
-A ``Socket`` is a thin Python face on a native connection (csrc/tcp.c). Writes are buffered in C
-and flushed when the current callback returns, so several ``write`` calls in one callback leave
-in one syscall. Reads arrive as one ``bytes`` per kernel read. A TLS socket (``SslSocket``) is
-the same object with a TLS engine attached, which is why every function here accepts it.
+A ``Socket`` is a thin Python face on a native connection (csrc/tcp.c). A TLS socket
+(``SslSocket``) is the same object with a TLS engine attached, which is why every function
+here accepts it.
+
+Life of a socket. Every socket is made by ``new_socket``, whether it connects, adopts a
+descriptor or was accepted: it makes the object (whose ``__init__`` sets every attribute in
+one fixed order, so all sockets share one key table), gives the native connection the
+object's cffi handle and puts the socket in ``loop._live``. It stays there until the native
+side reports it closed (``_on_closed``, from the dispatcher's CLOSED event, or at once from
+``close()`` when nothing was left to flush); the peer and local addresses are copied out then,
+so they stay readable after the close.
+
+Reads. The dispatchers (uvssl/_dispatch.py) hand data to ``sock._deliver``: the ``read_cb``
+itself, the stream's feed in stream mode, or a discard. Small reads of one loop turn arrive
+together in one batch; data for a socket paused earlier in that turn waits in ``_held`` until
+``resume_reading()``.
+
+Writes. ``write`` hands the bytes to C, which checks the calling thread (the loop is passed),
+buffers them and flushes when the current callback returns, so several writes in one callback
+leave in one syscall. ``write_cb`` and ``drain_cb`` events are asked for only while they are
+set (the connection flags), so a socket without them costs no call into Python per write.
+
+Servers. ``TcpServer`` wraps each accepted connection (``_accept``). ``shutdown`` stops
+listening, closes every socket it accepted as soon as its writes are flushed (``_server``
+tells which ones), aborts the rest at the timeout and calls ``done_cb`` when the last is gone.
 """
 
 from __future__ import annotations

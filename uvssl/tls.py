@@ -3,6 +3,14 @@
 An ``SslSocket`` is a ``Socket`` with the native TLS engine (csrc/tls.c) attached: every S2
 function accepts it. ``connect_cb`` runs after the handshake; data written before that is
 queued and sent, in order, right after it. ``close_socket`` sends close_notify first.
+
+Servers hand a connection to Python once its handshake is done (one call for accept and
+connect: ``UVS_ACCEPT_ESTABLISHED``), unless the context must see the new ``SSL*`` first
+(``sni_callback``, ``ssl_configure_callback``: the server is then "eager" and hands it over
+at accept). The engine's own events: ``UVS_EV_TLS_CLOSED`` (the peer's close_notify, or a
+close without it) becomes ``SslClosed``; ``UVS_EV_TLS_DETACHED`` (``detach_ssl`` done) turns
+the object back into a plain ``Socket``. A TLS failure is read from the engine and turned
+into its exception by ``errors.tls_error``, the same mapping ``SslStream`` uses.
 """
 
 from __future__ import annotations
