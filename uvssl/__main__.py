@@ -27,7 +27,7 @@ from . import (
     tcp_ssl_server,
 )
 from ._uvssl import ffi, lib
-from .context import _openssl_failure
+from .errors import openssl_failure
 
 
 def self_signed_context(common_name: str = "localhost", days: int = 7) -> tuple[Context, str]:
@@ -37,7 +37,7 @@ def self_signed_context(common_name: str = "localhost", days: int = 7) -> tuple[
     ctx = Context.server()
     fp = ffi.new("unsigned char[32]")
     if lib.uvs_ctx_use_self_signed(ctx._ctx, common_name.encode("utf-8"), days, fp) != 1:
-        raise _openssl_failure("cannot make a self-signed certificate", "self-signed")
+        raise openssl_failure("cannot make a self-signed certificate", "self-signed")
     return ctx, ":".join(f"{b:02X}" for b in bytes(ffi.buffer(fp, 32)))
 
 

@@ -1,4 +1,10 @@
-"""Argument errors that name the public function and never echo secrets.
+"""Argument checking: the checks of public arguments that several modules share, in one place.
+
+The checks raise the exception Python users expect (TypeError for a wrong type, ValueError
+for a wrong value) with a message that names the argument, and return the value normalised
+(``check_port`` an int, ``check_seconds`` a float, ``check_data`` something cffi passes
+without a copy). ``check_thread`` is the check of the one implicit argument: the calling
+thread, which must be the one running the object's loop (SPEC S1).
 
 ``unexpected_keyword`` words an unknown option the way Python does, by the name of the function
 the application called (not a private helper it forwards to), with a close match as a hint:
@@ -16,7 +22,11 @@ import errno
 import functools
 import os
 import re
-from typing import Any, Callable, Iterable, TypeVar
+import signal
+import threading
+from typing import Any, Callable, Iterable, Optional, TypeVar
+
+from ._uvssl import ffi
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -149,3 +159,140 @@ def pem_labels(path: bytes, limit: int = 1 << 20) -> frozenset[str]:
     except OSError:
         return frozenset()
     return frozenset(m.decode("ascii") for m in _PEM_LABEL.findall(head))
+
+
+# -- values ----------------------------------------------------------------------------------
+
+
+def check_callable(name: str, value: Any, optional: bool = True) -> None:
+    """A callback argument: callable (or None when ``optional``)."""
+    if value is None and optional:
+        return
+    if not callable(value):
+        raise TypeError(f"{name} must be callable, not {type(value).__name__}")
+
+
+def check_callbacks(read_cb: Any, event_cb: Any, connect_cb: Any, write_cb: Any) -> None:
+    """The callbacks every connection function takes (each may be None)."""
+    check_callable("read_cb", read_cb)
+    check_callable("event_cb", event_cb)
+    check_callable("connect_cb", connect_cb)
+    check_callable("write_cb", write_cb)
+
+
+def check_seconds(name: str, value: Any, *, allow_zero: bool) -> float:
+    """A duration in seconds: a number (not a bool), > 0 (or >= 0), finite, at most 1e9."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    v = float(value)
+    if v != v or v < 0 or (v == 0 and not allow_zero) or v > 1e9:
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'} seconds, got {value!r}")
+    return v
+
+
+def check_timeout(name: str, value: Any) -> float:
+    """A read or write timeout: None (0.0: no limit) or seconds > 0."""
+    if value is None:
+        return 0.0
+    return check_seconds(name, value, allow_zero=False)
+
+
+def check_hs_timeout(value: Any) -> Optional[float]:
+    """A handshake timeout: None (no limit) or seconds > 0."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"handshake_timeout must be a number of seconds or None, not {type(value).__name__}"
+        )
+    if value <= 0:
+        raise ValueError(
+            f"handshake_timeout must be > 0 seconds (or None for no limit), got {value!r}"
+        )
+    return float(value)
+
+
+def check_signum(signum: Any) -> int:
+    """A signal number of this system (an int such as ``signal.SIGTERM``)."""
+    if isinstance(signum, bool) or not isinstance(signum, int):
+        raise TypeError(f"signum must be a signal number such as signal.SIGTERM, not {signum!r}")
+    if signum not in signal.valid_signals():
+        raise ValueError(f"signum {int(signum)} is not a signal number of this system")
+    return int(signum)
+
+
+def check_max_depth(value: Any) -> int:
+    """A verification depth: a non-negative int (bool is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"max_depth must be a non-negative int, got {value!r}")
+    return value
+
+
+def check_port(port: Any) -> int:
+    """A TCP port: an int (not a bool) in 0..65535."""
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"port must be an int, not {type(port).__name__}")
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be in 0..65535, got {port}")
+    return port
+
+
+def check_host(name: str, host: Any) -> str:
+    """A host name or address: a non-empty str (ASCII bytes are decoded) with no NUL."""
+    if isinstance(host, bytes):
+        host = host.decode("ascii")
+    if not isinstance(host, str):
+        raise TypeError(f"{name} must be a str, not {type(host).__name__}")
+    if not host or "\x00" in host:
+        raise ValueError(f"{name} must be a non-empty host name or address, got {host!r}")
+    return host
+
+
+def check_backlog(backlog: Any) -> int:
+    """A listen backlog: -1 (the system maximum) or a positive int."""
+    if isinstance(backlog, bool) or not isinstance(backlog, int):
+        raise TypeError(f"backlog must be an int, not {type(backlog).__name__}")
+    if backlog < -1 or backlog > 1 << 20:
+        raise ValueError(
+            f"backlog must be -1 (the system maximum) or a positive int, got {backlog}"
+        )
+    return backlog
+
+
+def check_byte_count(name: str, value: Any) -> int:
+    """A write buffer limit: a non-negative int (bool is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
+
+
+def check_data(name: str, data: Any) -> Any:
+    """Return something cffi can pass as ``const char *`` (bytes stay bytes: no copy)."""
+    if type(data) is bytes:
+        return data
+    if isinstance(data, (bytearray, memoryview, bytes)):
+        return ffi.from_buffer(data)
+    if isinstance(data, str):
+        raise TypeError(f"{name} must be bytes-like, not str (encode it first)")
+    try:
+        return ffi.from_buffer(data)
+    except TypeError:
+        raise TypeError(f"{name} must be bytes-like, not {type(data).__name__}") from None
+
+
+# -- the calling thread ----------------------------------------------------------------------
+
+get_ident = threading.get_ident  # the thread check runs on hot paths: bound once
+
+
+def check_thread(loop: Any, what: str, obj: Any = None) -> None:
+    """Raise RuntimeError naming call_threadsafe unless called from ``loop``'s own thread.
+
+    Every method of a loop's objects that reaches native or loop state calls this first (or
+    inlines it: ``Socket.write``); only ``call_threadsafe`` and ``Loop.stop`` may be called
+    from other threads. See ``Loop._foreign``.
+    """
+    if get_ident() != loop.thread:
+        loop._foreign(what, obj)

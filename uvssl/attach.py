@@ -16,13 +16,12 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from ._args import keyword_hints
+from ._args import check_callable, check_host, check_hs_timeout, check_thread, keyword_hints
 from ._uvssl import ffi, lib
-from .context import Context, _openssl_failure, parse_version, resolve_ssl_ctx
-from .errors import SslFailure
-from .loop import _check_callable, _check_thread, _strerror
-from .tcp import Socket, _check_host
-from .tls import SslSocket, _check_hs_timeout, _configure_client_ssl
+from .context import Context, configure_client_ssl, parse_version, resolve_ssl_ctx
+from .errors import SslFailure, openssl_failure, strerror
+from .tcp import Socket
+from .tls import SslSocket
 
 __all__ = ["attach_ssl", "detach_ssl", "SslPointer"]
 
@@ -89,14 +88,14 @@ def attach_ssl(
     """
     if not isinstance(socket, Socket):
         raise TypeError(f"socket must be a uvssl Socket, not {type(socket).__name__}")
-    _check_thread(socket._loop, "attach_ssl()")
+    check_thread(socket._loop, "attach_ssl()")
     if ssl_side not in ("client", "server"):
         raise ValueError(f"ssl_side must be 'client' or 'server', got {ssl_side!r}")
-    _check_callable("ctx_configure_callback", ctx_configure_callback)
-    _check_callable("ssl_configure_callback", ssl_configure_callback)
-    hs = _check_hs_timeout(handshake_timeout)
+    check_callable("ctx_configure_callback", ctx_configure_callback)
+    check_callable("ssl_configure_callback", ssl_configure_callback)
+    hs = check_hs_timeout(handshake_timeout)
     if tlsext_host_name is not None:
-        tlsext_host_name = _check_host("tlsext_host_name", tlsext_host_name)
+        tlsext_host_name = check_host("tlsext_host_name", tlsext_host_name)
         if ssl_side != "client":
             raise ValueError("tlsext_host_name is for ssl_side='client'")
     conn = socket._live_conn("attach TLS")
@@ -135,24 +134,24 @@ def attach_ssl(
         conn, ctx_ptr, borrowed, int(server), hs or 0.0, initial, len(initial)
     )
     if r == lib.UV_EPROTO:
-        raise _openssl_failure("cannot start TLS (SSL_new failed)", "attach")
+        raise openssl_failure("cannot start TLS (SSL_new failed)", "attach")
     if r != 0:
-        raise SslFailure(f"cannot start TLS: {_strerror(r)}", what="attach", socket=socket)
+        raise SslFailure(f"cannot start TLS: {strerror(r)}", what="attach", socket=socket)
 
     # the same object becomes an SslSocket
     socket.__class__ = SslSocket
     sslsock = socket
     assert isinstance(sslsock, SslSocket)
+    sslsock._init_own()
     sslsock._context = ctx
     sslsock.server_hostname = tlsext_host_name
-    sslsock._tls_closed = False
     sslsock._attached = True
     sslsock._connected = False
     ssl = lib.uvs_conn_ssl(conn)
     try:
         if not server and borrowed == ffi.NULL:
             assert ctx is not None
-            _configure_client_ssl(ssl, ctx, tlsext_host_name, True, None, None)
+            configure_client_ssl(ssl, ctx, tlsext_host_name, True, None)
         if ctx is not None:
             ctx._configure_ssl(ssl)  # the context's own callback, if it has one
         if ssl_configure_callback is not None:
@@ -167,7 +166,7 @@ def detach_ssl(socket: Socket) -> None:
     """End TLS on ``socket`` and go on in plaintext (see the module docstring)."""
     if not isinstance(socket, Socket):
         raise TypeError(f"socket must be a uvssl Socket, not {type(socket).__name__}")
-    _check_thread(socket._loop, "detach_ssl()")
+    check_thread(socket._loop, "detach_ssl()")
     conn = socket._live_conn("detach TLS")
     state = lib.uvs_conn_tls_state(conn)
     if state == 0:
@@ -179,7 +178,7 @@ def detach_ssl(socket: Socket) -> None:
             + (
                 "the handshake has not completed"
                 if state == lib.UVS_TLS_HANDSHAKING
-                else _strerror(r)
+                else strerror(r)
             ),
             what="detach",
             socket=socket,

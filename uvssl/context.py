@@ -14,17 +14,25 @@ borrowed: uvssl holds a reference while it uses it and never frees the owner's.
 from __future__ import annotations
 
 import ctypes
-import logging
+import ipaddress
 import os
 import ssl as _stdlib_ssl
 import threading
 import weakref
 from typing import Any, Callable, Iterable, Optional, Union
 
-from ._args import check_keywords, file_path, keyword_names, pem_labels
+from ._args import (
+    check_callable,
+    check_hs_timeout,
+    check_keywords,
+    check_max_depth,
+    file_path,
+    get_ident,
+    keyword_names,
+    pem_labels,
+)
 from ._uvssl import ffi, lib
-from .errors import SslFailure
-from .loop import _dispatch_error, _get_ident
+from .errors import SslFailure, openssl_failure
 from .openssl import SSL_OPTIONS, error_queue
 
 __all__ = [
@@ -50,11 +58,6 @@ _VERSIONS = {
     "1.2": lib.TLS1_2_VERSION,
     "1.3": lib.TLS1_3_VERSION,
 }
-
-
-def _openssl_failure(message: str, what: str) -> SslFailure:
-    codes, strings = error_queue()
-    return SslFailure(message, what=what, codes=codes, strings=strings)
 
 
 def parse_version(name: str, value: Any) -> int:
@@ -204,7 +207,8 @@ def _mismatch(path: bytes, cpath: bytes, in_certificate: bool) -> str:
     )
 
 
-def _verify_mode(verify: Any, server: bool) -> int:
+def verify_mode(verify: Any, server: bool) -> int:
+    """The ``SSL_VERIFY_*`` bits for a ``verify=`` value (None: the side's default)."""
     if verify is None:
         verify = not server
     if verify is True:
@@ -275,8 +279,7 @@ class Context:
     @sni_callback.setter
     def sni_callback(self, cb: Optional[SniCallback]) -> None:
         if cb is not None:
-            if not callable(cb):
-                raise TypeError(f"sni_callback must be callable, not {type(cb).__name__}")
+            check_callable("sni_callback", cb)
             if self.side != "server":
                 raise ValueError("sni_callback is for server contexts")
             if self._handle is None:
@@ -288,7 +291,7 @@ class Context:
                     )
                 handle = ffi.new_handle(self)
                 if lib.uvs_ctx_set_sni(self._ctx, handle) != 1:
-                    raise _openssl_failure("cannot install the SNI callback", "set sni")
+                    raise openssl_failure("cannot install the SNI callback", "set sni")
                 self._handle = handle
         self._sni_callback = cb
         self._sync_servers()
@@ -302,8 +305,7 @@ class Context:
 
     @ssl_configure_callback.setter
     def ssl_configure_callback(self, cb: Optional[ConfigureCallback]) -> None:
-        if cb is not None and not callable(cb):
-            raise TypeError(f"ssl_configure_callback must be callable, not {type(cb).__name__}")
+        check_callable("ssl_configure_callback", cb)
         self._ssl_configure_callback = cb
         self._sync_servers()
 
@@ -319,7 +321,7 @@ class Context:
             servers = list(self._servers)
         for server in servers:
             loop = server._loop
-            if loop.thread == _get_ident():
+            if loop.thread == get_ident():
                 server._sync_eager()
             else:
                 try:
@@ -346,7 +348,7 @@ class Context:
         """
         ptr = _as_ctx_pointer(address)
         if lib.SSL_CTX_up_ref(ptr) != 1:
-            raise _openssl_failure("SSL_CTX_up_ref failed", "borrow context")
+            raise openssl_failure("SSL_CTX_up_ref failed", "borrow context")
         ctx = cls(ptr, side, owned=False)
         ctx.verify_host = bool(lib.SSL_CTX_get_verify_mode(ptr) & lib.SSL_VERIFY_PEER)
         return ctx
@@ -397,13 +399,9 @@ class Context:
             raise ValueError(f"ssl_side must be 'client', 'server' or 'both', got {ssl_side!r}")
         if ssl_side is not None and ssl_side not in (side, "both"):
             raise ValueError(f"ssl_side={ssl_side!r} contradicts Context.{side}()")
-        for cbname, cb in (
-            ("sni_callback", sni_callback),
-            ("ctx_configure_callback", ctx_configure_callback),
-            ("ssl_configure_callback", ssl_configure_callback),
-        ):
-            if cb is not None and not callable(cb):
-                raise TypeError(f"{cbname} must be callable, not {type(cb).__name__}")
+        check_callable("sni_callback", sni_callback)
+        check_callable("ctx_configure_callback", ctx_configure_callback)
+        check_callable("ssl_configure_callback", ssl_configure_callback)
         if sni_callback is not None and not server:
             raise ValueError("sni_callback is for server contexts")
         if crl_check not in (None, "leaf", "all"):
@@ -413,20 +411,12 @@ class Context:
         if keytype not in ("pem", "der"):
             raise ValueError(f"keytype must be 'pem' or 'der', got {keytype!r}")
         filetype = lib.SSL_FILETYPE_PEM if keytype == "pem" else lib.SSL_FILETYPE_ASN1
-        mode = _verify_mode(verify, server)
+        mode = verify_mode(verify, server)
         opts_value = options_value("options", options)
-        if max_depth is not None and (
-            isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 0
-        ):
-            raise ValueError(f"max_depth must be a non-negative int, got {max_depth!r}")
-        if handshake_timeout is not None:
-            if isinstance(handshake_timeout, bool) or not isinstance(
-                handshake_timeout, (int, float)
-            ):
-                raise TypeError("handshake_timeout must be a number of seconds or None")
-            if handshake_timeout <= 0:
-                raise ValueError("handshake_timeout must be > 0 seconds (or None for no limit)")
-        lo, hi = _version_range(min_version, max_version, method)
+        if max_depth is not None:
+            check_max_depth(max_depth)
+        hs_timeout = check_hs_timeout(handshake_timeout)
+        lo, hi = version_range(min_version, max_version, method)
         password: Optional[bytes] = None
         if certificate_password is not None:
             if isinstance(certificate_password, str):
@@ -444,14 +434,14 @@ class Context:
             method_ptr = lib.TLS_server_method() if server else lib.TLS_client_method()
         ptr = lib.SSL_CTX_new(method_ptr)
         if ptr == ffi.NULL:
-            raise _openssl_failure("SSL_CTX_new failed", "create context")
+            raise openssl_failure("SSL_CTX_new failed", "create context")
         ctx = cls(ptr, side, owned=True)
-        ctx.handshake_timeout = None if handshake_timeout is None else float(handshake_timeout)
+        ctx.handshake_timeout = hs_timeout
         ctx.verify_host = bool(mode & lib.SSL_VERIFY_PEER) and not server
         if lib.SSL_CTX_set_min_proto_version(ptr, lo) != 1 or (
             hi and lib.SSL_CTX_set_max_proto_version(ptr, hi) != 1
         ):
-            raise _openssl_failure(
+            raise openssl_failure(
                 "cannot set the TLS version range (min_version, max_version or method)",
                 "set version",
             )
@@ -463,7 +453,7 @@ class Context:
             if not isinstance(ciphers, str):
                 raise TypeError(f"ciphers must be a str, not {type(ciphers).__name__}")
             if lib.SSL_CTX_set_cipher_list(ptr, ciphers.encode("ascii")) != 1:
-                raise _openssl_failure(
+                raise openssl_failure(
                     f"invalid ciphers={ciphers!r}: OpenSSL knows no TLS 1.2 cipher in it "
                     "(TLS 1.3 suites go in ciphersuites=)",
                     "set ciphers",
@@ -472,7 +462,7 @@ class Context:
             if not isinstance(ciphersuites, str):
                 raise TypeError(f"ciphersuites must be a str, not {type(ciphersuites).__name__}")
             if lib.SSL_CTX_set_ciphersuites(ptr, ciphersuites.encode("ascii")) != 1:
-                raise _openssl_failure(
+                raise openssl_failure(
                     f"invalid ciphersuites={ciphersuites!r}: it takes TLS 1.3 suite names such "
                     "as 'TLS_AES_128_GCM_SHA256' (TLS 1.2 ciphers go in ciphers=)",
                     "set ciphersuites",
@@ -481,7 +471,7 @@ class Context:
             cpath = _check_file("certificate", certificate)
             pw = ffi.NULL if password is None else password
             if lib.uvs_ctx_use_cert_file(ptr, cpath, filetype, pw) != 1:
-                raise _openssl_failure(_certificate_failure(cpath), "load certificate")
+                raise openssl_failure(_certificate_failure(cpath), "load certificate")
             kpath = _check_file("key", key) if key is not None else cpath
             if lib.uvs_ctx_use_key_file(ptr, kpath, filetype, pw) != 1:
                 codes, strings = error_queue()
@@ -492,12 +482,12 @@ class Context:
                     strings=strings,
                 )
             if lib.SSL_CTX_check_private_key(ptr) != 1:
-                raise _openssl_failure(_mismatch(kpath, cpath, key is None), "check key")
+                raise openssl_failure(_mismatch(kpath, cpath, key is None), "check key")
         if ca_file is not None or ca_directory is not None:
             f = _check_file("ca_file", ca_file) if ca_file is not None else ffi.NULL
             d = _check_file("ca_directory", ca_directory) if ca_directory is not None else ffi.NULL
             if lib.SSL_CTX_load_verify_locations(ptr, f, d) != 1:
-                raise _openssl_failure(
+                raise openssl_failure(
                     "cannot load CA certificates from "
                     + " and ".join(
                         f"{n}={os.fsdecode(v)!r}"
@@ -509,7 +499,7 @@ class Context:
                 )
         elif mode & lib.SSL_VERIFY_PEER:
             if lib.SSL_CTX_set_default_verify_paths(ptr) != 1:
-                raise _openssl_failure(
+                raise openssl_failure(
                     "cannot load the system trust store: give ca_file= or ca_directory=", "load CA"
                 )
         lib.SSL_CTX_set_verify(ptr, mode, ffi.NULL)
@@ -519,7 +509,7 @@ class Context:
             if crl_file is not None:
                 path = _check_file("crl_file", crl_file)
                 if lib.uvs_ctx_load_crl_file(ptr, path) <= 0:
-                    raise _openssl_failure(
+                    raise openssl_failure(
                         f"cannot load CRLs from crl_file={os.fsdecode(path)!r} (PEM CRLs are "
                         "needed)",
                         "load CRL",
@@ -543,9 +533,9 @@ class Context:
             ctx.alpn = tuple(p if isinstance(p, str) else p.decode() for p in alpn)
             if server:
                 if lib.uvs_ctx_set_alpn_select(ptr, wire, len(wire)) != 1:
-                    raise _openssl_failure("cannot set ALPN", "set alpn")
+                    raise openssl_failure("cannot set ALPN", "set alpn")
             elif lib.SSL_CTX_set_alpn_protos(ptr, wire, len(wire)) != 0:
-                raise _openssl_failure("cannot set ALPN", "set alpn")
+                raise openssl_failure("cannot set ALPN", "set alpn")
         if ctx_configure_callback is not None:
             ctx_configure_callback(ctx.pointer)
         return ctx
@@ -559,7 +549,10 @@ class Context:
         return f"<uvssl.Context {self.side} {self.pointer:#x}{'' if self._owned else ' borrowed'}>"
 
 
-def _version_range(min_version: Any, max_version: Any, method: Any) -> tuple[int, int]:
+def version_range(min_version: Any, max_version: Any, method: Any) -> tuple[int, int]:
+    """The (min, max) protocol versions for ``min_version``/``max_version`` or ``method``
+    (0: no maximum); TLS 1.2 is the minimum unless another is asked for.
+    """
     lo = lib.TLS1_2_VERSION
     hi = 0
     if method is not None:
@@ -580,6 +573,42 @@ def _version_range(min_version: Any, max_version: Any, method: Any) -> tuple[int
     if hi and lo and hi < lo:
         raise ValueError("max_version is below min_version")
     return int(lo), int(hi)
+
+
+def configure_client_ssl(
+    ssl: Any,
+    ctx: Context,
+    server_hostname: Optional[str],
+    verify: bool,
+    alpn: Optional[bytes],
+) -> None:
+    """Set up a client's new ``SSL*`` made with ``ctx``: SNI and the host name check for
+    ``server_hostname`` (an IP address is checked, not sent), no verification when ``verify``
+    is false, and the ALPN protocols (``alpn``, in wire format).
+    """
+    if server_hostname:
+        is_ip = True
+        try:
+            ipaddress.ip_address(server_hostname)
+        except ValueError:
+            is_ip = False
+        if not is_ip:
+            if lib.SSL_set_tlsext_host_name(ssl, server_hostname.encode("idna")) != 1:
+                raise SslFailure(f"cannot set SNI to {server_hostname!r}", what="configure")
+        if verify and ctx.verify_host:
+            lib.SSL_set_hostflags(ssl, lib.X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS)
+            if is_ip:
+                ok = lib.X509_VERIFY_PARAM_set1_ip_asc(
+                    lib.SSL_get0_param(ssl), server_hostname.encode("ascii")
+                )
+            else:
+                ok = lib.SSL_set1_host(ssl, server_hostname.encode("idna"))
+            if ok != 1:
+                raise SslFailure(f"cannot check host name {server_hostname!r}", what="configure")
+    if not verify:
+        lib.SSL_set_verify(ssl, lib.SSL_VERIFY_NONE, ffi.NULL)
+    if alpn is not None and lib.SSL_set_alpn_protos(ssl, alpn, len(alpn)) != 0:
+        raise SslFailure("cannot set ALPN", what="configure")
 
 
 #: The options ``Context.client`` / ``Context.server`` take.
@@ -691,7 +720,7 @@ def _from_stdlib(sslctx: _stdlib_ssl.SSLContext, side: str) -> Context:
     ):
         raise RuntimeError("uvssl: could not find this ssl.SSLContext's SSL_CTX")
     if lib.SSL_CTX_up_ref(ptr) != 1:
-        raise _openssl_failure("SSL_CTX_up_ref failed", "borrow context")
+        raise openssl_failure("SSL_CTX_up_ref failed", "borrow context")
     ctx = Context(ptr, side, owned=False, keepalive=sslctx)
     ctx.verify_host = bool(sslctx.check_hostname)
     return ctx
@@ -711,45 +740,3 @@ SniCallback = Callable[[Any, Optional[str]], Optional["Context"]]
 
 # SSL* address -> the SslSocket it belongs to, for sni_callback (filled by TLS servers).
 ssl_owners: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
-
-
-@ffi.def_extern(onerror=_dispatch_error)  # type: ignore[untyped-decorator]
-def uvs_py_on_sni(ctx_data: Any, ssl: Any, name: Any, verdict: Any) -> Any:
-    """A ClientHello named a server: ask the context's sni_callback which context to use."""
-    ctx = ffi.from_handle(ctx_data)
-    sock = ssl_owners.get(int(ffi.cast("uintptr_t", ssl)))
-    # The registry is shared by every loop's thread and keyed by address: an entry outlives its
-    # SSL* (socket closed or detached but still referenced), and the address may by now belong
-    # to a new SSL* in another loop. Only a socket of this thread's loop whose SSL* is this one
-    # is the asker (reading its connection is safe here: it is this thread's).
-    if sock is not None and (
-        sock._loop.thread != _get_ident()
-        or sock._conn is None
-        or lib.uvs_conn_ssl(sock._conn) != ssl
-    ):
-        sock = None
-    server_name = None if name == ffi.NULL else ffi.string(name).decode("utf-8", "replace")
-    try:
-        cb = ctx.sni_callback
-        if cb is None:  # removed since: keep the context
-            return ffi.NULL
-        chosen = cb(sock, server_name)
-        if chosen is None:
-            return ffi.NULL
-        if isinstance(chosen, _stdlib_ssl.SSLContext):
-            chosen = resolve_ssl_ctx(chosen, "server")
-        if not isinstance(chosen, Context):
-            raise TypeError(
-                f"sni_callback must return a uvssl.Context or None, not {type(chosen).__name__}"
-            )
-        if sock is not None:
-            sock._sni_context = chosen  # keep it alive as long as the connection
-        return chosen._ctx
-    except BaseException as exc:  # noqa: BLE001 - must not unwind into C
-        verdict[0] = 1
-        loop = getattr(sock, "_loop", None)
-        if loop is not None:
-            loop._app_error(exc)
-        else:
-            logging.getLogger("uvssl").error("uvssl: exception in sni_callback", exc_info=exc)
-        return ffi.NULL

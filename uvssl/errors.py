@@ -7,13 +7,23 @@ the whole OpenSSL error queue (``codes`` and ``strings``) and the verification r
 
 Every error is delivered to an ``event_cb(ev)`` as an instance; ``ev.socket`` is the socket it
 happened on (or None).
+
+The end of the module builds errors for uvssl's other modules (these helpers are not part of
+the public API): ``strerror`` / ``errname`` / ``errno_of`` for native (libuv) codes,
+``openssl_failure`` from the thread's OpenSSL error queue, and ``tls_error``, the one mapping
+from what the TLS engine captured at a failure (``captured_tls_error``) to ``SslFailure``,
+``SslVerificationFailure`` or ``SslX509Lookup``, with a message that says what to do about
+the common reasons; TLS sockets and ``SslStream`` both use it.
 """
 
 from __future__ import annotations
 
 import errno as _errno
 import re as _re
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
+
+from ._uvssl import ffi, lib
+from .openssl import error_queue, error_strings, verify_string
 
 __all__ = [
     "SocketError",
@@ -275,3 +285,200 @@ class SslVerificationFailure(SslFailure):
 
 class SslX509Lookup(SslFailure):
     """A certificate lookup failed (a certificate or key could not be found or used)."""
+
+
+# -- building errors (for uvssl's modules) ---------------------------------------------------
+
+
+def strerror(code: int) -> str:
+    """The text of a libuv (or uvssl) error code."""
+    return str(ffi.string(lib.uvs_strerror(code)).decode("utf-8", "replace"))
+
+
+def errname(code: int) -> str:
+    """The name of a libuv (or uvssl) error code ("ECONNRESET")."""
+    return str(ffi.string(lib.uvs_errname(code)).decode("ascii", "replace"))
+
+
+def errno_of(status: int) -> Optional[int]:
+    """Libuv codes are negated errno values on Unix; DNS (EAI) codes have no errno."""
+    if -4000 < status < 0 and not (-3100 < status <= -3000):
+        return -status
+    return None
+
+
+def openssl_failure(message: str, what: str) -> SslFailure:
+    """An ``SslFailure`` carrying (and clearing) this thread's OpenSSL error queue."""
+    codes, strings = error_queue()
+    return SslFailure(message, what=what, codes=codes, strings=strings)
+
+
+# Reason codes (ERR_GET_REASON) that say "the certificate did not verify".
+_SSL_R_CERTIFICATE_VERIFY_FAILED = 134
+_X509_LOOKUP_REASONS = {
+    # SSL_R_NO_CERTIFICATE_ASSIGNED, SSL_R_NO_PRIVATE_KEY_ASSIGNED, SSL_R_MISSING_RSA_CERTIFICATE
+    177,
+    190,
+    168,
+}
+
+# What a failed verification means and what to do, by verify result (X509_V_ERR_*).
+_UNTRUSTED = {2, 18, 19, 20, 21}  # no path to a trusted CA: unknown issuer, self-signed, ...
+_NAME_MISMATCH = {62, 64}  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
+_NOT_NOW = {9, 10}  # X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED
+_NO_CRL = 3  # X509_V_ERR_UNABLE_TO_GET_CRL
+_CHAIN_TOO_LONG = 22  # X509_V_ERR_CERT_CHAIN_TOO_LONG
+
+# OpenSSL reasons (the end of an error string) a user can act on: what they mean, and what to
+# do. "alert ..." is what the peer sent: it refused something of this side's.
+_REASON_HINTS = (
+    ("alert unknown ca", "the peer does not trust the CA that issued {this} certificate"),
+    ("alert bad certificate", "the peer rejected {this} certificate"),
+    ("alert certificate unknown", "the peer rejected {this} certificate"),
+    ("alert unsupported certificate", "the peer rejected {this} certificate"),
+    ("alert certificate expired", "the peer says {this} certificate has expired"),
+    ("alert certificate revoked", "the peer says {this} certificate is revoked"),
+    (
+        "alert certificate required",
+        "the peer requires a client certificate: give this client certificate= and key=",
+    ),
+    (
+        "alert protocol version",
+        "the two sides accept no common TLS version (uvssl's minimum is TLS 1.2)",
+    ),
+    (
+        "alert handshake failure",
+        "the peer found no acceptable parameters (cipher, TLS version or signature algorithm)",
+    ),
+    (
+        "peer did not return a certificate",
+        "the client sent no certificate, and this server requires one (verify='required')",
+    ),
+    ("no shared cipher", "the two sides have no cipher in common (see ciphers=)"),
+    (
+        "unsupported protocol",
+        "the two sides accept no common TLS version (uvssl's minimum is TLS 1.2; see min_version=)",
+    ),
+    ("http request", "the peer sent a plain HTTP request to this TLS port"),
+    ("wrong version number", "the peer does not speak TLS (is it a plain TCP or HTTP port?)"),
+)
+
+
+def _verification_hint(vr: int, server: bool, hostname: Optional[str]) -> str:
+    """What to do about verification result ``vr`` ("" when there is nothing to say)."""
+    if vr in _UNTRUSTED:
+        if server:
+            return "give the server's context ca_file= the CA that issued the client certificates"
+        return "give ca_file= the CA that issued it (or verify=False to skip verification)"
+    if vr in _NAME_MISMATCH:
+        name = f"{hostname!r}" if hostname else "the name asked for"
+        return f"it is not valid for {name}: connect with a server_hostname= it names"
+    if vr in _NOT_NOW:
+        return "check this machine's clock, or renew the certificate"
+    if vr == _NO_CRL:
+        return "crl_check is on, but no CRL from its issuer was loaded (crl_file=)"
+    if vr == _CHAIN_TOO_LONG:
+        return "the chain is longer than max_depth="
+    return ""
+
+
+def tls_failure_message(
+    what: str,
+    strings: tuple[str, ...],
+    verify_failed: bool,
+    vr: Optional[int],
+    vstr: Optional[str],
+    server: bool,
+    hostname: Optional[str],
+    peer: Optional[str] = None,
+) -> str:
+    """The message of a TLS error with OpenSSL errors queued: what failed, with whom (``peer``,
+    "HOST port N", when known) and, when the reason is a common one, what it means and what
+    to do. The OpenSSL texts themselves follow in ``str(exc)``, so a reason without advice is
+    not repeated here.
+    """
+    failed = f"TLS {what} with {peer} failed" if peer else f"TLS {what} failed"
+    if verify_failed and vr is not None:
+        whose = "client's" if server else "server's"
+        msg = f"{failed}: the {whose} certificate did not verify ({vstr})"
+        hint = _verification_hint(vr, server, hostname)
+        return f"{msg}: {hint}" if hint else msg
+    last = strings[-1].rsplit(":", 1)[-1] if strings else ""
+    for reason, meaning in _REASON_HINTS:
+        if last.endswith(reason):
+            this = "this server's" if server else "this client's"
+            return f"{failed}: {meaning.format(this=this)}"
+    return failed
+
+
+#: What the TLS engine captured when a connection or stream failed: the OpenSSL error codes
+#: (oldest first), the SSL_get_error result, the system error and the verification result.
+CapturedTlsError = tuple[tuple[int, ...], int, int, int]
+
+
+def captured_tls_error(read: Callable[..., int], native: Any) -> Optional[CapturedTlsError]:
+    """Read what the TLS engine of ``native`` captured at its failure: ``read`` is
+    ``lib.uvs_conn_tls_error`` for a connection, ``lib.uvs_stream_tls_error`` for a stream.
+    None when there is no engine (the connection is gone).
+    """
+    buf = ffi.new("unsigned long[16]")
+    se = ffi.new("int *")
+    ye = ffi.new("int *")
+    v = ffi.new("long *")
+    n = read(native, buf, 16, se, ye, v)
+    if n < 0:
+        return None
+    return tuple(int(buf[i]) for i in range(n)), se[0], ye[0], int(v[0])
+
+
+def tls_error(
+    what: str,
+    captured: Optional[CapturedTlsError],
+    server: bool,
+    hostname: Optional[str],
+    peer: Optional[str],
+    socket: Any = None,
+) -> TcpSslError:
+    """The exception for a TLS failure, for sockets and streams alike.
+
+    ``captured`` is what the engine recorded (``captured_tls_error``; None: nothing), ``server``
+    whether this side is the server, ``hostname`` the name a client asked for, ``peer`` the
+    other end ("HOST port N") when known. A certificate that did not verify gives
+    ``SslVerificationFailure``; a certificate or key this side could not use,
+    ``SslX509Lookup``; anything else ``SslFailure``. The message says what failed, with whom
+    and, for the common reasons, what to do (``tls_failure_message``).
+    """
+    codes: tuple[int, ...] = ()
+    ssl_err = sys_err = 0
+    vr: Optional[int] = None
+    if captured is not None:
+        codes, ssl_err, sys_err, vr = captured
+    strings = error_strings(codes)
+    reasons = {int(lib.ERR_GET_REASON(c)) for c in codes}
+    verified_bad = vr is not None and vr != lib.X509_V_OK
+    verify_failed = _SSL_R_CERTIFICATE_VERIFY_FAILED in reasons and verified_bad
+    vstr = verify_string(vr) if vr is not None else None
+    failed = f"TLS {what} with {peer} failed" if peer else f"TLS {what} failed"
+    if sys_err == lib.UV_EOF and not codes:
+        who = f"the peer ({peer})" if peer else "the peer"
+        msg = f"{who} closed the connection during the TLS handshake"
+    elif codes:
+        msg = tls_failure_message(what, strings, verify_failed, vr, vstr, server, hostname, peer)
+    elif ssl_err == lib.SSL_ERROR_SYSCALL and sys_err:
+        msg = f"{failed}: {strerror(-sys_err) if sys_err > 0 else strerror(sys_err)}"
+    else:
+        msg = failed
+    kw: dict[str, Any] = dict(
+        what=what,
+        codes=codes,
+        strings=strings,
+        verify_result=vr,
+        verify_result_string=vstr,
+        socket=socket,
+        code=errno_of(-sys_err) if sys_err > 0 else None,
+    )
+    if verify_failed:
+        return SslVerificationFailure(msg, **kw)
+    if reasons & _X509_LOOKUP_REASONS:
+        return SslX509Lookup(msg, **kw)
+    return SslFailure(msg, **kw)

@@ -1,15 +1,16 @@
-"""The event loop (SPEC S1): start/exit, timers, cross-thread calls, and the C dispatchers.
+"""The event loop (SPEC S1): start/exit, timers, cross-thread calls, signals.
 
 One loop runs per thread; several threads may each run their own at the same time. The
-module-level functions act on the loop running in the calling thread. ``uv_run`` and all the
-native work run with the GIL released; the C side calls back into the ``extern "Python"``
-dispatchers at the bottom of this module, which find the Python object through the cffi handle
-stored in the C struct.
+module-level functions act on the loop running in the calling thread (``_dispatch.current``).
+``uv_run`` and all the native work run with the GIL released; the C side calls back into the
+``extern "Python"`` dispatchers of ``uvssl/_dispatch.py`` (imported here, so they are attached
+before any loop exists), which find the Python object through the cffi handle stored in the C
+struct and call the methods of this module's objects.
 
 An exception raised by application code inside a callback never unwinds through C: the
 dispatcher records it and either stops the loop (it then propagates out of
 ``start_event_loop`` after every handle was closed) or, with ``catch_app_errors=True``, hands
-it to ``default_event_cb`` (or logs it) and the loop goes on.
+it to ``default_event_cb`` (or logs it) and the loop goes on (``Loop._app_error``).
 
 Signals. Python runs its signal handlers in the main thread, between two bytecodes; a loop
 asleep in ``epoll_wait`` runs none. So the main thread's loop owns ``signal.set_wakeup_fd``:
@@ -32,8 +33,17 @@ import threading
 import weakref
 from typing import Any, Callable, Optional
 
-from ._args import check_keywords
+from ._args import (
+    check_callable,
+    check_keywords,
+    check_seconds,
+    check_signum,
+    check_thread,
+    get_ident,
+)
+from ._dispatch import current
 from ._uvssl import ffi, lib
+from .errors import strerror
 
 __all__ = [
     "Loop",
@@ -52,28 +62,8 @@ __all__ = [
 
 log = logging.getLogger("uvssl")
 
-lib.uvs_py_install()
-
-_local = threading.local()
-_get_ident = threading.get_ident  # the thread check runs on hot paths (Socket.write): prebound
 _running: weakref.WeakSet[Loop] = weakref.WeakSet()
 _running_lock = threading.Lock()
-
-
-def _check_callable(name: str, value: Any, optional: bool = True) -> None:
-    if value is None and optional:
-        return
-    if not callable(value):
-        raise TypeError(f"{name} must be callable, not {type(value).__name__}")
-
-
-def _check_seconds(name: str, value: Any, *, allow_zero: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    v = float(value)
-    if v != v or v < 0 or (v == 0 and not allow_zero) or v > 1e9:
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'} seconds, got {value!r}")
-    return v
 
 
 class Loop:
@@ -94,7 +84,7 @@ class Loop:
         default_event_cb: Optional[Callable[[BaseException], Any]] = None,
     ) -> None:
         """Create the native loop (not yet running)."""
-        _check_callable("default_event_cb", default_event_cb)
+        check_callable("default_event_cb", default_event_cb)
         self.catch_app_errors = bool(catch_app_errors)
         self.default_event_cb = default_event_cb
         self.thread = threading.get_ident()
@@ -124,7 +114,7 @@ class Loop:
 
     def now(self) -> float:
         """The loop's cached monotonic time, in seconds."""
-        _check_thread(self, "Loop.now()")
+        check_thread(self, "Loop.now()")
         self._check_open()
         return float(lib.uvs_loop_now(self._ptr))
 
@@ -139,7 +129,7 @@ class Loop:
         have no locks, and the C side runs with the GIL released): any other thread gets a
         RuntimeError naming ``call_threadsafe``. Once the loop has ended (every handle closed
         and freed) they hold no native state any more, so they may then be used from any
-        thread: they behave as closed. See ``_check_thread``.
+        thread: they behave as closed. See ``_args.check_thread``.
         """
         if self._ended:
             return
@@ -219,7 +209,7 @@ class Loop:
             with _running_lock:
                 _running.discard(self)
             if r != 0:
-                log.error("uvssl: event loop did not close cleanly: %s", _strerror(r))
+                log.error("uvssl: event loop did not close cleanly: %s", strerror(r))
         if self._error is not None:
             err, self._error = self._error, None
             raise err
@@ -229,7 +219,7 @@ class Loop:
 
         From the loop's own thread only; ``stop()`` works from any thread.
         """
-        if _get_ident() != self.thread:
+        if get_ident() != self.thread:
             self._foreign("Loop.exit()", hint=" (or loop.stop(), which any thread may call)")
         self._exiting = True
         self._halted = True
@@ -279,10 +269,10 @@ class Loop:
         Python runs signal handlers only in the main thread, so this needs the main thread's
         loop; two deliveries before the loop gets to run may be counted as one.
         """
-        _check_thread(self, "signal_handler()")
+        check_thread(self, "signal_handler()")
         self._check_open()
-        _check_callable("cb", cb, optional=False)
-        num = _check_signum(signum)
+        check_callable("cb", cb, optional=False)
+        num = check_signum(signum)
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError(
                 "uvssl: signal_handler() needs the event loop of the main thread (Python runs"
@@ -310,8 +300,8 @@ class Loop:
         """Remove this loop's handler for ``signum`` (restoring the one it replaced); a signal
         with no handler here is left alone.
         """
-        _check_thread(self, "free_signal_handler()")
-        num = _check_signum(signum)
+        check_thread(self, "free_signal_handler()")
+        num = check_signum(signum)
         entry = self._sig_handlers.pop(num, None)
         if entry is None:
             return
@@ -361,7 +351,7 @@ class Loop:
     # -- cross-thread calls ------------------------------------------------------------------
     def call_threadsafe(self, cb: Callable[..., Any], *args: Any) -> None:
         """Run ``cb(*args)`` in this loop's thread soon; callable from any thread."""
-        _check_callable("cb", cb, optional=False)
+        check_callable("cb", cb, optional=False)
         with self._ptr_lock:
             if self._ptr is None:
                 raise RuntimeError("uvssl: this event loop has ended")
@@ -377,7 +367,7 @@ class Loop:
         or busy. Stopping twice, or a loop that has already ended (or is ending), is harmless:
         no error, nothing happens.
         """
-        if _get_ident() == self.thread:
+        if get_ident() == self.thread:
             self.exit()
             return
         # The wakeup is sent under _ptr_lock, which _run takes to clear _ptr before it frees
@@ -391,16 +381,16 @@ class Loop:
     # -- timers ------------------------------------------------------------------------------
     def delay(self, cb: Callable[..., Any], seconds: float = 0, *args: Any) -> Timer:
         """Call ``cb(*args)`` once after ``seconds``."""
-        _check_thread(self, "Loop.delay()")
-        _check_callable("cb", cb, optional=False)
-        s = _check_seconds("seconds", seconds, allow_zero=True)
+        check_thread(self, "Loop.delay()")
+        check_callable("cb", cb, optional=False)
+        s = check_seconds("seconds", seconds, allow_zero=True)
         return Timer(self, cb, args, s, 0.0)
 
     def interval(self, cb: Callable[..., Any], seconds: float, *args: Any) -> Timer:
         """Call ``cb(*args)`` every ``seconds`` until the timer is cancelled."""
-        _check_thread(self, "Loop.interval()")
-        _check_callable("cb", cb, optional=False)
-        s = _check_seconds("seconds", seconds, allow_zero=False)
+        check_thread(self, "Loop.interval()")
+        check_callable("cb", cb, optional=False)
+        s = check_seconds("seconds", seconds, allow_zero=False)
         return Timer(self, cb, args, s, s)
 
 
@@ -424,7 +414,7 @@ class Timer:
         every_ms = max(1, int(round(every * 1000))) if every > 0 else 0
         ptr = lib.uvs_timer_new(loop._ptr, self._handle, after_ms, every_ms, err)
         if ptr == ffi.NULL:
-            raise OSError(f"uvssl: could not start a timer: {_strerror(err[0])}")
+            raise OSError(f"uvssl: could not start a timer: {strerror(err[0])}")
         self._ptr: Any = ptr
         loop._live.add(self)
 
@@ -435,7 +425,7 @@ class Timer:
 
     def cancel(self) -> None:
         """Stop the timer; its callback will not run again. Cancelling twice is harmless."""
-        if _get_ident() != self._loop.thread:
+        if get_ident() != self._loop.thread:
             self._loop._foreign("Timer.cancel()")
         ptr, self._ptr = self._ptr, None
         if ptr is not None and self._loop._ptr is not None:
@@ -451,23 +441,12 @@ class Timer:
         self._loop._live.discard(self)
 
 
-def _check_thread(loop: Loop, what: str, obj: Any = None) -> None:
-    """Raise RuntimeError naming call_threadsafe unless called from ``loop``'s own thread.
-
-    Every method of a loop's objects that reaches native or loop state calls this first (or
-    inlines it: ``Socket.write``); only ``call_threadsafe`` and ``Loop.stop`` may be called
-    from other threads. See ``Loop._foreign``.
-    """
-    if _get_ident() != loop.thread:
-        loop._foreign(what, obj)
-
-
 # -- module-level API ------------------------------------------------------------------------
 
 
 def get_loop() -> Loop:
     """Return the loop running in this thread (RuntimeError if there is none)."""
-    loop: Optional[Loop] = getattr(_local, "loop", None)
+    loop: Optional[Loop] = getattr(current, "loop", None)
     if loop is None or loop._ptr is None:
         raise RuntimeError(
             "uvssl: no event loop is running in this thread; call this inside start_event_loop()"
@@ -490,15 +469,15 @@ def start_event_loop(
     Events that have no ``event_cb`` (a connection error on a socket without one) also go to
     ``default_event_cb`` when it is given.
     """
-    _check_callable("start_fn", start_fn)
-    if getattr(_local, "loop", None) is not None and _local.loop._ptr is not None:
+    check_callable("start_fn", start_fn)
+    if getattr(current, "loop", None) is not None and current.loop._ptr is not None:
         raise RuntimeError("uvssl: an event loop is already running in this thread")
     loop = Loop(catch_app_errors=catch_app_errors, default_event_cb=default_event_cb)
-    _local.loop = loop
+    current.loop = loop
     try:
         loop._run(start_fn)
     finally:
-        _local.loop = None
+        current.loop = None
 
 
 def with_event_loop(fn: Callable[[], Any], **kw: Any) -> None:
@@ -529,7 +508,7 @@ def call_threadsafe(cb: Callable[..., Any], *args: Any) -> None:
     loop running in the process. With several loops running, call ``loop.call_threadsafe`` on
     the one you mean (``get_loop()`` inside it returns it).
     """
-    loop: Optional[Loop] = getattr(_local, "loop", None)
+    loop: Optional[Loop] = getattr(current, "loop", None)
     if loop is None or loop._ptr is None:
         with _running_lock:
             loops = [lp for lp in _running if lp._ptr is not None]
@@ -560,167 +539,8 @@ def free_signal_handlers() -> None:
     get_loop().free_signal_handlers()
 
 
-def _check_signum(signum: Any) -> int:
-    if isinstance(signum, bool) or not isinstance(signum, int):
-        raise TypeError(f"signum must be a signal number such as signal.SIGTERM, not {signum!r}")
-    if signum not in signal.valid_signals():
-        raise ValueError(f"signum {int(signum)} is not a signal number of this system")
-    return int(signum)
-
-
 def _signal_name(num: int) -> str:
     try:
         return signal.Signals(num).name
     except ValueError:
         return str(num)
-
-
-def _strerror(code: int) -> str:
-    return str(ffi.string(lib.uvs_strerror(code)).decode("utf-8", "replace"))
-
-
-def _errname(code: int) -> str:
-    return str(ffi.string(lib.uvs_errname(code)).decode("ascii", "replace"))
-
-
-# -- dispatchers (called from C with the GIL taken by cffi) ---------------------------------
-# The read path runs once per read on every connection: it uses prebound names.
-
-_from_handle = ffi.from_handle
-_unpack = ffi.unpack
-_EV_CLOSED = lib.UVS_EV_CLOSED
-
-
-def _dispatch_error(exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
-    """The ``onerror`` of every dispatcher (cffi): what escaped a dispatcher's own ``try``.
-
-    A Python signal handler runs at the first bytecode after the signal, which may be a
-    dispatcher's first line, before its ``try`` (the KeyboardInterrupt of a Ctrl-C that woke
-    an idle loop always lands there). Without this, cffi would print the exception and drop
-    it; here it stops the thread's loop and propagates out of ``start_event_loop``, like an
-    exception from a callback with ``catch_app_errors=False``.
-    """
-    if exc is None:
-        return
-    loop: Optional[Loop] = getattr(_local, "loop", None)
-    if loop is None:
-        log.error("uvssl: exception in a native callback with no loop running", exc_info=exc)
-        return
-    loop._fail(exc)
-
-
-@ffi.def_extern(onerror=_dispatch_error)  # type: ignore[untyped-decorator]
-def uvs_py_on_read(data: Any, buf: Any, length: int) -> None:
-    """Data arrived on a connection, too big to batch (or during a batch): deliver it now."""
-    sock = _from_handle(data)
-    loop = sock._loop
-    if loop._halted:
-        return
-    if sock._held is not None:  # paused in this loop turn: kept until resume_reading()
-        sock._held.append(_unpack(buf, length))
-        return
-    try:
-        sock._deliver(sock, _unpack(buf, length))
-    except BaseException as exc:  # noqa: BLE001 - must not unwind into C
-        loop._app_error(exc)
-
-
-@ffi.def_extern(onerror=_dispatch_error)  # type: ignore[untyped-decorator]
-def uvs_py_on_batch(loop_data: Any, datas: Any, lens: Any, n: int, buf: Any, length: int) -> None:
-    """The small reads of one loop turn, in order (see csrc/batch.c).
-
-    Entries of a socket closed earlier in the same batch are dropped, as the C side drops data
-    that arrives after a close; a socket paused earlier in the batch keeps its data until
-    ``resume_reading()``.
-    """
-    loop = _from_handle(loop_data)
-    if loop._halted:
-        return
-    blob = _unpack(buf, length)
-    off = 0
-    for d, ln in zip(_unpack(datas, n), _unpack(lens, n)):
-        chunk = blob if n == 1 else blob[off : off + ln]
-        off += ln
-        sock = _from_handle(d)
-        if sock._closed:
-            continue
-        if sock._held is not None:
-            sock._held.append(chunk)
-            continue
-        try:
-            sock._deliver(sock, chunk)
-        except BaseException as exc:  # noqa: BLE001 - must not unwind into C
-            loop._app_error(exc)
-            if loop._halted:
-                return
-
-
-@ffi.def_extern(onerror=_dispatch_error)  # type: ignore[untyped-decorator]
-def uvs_py_on_event(data: Any, kind: int, status: int, action: int) -> None:
-    """Anything but data: connect, EOF, errors, written/drain, closed."""
-    obj = ffi.from_handle(data)
-    loop = obj._loop
-    if kind == _EV_CLOSED:
-        obj._on_closed()
-        return
-    if loop._halted:
-        return
-    try:
-        obj._event(kind, status, action)
-    except BaseException as exc:  # noqa: BLE001
-        loop._app_error(exc)
-
-
-@ffi.def_extern(onerror=_dispatch_error)  # type: ignore[untyped-decorator]
-def uvs_py_on_accept(server_data: Any, conn: Any, stage: int, buf: Any, length: int) -> None:
-    """A server has a new connection: wrap it (leaving data NULL refuses it).
-
-    ``stage`` (UVS_ACCEPT_*): just accepted; a TLS connection whose handshake is done (this
-    stands for its connect event); or one whose handshake failed first (its error follows).
-    A connection handed over after its handshake may bring the data that came with the end of
-    the handshake (``length`` > 0): it is read after the connect, as on_read would deliver it.
-    """
-    server = _from_handle(server_data)
-    loop = server._loop
-    if loop._halted:
-        return
-    # copied first: buf is the loop's decryption buffer, which connect_cb may reuse (by
-    # resuming another TLS socket, say)
-    data = _unpack(buf, length) if length else None
-    try:
-        sock = server._accept(conn, stage)
-    except BaseException as exc:  # noqa: BLE001
-        loop._app_error(exc)
-        return
-    if data is None or sock._closed or loop._halted:
-        return
-    if sock._held is not None:  # paused by connect_cb: kept until resume_reading()
-        sock._held.append(data)
-        return
-    try:
-        sock._deliver(sock, data)
-    except BaseException as exc:  # noqa: BLE001
-        loop._app_error(exc)
-
-
-@ffi.def_extern(onerror=_dispatch_error)  # type: ignore[untyped-decorator]
-def uvs_py_on_timer(data: Any) -> None:
-    """A timer fired."""
-    timer = ffi.from_handle(data)
-    loop = timer._loop
-    if loop._halted:
-        return
-    try:
-        timer._fire()
-    except BaseException as exc:  # noqa: BLE001
-        loop._app_error(exc)
-
-
-@ffi.def_extern(onerror=_dispatch_error)  # type: ignore[untyped-decorator]
-def uvs_py_on_wakeup(loop_data: Any) -> None:
-    """call_threadsafe work or a signal is pending."""
-    loop = ffi.from_handle(loop_data)
-    try:
-        loop._on_wakeup()
-    except BaseException as exc:  # noqa: BLE001
-        loop._fail(exc)

@@ -23,13 +23,24 @@ import socket as _socket
 import threading
 from typing import Any, Optional, Union
 
-from ._args import check_keywords
+from ._args import check_keywords, check_max_depth
 from ._uvssl import ffi, lib
-from .context import CONTEXT_OPTIONS, Context, _verify_mode, _version_range
-from .errors import SslClosed, SslFailure, SslVerificationFailure, TcpSslError
-from .loop import _strerror
-from .openssl import error_queue, error_strings, verify_string
-from .tls import _configure_client_ssl, tls_failure_message
+from .context import (
+    CONTEXT_OPTIONS,
+    Context,
+    configure_client_ssl,
+    verify_mode,
+    version_range,
+)
+from .errors import (
+    SslClosed,
+    SslFailure,
+    TcpSslError,
+    captured_tls_error,
+    strerror,
+    tls_error,
+)
+from .openssl import error_queue
 from .x509 import X509Certificate
 
 __all__ = [
@@ -46,8 +57,6 @@ _PER_STREAM = ("method", "ciphers", "verify", "max_depth", "min_version", "max_v
 # Every option the make_ssl_*_stream functions take; with context=, the others are the
 # context's to fix and an error to repeat.
 _STREAM_OPTIONS = CONTEXT_OPTIONS | {"context", "server_hostname"}
-
-_SSL_R_CERTIFICATE_VERIFY_FAILED = 134
 
 
 class SslStream(io.RawIOBase):
@@ -79,7 +88,7 @@ class SslStream(io.RawIOBase):
         if ptr == ffi.NULL:
             codes, strings = error_queue()
             raise SslFailure(
-                f"cannot create the TLS stream: {_strerror(err[0])}",
+                f"cannot create the TLS stream: {strerror(err[0])}",
                 what="create",
                 codes=codes,
                 strings=strings,
@@ -240,29 +249,8 @@ class SslStream(io.RawIOBase):
     # -- errors ----------------------------------------------------------------------------------
     def _error(self, r: int, what: str) -> BaseException:
         if r == lib.UVS_STREAM_ETLS:
-            buf = ffi.new("unsigned long[16]")
-            se, ye, v = ffi.new("int *"), ffi.new("int *"), ffi.new("long *")
-            n = lib.uvs_stream_tls_error(self._s, buf, 16, se, ye, v)
-            codes = tuple(int(buf[i]) for i in range(n))
-            strings = error_strings(codes)
-            vr = int(v[0])
-            vstr = verify_string(vr)
-            reasons = {int(lib.ERR_GET_REASON(c)) for c in codes}
-            kw: dict[str, Any] = dict(
-                what=what, codes=codes, strings=strings, verify_result=vr, verify_result_string=vstr
-            )
-            verify_failed = _SSL_R_CERTIFICATE_VERIFY_FAILED in reasons and vr != lib.X509_V_OK
-            where = self._peer
-            if ye[0] == lib.UV_EOF and not codes:
-                peer = f"the peer ({where})" if where else "the peer"
-                return SslFailure(f"{peer} closed the connection during the TLS handshake", **kw)
-            msg = tls_failure_message(
-                what, strings, verify_failed, vr, vstr, self.server_side, self.server_hostname,
-                where,
-            )
-            if verify_failed:
-                return SslVerificationFailure(msg, **kw)
-            return SslFailure(msg, **kw)
+            captured = captured_tls_error(lib.uvs_stream_tls_error, self._s)
+            return tls_error(what, captured, self.server_side, self.server_hostname, self._peer)
         if r == lib.UV_ETIMEDOUT:
             where = self._peer
             return TimeoutError(
@@ -279,7 +267,7 @@ class SslStream(io.RawIOBase):
             return exc
         with_peer = f" with {self._peer}" if self._peer else ""
         return TcpSslError(
-            f"TLS {what}{with_peer} failed: {_strerror(r)}",
+            f"TLS {what}{with_peer} failed: {strerror(r)}",
             what=what,
             code=-r if -4000 < r < 0 else None,
         )
@@ -347,7 +335,7 @@ def _apply_overrides(
 ) -> None:
     ssl = stream._ssl()
     if "method" in o or "min_version" in o or "max_version" in o:
-        lo, hi = _version_range(o.get("min_version"), o.get("max_version"), o.get("method"))
+        lo, hi = version_range(o.get("min_version"), o.get("max_version"), o.get("method"))
         if (
             lib.SSL_set_min_proto_version(ssl, lo) != 1
             or lib.SSL_set_max_proto_version(ssl, hi) != 1
@@ -367,18 +355,15 @@ def _apply_overrides(
             )
     verify = o.get("verify")
     if "verify" in o:
-        lib.SSL_set_verify(ssl, _verify_mode(verify, stream.server_side), ffi.NULL)
+        lib.SSL_set_verify(ssl, verify_mode(verify, stream.server_side), ffi.NULL)
     if "max_depth" in o:
-        d = o["max_depth"]
-        if isinstance(d, bool) or not isinstance(d, int) or d < 0:
-            raise ValueError(f"max_depth must be a non-negative int, got {d!r}")
-        lib.SSL_set_verify_depth(ssl, d)
+        lib.SSL_set_verify_depth(ssl, check_max_depth(o["max_depth"]))
     if server_hostname is not None:
         if not isinstance(server_hostname, str) or not server_hostname:
             raise TypeError("server_hostname must be a non-empty str")
         verifying = bool(lib.SSL_get_verify_mode(ssl) & lib.SSL_VERIFY_PEER)
         stream.server_hostname = server_hostname
-        _configure_client_ssl(ssl, ctx, server_hostname, verifying, None, None)
+        configure_client_ssl(ssl, ctx, server_hostname, verifying, None)
 
 
 def make_ssl_client_stream(sock: Union[_socket.socket, int], **opts: Any) -> SslStream:

@@ -1,9 +1,30 @@
 """TCP sockets and servers (SPEC S2).
 
-A ``Socket`` is a thin Python face on a native connection (csrc/tcp.c). Writes are buffered in C
-and flushed when the current callback returns, so several ``write`` calls in one callback leave
-in one syscall. Reads arrive as one ``bytes`` per kernel read. A TLS socket (``SslSocket``) is
-the same object with a TLS engine attached, which is why every function here accepts it.
+A ``Socket`` is a thin Python face on a native connection (csrc/tcp.c). A TLS socket
+(``SslSocket``) is the same object with a TLS engine attached, which is why every function
+here accepts it.
+
+Life of a socket. Every socket is made by ``new_socket``, whether it connects, adopts a
+descriptor or was accepted: it makes the object (whose ``__init__`` sets every attribute in
+one fixed order, so all sockets share one key table), gives the native connection the
+object's cffi handle and puts the socket in ``loop._live``. It stays there until the native
+side reports it closed (``_on_closed``, from the dispatcher's CLOSED event, or at once from
+``close()`` when nothing was left to flush); the peer and local addresses are copied out then,
+so they stay readable after the close.
+
+Reads. The dispatchers (uvssl/_dispatch.py) hand data to ``sock._deliver``: the ``read_cb``
+itself, the stream's feed in stream mode, or a discard. Small reads of one loop turn arrive
+together in one batch; data for a socket paused earlier in that turn waits in ``_held`` until
+``resume_reading()``.
+
+Writes. ``write`` hands the bytes to C, which checks the calling thread (the loop is passed),
+buffers them and flushes when the current callback returns, so several writes in one callback
+leave in one syscall. ``write_cb`` and ``drain_cb`` events are asked for only while they are
+set (the connection flags), so a socket without them costs no call into Python per write.
+
+Servers. ``TcpServer`` wraps each accepted connection (``_accept``). ``shutdown`` stops
+listening, closes every socket it accepted as soon as its writes are flushed (``_server``
+tells which ones), aborts the rest at the timeout and calls ``done_cb`` when the last is gone.
 """
 
 from __future__ import annotations
@@ -11,9 +32,22 @@ from __future__ import annotations
 import collections
 import errno as _errno
 import socket as _socket
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, TypeVar, Union
 
-from ._args import keyword_hints
+from ._args import (
+    check_backlog,
+    check_byte_count,
+    check_callable,
+    check_callbacks,
+    check_data,
+    check_host,
+    check_port,
+    check_seconds,
+    check_thread,
+    check_timeout,
+    get_ident,
+    keyword_hints,
+)
 from ._uvssl import ffi, lib
 from .errors import (
     DnsError,
@@ -23,17 +57,11 @@ from .errors import (
     TcpError,
     TcpRefused,
     TcpTimeout,
+    errname,
+    errno_of,
+    strerror,
 )
-from .loop import (
-    Loop,
-    _check_callable,
-    _check_seconds,
-    _check_thread,
-    _errname,
-    _get_ident,
-    _strerror,
-    get_loop,
-)
+from .loop import Loop, get_loop
 
 __all__ = [
     "Socket",
@@ -61,13 +89,6 @@ _ACTIONS = {
     lib.UVS_ACT_TLS_READ: "read",
     lib.UVS_ACT_TLS_WRITE: "write",
 }
-
-
-def _errno_of(status: int) -> Optional[int]:
-    """Libuv codes are negated errno values on Unix; DNS (EAI) codes have no errno."""
-    if -4000 < status < 0 and not (-3100 < status <= -3000):
-        return -status
-    return None
 
 
 def peer_name(sock: Any) -> Optional[str]:
@@ -98,8 +119,8 @@ def socket_error_for(status: int, action: int, sock: Any) -> SocketError:
     address, when the host was a name that resolved).
     """
     act = _ACTIONS.get(action, "")
-    msg = f"{_strerror(status)} ({_errname(status)})"
-    code = _errno_of(status)
+    msg = f"{strerror(status)} ({errname(status)})"
+    code = errno_of(status)
     if action == lib.UVS_ACT_RESOLVE:
         target = getattr(sock, "_target", None)
         name = f"{target[0]!r} (port {target[1]})" if target else "the host"
@@ -128,44 +149,6 @@ def socket_error_for(status: int, action: int, sock: Any) -> SocketError:
     return TcpError(msg, code=code, action=act, socket=sock)
 
 
-def _check_port(port: Any) -> int:
-    if isinstance(port, bool) or not isinstance(port, int):
-        raise TypeError(f"port must be an int, not {type(port).__name__}")
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port must be in 0..65535, got {port}")
-    return port
-
-
-def _check_host(name: str, host: Any) -> str:
-    if isinstance(host, bytes):
-        host = host.decode("ascii")
-    if not isinstance(host, str):
-        raise TypeError(f"{name} must be a str, not {type(host).__name__}")
-    if not host or "\x00" in host:
-        raise ValueError(f"{name} must be a non-empty host name or address, got {host!r}")
-    return host
-
-
-def _check_data(name: str, data: Any) -> Any:
-    """Return something cffi can pass as ``const char *`` (bytes stay bytes: no copy)."""
-    if type(data) is bytes:
-        return data
-    if isinstance(data, (bytearray, memoryview, bytes)):
-        return ffi.from_buffer(data)
-    if isinstance(data, str):
-        raise TypeError(f"{name} must be bytes-like, not str (encode it first)")
-    try:
-        return ffi.from_buffer(data)
-    except TypeError:
-        raise TypeError(f"{name} must be bytes-like, not {type(data).__name__}") from None
-
-
-def _timeout(name: str, value: Any) -> float:
-    if value is None:
-        return 0.0
-    return _check_seconds(name, value, allow_zero=False)
-
-
 class AsyncStream:
     """A non-blocking stream over a socket's buffered input (cl-async's stream mode).
 
@@ -182,7 +165,7 @@ class AsyncStream:
 
     def read(self, n: int = -1) -> bytes:
         """Return up to ``n`` buffered bytes (all of them when ``n`` < 0); b"" if none."""
-        _check_thread(self.socket._loop, "AsyncStream.read()")
+        check_thread(self.socket._loop, "AsyncStream.read()")
         if isinstance(n, bool) or not isinstance(n, int):
             raise TypeError(f"n must be an int, not {type(n).__name__}")
         if n < 0 or n >= len(self._buf):
@@ -196,19 +179,19 @@ class AsyncStream:
     def write(self, data: BytesLike) -> bool:
         """Write to the socket; see ``Socket.write``."""
         sock = self.socket
-        if _get_ident() != sock._loop.thread:
+        if get_ident() != sock._loop.thread:
             sock._loop._foreign("AsyncStream.write()")
         return sock.write(data)
 
     @property
     def available(self) -> int:
         """How many bytes are buffered."""
-        _check_thread(self.socket._loop, "AsyncStream.available")
+        check_thread(self.socket._loop, "AsyncStream.available")
         return len(self._buf)
 
     def close(self) -> None:
         """Close the socket (gracefully)."""
-        _check_thread(self.socket._loop, "AsyncStream.close()")
+        check_thread(self.socket._loop, "AsyncStream.close()")
         self.socket.close()
 
     def _feed(self, sock: Socket, data: bytes) -> None:
@@ -228,8 +211,6 @@ class Socket:
 
     """
 
-    _tls = False
-
     def __init__(
         self,
         loop: Loop,
@@ -240,7 +221,7 @@ class Socket:
         stream: bool,
         data: Any = None,
     ) -> None:
-        """Internal: sockets are made by ``tcp_connect``, servers and ``tcp_open``."""
+        """Internal: every socket is made by ``new_socket`` (for the public functions)."""
         # Every attribute is set here, always in this order: CPython then keeps one key table
         # for all sockets and each socket holds only its values. Attributes added later, or in
         # another order, give each socket a dictionary of its own (about 0.8 KiB more for
@@ -251,7 +232,6 @@ class Socket:
         self._handle = ffi.new_handle(self)
         self._closed = False
         self._connected = False
-        self._eof = False
         self._flags = 0
         # data that reached a paused socket in the loop turn that paused it (see resume_reading)
         self._held: Optional[collections.deque[bytes]] = None
@@ -285,15 +265,18 @@ class Socket:
 
     @read_cb.setter
     def read_cb(self, cb: Optional[ReadCb]) -> None:
-        _check_thread(self._loop, "read_cb (assignment)", self)
-        _check_callable("read_cb", cb)
+        check_thread(self._loop, "read_cb (assignment)", self)
+        check_callable("read_cb", cb)
         self._read_cb = cb
         self._deliver = self._pick_deliver()
 
-    def _attach(self, conn: Any) -> None:
+    def _attach(self, conn: Any, read_timeout: float = 0.0, write_timeout: float = 0.0) -> None:
+        """Bind the native connection (see ``new_socket``), with its timeouts (0: none)."""
         self._conn = conn
         self._loop._live.add(self)
         self._sync_flags()
+        if read_timeout or write_timeout:
+            lib.uvs_conn_set_timeouts(conn, read_timeout, write_timeout)
 
     def _sync_flags(self) -> None:
         flags = 0
@@ -312,8 +295,8 @@ class Socket:
 
     @write_cb.setter
     def write_cb(self, cb: Optional[Callable[[Socket], Any]]) -> None:
-        _check_thread(self._loop, "write_cb (assignment)", self)
-        _check_callable("write_cb", cb)
+        check_thread(self._loop, "write_cb (assignment)", self)
+        check_callable("write_cb", cb)
         self._write_cb = cb
         self._sync_flags()
 
@@ -324,8 +307,8 @@ class Socket:
 
     @drain_cb.setter
     def drain_cb(self, cb: Optional[Callable[[Socket], Any]]) -> None:
-        _check_thread(self._loop, "drain_cb (assignment)", self)
-        _check_callable("drain_cb", cb)
+        check_thread(self._loop, "drain_cb (assignment)", self)
+        check_callable("drain_cb", cb)
         self._drain_cb = cb
         self._sync_flags()
 
@@ -358,12 +341,12 @@ class Socket:
 
     def fileno(self) -> int:
         """The OS socket descriptor (owned by uvssl: do not close it)."""
-        _check_thread(self._loop, "fileno()", self)
+        check_thread(self._loop, "fileno()", self)
         r = lib.uvs_conn_fileno(self._live_conn("get its descriptor"))
         if r < 0:
             raise SocketError(
-                f"cannot get the socket's descriptor: {_strerror(r)}",
-                code=_errno_of(r),
+                f"cannot get the socket's descriptor: {strerror(r)}",
+                code=errno_of(r),
                 action="fileno",
                 socket=self,
             )
@@ -385,8 +368,8 @@ class Socket:
             which = "peer" if peer else "local"
             raise SocketError(
                 f"the {which} address is not known: the connection "
-                + ("never got that far" if r == lib.UV_ENOTCONN else f"failed ({_strerror(r)})"),
-                code=_errno_of(r),
+                + ("never got that far" if r == lib.UV_ENOTCONN else f"failed ({strerror(r)})"),
+                code=errno_of(r),
                 action="getpeername" if peer else "getsockname",
                 socket=self,
             )
@@ -395,7 +378,7 @@ class Socket:
     @property
     def local_address(self) -> tuple[str, int]:
         """(host, port) of this end; still readable after the socket closed."""
-        _check_thread(self._loop, "local_address", self)
+        check_thread(self._loop, "local_address", self)
         return self._address(0)
 
     @property
@@ -403,13 +386,13 @@ class Socket:
         """(host, port) of the peer; still readable after the socket closed (for a client
         whose connection failed: the address it tried last).
         """
-        _check_thread(self._loop, "remote_address", self)
+        check_thread(self._loop, "remote_address", self)
         return self._address(1)
 
     @property
     def write_buffer_size(self) -> int:
         """Bytes accepted by ``write`` that have not reached the kernel yet."""
-        _check_thread(self._loop, "write_buffer_size", self)
+        check_thread(self._loop, "write_buffer_size", self)
         if self._conn is None:
             return 0
         return int(lib.uvs_conn_write_buffer_size(self._conn))
@@ -426,9 +409,9 @@ class Socket:
         """
         conn = self._conn
         if conn is None or self._closed:
-            _check_thread(self._loop, "write()", self)
+            check_thread(self._loop, "write()", self)
             self._live_conn("write")  # raises SocketClosed
-        buf = data if type(data) is bytes else _check_data("data", data)
+        buf = data if type(data) is bytes else check_data("data", data)
         # The thread check runs in C, where it costs a few instructions instead of the 500 it
         # costs here per request: the loop is passed, and a thread that does not run it gets
         # UVS_EFOREIGN before the connection is touched. (The loop's memory outlives every
@@ -438,7 +421,7 @@ class Socket:
             return True
         if r < 0:
             if r == _E_FOREIGN:
-                _check_thread(self._loop, "write()", self)  # raises RuntimeError
+                check_thread(self._loop, "write()", self)  # raises RuntimeError
                 reason = "the event loop has ended; cannot write"  # meanwhile: nothing ran
             elif r == _UV_ESHUTDOWN:
                 reason = (
@@ -446,7 +429,7 @@ class Socket:
                     "go on in plaintext"
                 )
             else:
-                reason = f"socket is closing; cannot write ({_strerror(r)})"
+                reason = f"socket is closing; cannot write ({strerror(r)})"
             raise SocketClosed(
                 reason,
                 action="write",
@@ -461,7 +444,7 @@ class Socket:
         ``force=True`` drops them and closes at once. With nothing left to flush (or forced),
         the socket is finished when this returns: no event reaches it any more.
         """
-        _check_thread(self._loop, "close()", self)
+        check_thread(self._loop, "close()", self)
         if self._closed:
             return
         self._closed = True
@@ -472,13 +455,13 @@ class Socket:
 
     def shutdown(self, how: str = "write") -> None:
         """Half-close: after pending writes, send FIN; reading goes on."""
-        _check_thread(self._loop, "shutdown()", self)
+        check_thread(self._loop, "shutdown()", self)
         if how != "write":
             raise ValueError(f"how must be 'write' (only the write side can be shut), got {how!r}")
         r = lib.uvs_conn_shutdown(self._live_conn("shut down"))
         if r != 0:
             raise SocketClosed(
-                f"cannot shut down the write side: {_strerror(r)}", action="shutdown", socket=self
+                f"cannot shut down the write side: {strerror(r)}", action="shutdown", socket=self
             )
 
     def set_options(
@@ -487,7 +470,7 @@ class Socket:
         """Set TCP_NODELAY (on by default) and SO_KEEPALIVE (``True``, or the idle time in
         seconds before probes start; ``False`` turns it off).
         """
-        _check_thread(self._loop, "set_options()", self)
+        check_thread(self._loop, "set_options()", self)
         conn = self._live_conn("set options")
         if nodelay is not None:
             if not isinstance(nodelay, bool):
@@ -495,8 +478,8 @@ class Socket:
             r = lib.uvs_conn_nodelay(conn, int(nodelay))
             if r != 0:
                 raise SocketError(
-                    f"cannot set TCP_NODELAY: {_strerror(r)}",
-                    code=_errno_of(r),
+                    f"cannot set TCP_NODELAY: {strerror(r)}",
+                    code=errno_of(r),
                     action="setsockopt",
                     socket=self,
                 )
@@ -506,25 +489,25 @@ class Socket:
             elif keepalive is False:
                 on, secs = 0, 0
             else:
-                secs = int(_check_seconds("keepalive", keepalive, allow_zero=False))
+                secs = int(check_seconds("keepalive", keepalive, allow_zero=False))
                 on, secs = 1, max(1, secs)
             r = lib.uvs_conn_keepalive(conn, on, secs)
             if r != 0:
                 raise SocketError(
-                    f"cannot set SO_KEEPALIVE: {_strerror(r)}",
-                    code=_errno_of(r),
+                    f"cannot set SO_KEEPALIVE: {strerror(r)}",
+                    code=errno_of(r),
                     action="setsockopt",
                     socket=self,
                 )
 
     def set_timeouts(self, read_timeout: Optional[float], write_timeout: Optional[float]) -> None:
         """Change the read/write timeouts (seconds; None disables)."""
-        _check_thread(self._loop, "set_timeouts()", self)
-        r_s = _timeout("read_timeout", read_timeout)
-        w_s = _timeout("write_timeout", write_timeout)
+        check_thread(self._loop, "set_timeouts()", self)
+        r_s = check_timeout("read_timeout", read_timeout)
+        w_s = check_timeout("write_timeout", write_timeout)
         r = lib.uvs_conn_set_timeouts(self._live_conn("set timeouts"), r_s, w_s)
         if r != 0:
-            raise ValueError(f"cannot set the timeouts: {_strerror(r)}")
+            raise ValueError(f"cannot set the timeouts: {strerror(r)}")
 
     def pause_reading(self) -> None:
         """Stop reading until ``resume_reading()``; the kernel buffers, then the peer waits.
@@ -532,7 +515,7 @@ class Socket:
         No ``read_cb`` runs for this socket from now on until it resumes. Data already read in
         the same loop turn (small reads reach the application once per turn) is kept for it.
         """
-        _check_thread(self._loop, "pause_reading()", self)
+        check_thread(self._loop, "pause_reading()", self)
         lib.uvs_conn_pause(self._live_conn("pause reading"))
         if self._held is None:
             self._held = collections.deque()
@@ -543,7 +526,7 @@ class Socket:
         Data kept since the pause is delivered first, from inside this call; if ``read_cb``
         pauses the socket again meanwhile, the rest stays kept and reading stays off.
         """
-        _check_thread(self._loop, "resume_reading()", self)
+        check_thread(self._loop, "resume_reading()", self)
         conn = self._live_conn("resume reading")
         held = self._held
         if held is None:
@@ -574,9 +557,9 @@ class Socket:
         quarter of high). ``write`` returns False above high; ``drain_cb(socket)`` (given here
         or assigned to ``socket.drain_cb``) runs when the buffer falls back to low.
         """
-        _check_thread(self._loop, "set_write_buffer_limits()", self)
-        hi = 64 * 1024 if high is None else _byte_count("high", high)
-        lo = hi // 4 if low is None else _byte_count("low", low)
+        check_thread(self._loop, "set_write_buffer_limits()", self)
+        hi = 64 * 1024 if high is None else check_byte_count("high", high)
+        lo = hi // 4 if low is None else check_byte_count("low", low)
         if lo > hi:
             raise ValueError(f"low ({lo}) must not exceed high ({hi})")
         if drain_cb is not None:
@@ -598,7 +581,6 @@ class Socket:
             self._on_connected()
             return
         if kind == _EV_EOF:
-            self._eof = True
             self._report(
                 TcpEof(
                     "the peer closed its end of the connection (EOF on read); this end can still "
@@ -683,15 +665,6 @@ _CF_NOTIFY_WRITTEN = lib.UVS_CF_NOTIFY_WRITTEN
 _CF_NOTIFY_DRAIN = lib.UVS_CF_NOTIFY_DRAIN
 
 
-def _byte_count(name: str, value: Any) -> int:
-    """Check a write buffer limit: a non-negative int (bool is not one)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return value
-
-
 def _discard(sock: Socket, data: bytes) -> None:
     """The read path of a socket with no read_cb: incoming data is dropped."""
 
@@ -748,8 +721,8 @@ class TcpServer:
         if ptr == ffi.NULL:
             code = err[0]
             raise SocketError(
-                f"cannot listen on {ip!r} port {port}: {_strerror(code)}",
-                code=_errno_of(code),
+                f"cannot listen on {ip!r} port {port}: {strerror(code)}",
+                code=errno_of(code),
                 action="listen",
             )
         self._ptr = ptr
@@ -764,14 +737,14 @@ class TcpServer:
 
     def fileno(self) -> int:
         """The listening socket's descriptor (owned by uvssl)."""
-        _check_thread(self._loop, "fileno()", self)
+        check_thread(self._loop, "fileno()", self)
         if self._ptr is None:
             raise SocketClosed("the server is closed; it has no descriptor", action="fileno")
         return int(lib.uvs_server_fileno(self._ptr))
 
     def close(self) -> None:
         """Stop listening. Connections already accepted stay open (see ``shutdown``)."""
-        _check_thread(self._loop, "close()", self)
+        check_thread(self._loop, "close()", self)
         if self._closed:
             return
         self._closed = True
@@ -790,9 +763,9 @@ class TcpServer:
         ``timeout`` seconds (a peer that does not read, say) are aborted. ``done_cb(server)``
         runs once the last connection and the listening socket are gone. Call it once.
         """
-        _check_thread(self._loop, "shutdown()", self)
-        _check_callable("done_cb", done_cb)
-        secs = _check_seconds("timeout", timeout, allow_zero=True)
+        check_thread(self._loop, "shutdown()", self)
+        check_callable("done_cb", done_cb)
+        secs = check_seconds("timeout", timeout, allow_zero=True)
         if self._draining is not None:
             raise RuntimeError("uvssl: shutdown() was already called on this server")
         loop = self._loop
@@ -847,16 +820,18 @@ class TcpServer:
         """Leaving a ``with`` block stops the server listening (``close()``)."""
         self.close()
 
-    def _new_socket(self) -> Socket:
-        return self._socket_class(
-            self._loop, self.read_cb, self.event_cb, self.connect_cb, None, self.stream
-        )
-
     def _accept(self, conn: Any, stage: int) -> Socket:
-        sock = self._new_socket()
-        sock._server = self
-        sock._attach(conn)
-        lib.uvs_conn_set_data(conn, sock._handle)
+        sock = new_socket(
+            self._socket_class,
+            self._loop,
+            self.read_cb,
+            self.event_cb,
+            self.connect_cb,
+            None,
+            self.stream,
+            accepted=conn,
+            server=self,
+        )
         try:
             self._accepted(sock, stage)
         except BaseException as exc:  # noqa: BLE001 - the socket is taken: its data follows
@@ -891,7 +866,7 @@ class TcpServer:
 def _bind_ip(bind_address: Optional[str], port: int) -> str:
     if bind_address is None or bind_address in ("", "*"):
         return "0.0.0.0"
-    host = _check_host("bind_address", bind_address)
+    host = check_host("bind_address", bind_address)
     try:
         infos = _socket.getaddrinfo(host, port, type=_socket.SOCK_STREAM, flags=_socket.AI_PASSIVE)
     except _socket.gaierror as e:
@@ -899,36 +874,52 @@ def _bind_ip(bind_address: Optional[str], port: int) -> str:
     return str(infos[0][4][0])
 
 
-def _check_backlog(backlog: Any) -> int:
-    if isinstance(backlog, bool) or not isinstance(backlog, int):
-        raise TypeError(f"backlog must be an int, not {type(backlog).__name__}")
-    if backlog < -1 or backlog > 1 << 20:
-        raise ValueError(
-            f"backlog must be -1 (the system maximum) or a positive int, got {backlog}"
-        )
-    return backlog
-
-
 # -- module-level API ------------------------------------------------------------------------
 
 
-def _check_common(read_cb: Any, event_cb: Any, connect_cb: Any, write_cb: Any) -> None:
-    _check_callable("read_cb", read_cb)
-    _check_callable("event_cb", event_cb)
-    _check_callable("connect_cb", connect_cb)
-    _check_callable("write_cb", write_cb)
+_S = TypeVar("_S", bound=Socket)
 
 
-def _setup_client(
-    sock: Socket, conn: Any, data: Any, read_timeout: Any, write_timeout: Any
-) -> None:
-    sock._attach(conn)
-    r_s = _timeout("read_timeout", read_timeout)
-    w_s = _timeout("write_timeout", write_timeout)
-    if r_s or w_s:
-        lib.uvs_conn_set_timeouts(conn, r_s, w_s)
-    if data is not None:
-        sock.write(data)
+def new_socket(
+    cls: type[_S],
+    loop: Loop,
+    read_cb: Optional[ReadCb],
+    event_cb: Optional[Callable[[BaseException], Any]],
+    connect_cb: Optional[Callable[[Socket], Any]],
+    write_cb: Optional[Callable[[Socket], Any]],
+    stream: bool,
+    *,
+    target: Optional[tuple[str, int]] = None,
+    fd: Optional[int] = None,
+    accepted: Any = None,
+    server: Optional[TcpServer] = None,
+    read_timeout: float = 0.0,
+    write_timeout: float = 0.0,
+) -> _S:
+    """The one path by which every ``Socket`` (and ``SslSocket``) gets its native connection.
+
+    Exactly one of: ``target`` (host, port), to connect to; ``fd``, a connected descriptor to
+    adopt; ``accepted``, a connection ``server`` accepted (the native side made it and waits
+    for its handle). A connection that cannot be started raises the ``SocketError`` for it.
+    Arguments are checked by the caller; timeouts are seconds (0: none).
+    """
+    sock = cls(loop, read_cb, event_cb, connect_cb, write_cb, stream)
+    if accepted is not None:
+        conn = accepted
+        sock._server = server
+        lib.uvs_conn_set_data(conn, sock._handle)
+    else:
+        err = ffi.new("int *")
+        if target is not None:
+            sock._target = target
+            host, port = target
+            conn = lib.uvs_conn_connect(loop._ptr, sock._handle, host.encode("idna"), port, err)
+        else:
+            conn = lib.uvs_conn_open(loop._ptr, sock._handle, fd, err)
+        if conn == ffi.NULL:
+            raise socket_error_for(err[0], lib.UVS_ACT_CONNECT, sock)
+    sock._attach(conn, read_timeout, write_timeout)
+    return sock
 
 
 @keyword_hints
@@ -956,36 +947,28 @@ def tcp_connect(
     ``stream=True`` (or cl-async's ``dont_drain_read_buffer=True``) keeps input in
     ``socket.stream`` until the application reads it.
     """
-    host = _check_host("host", host)
-    port = _check_port(port)
-    _check_common(read_cb, event_cb, connect_cb, write_cb)
+    host = check_host("host", host)
+    port = check_port(port)
+    check_callbacks(read_cb, event_cb, connect_cb, write_cb)
     if data is not None:
-        _check_data("data", data)
+        check_data("data", data)
     loop = get_loop()
-    sock = Socket(
-        loop, read_cb, event_cb, connect_cb, write_cb, bool(stream or dont_drain_read_buffer)
+    r_s = check_timeout("read_timeout", read_timeout)
+    w_s = check_timeout("write_timeout", write_timeout)
+    sock = new_socket(
+        Socket,
+        loop,
+        read_cb,
+        event_cb,
+        connect_cb,
+        write_cb,
+        bool(stream or dont_drain_read_buffer),
+        target=(host, port),
+        read_timeout=r_s,
+        write_timeout=w_s,
     )
-    return _connect(loop, sock, host, port, data, read_timeout, write_timeout)
-
-
-def _connect(
-    loop: Loop,
-    sock: Socket,
-    host: str,
-    port: int,
-    data: Any,
-    read_timeout: Any,
-    write_timeout: Any,
-) -> Socket:
-    _timeout("read_timeout", read_timeout)
-    _timeout("write_timeout", write_timeout)
-    sock._target = (host, port)
-    err = ffi.new("int *")
-    conn = lib.uvs_conn_connect(loop._ptr, sock._handle, host.encode("idna"), port, err)
-    if conn == ffi.NULL:
-        exc = socket_error_for(err[0], lib.UVS_ACT_CONNECT, sock)
-        raise exc
-    _setup_client(sock, conn, data, read_timeout, write_timeout)
+    if data is not None:
+        sock.write(data)
     return sock
 
 
@@ -1007,9 +990,9 @@ def tcp_server(
     runs when it is accepted. ``backlog=-1`` means the system maximum. ``reuse_port=True``
     sets SO_REUSEPORT so several processes or threads can serve one port.
     """
-    port = _check_port(port)
-    _check_common(read_cb, event_cb, connect_cb, None)
-    backlog = _check_backlog(backlog)
+    port = check_port(port)
+    check_callbacks(read_cb, event_cb, connect_cb, None)
+    backlog = check_backlog(backlog)
     return TcpServer(
         get_loop(),
         bind_address,
@@ -1042,11 +1025,11 @@ def tcp_open(
     uvssl takes ownership: a ``socket.socket`` is detached, a descriptor will be closed by
     uvssl. ``connect_cb``, if given, runs from the loop right away.
     """
-    _check_common(read_cb, event_cb, connect_cb, write_cb)
+    check_callbacks(read_cb, event_cb, connect_cb, write_cb)
     if data is not None:
-        _check_data("data", data)
-    _timeout("read_timeout", read_timeout)
-    _timeout("write_timeout", write_timeout)
+        check_data("data", data)
+    r_s = check_timeout("read_timeout", read_timeout)
+    w_s = check_timeout("write_timeout", write_timeout)
     loop = get_loop()
     if isinstance(fd_or_socket, _socket.socket):
         pysock = fd_or_socket
@@ -1074,17 +1057,26 @@ def tcp_open(
         if not isinstance(fd_or_socket, _socket.socket):
             pysock.detach()
         raise ValueError("fd_or_socket must be connected") from None
-    sock = Socket(
-        loop, read_cb, event_cb, connect_cb, write_cb, bool(stream or dont_drain_read_buffer)
-    )
-    err = ffi.new("int *")
-    conn = lib.uvs_conn_open(loop._ptr, sock._handle, pysock.fileno(), err)
-    if conn == ffi.NULL:
+    try:
+        sock = new_socket(
+            Socket,
+            loop,
+            read_cb,
+            event_cb,
+            connect_cb,
+            write_cb,
+            bool(stream or dont_drain_read_buffer),
+            fd=pysock.fileno(),
+            read_timeout=r_s,
+            write_timeout=w_s,
+        )
+    except SocketError:
         if not isinstance(fd_or_socket, _socket.socket):
             pysock.detach()
-        raise socket_error_for(err[0], lib.UVS_ACT_CONNECT, sock)
+        raise
     pysock.detach()
-    _setup_client(sock, conn, data, read_timeout, write_timeout)
+    if data is not None:
+        sock.write(data)
     sock._connected = True
     if connect_cb is not None:
         loop.delay(_late_connect_cb, 0, sock)
@@ -1110,8 +1102,8 @@ def write_socket_data(
     """
     if not isinstance(socket, Socket):
         raise TypeError(f"socket must be a uvssl Socket, not {type(socket).__name__}")
-    _check_thread(socket._loop, "write_socket_data()")
-    _check_common(read_cb, event_cb, None, write_cb)
+    check_thread(socket._loop, "write_socket_data()")
+    check_callbacks(read_cb, event_cb, None, write_cb)
     if read_cb is not None:
         socket.read_cb = read_cb
     if event_cb is not None:
@@ -1125,7 +1117,7 @@ def close_socket(socket: Socket, *, force: bool = False) -> None:
     """Close ``socket``: gracefully (pending writes flushed first) or, with ``force``, at once."""
     if not isinstance(socket, Socket):
         raise TypeError(f"socket must be a uvssl Socket, not {type(socket).__name__}")
-    _check_thread(socket._loop, "close_socket()")
+    check_thread(socket._loop, "close_socket()")
     socket.close(force=force)
 
 
@@ -1133,5 +1125,5 @@ def close_tcp_server(server: TcpServer) -> None:
     """Stop ``server`` listening; its open connections are not affected."""
     if not isinstance(server, TcpServer):
         raise TypeError(f"server must be a uvssl TcpServer, not {type(server).__name__}")
-    _check_thread(server._loop, "close_tcp_server()")
+    check_thread(server._loop, "close_tcp_server()")
     server.close()

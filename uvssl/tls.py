@@ -3,38 +3,57 @@
 An ``SslSocket`` is a ``Socket`` with the native TLS engine (csrc/tls.c) attached: every S2
 function accepts it. ``connect_cb`` runs after the handshake; data written before that is
 queued and sent, in order, right after it. ``close_socket`` sends close_notify first.
+
+Servers hand a connection to Python once its handshake is done (one call for accept and
+connect: ``UVS_ACCEPT_ESTABLISHED``), unless the context must see the new ``SSL*`` first
+(``sni_callback``, ``ssl_configure_callback``: the server is then "eager" and hands it over
+at accept). The engine's own events: ``UVS_EV_TLS_CLOSED`` (the peer's close_notify, or a
+close without it) becomes ``SslClosed``; ``UVS_EV_TLS_DETACHED`` (``detach_ssl`` done) turns
+the object back into a plain ``Socket``. A TLS failure is read from the engine and turned
+into its exception by ``errors.tls_error``, the same mapping ``SslStream`` uses.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Any, Callable, Iterable, Optional
 
-from ._args import keyword_hints
+from ._args import (
+    check_backlog,
+    check_callbacks,
+    check_data,
+    check_host,
+    check_hs_timeout,
+    check_port,
+    check_thread,
+    check_timeout,
+    keyword_hints,
+)
 from ._uvssl import ffi, lib
-from .context import Context, alpn_wire, options_value, resolve_ssl_ctx, ssl_owners
+from .context import (
+    Context,
+    alpn_wire,
+    configure_client_ssl,
+    options_value,
+    resolve_ssl_ctx,
+    ssl_owners,
+)
 from .errors import (
     SslClosed,
     SslFailure,
     SslHandshakeTimeout,
-    SslVerificationFailure,
-    SslX509Lookup,
     TcpSslError,
+    captured_tls_error,
+    strerror,
+    tls_error,
 )
-from .loop import Loop, _check_thread, _strerror, get_loop
-from .openssl import error_queue, error_strings, verify_string
+from .loop import Loop, get_loop
+from .openssl import error_queue
 from .tcp import (
     BytesLike,
     ReadCb,
     Socket,
     TcpServer,
-    _check_backlog,
-    _check_common,
-    _check_data,
-    _check_host,
-    _check_port,
-    _connect,
-    _errno_of,
+    new_socket,
     peer_name,
 )
 from .x509 import X509Certificate
@@ -46,104 +65,6 @@ _ACTION_WHAT = {
     lib.UVS_ACT_TLS_READ: "read",
     lib.UVS_ACT_TLS_WRITE: "write",
 }
-
-# Reason codes (ERR_GET_REASON) that say "the certificate did not verify".
-_SSL_R_CERTIFICATE_VERIFY_FAILED = 134
-_X509_LOOKUP_REASONS = {
-    # SSL_R_NO_CERTIFICATE_ASSIGNED, SSL_R_NO_PRIVATE_KEY_ASSIGNED, SSL_R_MISSING_RSA_CERTIFICATE
-    177,
-    190,
-    168,
-}
-
-# What a failed verification means and what to do, by verify result (X509_V_ERR_*).
-_UNTRUSTED = {2, 18, 19, 20, 21}  # no path to a trusted CA: unknown issuer, self-signed, ...
-_NAME_MISMATCH = {62, 64}  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
-_NOT_NOW = {9, 10}  # X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED
-_NO_CRL = 3  # X509_V_ERR_UNABLE_TO_GET_CRL
-_CHAIN_TOO_LONG = 22  # X509_V_ERR_CERT_CHAIN_TOO_LONG
-
-# OpenSSL reasons (the end of an error string) a user can act on: what they mean, and what to
-# do. "alert ..." is what the peer sent: it refused something of this side's.
-_REASON_HINTS = (
-    ("alert unknown ca", "the peer does not trust the CA that issued {this} certificate"),
-    ("alert bad certificate", "the peer rejected {this} certificate"),
-    ("alert certificate unknown", "the peer rejected {this} certificate"),
-    ("alert unsupported certificate", "the peer rejected {this} certificate"),
-    ("alert certificate expired", "the peer says {this} certificate has expired"),
-    ("alert certificate revoked", "the peer says {this} certificate is revoked"),
-    (
-        "alert certificate required",
-        "the peer requires a client certificate: give this client certificate= and key=",
-    ),
-    (
-        "alert protocol version",
-        "the two sides accept no common TLS version (uvssl's minimum is TLS 1.2)",
-    ),
-    (
-        "alert handshake failure",
-        "the peer found no acceptable parameters (cipher, TLS version or signature algorithm)",
-    ),
-    (
-        "peer did not return a certificate",
-        "the client sent no certificate, and this server requires one (verify='required')",
-    ),
-    ("no shared cipher", "the two sides have no cipher in common (see ciphers=)"),
-    (
-        "unsupported protocol",
-        "the two sides accept no common TLS version (uvssl's minimum is TLS 1.2; see min_version=)",
-    ),
-    ("http request", "the peer sent a plain HTTP request to this TLS port"),
-    ("wrong version number", "the peer does not speak TLS (is it a plain TCP or HTTP port?)"),
-)
-
-
-def _verification_hint(vr: int, server: bool, hostname: Optional[str]) -> str:
-    """What to do about verification result ``vr`` ("" when there is nothing to say)."""
-    if vr in _UNTRUSTED:
-        if server:
-            return "give the server's context ca_file= the CA that issued the client certificates"
-        return "give ca_file= the CA that issued it (or verify=False to skip verification)"
-    if vr in _NAME_MISMATCH:
-        name = f"{hostname!r}" if hostname else "the name asked for"
-        return f"it is not valid for {name}: connect with a server_hostname= it names"
-    if vr in _NOT_NOW:
-        return "check this machine's clock, or renew the certificate"
-    if vr == _NO_CRL:
-        return "crl_check is on, but no CRL from its issuer was loaded (crl_file=)"
-    if vr == _CHAIN_TOO_LONG:
-        return "the chain is longer than max_depth="
-    return ""
-
-
-def tls_failure_message(
-    what: str,
-    strings: tuple[str, ...],
-    verify_failed: bool,
-    vr: Optional[int],
-    vstr: Optional[str],
-    server: bool,
-    hostname: Optional[str],
-    peer: Optional[str] = None,
-) -> str:
-    """The message of a TLS error with OpenSSL errors queued: what failed, with whom (``peer``,
-    "HOST port N", when known) and, when the reason is a common one, what it means and what
-    to do. The OpenSSL texts themselves follow in ``str(exc)``, so a reason without advice is
-    not repeated here.
-    """
-    failed = f"TLS {what} with {peer} failed" if peer else f"TLS {what} failed"
-    if verify_failed and vr is not None:
-        whose = "client's" if server else "server's"
-        msg = f"{failed}: the {whose} certificate did not verify ({vstr})"
-        hint = _verification_hint(vr, server, hostname)
-        return f"{msg}: {hint}" if hint else msg
-    last = strings[-1].rsplit(":", 1)[-1] if strings else ""
-    for reason, meaning in _REASON_HINTS:
-        if last.endswith(reason):
-            this = "this server's" if server else "this client's"
-            return f"{failed}: {meaning.format(this=this)}"
-    return failed
-
 
 class SslSession:
     """A TLS session that a later ``tcp_ssl_connect(session=...)`` can resume."""
@@ -175,14 +96,14 @@ _ACCEPT_ESTABLISHED = lib.UVS_ACCEPT_ESTABLISHED
 class SslSocket(Socket):
     """A TLS connection (``tcp_ssl_connect`` / accepted by ``tcp_ssl_server``)."""
 
-    _tls = True
-
     def _init_own(self) -> None:
-        # set by Socket.__init__, which sockets are made with (tcp_ssl_connect, tcp_ssl_server)
+        # Called by Socket.__init__, which sockets are made with (new_socket), and by
+        # attach_ssl when a plain Socket becomes an SslSocket: every attribute of its own,
+        # always in this order (see Socket.__init__).
         self._context: Optional[Context] = None
         self.server_hostname: Optional[str] = None
-        self._tls_closed = False
         self._attached = False  # made plain, then attach_ssl: connect_cb already ran
+        self._sni_context: Optional[Context] = None  # what sni_callback chose, kept alive
 
     # -- TLS details -------------------------------------------------------------------------
     def _ssl(self) -> Any:
@@ -194,14 +115,14 @@ class SslSocket(Socket):
     @property
     def ssl_pointer(self) -> Optional[int]:
         """The raw ``SSL*`` as an int (None once closed)."""
-        _check_thread(self._loop, "ssl_pointer", self)
+        check_thread(self._loop, "ssl_pointer", self)
         ssl = self._ssl()
         return None if ssl == ffi.NULL else int(ffi.cast("uintptr_t", ssl))
 
     @property
     def version(self) -> Optional[str]:
         """The negotiated protocol ("TLSv1.3"), or None before the handshake."""
-        _check_thread(self._loop, "version", self)
+        check_thread(self._loop, "version", self)
         ssl = self._ssl()
         if ssl == ffi.NULL or not self._connected:
             return None
@@ -210,7 +131,7 @@ class SslSocket(Socket):
     @property
     def cipher(self) -> Optional[str]:
         """The negotiated cipher's OpenSSL name, or None before the handshake."""
-        _check_thread(self._loop, "cipher", self)
+        check_thread(self._loop, "cipher", self)
         ssl = self._ssl()
         if ssl == ffi.NULL or not self._connected:
             return None
@@ -220,7 +141,7 @@ class SslSocket(Socket):
     @property
     def alpn_protocol(self) -> Optional[str]:
         """The protocol ALPN selected, or None."""
-        _check_thread(self._loop, "alpn_protocol", self)
+        check_thread(self._loop, "alpn_protocol", self)
         ssl = self._ssl()
         if ssl == ffi.NULL:
             return None
@@ -234,7 +155,7 @@ class SslSocket(Socket):
     @property
     def peer_certificate(self) -> Optional[X509Certificate]:
         """The peer's certificate, or None (no certificate, or not connected)."""
-        _check_thread(self._loop, "peer_certificate", self)
+        check_thread(self._loop, "peer_certificate", self)
         ssl = self._ssl()
         if ssl == ffi.NULL:
             return None
@@ -245,7 +166,7 @@ class SslSocket(Socket):
         """The session, for ``tcp_ssl_connect(session=...)`` (with TLS 1.3 it is resumable
         once the server's ticket arrived, shortly after the handshake).
         """
-        _check_thread(self._loop, "session", self)
+        check_thread(self._loop, "session", self)
         ssl = self._ssl()
         if ssl == ffi.NULL:
             return None
@@ -255,7 +176,7 @@ class SslSocket(Socket):
     @property
     def session_reused(self) -> bool:
         """True when the handshake resumed a session."""
-        _check_thread(self._loop, "session_reused", self)
+        check_thread(self._loop, "session_reused", self)
         ssl = self._ssl()
         return bool(ssl != ffi.NULL and lib.SSL_session_reused(ssl))
 
@@ -277,7 +198,6 @@ class SslSocket(Socket):
             return
         if kind == _EV_TLS_CLOSED:
             truncated = status != 0
-            self._tls_closed = True
             exc = SslClosed(
                 "TLS read: the peer closed the connection without close_notify (data may be "
                 "truncated)"
@@ -312,52 +232,14 @@ class SslSocket(Socket):
 
     def _tls_error(self, what: str) -> TcpSslError:
         conn = self._conn
-        codes: tuple[int, ...] = ()
-        ssl_err = sys_err = 0
-        vr: Optional[int] = None
+        captured = None if conn is None else captured_tls_error(lib.uvs_conn_tls_error, conn)
+        server = False
         if conn is not None:
-            buf = ffi.new("unsigned long[16]")
-            se = ffi.new("int *")
-            ye = ffi.new("int *")
-            v = ffi.new("long *")
-            n = lib.uvs_conn_tls_error(conn, buf, 16, se, ye, v)
-            if n >= 0:
-                codes = tuple(int(buf[i]) for i in range(n))
-                ssl_err, sys_err, vr = se[0], ye[0], int(v[0])
-        strings = error_strings(codes)
-        reasons = {int(lib.ERR_GET_REASON(c)) for c in codes}
-        verified_bad = vr is not None and vr != lib.X509_V_OK
-        verify_failed = _SSL_R_CERTIFICATE_VERIFY_FAILED in reasons and verified_bad
-        vstr = verify_string(vr) if vr is not None else None
-        where = peer_name(self)
-        failed = f"TLS {what} with {where} failed" if where else f"TLS {what} failed"
-        if sys_err == lib.UV_EOF and not codes:
-            peer = f"the peer ({where})" if where else "the peer"
-            msg = f"{peer} closed the connection during the TLS handshake"
-        elif codes:
-            ssl = lib.uvs_conn_ssl(conn) if conn is not None else ffi.NULL
+            ssl = lib.uvs_conn_ssl(conn)
             server = ssl != ffi.NULL and bool(lib.SSL_is_server(ssl))
-            msg = tls_failure_message(
-                what, strings, verify_failed, vr, vstr, server, self.server_hostname, where
-            )
-        elif ssl_err == lib.SSL_ERROR_SYSCALL and sys_err:
-            msg = f"{failed}: {_strerror(-sys_err) if sys_err > 0 else _strerror(sys_err)}"
-        else:
-            msg = failed
-        kw: dict[str, Any] = dict(
-            what=what,
-            codes=codes,
-            strings=strings,
-            verify_result=vr,
-            verify_result_string=vstr,
-            socket=self,
-            code=_errno_of(-sys_err) if sys_err > 0 else None,
+        return tls_error(
+            what, captured, server, self.server_hostname, peer_name(self), socket=self
         )
-        if verify_failed:
-            return SslVerificationFailure(msg, **kw)
-        if reasons & _X509_LOOKUP_REASONS:
-            return SslX509Lookup(msg, **kw)
-        return SslFailure(msg, **kw)
 
     def _report(self, exc: BaseException, eof: bool = False) -> None:
         if isinstance(exc, TcpSslError) and not isinstance(exc, SslClosed):
@@ -376,7 +258,7 @@ class TcpSslServer(TcpServer):
         r = lib.uvs_server_set_tls(self._ptr, ctx._ctx, hs)
         if r != 0:
             self.close()
-            raise MemoryError(f"uvssl: cannot attach TLS to the server: {_strerror(r)}")
+            raise MemoryError(f"uvssl: cannot attach TLS to the server: {strerror(r)}")
         ctx._add_server(self)
         self._sync_eager()
 
@@ -388,13 +270,9 @@ class TcpSslServer(TcpServer):
         if self._ptr is not None:
             lib.uvs_server_set_eager(self._ptr, int(eager))
 
-    def _new_socket(self) -> Socket:
-        sock = super()._new_socket()
+    def _accepted(self, sock: Socket, stage: int) -> None:
         assert isinstance(sock, SslSocket)
         sock._context = self.context
-        return sock
-
-    def _accepted(self, sock: Socket, stage: int) -> None:
         if stage == _ACCEPT_ESTABLISHED:  # handed over after the handshake: its connect event
             sock._connected = True
             sock._on_connected()
@@ -453,59 +331,7 @@ def _effective_hs(value: Any, ctx: Context) -> Optional[float]:
     """The handshake timeout to use: an explicit value wins, else the context's."""
     if value is CONTEXT_DEFAULT:
         return ctx.handshake_timeout
-    return _check_hs_timeout(value)
-
-
-def _check_hs_timeout(value: Any) -> Optional[float]:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(
-            f"handshake_timeout must be a number of seconds or None, not {type(value).__name__}"
-        )
-    if value <= 0:
-        raise ValueError(f"handshake_timeout must be > 0 seconds (or None), got {value!r}")
-    return float(value)
-
-
-def _configure_client_ssl(
-    ssl: Any,
-    ctx: Context,
-    server_hostname: Optional[str],
-    verify: bool,
-    alpn: Optional[bytes],
-    session: Optional[SslSession],
-) -> None:
-    if server_hostname:
-        is_ip = True
-        try:
-            ipaddress.ip_address(server_hostname)
-        except ValueError:
-            is_ip = False
-        if not is_ip:
-            if lib.SSL_set_tlsext_host_name(ssl, server_hostname.encode("idna")) != 1:
-                raise SslFailure(f"cannot set SNI to {server_hostname!r}", what="configure")
-        if verify and ctx.verify_host:
-            lib.SSL_set_hostflags(ssl, lib.X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS)
-            if is_ip:
-                ok = lib.X509_VERIFY_PARAM_set1_ip_asc(
-                    lib.SSL_get0_param(ssl), server_hostname.encode("ascii")
-                )
-            else:
-                ok = lib.SSL_set1_host(ssl, server_hostname.encode("idna"))
-            if ok != 1:
-                raise SslFailure(f"cannot check host name {server_hostname!r}", what="configure")
-    if not verify:
-        lib.SSL_set_verify(ssl, lib.SSL_VERIFY_NONE, ffi.NULL)
-    if alpn is not None and lib.SSL_set_alpn_protos(ssl, alpn, len(alpn)) != 0:
-        raise SslFailure("cannot set ALPN", what="configure")
-    if session is not None:
-        if not isinstance(session, SslSession):
-            raise TypeError(
-                f"session must be an SslSession (from socket.session), not {type(session).__name__}"
-            )
-        if session._ptr is not None and lib.SSL_set_session(ssl, session._ptr) != 1:
-            lib.ERR_clear_error()  # an unusable session just means a full handshake
+    return check_hs_timeout(value)
 
 
 @keyword_hints
@@ -541,18 +367,18 @@ def tcp_ssl_connect(
     the ``Context`` says otherwise); ``session`` (from an earlier socket's
     ``.session``, to resume). ``connect_cb`` runs after the handshake.
     """
-    host = _check_host("host", host)
-    port = _check_port(port)
-    _check_common(read_cb, event_cb, connect_cb, write_cb)
+    host = check_host("host", host)
+    port = check_port(port)
+    check_callbacks(read_cb, event_cb, connect_cb, write_cb)
     if data is not None:
-        _check_data("data", data)
+        check_data("data", data)
     if not isinstance(verify, bool):
         hint = " (a CA file goes in ca_file=)" if isinstance(verify, (str, bytes)) else ""
         raise TypeError(f"verify must be a bool, not {type(verify).__name__}{hint}")
-    _check_hs_timeout(handshake_timeout)  # validated now; resolved against the context below
+    check_hs_timeout(handshake_timeout)  # validated now; resolved against the context below
     opts = options_value("ssl_options", ssl_options)
     if server_hostname is not None:
-        server_hostname = _check_host("server_hostname", server_hostname)
+        server_hostname = check_host("server_hostname", server_hostname)
     alpn_bytes = alpn_wire("alpn", alpn) if alpn is not None else None
     if ssl_ctx is not None:
         if opts or ciphers is not None:
@@ -567,29 +393,33 @@ def tcp_ssl_connect(
     if session is not None and not isinstance(session, SslSession):
         raise TypeError(f"session must be an SslSession, not {type(session).__name__}")
     loop = get_loop()
-    sock = SslSocket(
-        loop, read_cb, event_cb, connect_cb, write_cb, bool(stream or dont_drain_read_buffer)
+    sock = new_socket(
+        SslSocket,
+        loop,
+        read_cb,
+        event_cb,
+        connect_cb,
+        write_cb,
+        bool(stream or dont_drain_read_buffer),
+        target=(host, port),
+        read_timeout=check_timeout("read_timeout", read_timeout),
+        write_timeout=check_timeout("write_timeout", write_timeout),
     )
     sock._context = ctx
     sock.server_hostname = server_hostname or host
-    _connect(loop, sock, host, port, None, read_timeout, write_timeout)
     try:
         hs = _effective_hs(handshake_timeout, ctx)
         r = lib.uvs_conn_attach_tls(sock._conn, ctx._ctx, ffi.NULL, 0, hs or 0.0, ffi.NULL, 0)
         if r != 0:
             codes, strings = error_queue()
             raise SslFailure(
-                f"cannot start TLS: {_strerror(r)}", what="attach", codes=codes, strings=strings
+                f"cannot start TLS: {strerror(r)}", what="attach", codes=codes, strings=strings
             )
         ssl = lib.uvs_conn_ssl(sock._conn)
-        _configure_client_ssl(
-            ssl,
-            ctx,
-            sock.server_hostname,
-            verify,
-            alpn_bytes,
-            session,
-        )
+        configure_client_ssl(ssl, ctx, sock.server_hostname, verify, alpn_bytes)
+        if session is not None and session._ptr is not None:
+            if lib.SSL_set_session(ssl, session._ptr) != 1:
+                lib.ERR_clear_error()  # an unusable session just means a full handshake
         ctx._configure_ssl(ssl)
     except BaseException:
         sock.close(force=True)
@@ -627,10 +457,10 @@ def tcp_ssl_server(
     context's, 60 s unless the ``Context`` says otherwise) closes
     connections that do not complete the handshake. ``connect_cb`` runs after the handshake.
     """
-    port = _check_port(port)
-    _check_common(read_cb, event_cb, connect_cb, None)
-    backlog = _check_backlog(backlog)
-    _check_hs_timeout(handshake_timeout)  # validated now; resolved against the context below
+    port = check_port(port)
+    check_callbacks(read_cb, event_cb, connect_cb, None)
+    backlog = check_backlog(backlog)
+    check_hs_timeout(handshake_timeout)  # validated now; resolved against the context below
     opts = options_value("ssl_options", ssl_options)
     if ssl_ctx is not None:
         if opts or ciphers is not None:
