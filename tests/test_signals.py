@@ -358,11 +358,15 @@ def start_serve(*extra: str) -> tuple[subprocess.Popen[bytes], LineReader, int]:
     return proc, lines, int(line.split()[1])
 
 
-def tls_client(port: int) -> ssl.SSLSocket:
+def tls_client(port: int, rcvbuf: int = 0) -> ssl.SSLSocket:
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    raw = socket.socket()
+    if rcvbuf:  # before connect, so that the window stays small
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    raw.settimeout(10)
+    raw.connect(("127.0.0.1", port))
     return ctx.wrap_socket(raw, server_hostname="localhost", suppress_ragged_eofs=False)
 
 
@@ -390,19 +394,20 @@ def test_serve_stops_at_once_on_a_second_ctrl_c() -> None:
     proc, lines, port = start_serve("--graceful-timeout", "60")
     c = None
     try:
-        c = tls_client(port)
+        c = tls_client(port, rcvbuf=4096)
         c.setblocking(False)
-        # a client that sends and never reads: the server's echo backs up, so the graceful
+        # a client that sends and never reads, with a small receive window: the server's echo
+        # backs up in its own buffer (6 MiB, more than tcp_wmem lets the kernel hold), so the
         # shutdown cannot finish before its (long) timeout
         payload = b"x" * 65536
         deadline = time.monotonic() + 10
         sent = 0
-        while time.monotonic() < deadline and sent < 64 * 1024 * 1024:
+        while time.monotonic() < deadline and sent < 6 * 1024 * 1024:
             try:
                 sent += c.send(payload)
             except (ssl.SSLWantWriteError, BlockingIOError):
-                break
-        assert sent > 0
+                time.sleep(0.005)  # the server reads on; its echo stays with it
+        assert sent >= 6 * 1024 * 1024, sent
         proc.send_signal(signal.SIGINT)
         wait_line(lines, ": shutting down", proc)
         time.sleep(0.5)
