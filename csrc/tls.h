@@ -87,7 +87,7 @@ int uvs_ctx_set_sni(SSL_CTX *ctx, void *arg);
 int uvs_ctx_load_crl_file(SSL_CTX *ctx, const char *path);
 int uvs_x509_field(X509 *x, int what, char *buf, int len);
 
-/* ---- blocking streams (stream.c) -------------------------------------------------------- */
+/* ---- blocking streams (tls_blocking.c) -------------------------------------------------- */
 typedef struct uvs_stream_s uvs_stream_t;
 #define UVS_STREAM_ETLS (-0x7000)
 uvs_stream_t *uvs_stream_new(SSL_CTX *ctx, int fd, int server, int *err);

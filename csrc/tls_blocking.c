@@ -1,5 +1,5 @@
 /*
- * stream.c: blocking TLS over a connected socket (SPEC S7's SslStream).
+ * tls_blocking.c: blocking TLS over a connected socket (SPEC S7's SslStream).
  *
  * Theory of operation
  * -------------------
