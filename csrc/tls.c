@@ -26,9 +26,11 @@
  * succeeds (the out buffer grows), so SSL_ERROR_WANT_WRITE never happens and SSL_write takes
  * the whole plaintext at once (which is also why SSL_MODE_ENABLE_PARTIAL_WRITE buys nothing).
  *
- * Whatever OpenSSL writes on its own must reach the peer: alerts after a failure, the reply to a
- * KeyUpdate, TLS 1.3 session tickets after the handshake. The engine cannot send, so its user
- * must drain uvs__engine_out after every step, including steps that produced no plaintext.
+ * Whatever OpenSSL writes on its own must reach the peer: alerts after a failure, TLS 1.3
+ * session tickets after the handshake. (The answer to a peer's KeyUpdate request is not among
+ * them: OpenSSL holds it until our next write, which it precedes.) The engine cannot send, so
+ * its user must drain uvs__engine_out after every step, including steps that produced no
+ * plaintext. tests/engine/test_engine.c checks all of this with two engines and no socket.
  *
  * State: HANDSHAKING, OPEN, DONE (close_notify both ways) and FAILED. Every change goes through
  * uvs__engine_set_state, which refuses the transitions that must not happen (see

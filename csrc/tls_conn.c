@@ -15,8 +15,8 @@
  *            pumped: handshake steps, then SSL_read into the loop's shared plaintext buffer
  *            until it has nothing more. All the plaintext one read made available reaches the
  *            embedding in one on_read call (256 KiB at most per call). After every step the
- *            ciphertext the engine produced is sent, data or not (alerts, KeyUpdate replies,
- *            session tickets).
+ *            ciphertext the engine produced is sent, data or not (alerts, session tickets;
+ *            a KeyUpdate answer leaves with the next write).
  *   flush:   the plaintext the application wrote during a callback (c->out) goes through one
  *            SSL_write, so one callback's writes become one run of records and one syscall.
  *            Before the handshake completes nothing is encrypted: early writes wait in c->out
