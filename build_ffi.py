@@ -25,7 +25,7 @@ from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
 CSRC = HERE / "csrc"
-SOURCES = ["buf.c", "batch.c", "loop.c", "tcp.c", "tls.c", "tls_conn.c", "ctx.c", "stream.c"]
+SOURCES = ["buf.c", "batch.c", "loop.c", "tcp.c", "tls.c", "tls_conn.c", "ctx.c", "tls_blocking.c"]
 
 # (pkg-config name, Debian package that provides it)
 REQUIRED = [("libuv", "libuv1-dev"), ("openssl", "libssl-dev")]

@@ -7,29 +7,31 @@
  * consuming from the front moves the remainder down, which is cheap because the common case
  * consumes everything. An empty buffer is kept for the next write only while it is small (at
  * most 1 KiB): small writes then cost no allocation, and an idle connection holds at most a
- * kilobyte or two here however much it sent before.
+ * kilobyte or two here however much it sent before. It needs no libuv (see buf.h): the TLS
+ * engine uses it too.
  */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "uvs.h"
+#include "buf.h"
 
 #define UVS__BUF_KEEP 1024 /* an empty buffer larger than this is released */
 
 /* Make room for n more bytes with at most one reallocation. */
 int uvs__buf_reserve(uvs__buf_t *b, size_t n) {
     if (b->len + n < b->len)
-        return UV_ENOMEM;
+        return UVS__BUF_ENOMEM;
     if (b->len + n > b->cap) {
         size_t cap = b->cap ? b->cap : 256;
         while (cap < b->len + n) {
             if (cap > SIZE_MAX / 2)
-                return UV_ENOMEM;
+                return UVS__BUF_ENOMEM;
             cap *= 2;
         }
         char *nb = realloc(b->base, cap);
         if (nb == NULL)
-            return UV_ENOMEM;
+            return UVS__BUF_ENOMEM;
         b->base = nb;
         b->cap = cap;
     }

@@ -1,5 +1,9 @@
 /*
- * tls.h: the sans-I/O TLS engine (tls.c) and its glue to connections (tls_conn.c).
+ * tls.h: the glue between the sans-I/O TLS engine (tls.c, header tls_engine.h) and the rest of
+ * the core: the public TLS API, the blocking streams (tls_blocking.c) and the hooks tcp.c calls
+ * on a connection with an engine attached (tls_conn.c). c->tls (uvs_tls_t) is the glue's
+ * per-connection record (private to tls_conn.c): the engine plus the connection's handshake
+ * timer and its place on the loop's list of busy engines.
  */
 #ifndef UVS_TLS_H
 #define UVS_TLS_H
@@ -7,60 +11,10 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
+#include "tls_engine.h"
 #include "uvs.h"
 
-#define UVS__TLS_MAX_ERRORS 16
 #define UVS__TLS_HOLD_MAX (256 * 1024) /* plaintext kept after close_notify before we stop reading */
-
-enum {
-    UVS_TLS_HANDSHAKING = 1,
-    UVS_TLS_OPEN = 2,
-    UVS_TLS_FAILED = 3,
-    UVS_TLS_DONE = 4 /* close_notify both ways: the TCP connection may go on in plaintext */
-};
-
-/* What the engine made of the input it was given. */
-enum {
-    UVS__TLS_R_AGAIN = 0,      /* needs more ciphertext                         */
-    UVS__TLS_R_HANDSHAKE = 1,  /* the handshake just completed                  */
-    UVS__TLS_R_CLOSED = 2,     /* the peer sent close_notify                    */
-    UVS__TLS_R_ERROR = 3,      /* fatal: see the captured error                 */
-    UVS__TLS_R_DATA = 4        /* plaintext is in the caller's buffer           */
-};
-
-struct uvs_tls_s {
-    SSL *ssl;
-    BIO *bio;              /* our BIO: reads the offered input, writes to `out`  */
-    int state;             /* UVS_TLS_*                                            */
-    int server;
-    int borrowed_ssl;      /* the embedding gave us this SSL*: never SSL_free it  */
-    int close_notify_sent;
-    int close_notify_received;
-    int detaching;         /* close_notify exchange ends in plaintext, not close */
-    int started;           /* the handshake has been kicked off                   */
-    int deferred;          /* a result to report after the data that preceded it  */
-    /* input: ciphertext offered for this call, plus what a previous call left over */
-    const char *in_p;
-    size_t in_n;
-    int in_from_keep;
-    uvs__buf_t in_keep;
-    /* output: ciphertext waiting to be sent */
-    uvs__buf_t out;
-    /* the error that failed the connection */
-    unsigned long err_codes[UVS__TLS_MAX_ERRORS];
-    int err_count;
-    int err_ssl;           /* SSL_get_error's verdict                              */
-    int err_sys;           /* errno-style code for SSL_ERROR_SYSCALL, or 0         */
-    long verify_result;
-    /* glue state (tls_conn.c) */
-    uvs_conn_t *conn;      /* the connection this engine is attached to           */
-    uint64_t handshake_timeout_ms;
-    uv_timer_t *htimer;
-    int keep_buffers;      /* record buffers kept while busy (else RELEASE_BUFFERS)   */
-    uvs__link_t busy;      /* on loop->tls_busy while OpenSSL may hold record buffers */
-    uint64_t busy_at;      /* loop time (ms) of the engine's last step                */
-    uint64_t busy_iteration; /* and the loop iteration                               */
-};
 
 /* A connection's OpenSSL record buffers (about 34 KiB) are released once it has been quiet for
  * this long and for this many loop iterations, instead of after every record
@@ -87,7 +41,7 @@ int uvs_ctx_set_sni(SSL_CTX *ctx, void *arg);
 int uvs_ctx_load_crl_file(SSL_CTX *ctx, const char *path);
 int uvs_x509_field(X509 *x, int what, char *buf, int len);
 
-/* ---- blocking streams (stream.c) -------------------------------------------------------- */
+/* ---- blocking streams (tls_blocking.c) -------------------------------------------------- */
 typedef struct uvs_stream_s uvs_stream_t;
 #define UVS_STREAM_ETLS (-0x7000)
 uvs_stream_t *uvs_stream_new(SSL_CTX *ctx, int fd, int server, int *err);
@@ -101,22 +55,17 @@ int uvs_stream_shutdown(uvs_stream_t *s);
 int uvs_stream_tls_error(uvs_stream_t *s, unsigned long *codes, int max, int *ssl_err,
                          int *sys_err, long *verify_result);
 
-/* ---- engine (tls.c): no libuv ---------------------------------------------------------- */
-uvs_tls_t *uvs__tls_new(SSL_CTX *ctx, SSL *borrowed, int server, int *err);
-void uvs__tls_free(uvs_tls_t *t);
-void uvs__tls_offer(uvs_tls_t *t, const char *p, size_t n);
-void uvs__tls_settle(uvs_tls_t *t);
-int uvs__tls_step(uvs_tls_t *t, char *buf, size_t cap, size_t *got);
-int uvs__tls_encrypt(uvs_tls_t *t, const char *p, size_t n, size_t *used);
-int uvs__tls_close_notify(uvs_tls_t *t);
-int uvs__tls_drained(const uvs_tls_t *t);
-void uvs__tls_capture(uvs_tls_t *t, int ssl_err);
+/* ---- glue (tls_conn.c): shared with tls_blocking.c ------------------------------------- */
+int uvs__tls_uv_code(int engine_code);
+int uvs__tls_export_error(const uvs__engine_t *e, unsigned long *codes, int max, int *ssl_err,
+                          int *sys_err, long *verify_result);
 
 /* ---- glue (tls_conn.c): hooks used by tcp.c --------------------------------------------- */
 void uvs__tls_on_read(uvs_conn_t *c, const char *p, size_t n);
 void uvs__tls_on_eof(uvs_conn_t *c);
 void uvs__tls_on_connected(uvs_conn_t *c);
 void uvs__tls_on_close(uvs_conn_t *c);
+void uvs__tls_free(uvs_tls_t *t);
 void uvs__tls_flush(uvs_conn_t *c);
 void uvs__tls_resume(uvs_conn_t *c);
 size_t uvs__tls_pending(const uvs_conn_t *c);

@@ -3,14 +3,20 @@
  *
  * Theory of operation
  * -------------------
- * tcp.c calls the hooks here whenever a connection has an engine (c->tls != NULL):
+ * tcp.c calls the hooks here whenever a connection has an engine (c->tls != NULL). c->tls is
+ * this file's record of the attachment (struct uvs_tls_s below): the sans-I/O engine (tls.c),
+ * which knows nothing of connections or loops, plus what only an event loop needs: the
+ * connection, the handshake timer and the engine's place on the loop's busy list. The engine
+ * speaks its own error codes (UVS__TLSE_*); uvs__tls_uv_code turns them into libuv's, and
+ * uvs__tls_export_error is the one place an engine's error leaves for the embedding (the
+ * blocking streams use it too).
  *
  *   read:    ciphertext from libuv's shared read buffer is offered to the engine, which is
  *            pumped: handshake steps, then SSL_read into the loop's shared plaintext buffer
  *            until it has nothing more. All the plaintext one read made available reaches the
  *            embedding in one on_read call (256 KiB at most per call). After every step the
- *            ciphertext the engine produced is sent, data or not (alerts, KeyUpdate replies,
- *            session tickets).
+ *            ciphertext the engine produced is sent, data or not (alerts, session tickets;
+ *            a KeyUpdate answer leaves with the next write).
  *   flush:   the plaintext the application wrote during a callback (c->out) goes through one
  *            SSL_write, so one callback's writes become one run of records and one syscall.
  *            Before the handshake completes nothing is encrypted: early writes wait in c->out
@@ -50,6 +56,23 @@
 
 #include "tls.h"
 
+/* buf.c returns -ENOMEM without including libuv: that must be UV_ENOMEM (C99 static check) */
+typedef char uvs__check_buf_enomem[UVS__BUF_ENOMEM == UV_ENOMEM ? 1 : -1];
+
+/* An engine attached to a connection. */
+struct uvs_tls_s {
+    uvs__engine_t *eng;
+    uvs_conn_t *conn;      /* the connection this engine is attached to             */
+    int detaching;         /* close_notify exchange ends in plaintext, not close   */
+    int started;           /* the handshake has been kicked off                     */
+    uint64_t handshake_timeout_ms;
+    uv_timer_t *htimer;
+    int keep_buffers;      /* record buffers kept while busy (else RELEASE_BUFFERS)   */
+    uvs__link_t busy;      /* on loop->tls_busy while OpenSSL may hold record buffers */
+    uint64_t busy_at;      /* loop time (ms) of the engine's last step                */
+    uint64_t busy_iteration; /* and the loop iteration                               */
+};
+
 static void uvs__tls_push(uvs_conn_t *c);
 
 /* ---- helpers ------------------------------------------------------------------------------ */
@@ -58,6 +81,32 @@ static char *uvs__plain_buf(uvs_loop_t *loop) {
     if (loop->pbuf == NULL)
         loop->pbuf = malloc(UVS__READ_BUF_SIZE);
     return loop->pbuf;
+}
+
+/* ---- errors ------------------------------------------------------------------------------- */
+
+/* An engine code (UVS__TLSE_*, or a positive errno, or 0) as the embedding knows it: libuv's
+ * codes, positive errno values unchanged. */
+int uvs__tls_uv_code(int engine_code) {
+    switch (engine_code) {
+    case UVS__TLSE_ENOMEM:
+        return UV_ENOMEM;
+    case UVS__TLSE_EPROTO:
+        return UV_EPROTO;
+    case UVS__TLSE_EOF:
+        return UV_EOF;
+    case UVS__TLSE_EINVAL:
+        return UV_EINVAL;
+    default:
+        return engine_code;
+    }
+}
+
+int uvs__tls_export_error(const uvs__engine_t *e, unsigned long *codes, int max, int *ssl_err,
+                          int *sys_err, long *verify_result) {
+    int n = uvs__engine_error(e, codes, max, ssl_err, sys_err, verify_result);
+    *sys_err = uvs__tls_uv_code(*sys_err);
+    return n;
 }
 
 /* ---- OpenSSL's record buffers ------------------------------------------------------------ */
@@ -84,10 +133,7 @@ int uvs_tls_can_free_buffers(void) {
  * buffers that uvs__buf_consume keeps for the next small write (up to 1 KiB each), and an
  * empty leftover-input buffer. Only empty ones go; a buffer holding bytes stays as it is. */
 static void uvs__tls_trim_own(uvs_tls_t *t) {
-    if (t->out.len == 0)
-        uvs__buf_free(&t->out);
-    if (t->in_keep.len == 0)
-        uvs__buf_free(&t->in_keep);
+    uvs__engine_trim(t->eng);
     if (t->conn->out.len == 0)
         uvs__buf_free(&t->conn->out);
 }
@@ -102,7 +148,7 @@ static void uvs__tls_trim_cb(uv_timer_t *h) {
             loop->iteration - t->busy_iteration < UVS__TLS_TRIM_ITERATIONS)
             break; /* the rest are newer */
         uvs__link_del(&t->busy);
-        if (SSL_free_buffers(t->ssl) != 1) {
+        if (SSL_free_buffers(uvs__engine_ssl(t->eng)) != 1) {
             t->busy_at = now; /* part of a record is buffered: try again later */
             t->busy_iteration = loop->iteration;
             uvs__link_append(head, &t->busy);
@@ -134,7 +180,7 @@ static void uvs__tls_touch(uvs_conn_t *c) {
         /* cannot happen for an initialised timer; never hold buffers with no one to free them */
         uvs__link_del(&t->busy);
         t->keep_buffers = 0;
-        SSL_set_mode(t->ssl, SSL_MODE_RELEASE_BUFFERS);
+        SSL_set_mode(uvs__engine_ssl(t->eng), SSL_MODE_RELEASE_BUFFERS);
     }
 }
 
@@ -149,7 +195,7 @@ static void uvs__tls_keep_buffers(uvs_loop_t *loop, uvs_tls_t *t) {
         uv_unref((uv_handle_t *)&loop->tls_trim);
         loop->tls_trim_on = 1;
     }
-    SSL_clear_mode(t->ssl, SSL_MODE_RELEASE_BUFFERS);
+    SSL_clear_mode(uvs__engine_ssl(t->eng), SSL_MODE_RELEASE_BUFFERS);
     t->keep_buffers = 1;
 }
 
@@ -157,15 +203,41 @@ int uvs_conn_tls_buffers_held(const uvs_conn_t *c) {
     return c->tls != NULL && c->tls->busy.next != NULL;
 }
 
+/* ---- lifetime ----------------------------------------------------------------------------- */
+
+static uvs_tls_t *uvs__tls_new(uvs_conn_t *c, SSL_CTX *ctx, SSL *ssl, int server, int *err) {
+    uvs_tls_t *t = calloc(1, sizeof(*t));
+    if (t == NULL) {
+        *err = UV_ENOMEM;
+        return NULL;
+    }
+    t->eng = uvs__engine_new(ctx, ssl, server, err);
+    if (t->eng == NULL) {
+        *err = uvs__tls_uv_code(*err);
+        free(t);
+        return NULL;
+    }
+    t->conn = c;
+    return t;
+}
+
+/* The attachment goes away with its engine (tcp.c, when the connection is freed; or a
+ * finished detach). The handshake timer must have been released already. */
+void uvs__tls_free(uvs_tls_t *t) {
+    uvs__link_del(&t->busy); /* a no-op unless it is listed */
+    uvs__engine_free(t->eng);
+    free(t);
+}
+
 /* ---- sending ------------------------------------------------------------------------------ */
 
 /* Send whatever ciphertext the engine produced. Every engine step ends here. */
 static void uvs__tls_push(uvs_conn_t *c) {
-    uvs_tls_t *t = c->tls;
+    uvs__buf_t *out = uvs__engine_out(c->tls->eng);
     uvs__tls_touch(c);
-    if (t->out.len == 0 || (c->state & UVS__C_CLOSING))
+    if (out->len == 0 || (c->state & UVS__C_CLOSING))
         return;
-    (void)uvs__conn_send_buf(c, &t->out); /* on failure the connection has failed */
+    (void)uvs__conn_send_buf(c, out); /* on failure the connection has failed */
 }
 
 static void uvs__tls_fail(uvs_conn_t *c, int kind, int action) {
@@ -183,12 +255,11 @@ static void uvs__tls_fail(uvs_conn_t *c, int kind, int action) {
 /* Both close_notify sent: a detach ends here and the engine goes away. */
 static void uvs__tls_finish_detach(uvs_conn_t *c) {
     uvs_tls_t *t = c->tls;
-    uvs__tls_settle(t); /* input after the peer's close_notify joins in_keep */
+    uvs__engine_settle(t->eng); /* input after the peer's close_notify is kept */
     c->tls = NULL;
     /* anything after the peer's close_notify is plaintext */
-    uvs__buf_t rest = t->in_keep;
-    t->in_keep.base = NULL;
-    t->in_keep.len = t->in_keep.cap = 0;
+    uvs__buf_t rest;
+    uvs__engine_take_kept(t->eng, &rest);
     uvs__timer_release(c, &t->htimer);
     uvs__tls_free(t);
     uvs__emit(c, UVS_EV_TLS_DETACHED, 0, 0);
@@ -202,6 +273,7 @@ static void uvs__tls_finish_detach(uvs_conn_t *c) {
 /* Make all the progress the offered input allows. */
 static void uvs__tls_pump_steps(uvs_conn_t *c) {
     uvs_tls_t *t = c->tls;
+    uvs__engine_t *e = t->eng;
     char *pbuf = uvs__plain_buf(c->loop);
     if (pbuf == NULL) {
         uvs__conn_fail(c, UVS_EV_ERROR, UV_ENOMEM, UVS_ACT_TLS_READ);
@@ -210,11 +282,11 @@ static void uvs__tls_pump_steps(uvs_conn_t *c) {
     for (;;) {
         if ((c->state & UVS__C_CLOSING) || c->tls != t)
             return;
-        if (t->state == UVS_TLS_OPEN && (c->state & UVS__C_PAUSED))
+        if (uvs__engine_state(e) == UVS_TLS_OPEN && (c->state & UVS__C_PAUSED))
             return; /* resumed later by uvs__tls_resume */
         size_t got = 0;
-        int was_handshaking = t->state == UVS_TLS_HANDSHAKING;
-        int r = uvs__tls_step(t, pbuf, UVS__READ_BUF_SIZE, &got);
+        int was_handshaking = uvs__engine_state(e) == UVS_TLS_HANDSHAKING;
+        int r = uvs__engine_step(e, pbuf, UVS__READ_BUF_SIZE, &got);
         uvs__tls_push(c);
         switch (r) {
         case UVS__TLS_R_AGAIN:
@@ -223,8 +295,8 @@ static void uvs__tls_pump_steps(uvs_conn_t *c) {
             /* The handshake's timer and its output buffer (the size of a whole flight) are
              * not needed again: an idle connection should not carry them. */
             uvs__timer_release(c, &t->htimer);
-            if (t->out.len == 0)
-                uvs__buf_free(&t->out);
+            if (uvs__engine_out(e)->len == 0)
+                uvs__buf_free(uvs__engine_out(e));
             if (c->acceptor != NULL) {
                 /* announced with the plaintext that came along, or after the pump (tcp.c) */
                 c->state |= UVS__C_ANNOUNCE_DUE;
@@ -240,7 +312,7 @@ static void uvs__tls_pump_steps(uvs_conn_t *c) {
                 uvs__conn_deliver(c, pbuf, got);
             if (c->tls != t)
                 return;
-            if (t->deferred == 0 && uvs__tls_drained(t))
+            if (uvs__engine_idle(e))
                 return; /* nothing left that another step could decrypt */
             break;
         case UVS__TLS_R_CLOSED:
@@ -250,8 +322,9 @@ static void uvs__tls_pump_steps(uvs_conn_t *c) {
             uvs__flush_dirty(c->loop);
             if ((c->state & UVS__C_CLOSING) || c->tls != t)
                 return;
-            (void)uvs__tls_close_notify(t);
-            t->state = UVS_TLS_DONE;
+            (void)uvs__engine_close_notify(e);
+            if (uvs__engine_set_state(e, UVS_TLS_DONE) != 0)
+                return; /* encrypting the answer failed the session; that was reported */
             uvs__tls_push(c);
             if (t->detaching) {
                 uvs__tls_finish_detach(c);
@@ -283,36 +356,34 @@ static void uvs__handshake_timeout_cb(uv_timer_t *timer) {
 
 void uvs__tls_on_read(uvs_conn_t *c, const char *p, size_t n) {
     uvs_tls_t *t = c->tls;
-    uvs__tls_offer(t, p, n);
+    uvs__engine_t *e = t->eng;
+    uvs__engine_offer(e, p, n);
     uvs__tls_pump(c);
     if (c->tls == t) {
-        uvs__tls_settle(t);
-        if (t->state == UVS_TLS_FAILED && !(c->state & (UVS__C_CLOSING | UVS__C_CLOSE_WANTED)))
+        uvs__engine_settle(e);
+        int state = uvs__engine_state(e);
+        if (state == UVS_TLS_FAILED && !(c->state & (UVS__C_CLOSING | UVS__C_CLOSE_WANTED)))
             uvs__tls_fail(c, UVS_EV_TLS_ERROR, UVS_ACT_TLS_READ); /* out of memory keeping input */
-        else if (t->state == UVS_TLS_DONE && t->in_keep.len > UVS__TLS_HOLD_MAX)
+        else if (state == UVS_TLS_DONE && uvs__engine_kept(e) > UVS__TLS_HOLD_MAX)
             uvs__conn_hold_reading(c); /* plaintext waits for detach_ssl: do not hoard it */
     }
 }
 
 void uvs__tls_resume(uvs_conn_t *c) {
     uvs_tls_t *t = c->tls;
-    if (t->state != UVS_TLS_OPEN)
+    if (uvs__engine_state(t->eng) != UVS_TLS_OPEN)
         return;
-    uvs__tls_offer(t, NULL, 0);
+    uvs__engine_offer(t->eng, NULL, 0);
     uvs__tls_pump(c);
     if (c->tls == t)
-        uvs__tls_settle(t);
+        uvs__engine_settle(t->eng);
 }
 
 void uvs__tls_on_eof(uvs_conn_t *c) {
     uvs_tls_t *t = c->tls;
-    switch (t->state) {
+    switch (uvs__engine_state(t->eng)) {
     case UVS_TLS_HANDSHAKING:
-        t->state = UVS_TLS_FAILED;
-        t->err_ssl = SSL_ERROR_SYSCALL;
-        t->err_sys = UV_EOF;
-        t->err_count = 0;
-        t->verify_result = SSL_get_verify_result(t->ssl);
+        uvs__engine_fail(t->eng, UVS__TLSE_EOF);
         uvs__tls_fail(c, UVS_EV_TLS_ERROR, UVS_ACT_HANDSHAKE);
         break;
     case UVS_TLS_OPEN:
@@ -333,7 +404,8 @@ void uvs__tls_on_close(uvs_conn_t *c) { uvs__timer_release(c, &c->tls->htimer); 
 
 void uvs__tls_flush(uvs_conn_t *c) {
     uvs_tls_t *t = c->tls;
-    if (t->state == UVS_TLS_HANDSHAKING && !t->started) {
+    uvs__engine_t *e = t->eng;
+    if (uvs__engine_state(e) == UVS_TLS_HANDSHAKING && !t->started) {
         t->started = 1;
         if (t->handshake_timeout_ms > 0) {
             int r = uvs__timer_arm(c, &t->htimer, t->handshake_timeout_ms,
@@ -343,18 +415,18 @@ void uvs__tls_flush(uvs_conn_t *c) {
                 return;
             }
         }
-        uvs__tls_offer(t, NULL, 0);
+        uvs__engine_offer(e, NULL, 0);
         uvs__tls_pump(c); /* a client sends its hello now */
         if (c->tls != t)
             return;
-        uvs__tls_settle(t);
+        uvs__engine_settle(e);
         if (c->state & UVS__C_CLOSING)
             return;
     }
-    if (t->state == UVS_TLS_OPEN && !t->close_notify_sent) {
+    if (uvs__engine_state(e) == UVS_TLS_OPEN && !uvs__engine_close_notify_sent(e)) {
         while (c->out.len > 0) {
             size_t used = 0;
-            if (uvs__tls_encrypt(t, c->out.base, c->out.len, &used) != 0) {
+            if (uvs__engine_encrypt(e, c->out.base, c->out.len, &used) != 0) {
                 uvs__tls_fail(c, UVS_EV_TLS_ERROR, UVS_ACT_TLS_WRITE);
                 return;
             }
@@ -364,20 +436,20 @@ void uvs__tls_flush(uvs_conn_t *c) {
         }
         if (c->out.len == 0 &&
             (t->detaching || (c->state & (UVS__C_SHUT_WANTED | UVS__C_CLOSE_WANTED))))
-            (void)uvs__tls_close_notify(t);
-    } else if (t->state == UVS_TLS_FAILED) {
+            (void)uvs__engine_close_notify(e);
+    } else if (uvs__engine_state(e) == UVS_TLS_FAILED) {
         uvs__buf_consume(&c->out, c->out.len); /* nothing can carry it any more */
     }
     uvs__tls_push(c);
-    if (t->detaching && t->state == UVS_TLS_DONE && c->tls == t)
+    if (t->detaching && uvs__engine_state(e) == UVS_TLS_DONE && c->tls == t)
         uvs__tls_finish_detach(c);
 }
 
-size_t uvs__tls_pending(const uvs_conn_t *c) { return c->tls->out.len; }
+size_t uvs__tls_pending(const uvs_conn_t *c) { return uvs__engine_out(c->tls->eng)->len; }
 
 size_t uvs__tls_held_bytes(const uvs_conn_t *c) {
     const uvs_tls_t *t = c->tls;
-    return t->out.cap + t->in_keep.cap + (t->htimer != NULL ? sizeof(*t->htimer) : 0);
+    return uvs__engine_held_bytes(t->eng) + (t->htimer != NULL ? sizeof(*t->htimer) : 0);
 }
 
 /* A large write with nothing queued ahead of it: encrypt it from the caller's memory now
@@ -385,10 +457,12 @@ size_t uvs__tls_held_bytes(const uvs_conn_t *c) {
  * buffer it as usual, or a uv error (the connection has then failed). */
 int uvs__tls_write_direct(uvs_conn_t *c, const char *p, size_t n) {
     uvs_tls_t *t = c->tls;
-    if (t->state != UVS_TLS_OPEN || t->close_notify_sent || t->detaching || c->out.len > 0)
+    uvs__engine_t *e = t->eng;
+    if (uvs__engine_state(e) != UVS_TLS_OPEN || uvs__engine_close_notify_sent(e) ||
+        t->detaching || c->out.len > 0)
         return 0;
     size_t used = 0;
-    if (uvs__tls_encrypt(t, p, n, &used) != 0) {
+    if (uvs__engine_encrypt(e, p, n, &used) != 0) {
         uvs__tls_fail(c, UVS_EV_TLS_ERROR, UVS_ACT_TLS_WRITE);
         return UV_EPROTO;
     }
@@ -404,12 +478,12 @@ int uvs__tls_write_direct(uvs_conn_t *c, const char *p, size_t n) {
  * both ways, unless a detach is under way (its writes then leave in plaintext). */
 int uvs__tls_accepts_writes(const uvs_conn_t *c) {
     const uvs_tls_t *t = c->tls;
-    return t->state != UVS_TLS_DONE || t->detaching;
+    return uvs__engine_state(t->eng) != UVS_TLS_DONE || t->detaching;
 }
 
 int uvs__tls_close_notify_sent(uvs_conn_t *c) {
-    uvs_tls_t *t = c->tls;
-    return t->state != UVS_TLS_OPEN || t->close_notify_sent;
+    const uvs__engine_t *e = c->tls->eng;
+    return uvs__engine_state(e) != UVS_TLS_OPEN || uvs__engine_close_notify_sent(e);
 }
 
 /* ---- public API --------------------------------------------------------------------------- */
@@ -421,16 +495,15 @@ int uvs_conn_attach_tls(uvs_conn_t *c, SSL_CTX *ctx, SSL *ssl, int server, doubl
     if (c->tls != NULL)
         return UV_EALREADY;
     int err;
-    uvs_tls_t *t = uvs__tls_new(ctx, ssl, server, &err);
+    uvs_tls_t *t = uvs__tls_new(c, ctx, ssl, server, &err);
     if (t == NULL)
         return err;
-    t->conn = c;
     uvs__tls_keep_buffers(c->loop, t);
     t->handshake_timeout_ms = hs_timeout > 0 ? (uint64_t)(hs_timeout * 1000.0 + 0.5) : 0;
     if (hs_timeout > 0 && t->handshake_timeout_ms == 0)
         t->handshake_timeout_ms = 1;
     /* bytes the application read ahead but did not consume are the start of the handshake */
-    if (initial_len > 0 && uvs__buf_append(&t->in_keep, initial, initial_len) != 0) {
+    if (initial_len > 0 && uvs__engine_keep(t->eng, initial, initial_len) != 0) {
         uvs__tls_free(t);
         return UV_ENOMEM;
     }
@@ -449,21 +522,17 @@ int uvs_conn_attach_tls(uvs_conn_t *c, SSL_CTX *ctx, SSL *ssl, int server, doubl
 }
 
 /* The SSL* of the connection's engine, or NULL. */
-SSL *uvs_conn_ssl(uvs_conn_t *c) { return c->tls != NULL ? c->tls->ssl : NULL; }
+SSL *uvs_conn_ssl(uvs_conn_t *c) { return c->tls != NULL ? uvs__engine_ssl(c->tls->eng) : NULL; }
 
-int uvs_conn_tls_state(uvs_conn_t *c) { return c->tls != NULL ? c->tls->state : 0; }
+int uvs_conn_tls_state(uvs_conn_t *c) {
+    return c->tls != NULL ? uvs__engine_state(c->tls->eng) : 0;
+}
 
 int uvs_conn_tls_error(uvs_conn_t *c, unsigned long *codes, int max, int *ssl_err, int *sys_err,
                        long *verify_result) {
-    uvs_tls_t *t = c->tls;
-    if (t == NULL)
+    if (c->tls == NULL)
         return -1;
-    int n = t->err_count < max ? t->err_count : max;
-    memcpy(codes, t->err_codes, (size_t)n * sizeof(codes[0]));
-    *ssl_err = t->err_ssl;
-    *sys_err = t->err_sys;
-    *verify_result = t->verify_result;
-    return n;
+    return uvs__tls_export_error(c->tls->eng, codes, max, ssl_err, sys_err, verify_result);
 }
 
 int uvs_conn_detach_tls(uvs_conn_t *c) {
@@ -472,7 +541,8 @@ int uvs_conn_detach_tls(uvs_conn_t *c) {
         return UV_EINVAL;
     if (c->state & (UVS__C_CLOSING | UVS__C_CLOSE_WANTED))
         return UV_EBADF;
-    if (t->state == UVS_TLS_HANDSHAKING || t->state == UVS_TLS_FAILED)
+    int state = uvs__engine_state(t->eng);
+    if (state == UVS_TLS_HANDSHAKING || state == UVS_TLS_FAILED)
         return UV_EPROTO;
     t->detaching = 1;
     /* encrypt what was written before this call and send close_notify now: anything written

@@ -21,6 +21,8 @@
 #include <netinet/in.h>
 #include <uv.h>
 
+#include "buf.h" /* uvs__buf_t: growable byte buffers */
+
 typedef struct uvs_loop_s uvs_loop_t;
 typedef struct uvs_conn_s uvs_conn_t;
 typedef struct uvs_server_s uvs_server_t;
@@ -158,18 +160,6 @@ void uvs_server_set_eager(uvs_server_t *s, int eager);
 void uvs_server_abort_unannounced(uvs_server_t *s);
 
 /* ---- internals ------------------------------------------------------------------------ */
-
-/* A growable byte buffer: [base, base+len) holds data, cap is the allocation. */
-typedef struct {
-    char *base;
-    size_t len;
-    size_t cap;
-} uvs__buf_t;
-
-int uvs__buf_reserve(uvs__buf_t *b, size_t n);
-int uvs__buf_append(uvs__buf_t *b, const char *p, size_t n);
-void uvs__buf_consume(uvs__buf_t *b, size_t n);
-void uvs__buf_free(uvs__buf_t *b);
 
 /* Every loop-owned object starts its bookkeeping with this link. */
 enum { UVS__OBJ_CONN = 1, UVS__OBJ_SERVER = 2, UVS__OBJ_TIMER = 3 };

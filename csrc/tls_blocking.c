@@ -1,5 +1,5 @@
 /*
- * stream.c: blocking TLS over a connected socket (SPEC S7's SslStream).
+ * tls_blocking.c: blocking TLS over a connected socket (SPEC S7's SslStream).
  *
  * Theory of operation
  * -------------------
@@ -16,13 +16,13 @@
  *
  * Return values follow libuv: >= 0 is success, negative is -errno or UV_* codes, plus
  * UVS_STREAM_ETLS when the TLS engine failed (the details are captured in the engine:
- * uvs_stream_tls_error). A clean close_notify from the peer reads as 0 bytes; a TCP FIN
- * without it is UV_EOF (truncation).
+ * uvs_stream_tls_error, which exports it through the same glue as the event loop's
+ * connections). A clean close_notify from the peer reads as 0 bytes; a TCP FIN without it is
+ * UV_EOF (truncation). The engine is used through its accessors only (tls_engine.h).
  */
 #include <errno.h>
 #include <poll.h>
 #include <stdlib.h>
-#include <string.h>
 #include <sys/socket.h>
 
 #include "tls.h"
@@ -30,7 +30,7 @@
 #define UVS__STREAM_CHUNK (16 * 1024 + 512) /* one full TLS record per recv */
 
 struct uvs_stream_s {
-    uvs_tls_t *tls;
+    uvs__engine_t *tls;
     int fd;
     int timeout_ms;
     int eof;
@@ -42,8 +42,9 @@ uvs_stream_t *uvs_stream_new(SSL_CTX *ctx, int fd, int server, int *err) {
         *err = UV_ENOMEM;
         return NULL;
     }
-    s->tls = uvs__tls_new(ctx, NULL, server, err);
+    s->tls = uvs__engine_new(ctx, NULL, server, err);
     if (s->tls == NULL) {
+        *err = uvs__tls_uv_code(*err);
         free(s);
         return NULL;
     }
@@ -54,11 +55,11 @@ uvs_stream_t *uvs_stream_new(SSL_CTX *ctx, int fd, int server, int *err) {
 }
 
 void uvs_stream_free(uvs_stream_t *s) {
-    uvs__tls_free(s->tls);
+    uvs__engine_free(s->tls);
     free(s);
 }
 
-SSL *uvs_stream_ssl(uvs_stream_t *s) { return s->tls->ssl; }
+SSL *uvs_stream_ssl(uvs_stream_t *s) { return uvs__engine_ssl(s->tls); }
 
 void uvs_stream_set_timeout(uvs_stream_t *s, int timeout_ms) { s->timeout_ms = timeout_ms; }
 
@@ -80,11 +81,11 @@ static int uvs__wait(uvs_stream_t *s, short events) {
 
 /* Send every byte of ciphertext the engine has produced. */
 static int uvs__send_all(uvs_stream_t *s) {
-    uvs_tls_t *t = s->tls;
-    while (t->out.len > 0) {
-        ssize_t n = send(s->fd, t->out.base, t->out.len, MSG_NOSIGNAL);
+    uvs__buf_t *out = uvs__engine_out(s->tls);
+    while (out->len > 0) {
+        ssize_t n = send(s->fd, out->base, out->len, MSG_NOSIGNAL);
         if (n >= 0) {
-            uvs__buf_consume(&t->out, (size_t)n);
+            uvs__buf_consume(out, (size_t)n);
             continue;
         }
         if (errno == EINTR)
@@ -104,7 +105,7 @@ static int uvs__recv_more(uvs_stream_t *s) {
     for (;;) {
         ssize_t n = recv(s->fd, chunk, sizeof(chunk), 0);
         if (n > 0)
-            return uvs__buf_append(&s->tls->in_keep, chunk, (size_t)n);
+            return uvs__tls_uv_code(uvs__engine_keep(s->tls, chunk, (size_t)n));
         if (n == 0) {
             s->eof = 1;
             return UV_EOF;
@@ -121,31 +122,26 @@ static int uvs__recv_more(uvs_stream_t *s) {
 
 /* One engine step on whatever input is kept; then send what it produced. */
 static int uvs__step(uvs_stream_t *s, char *buf, size_t cap, size_t *got, int *sent) {
-    uvs_tls_t *t = s->tls;
-    uvs__tls_offer(t, NULL, 0);
-    int r = uvs__tls_step(t, buf, cap, got);
-    uvs__tls_settle(t);
+    uvs__engine_t *t = s->tls;
+    uvs__engine_offer(t, NULL, 0);
+    int r = uvs__engine_step(t, buf, cap, got);
+    uvs__engine_settle(t);
     *sent = uvs__send_all(s);
     return r;
 }
 
 static int uvs__eof_error(uvs_stream_t *s) {
-    uvs_tls_t *t = s->tls;
-    if (t->state == UVS_TLS_HANDSHAKING) {
-        t->state = UVS_TLS_FAILED;
-        t->err_ssl = SSL_ERROR_SYSCALL;
-        t->err_sys = UV_EOF;
-        t->err_count = 0;
-        t->verify_result = SSL_get_verify_result(t->ssl);
+    if (uvs__engine_state(s->tls) == UVS_TLS_HANDSHAKING) {
+        uvs__engine_fail(s->tls, UVS__TLSE_EOF);
         return UVS_STREAM_ETLS;
     }
     return UV_EOF;
 }
 
 int uvs_stream_handshake(uvs_stream_t *s) {
-    uvs_tls_t *t = s->tls;
+    uvs__engine_t *t = s->tls;
     char dummy[1];
-    while (t->state == UVS_TLS_HANDSHAKING) {
+    while (uvs__engine_state(t) == UVS_TLS_HANDSHAKING) {
         size_t got = 0;
         int sent = 0;
         int r = uvs__step(s, dummy, 0, &got, &sent);
@@ -163,20 +159,20 @@ int uvs_stream_handshake(uvs_stream_t *s) {
         if (r != 0)
             return r;
     }
-    return t->state == UVS_TLS_FAILED ? UVS_STREAM_ETLS : 0;
+    return uvs__engine_state(t) == UVS_TLS_FAILED ? UVS_STREAM_ETLS : 0;
 }
 
 long uvs_stream_read(uvs_stream_t *s, char *buf, size_t n) {
-    uvs_tls_t *t = s->tls;
+    uvs__engine_t *t = s->tls;
     int r = uvs_stream_handshake(s);
     if (r != 0)
         return r;
     if (n == 0)
         return 0;
     for (;;) {
-        if (t->state == UVS_TLS_FAILED)
+        if (uvs__engine_state(t) == UVS_TLS_FAILED)
             return UVS_STREAM_ETLS;
-        if (t->close_notify_received && t->deferred == 0)
+        if (uvs__engine_close_notify_received(t) && !uvs__engine_has_deferred(t))
             return 0;
         size_t got = 0;
         int sent = 0;
@@ -184,7 +180,7 @@ long uvs_stream_read(uvs_stream_t *s, char *buf, size_t n) {
         if (r == UVS__TLS_R_DATA)
             return (long)got; /* the peer's alert or close comes at the next call */
         if (r == UVS__TLS_R_CLOSED) {
-            (void)uvs__tls_close_notify(t); /* answer it; best effort */
+            (void)uvs__engine_close_notify(t); /* answer it; best effort */
             (void)uvs__send_all(s);
             return 0;
         }
@@ -201,34 +197,28 @@ long uvs_stream_read(uvs_stream_t *s, char *buf, size_t n) {
 }
 
 long uvs_stream_write(uvs_stream_t *s, const char *buf, size_t n) {
-    uvs_tls_t *t = s->tls;
+    uvs__engine_t *t = s->tls;
     int r = uvs_stream_handshake(s);
     if (r != 0)
         return r;
-    if (t->close_notify_sent)
+    if (uvs__engine_close_notify_sent(t))
         return UV_EPIPE;
     size_t used = 0;
-    if (uvs__tls_encrypt(t, buf, n, &used) != 0)
+    if (uvs__engine_encrypt(t, buf, n, &used) != 0)
         return UVS_STREAM_ETLS;
     r = uvs__send_all(s);
     return r != 0 ? r : (long)used;
 }
 
 int uvs_stream_shutdown(uvs_stream_t *s) {
-    uvs_tls_t *t = s->tls;
-    if (t->state != UVS_TLS_OPEN || t->close_notify_sent)
+    uvs__engine_t *t = s->tls;
+    if (uvs__engine_state(t) != UVS_TLS_OPEN || uvs__engine_close_notify_sent(t))
         return 0;
-    (void)uvs__tls_close_notify(t);
+    (void)uvs__engine_close_notify(t);
     return uvs__send_all(s);
 }
 
 int uvs_stream_tls_error(uvs_stream_t *s, unsigned long *codes, int max, int *ssl_err,
                          int *sys_err, long *verify_result) {
-    uvs_tls_t *t = s->tls;
-    int n = t->err_count < max ? t->err_count : max;
-    memcpy(codes, t->err_codes, (size_t)n * sizeof(codes[0]));
-    *ssl_err = t->err_ssl;
-    *sys_err = t->err_sys;
-    *verify_result = t->verify_result;
-    return n;
+    return uvs__tls_export_error(s->tls, codes, max, ssl_err, sys_err, verify_result);
 }
