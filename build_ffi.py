@@ -25,7 +25,10 @@ from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
 CSRC = HERE / "csrc"
-SOURCES = ["buf.c", "batch.c", "loop.c", "tcp.c", "tls.c", "tls_conn.c", "ctx.c", "stream.c"]
+SOURCES = [
+    "buf.c", "batch.c", "loop.c", "conn.c", "tcp.c", "server.c", "tls.c", "tls_conn.c", "ctx.c",
+    "stream.c",
+]
 
 # (pkg-config name, Debian package that provides it)
 REQUIRED = [("libuv", "libuv1-dev"), ("openssl", "libssl-dev")]

@@ -58,7 +58,7 @@ enum {
     UVS_ACT_TLS_WRITE = 9
 };
 
-/* ---- when a server hands a connection over (on_accept's stage; see tcp.c) --------------- */
+/* ---- when a server hands a connection over (on_accept's stage; see server.c) ------------ */
 enum {
     UVS_ACCEPT_NEW = 0,          /* just accepted: a plain server, or an eager TLS server      */
     UVS_ACCEPT_ESTABLISHED = 1,  /* TLS handshake done; stands for UVS_EV_CONNECT              */
@@ -249,7 +249,7 @@ struct uvs_conn_s {
     uvs_conn_t *dirty_next;
     struct addrinfo *ai_head, *ai_next;  /* connect in progress           */
     uvs_tls_t *tls;               /* NULL for plain TCP                      */
-    uvs_server_t *acceptor;       /* TLS server yet to announce it (tcp.c)   */
+    uvs_server_t *acceptor;       /* TLS server yet to announce it (server.c) */
     uvs_addrs_t addrs;            /* kept for after the close (see above)    */
 };
 
@@ -258,12 +258,15 @@ struct uvs_server_s {
     uvs__link_t link;
     uvs_loop_t *loop;
     void *data;
-    int closing;
+    int closing;                  /* uv_close issued                          */
+    int handle_closed;            /* the close callback ran; freed once       */
+                                  /* unannounced is 0 as well                 */
+    /* ---- TLS servers only (server.c, "Announcing"); all zero on a plain server. tls_ctx and
+     * hs_timeout belong to tls_conn.c (uvs_server_set_tls, uvs__server_free_tls). */
     struct ssl_ctx_st *tls_ctx;   /* a reference, when the server speaks TLS  */
     double hs_timeout;            /* handshake timeout for accepted conns (s) */
-    int eager;                    /* TLS: announce at accept, not handshake   */
+    int eager;                    /* announce at accept, not at handshake     */
     int unannounced;              /* accepted conns not yet announced         */
-    int handle_closed;            /* the close callback ran; freed at 0 above */
 };
 
 struct uvs_timer_s {
@@ -277,24 +280,47 @@ struct uvs_timer_s {
 extern uvs_callbacks_t uvs__cb;
 extern __thread uvs_loop_t *uvs__thread_loop; /* the loop this thread runs (loop.c) */
 
+/* loop.c */
 void uvs__link_add(uvs_loop_t *loop, uvs__link_t *l, int kind);
 void uvs__link_append(uvs__link_t *head, uvs__link_t *l);
 void uvs__link_del(uvs__link_t *l);
 void uvs__mark_dirty(uvs_conn_t *c);
 void uvs__flush_dirty(uvs_loop_t *loop);
-void uvs__emit(uvs_conn_t *c, int kind, int status, int action);
-uvs_conn_t *uvs__conn_new(uvs_loop_t *loop, void *data, int *err);
-void uvs__conn_flush(uvs_conn_t *c);
-int uvs__conn_send_buf(uvs_conn_t *c, uvs__buf_t *b);
-int uvs__tls_attach_accepted(uvs_conn_t *c, uvs_server_t *s);
-void uvs__server_free_tls(uvs_server_t *s);
-void uvs__conn_fail(uvs_conn_t *c, int kind, int status, int action);
-int uvs__conn_announce(uvs_conn_t *c, int stage, const char *p, size_t n);
+
+/* batch.c */
 void uvs__conn_deliver(uvs_conn_t *c, const char *p, size_t n);
 int uvs__batch_init(uvs_loop_t *loop);
 void uvs__batch_free(uvs_loop_t *loop);
 void uvs__batch_flush(uvs_loop_t *loop);
+
+/* conn.c: a connection's life once it exists */
+uvs_conn_t *uvs__conn_new(uvs_loop_t *loop, void *data, int *err);
+void uvs__emit(uvs_conn_t *c, int kind, int status, int action);
+void uvs__conn_fail(uvs_conn_t *c, int kind, int status, int action);
+void uvs__conn_close_now(uvs_conn_t *c);
+void uvs__conn_maybe_free(uvs_conn_t *c);
+int uvs__req_done(uvs_conn_t *c);
+void uvs__conn_start_reading(uvs_conn_t *c);
+void uvs__conn_flush(uvs_conn_t *c);
+int uvs__conn_send_buf(uvs_conn_t *c, uvs__buf_t *b);
 void uvs__conn_maybe_finish(uvs_conn_t *c);
+/* also declared in tls.h, whose glue (tls_conn.c) uses them: */
+int uvs__timer_arm(uvs_conn_t *c, uv_timer_t **slot, uint64_t ms, uv_timer_cb cb);
+void uvs__timer_disarm(uv_timer_t *t);
+void uvs__timer_release(uvs_conn_t *c, uv_timer_t **slot);
+void uvs__conn_reading_changed(uvs_conn_t *c);
+void uvs__conn_hold_reading(uvs_conn_t *c);
+
+/* tcp.c: connecting, adopting, addresses */
+int uvs__tcp_fetch_address(uvs_conn_t *c, int peer);
+
+/* server.c: accepting and announcing */
+int uvs__conn_announce(uvs_conn_t *c, int stage, const char *p, size_t n);
+void uvs__server_forget(uvs_conn_t *c);
+
+/* tls_conn.c: what conn.c and server.c call besides the hooks declared in tls.h */
+int uvs__tls_attach_accepted(uvs_conn_t *c, uvs_server_t *s);
+void uvs__server_free_tls(uvs_server_t *s);
 int uvs__tls_write_direct(uvs_conn_t *c, const char *p, size_t n);
 
 /* Writes at least this large skip the connection's plaintext buffer when nothing is queued
