@@ -47,6 +47,9 @@
 #include "uvs.h"
 #include "tls.h"
 
+/* The public error buffer size (uvssl_api.h) is the engine's: fail the build if they part. */
+typedef char uvs__tls_max_errors_check[UVS_TLS_MAX_ERRORS == UVS__TLS_MAX_ERRORS ? 1 : -1];
+
 typedef struct {
     uv_write_t req;
     uvs_conn_t *conn;

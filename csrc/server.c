@@ -71,7 +71,7 @@ void uvs__server_forget(uvs_conn_t *c) {
 
 /* ---- announcing --------------------------------------------------------------------------- */
 
-/* Hand a TLS server's connection to the embedding (see "Accepting" and "Announcing" above), with the n bytes of
+/* Hand a TLS server's connection to the embedding (see "Announcing" above), with the n bytes of
  * first data at p, if any. A connection whose handshake is done is announced as established
  * whatever the caller's stage: an event that follows the handshake (the peer's close_notify, an
  * error) comes after the connect. Returns 1 when the embedding took it, 0 when it refused it
