@@ -47,7 +47,7 @@ _PER_STREAM = ("method", "ciphers", "verify", "max_depth", "min_version", "max_v
 # context's to fix and an error to repeat.
 _STREAM_OPTIONS = CONTEXT_OPTIONS | {"context", "server_hostname"}
 
-_SSL_R_CERTIFICATE_VERIFY_FAILED = 134
+_SSL_R_CERTIFICATE_VERIFY_FAILED = lib.SSL_R_CERTIFICATE_VERIFY_FAILED
 
 
 class SslStream(io.RawIOBase):
@@ -240,9 +240,9 @@ class SslStream(io.RawIOBase):
     # -- errors ----------------------------------------------------------------------------------
     def _error(self, r: int, what: str) -> BaseException:
         if r == lib.UVS_STREAM_ETLS:
-            buf = ffi.new("unsigned long[16]")
+            buf = ffi.new("unsigned long[]", lib.UVS_TLS_MAX_ERRORS)
             se, ye, v = ffi.new("int *"), ffi.new("int *"), ffi.new("long *")
-            n = lib.uvs_stream_tls_error(self._s, buf, 16, se, ye, v)
+            n = lib.uvs_stream_tls_error(self._s, buf, lib.UVS_TLS_MAX_ERRORS, se, ye, v)
             codes = tuple(int(buf[i]) for i in range(n))
             strings = error_strings(codes)
             vr = int(v[0])
