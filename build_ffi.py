@@ -1,7 +1,9 @@
 """cffi builder for uvssl's native core (out-of-line API mode).
 
-The C sources in ``csrc/`` are compiled into the extension ``uvssl._uvssl`` together with the
-declarations below. libuv and OpenSSL come from the system through pkg-config; when either is
+The C sources in ``csrc/`` are compiled into the extension ``uvssl._uvssl``. Its cdef is not
+written here: it is derived from csrc/openssl_cdef.h and csrc/uvssl_api.h (the native core's
+public header, which C includes too) by cdef_from_header, plus the binding's own callback
+declarations. libuv and OpenSSL come from the system through pkg-config; when either is
 missing the build stops with a message naming the Debian package to install.
 
 Environment switches:

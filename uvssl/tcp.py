@@ -1,6 +1,6 @@
 """TCP sockets and servers (SPEC S2).
 
-A ``Socket`` is a thin Python face on a native connection (csrc/tcp.c). Writes are buffered in C
+A ``Socket`` is a thin Python face on a native connection (csrc/conn.c). Writes are buffered in C
 and flushed when the current callback returns, so several ``write`` calls in one callback leave
 in one syscall. Reads arrive as one ``bytes`` per kernel read. A TLS socket (``SslSocket``) is
 the same object with a TLS engine attached, which is why every function here accepts it.
