@@ -200,27 +200,25 @@ int uvs_ctx_load_crl_file(SSL_CTX *ctx, const char *path) {
 
 /* ---- certificate fields as text ---------------------------------------------------------- */
 
-/* Write field `what` of x into buf as NUL-terminated UTF-8 text:
- *   0 subject, 1 issuer (RFC 2253, one RDN per line, most specific first),
- *   2 serial number (hex), 3 notBefore, 4 notAfter ("YYYYMMDDHHMMSSZ"),
- *   5 subject alternative names (one "TYPE:value" per line), 6 version (1-based).
- * Returns the text length, or -1 (or the length needed, when buf is too small, as a negative
- * number below -1: -(needed + 1)). */
+/* Write field `what` (UVS_X509_*, see uvssl_api.h) of x into buf as NUL-terminated UTF-8
+ * text. Returns the text length, or -1 (or the length needed, when buf is too small, as a
+ * negative number below -1: -(needed + 1)). */
 int uvs_x509_field(X509 *x, int what, char *buf, int len) {
     BIO *b = BIO_new(BIO_s_mem());
     int ok = 0;
     if (b == NULL)
         return -1;
     switch (what) {
-    case 0:
-    case 1: {
+    case UVS_X509_SUBJECT:
+    case UVS_X509_ISSUER: {
         const unsigned long flags =
             (XN_FLAG_RFC2253 & ~ASN1_STRFLGS_ESC_MSB & ~XN_FLAG_SEP_MASK) | XN_FLAG_SEP_MULTILINE;
-        X509_NAME *name = what == 0 ? X509_get_subject_name(x) : X509_get_issuer_name(x);
+        X509_NAME *name =
+            what == UVS_X509_SUBJECT ? X509_get_subject_name(x) : X509_get_issuer_name(x);
         ok = X509_NAME_print_ex(b, name, 0, flags) >= 0;
         break;
     }
-    case 2: {
+    case UVS_X509_SERIAL: {
         BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(x), NULL);
         char *hex = bn ? BN_bn2hex(bn) : NULL;
         ok = hex != NULL && BIO_puts(b, hex) >= 0;
@@ -228,16 +226,17 @@ int uvs_x509_field(X509 *x, int what, char *buf, int len) {
         BN_free(bn);
         break;
     }
-    case 3:
-    case 4: {
-        const ASN1_TIME *t = what == 3 ? X509_get0_notBefore(x) : X509_get0_notAfter(x);
+    case UVS_X509_NOT_BEFORE:
+    case UVS_X509_NOT_AFTER: {
+        const ASN1_TIME *t =
+            what == UVS_X509_NOT_BEFORE ? X509_get0_notBefore(x) : X509_get0_notAfter(x);
         struct tm tm;
         ok = t != NULL && ASN1_TIME_to_tm(t, &tm) == 1 &&
              BIO_printf(b, "%04d%02d%02d%02d%02d%02dZ", tm.tm_year + 1900, tm.tm_mon + 1,
                         tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec) > 0;
         break;
     }
-    case 5: {
+    case UVS_X509_SAN: {
         GENERAL_NAMES *names = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
         ok = 1;
         for (int i = 0; names != NULL && i < sk_GENERAL_NAME_num(names); i++) {
@@ -263,7 +262,7 @@ int uvs_x509_field(X509 *x, int what, char *buf, int len) {
         GENERAL_NAMES_free(names);
         break;
     }
-    case 6:
+    case UVS_X509_VERSION:
         ok = BIO_printf(b, "%ld", X509_get_version(x) + 1) > 0;
         break;
     default:

@@ -4,9 +4,10 @@
  * Theory of operation
  * -------------------
  * A uvs_loop_t wraps one uv_loop_t and belongs to the thread that runs it. uvs_loop_run() is
- * called with the GIL released; libuv calls back into this file and tcp.c, which call the
- * embedding through the uvs_callbacks_t table set once by uvs_set_callbacks(). Those callbacks
- * take the GIL themselves (cffi's extern "Python" does that).
+ * called with the GIL released; libuv calls back into this file and into conn.c, tcp.c and
+ * server.c, which call the embedding through the uvs_callbacks_t table set once by
+ * uvs_set_callbacks(). Those callbacks take the GIL themselves (cffi's extern "Python" does
+ * that).
  *
  * Output coalescing: uvs_conn_write() only appends to a connection's buffer and puts the
  * connection on the loop's dirty list. After every call into the embedding returns, the C side

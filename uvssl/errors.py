@@ -314,20 +314,25 @@ def openssl_failure(message: str, what: str) -> SslFailure:
 
 
 # Reason codes (ERR_GET_REASON) that say "the certificate did not verify".
-_SSL_R_CERTIFICATE_VERIFY_FAILED = 134
+_SSL_R_CERTIFICATE_VERIFY_FAILED = lib.SSL_R_CERTIFICATE_VERIFY_FAILED
 _X509_LOOKUP_REASONS = {
-    # SSL_R_NO_CERTIFICATE_ASSIGNED, SSL_R_NO_PRIVATE_KEY_ASSIGNED, SSL_R_MISSING_RSA_CERTIFICATE
-    177,
-    190,
-    168,
+    lib.SSL_R_NO_CERTIFICATE_ASSIGNED,
+    lib.SSL_R_NO_PRIVATE_KEY_ASSIGNED,
+    lib.SSL_R_MISSING_RSA_CERTIFICATE,
 }
 
 # What a failed verification means and what to do, by verify result (X509_V_ERR_*).
-_UNTRUSTED = {2, 18, 19, 20, 21}  # no path to a trusted CA: unknown issuer, self-signed, ...
-_NAME_MISMATCH = {62, 64}  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
-_NOT_NOW = {9, 10}  # X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED
-_NO_CRL = 3  # X509_V_ERR_UNABLE_TO_GET_CRL
-_CHAIN_TOO_LONG = 22  # X509_V_ERR_CERT_CHAIN_TOO_LONG
+_UNTRUSTED = {  # no path to a trusted CA: unknown issuer, self-signed, ...
+    lib.X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT,
+    lib.X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT,
+    lib.X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN,
+    lib.X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY,
+    lib.X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE,
+}
+_NAME_MISMATCH = {lib.X509_V_ERR_HOSTNAME_MISMATCH, lib.X509_V_ERR_IP_ADDRESS_MISMATCH}
+_NOT_NOW = {lib.X509_V_ERR_CERT_NOT_YET_VALID, lib.X509_V_ERR_CERT_HAS_EXPIRED}
+_NO_CRL = lib.X509_V_ERR_UNABLE_TO_GET_CRL
+_CHAIN_TOO_LONG = lib.X509_V_ERR_CERT_CHAIN_TOO_LONG
 
 # OpenSSL reasons (the end of an error string) a user can act on: what they mean, and what to
 # do. "alert ..." is what the peer sent: it refused something of this side's.
@@ -421,11 +426,11 @@ def captured_tls_error(read: Callable[..., int], native: Any) -> Optional[Captur
     ``lib.uvs_conn_tls_error`` for a connection, ``lib.uvs_stream_tls_error`` for a stream.
     None when there is no engine (the connection is gone).
     """
-    buf = ffi.new("unsigned long[16]")
+    buf = ffi.new("unsigned long[]", lib.UVS_TLS_MAX_ERRORS)
     se = ffi.new("int *")
     ye = ffi.new("int *")
     v = ffi.new("long *")
-    n = read(native, buf, 16, se, ye, v)
+    n = read(native, buf, lib.UVS_TLS_MAX_ERRORS, se, ye, v)
     if n < 0:
         return None
     return tuple(int(buf[i]) for i in range(n)), se[0], ye[0], int(v[0])

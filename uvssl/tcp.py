@@ -1,6 +1,6 @@
 """TCP sockets and servers (SPEC S2).
 
-A ``Socket`` is a thin Python face on a native connection (csrc/tcp.c). A TLS socket
+A ``Socket`` is a thin Python face on a native connection (csrc/conn.c). A TLS socket
 (``SslSocket``) is the same object with a TLS engine attached, which is why every function
 here accepts it.
 

@@ -12,7 +12,9 @@ from ._uvssl import ffi, lib
 __all__ = ["X509Certificate"]
 
 
-_SUBJECT, _ISSUER, _SERIAL, _NOT_BEFORE, _NOT_AFTER, _SAN, _VERSION = range(7)
+_SUBJECT, _ISSUER, _SERIAL = lib.UVS_X509_SUBJECT, lib.UVS_X509_ISSUER, lib.UVS_X509_SERIAL
+_NOT_BEFORE, _NOT_AFTER = lib.UVS_X509_NOT_BEFORE, lib.UVS_X509_NOT_AFTER
+_SAN, _VERSION = lib.UVS_X509_SAN, lib.UVS_X509_VERSION
 
 
 def _field(x509: Any, what: int) -> str:

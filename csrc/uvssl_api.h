@@ -1,0 +1,222 @@
+/*
+ * uvssl_api.h: the native core as the Python side sees it, and nothing else: the opaque handle
+ * types, the event/action/stage codes, the constants Python tests for, and the uvs_*
+ * functions it calls. uvs.h includes it, so the compiler checks every prototype here against
+ * its definition; build_ffi.py reads this same file as its cffi cdef, so the two cannot drift.
+ *
+ * The cdef is derived from this file by one mechanical transformation (build_ffi.py,
+ * cdef_from_header; tests/test_ffi.py checks that the compiled module is built from it):
+ *   1. `#ifdef UVS_CDEF` groups are for cffi only (C never defines UVS_CDEF) and are kept;
+ *      `#ifndef UVS_CDEF` groups are for C only and are dropped. `#else` swaps the two; such a
+ *      group contains no other conditional.
+ *   2. `#define NAME value` becomes `#define NAME ...`: cffi takes every value from the compiler.
+ *   3. Every other preprocessor line (the include guard, #include) is dropped; all else,
+ *      comments included, is kept as it is.
+ * So outside UVS_CDEF groups, write only what cffi's cdef parser accepts: typedefs of opaque
+ * structs, enums with literal values, plain prototypes. The OpenSSL types used below (SSL_CTX,
+ * SSL, X509) are declared to cffi by csrc/openssl_cdef.h, which build_ffi.py reads first.
+ */
+#ifndef UVSSL_API_H
+#define UVSSL_API_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <netinet/in.h>
+#include <openssl/ssl.h>
+
+/* ---- handles (opaque) ------------------------------------------------------------------- */
+typedef struct uvs_loop_s uvs_loop_t;
+typedef struct uvs_conn_s uvs_conn_t;
+typedef struct uvs_server_s uvs_server_t;
+typedef struct uvs_timer_s uvs_timer_t;
+
+/* ---- events delivered through uvs_callbacks_t.on_event ---------------------------------- */
+enum {
+    UVS_EV_CONNECT = 1,        /* connected (TLS: handshake done)                           */
+    UVS_EV_EOF = 2,            /* the peer half-closed; we may still write                  */
+    UVS_EV_ERROR = 3,          /* status: a libuv error code; action: UVS_ACT_*             */
+    UVS_EV_READ_TIMEOUT = 4,   /* no data for read_timeout                                  */
+    UVS_EV_WRITE_TIMEOUT = 5,  /* queued data made no progress for write_timeout            */
+    UVS_EV_WRITTEN = 6,        /* everything written so far reached the kernel              */
+    UVS_EV_DRAIN = 7,          /* write buffer fell to the low-water mark                   */
+    UVS_EV_CLOSED = 8,         /* object is about to be freed: drop every reference         */
+    UVS_EV_TLS_ERROR = 9,      /* TLS failure; details through uvs_conn_tls_error           */
+    UVS_EV_TLS_CLOSED = 10,    /* peer sent close_notify (status 0) or truncated (status 1) */
+    UVS_EV_HANDSHAKE_TIMEOUT = 11,
+    UVS_EV_TLS_DETACHED = 12   /* detach finished: the connection is plaintext again         */
+};
+
+/* ---- what was being done when an error happened --------------------------------------- */
+enum {
+    UVS_ACT_RESOLVE = 1,
+    UVS_ACT_CONNECT = 2,
+    UVS_ACT_READ = 3,
+    UVS_ACT_WRITE = 4,
+    UVS_ACT_SHUTDOWN = 5,
+    UVS_ACT_ACCEPT = 6,
+    UVS_ACT_HANDSHAKE = 7,
+    UVS_ACT_TLS_READ = 8,
+    UVS_ACT_TLS_WRITE = 9
+};
+
+/* ---- when a server hands a connection over (on_accept's stage; see server.c) ------------ */
+enum {
+    UVS_ACCEPT_NEW = 0,          /* just accepted: a plain server, or an eager TLS server      */
+    UVS_ACCEPT_ESTABLISHED = 1,  /* TLS handshake done; stands for UVS_EV_CONNECT              */
+    UVS_ACCEPT_FAILED = 2        /* TLS handshake failed first; the error event follows        */
+};
+
+/* ---- connection flags the embedding may set ------------------------------------------- */
+enum {
+    UVS_CF_NOTIFY_WRITTEN = 1,   /* deliver UVS_EV_WRITTEN                                    */
+    UVS_CF_NOTIFY_DRAIN = 2      /* deliver UVS_EV_DRAIN                                      */
+};
+
+/* ---- uvs_x509_field's `what` (ctx.c) ---------------------------------------------------- */
+enum {
+    UVS_X509_SUBJECT = 0,        /* RFC 2253, one RDN per line, most specific first          */
+    UVS_X509_ISSUER = 1,         /* the same                                                  */
+    UVS_X509_SERIAL = 2,         /* hex                                                       */
+    UVS_X509_NOT_BEFORE = 3,     /* "YYYYMMDDHHMMSSZ"                                          */
+    UVS_X509_NOT_AFTER = 4,      /* the same                                                  */
+    UVS_X509_SAN = 5,            /* subject alternative names, one "TYPE:value" per line      */
+    UVS_X509_VERSION = 6         /* 1-based                                                   */
+};
+
+/* The most error codes uvs_conn_tls_error and uvs_stream_tls_error report (the engine keeps
+ * as many: tls.h's UVS__TLS_MAX_ERRORS, checked equal in conn.c). */
+#define UVS_TLS_MAX_ERRORS 16
+
+/* uvs_conn_write's refusal when the calling thread does not run `loop` (see loop.c) */
+#define UVS_EFOREIGN (-0x7001)
+
+#ifdef UVS_CDEF
+/* libuv's error codes that the Python side tests for (values from <uv.h>) */
+#define UV_EOF ...
+#define UV_ECONNREFUSED ...
+#define UV_ETIMEDOUT ...
+#define UV_ECANCELED ...
+#define UV_EPIPE ...
+#define UV_ESHUTDOWN ...
+#define UV_ENOTCONN ...
+#define UV_EBADF ...
+#define UV_EINVAL ...
+#define UV_EADDRINUSE ...
+#define UV_EPROTO ...
+#endif
+
+/* ---- addresses -------------------------------------------------------------------------- */
+/* A connection's two addresses, kept so that they stay readable after it closes: the peer's is
+ * taken when it connects or is accepted, this end's when it is first asked for or at the
+ * close, whichever comes first. An address never known has family AF_UNSPEC (0). */
+#ifndef UVS_CDEF
+typedef union {
+    struct sockaddr sa;
+    struct sockaddr_in in4;
+    struct sockaddr_in6 in6;
+} uvs_addr_t;
+#else
+typedef union { ...; } uvs_addr_t; /* size and alignment from the compiler */
+#endif
+
+typedef struct {
+    uvs_addr_t local;
+    uvs_addr_t peer;
+} uvs_addrs_t;
+
+/* ---- errors ----------------------------------------------------------------------------- */
+const char *uvs_strerror(int err);
+const char *uvs_errname(int err);
+
+/* ---- loops and timers (loop.c) ---------------------------------------------------------- */
+uvs_loop_t *uvs_loop_new(void *data);
+int uvs_loop_run(uvs_loop_t *loop);
+void uvs_loop_stop(uvs_loop_t *loop);
+void uvs_loop_close_all(uvs_loop_t *loop);
+int uvs_loop_free(uvs_loop_t *loop);
+int uvs_loop_wakeup(uvs_loop_t *loop);
+int uvs_loop_watch_fd(uvs_loop_t *loop, int fd);
+int uvs_loop_ref_sigwatch(uvs_loop_t *loop, int on);
+uvs_loop_t *uvs_loop_bind_thread(uvs_loop_t *loop);
+double uvs_loop_now(uvs_loop_t *loop);
+
+uvs_timer_t *uvs_timer_new(uvs_loop_t *loop, void *data, uint64_t timeout_ms, uint64_t repeat_ms,
+                           int *err);
+void uvs_timer_close(uvs_timer_t *t);
+
+/* ---- connections (conn.c, tcp.c) -------------------------------------------------------- */
+uvs_conn_t *uvs_conn_connect(uvs_loop_t *loop, void *data, const char *host, int port, int *err);
+uvs_conn_t *uvs_conn_open(uvs_loop_t *loop, void *data, int fd, int *err);
+void uvs_conn_set_data(uvs_conn_t *c, void *data);
+int uvs_conn_write(uvs_loop_t *loop, uvs_conn_t *c, const char *buf, size_t len);
+int uvs_conn_close(uvs_conn_t *c, int force);
+int uvs_conn_release(uvs_conn_t *c, int force);
+int uvs_conn_shutdown(uvs_conn_t *c);
+int uvs_conn_pause(uvs_conn_t *c);
+int uvs_conn_resume(uvs_conn_t *c);
+int uvs_conn_set_timeouts(uvs_conn_t *c, double read_s, double write_s);
+int uvs_conn_set_limits(uvs_conn_t *c, size_t high, size_t low);
+void uvs_conn_set_flags(uvs_conn_t *c, int flags);
+size_t uvs_conn_write_buffer_size(const uvs_conn_t *c);
+size_t uvs_conn_held_bytes(const uvs_conn_t *c);
+int uvs_conn_nodelay(uvs_conn_t *c, int on);
+int uvs_conn_keepalive(uvs_conn_t *c, int on, unsigned delay);
+int uvs_conn_fileno(uvs_conn_t *c);
+int uvs_conn_address(uvs_conn_t *c, int peer, char *host, size_t hostlen, int *port);
+void uvs_conn_copy_addresses(uvs_conn_t *c, uvs_addrs_t *out);
+int uvs_addr_format(const uvs_addr_t *a, char *host, size_t hostlen, int *port);
+
+/* ---- servers (server.c) ----------------------------------------------------------------- */
+uvs_server_t *uvs_server_new(uvs_loop_t *loop, void *data, const char *ip, int port, int backlog,
+                             int reuse_port, int *err);
+int uvs_server_port(uvs_server_t *s);
+int uvs_server_fileno(uvs_server_t *s);
+void uvs_server_close(uvs_server_t *s);
+void uvs_server_set_eager(uvs_server_t *s, int eager);
+void uvs_server_abort_unannounced(uvs_server_t *s);
+
+/* ---- TLS on connections and servers (tls_conn.c), contexts and certificates (ctx.c) ----- */
+/* tls.h declares these too, for now; the compiler checks that both agree. */
+int uvs_conn_attach_tls(uvs_conn_t *c, SSL_CTX *ctx, SSL *ssl, int server, double hs_timeout,
+                        const char *initial, size_t initial_len);
+int uvs_conn_detach_tls(uvs_conn_t *c);
+SSL *uvs_conn_ssl(uvs_conn_t *c);
+int uvs_conn_tls_buffers_held(const uvs_conn_t *c);
+int uvs_tls_can_free_buffers(void);
+int uvs_conn_tls_state(uvs_conn_t *c);
+int uvs_conn_tls_error(uvs_conn_t *c, unsigned long *codes, int max, int *ssl_err, int *sys_err,
+                       long *verify_result);
+int uvs_server_set_tls(uvs_server_t *s, SSL_CTX *ctx, double hs_timeout);
+int uvs_ctx_use_key_file(SSL_CTX *ctx, const char *path, int filetype, const char *password);
+int uvs_ctx_use_cert_file(SSL_CTX *ctx, const char *path, int filetype, const char *password);
+int uvs_ctx_set_alpn_select(SSL_CTX *ctx, const unsigned char *wire, unsigned len);
+int uvs_ctx_use_self_signed(SSL_CTX *ctx, const char *cn, int days, unsigned char *fp);
+int uvs_ctx_set_sni(SSL_CTX *ctx, void *arg);
+int uvs_ctx_load_crl_file(SSL_CTX *ctx, const char *path);
+int uvs_x509_field(X509 *x, int what, char *buf, int len);
+
+#ifdef UVS_CDEF
+/* Defined for C in tls.h (the engine's header), which owns them for now: an enum constant or
+ * a typedef cannot be declared twice in C99. cffi takes the values from the compiler and checks
+ * the prototypes when it compiles the module. */
+#define UVS_TLS_HANDSHAKING ...
+#define UVS_TLS_OPEN ...
+#define UVS_TLS_FAILED ...
+#define UVS_TLS_DONE ...
+
+/* ---- blocking streams (stream.c) -------------------------------------------------------- */
+typedef struct uvs_stream_s uvs_stream_t;
+#define UVS_STREAM_ETLS ...
+uvs_stream_t *uvs_stream_new(SSL_CTX *ctx, int fd, int server, int *err);
+void uvs_stream_free(uvs_stream_t *s);
+SSL *uvs_stream_ssl(uvs_stream_t *s);
+void uvs_stream_set_timeout(uvs_stream_t *s, int timeout_ms);
+int uvs_stream_handshake(uvs_stream_t *s);
+long uvs_stream_read(uvs_stream_t *s, char *buf, size_t n);
+long uvs_stream_write(uvs_stream_t *s, const char *buf, size_t n);
+int uvs_stream_shutdown(uvs_stream_t *s);
+int uvs_stream_tls_error(uvs_stream_t *s, unsigned long *codes, int max, int *ssl_err,
+                         int *sys_err, long *verify_result);
+#endif
+
+#endif /* UVSSL_API_H */
