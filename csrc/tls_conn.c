@@ -3,7 +3,7 @@
  *
  * Theory of operation
  * -------------------
- * tcp.c calls the hooks here whenever a connection has an engine (c->tls != NULL). c->tls is
+ * conn.c calls the hooks here whenever a connection has an engine (c->tls != NULL). c->tls is
  * this file's record of the attachment (struct uvs_tls_s below): the sans-I/O engine (tls.c),
  * which knows nothing of connections or loops, plus what only an event loop needs: the
  * connection, the handshake timer and the engine's place on the loop's busy list. The engine
@@ -221,7 +221,7 @@ static uvs_tls_t *uvs__tls_new(uvs_conn_t *c, SSL_CTX *ctx, SSL *ssl, int server
     return t;
 }
 
-/* The attachment goes away with its engine (tcp.c, when the connection is freed; or a
+/* The attachment goes away with its engine (conn.c, when the connection is freed; or a
  * finished detach). The handshake timer must have been released already. */
 void uvs__tls_free(uvs_tls_t *t) {
     uvs__link_del(&t->busy); /* a no-op unless it is listed */
@@ -298,7 +298,7 @@ static void uvs__tls_pump_steps(uvs_conn_t *c) {
             if (uvs__engine_out(e)->len == 0)
                 uvs__buf_free(uvs__engine_out(e));
             if (c->acceptor != NULL) {
-                /* announced with the plaintext that came along, or after the pump (tcp.c) */
+                /* announced with the plaintext that came along, or after the pump (server.c) */
                 c->state |= UVS__C_ANNOUNCE_DUE;
             } else {
                 uvs__emit(c, UVS_EV_CONNECT, 0, UVS_ACT_HANDSHAKE);
@@ -352,7 +352,7 @@ static void uvs__handshake_timeout_cb(uv_timer_t *timer) {
     uvs__flush_dirty(c->loop);
 }
 
-/* ---- hooks for tcp.c ---------------------------------------------------------------------- */
+/* ---- hooks for conn.c --------------------------------------------------------------------- */
 
 void uvs__tls_on_read(uvs_conn_t *c, const char *p, size_t n) {
     uvs_tls_t *t = c->tls;

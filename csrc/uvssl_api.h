@@ -84,7 +84,7 @@ enum {
 };
 
 /* The most error codes uvs_conn_tls_error and uvs_stream_tls_error report (the engine keeps
- * as many: tls.h's UVS__TLS_MAX_ERRORS, checked equal in conn.c). */
+ * as many: tls_engine.h's UVS__TLS_MAX_ERRORS, checked equal in conn.c). */
 #define UVS_TLS_MAX_ERRORS 16
 
 /* uvs_conn_write's refusal when the calling thread does not run `loop` (see loop.c) */
@@ -196,17 +196,19 @@ int uvs_ctx_load_crl_file(SSL_CTX *ctx, const char *path);
 int uvs_x509_field(X509 *x, int what, char *buf, int len);
 
 #ifdef UVS_CDEF
-/* Defined for C in tls.h (the engine's header), which owns them for now: an enum constant or
- * a typedef cannot be declared twice in C99. cffi takes the values from the compiler and checks
- * the prototypes when it compiles the module. */
+/* The engine's states (uvs_conn_tls_state), defined for C in tls_engine.h: the engine's
+ * header includes nothing of uvssl, and an enum constant cannot be declared twice in C99. cffi
+ * takes the values from the compiler. */
 #define UVS_TLS_HANDSHAKING ...
 #define UVS_TLS_OPEN ...
 #define UVS_TLS_FAILED ...
 #define UVS_TLS_DONE ...
+#endif
 
-/* ---- blocking streams (stream.c) -------------------------------------------------------- */
+/* ---- blocking streams (tls_blocking.c) -------------------------------------------------- */
 typedef struct uvs_stream_s uvs_stream_t;
-#define UVS_STREAM_ETLS ...
+/* uvs_stream_* failed in TLS: see uvs_stream_tls_error */
+#define UVS_STREAM_ETLS (-0x7000)
 uvs_stream_t *uvs_stream_new(SSL_CTX *ctx, int fd, int server, int *err);
 void uvs_stream_free(uvs_stream_t *s);
 SSL *uvs_stream_ssl(uvs_stream_t *s);
@@ -217,6 +219,5 @@ long uvs_stream_write(uvs_stream_t *s, const char *buf, size_t n);
 int uvs_stream_shutdown(uvs_stream_t *s);
 int uvs_stream_tls_error(uvs_stream_t *s, unsigned long *codes, int max, int *ssl_err,
                          int *sys_err, long *verify_result);
-#endif
 
 #endif /* UVSSL_API_H */
