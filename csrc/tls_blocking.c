@@ -1,5 +1,5 @@
 /*
- * tls_blocking.c: blocking TLS over a connected socket (SPEC S7's SslStream).
+ * tls_blocking.c: blocking TLS over a connected socket (SslStream).
  *
  * Theory of operation
  * -------------------

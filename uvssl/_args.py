@@ -4,7 +4,7 @@ The checks raise the exception Python users expect (TypeError for a wrong type, 
 for a wrong value) with a message that names the argument, and return the value normalised
 (``check_port`` an int, ``check_seconds`` a float, ``check_data`` something cffi passes
 without a copy). ``check_thread`` is the check of the one implicit argument: the calling
-thread, which must be the one running the object's loop (SPEC S1).
+thread, which must be the one running the object's loop.
 
 ``unexpected_keyword`` words an unknown option the way Python does, by the name of the function
 the application called (not a private helper it forwards to), with a close match as a hint:

@@ -1,4 +1,4 @@
-"""Attach TLS to an open connection and detach it again (SPEC S6; LispWorks' attach-ssl).
+"""Attach TLS to an open connection and detach it again (LispWorks' attach-ssl).
 
 ``attach_ssl`` turns a plain ``Socket`` into an ``SslSocket`` in place: the same object, the
 same callbacks, the same native connection. Bytes written before the call leave in plaintext,

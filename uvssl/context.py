@@ -1,4 +1,4 @@
-"""TLS contexts (SPEC S5) and the forms ``ssl_ctx=`` accepts (SPEC S4).
+"""TLS contexts and the forms ``ssl_ctx=`` accepts.
 
 A ``Context`` owns (or borrows) one OpenSSL ``SSL_CTX``; every connection made with it shares
 that context, so certificates, trust stores and session tickets are loaded once. Contexts are

@@ -1,4 +1,4 @@
-"""uvssl's exception hierarchy (SPEC S3).
+"""uvssl's exception hierarchy.
 
 Socket errors carry Allegro CL's identifiers (``"connection-refused"``, ...) next to the errno,
 and are named after cl-async's conditions. TLS errors are also ``SslCondition`` instances, the

@@ -1,4 +1,4 @@
-"""The event loop (SPEC S1): start/exit, timers, cross-thread calls, signals.
+"""The event loop: start/exit, timers, cross-thread calls, signals.
 
 One loop runs per thread; several threads may each run their own at the same time. The
 module-level functions act on the loop running in the calling thread (``_dispatch.current``).

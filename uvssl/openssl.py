@@ -1,4 +1,4 @@
-"""Direct access to the OpenSSL that uvssl is built against (SPEC S5).
+"""Direct access to the OpenSSL that uvssl is built against.
 
 ``ffi`` and ``lib`` are the compiled module's: ``lib`` holds a curated set of OpenSSL functions
 (``SSL_CTX_set_options``, ``SSL_CTX_set_cipher_list``, ``SSL_CTX_use_certificate_chain_file``,

@@ -1,4 +1,4 @@
-"""Synchronous TLS streams over an existing socket (SPEC S7; Allegro CL's make-ssl-*-stream).
+"""Synchronous TLS streams over an existing socket (Allegro CL's make-ssl-*-stream).
 
 ``make_ssl_client_stream(sock, ...)`` / ``make_ssl_server_stream(sock, ...)`` return an
 ``SslStream``, a binary ``io.RawIOBase``: wrap it in ``io.BufferedRWPair`` or

@@ -1,4 +1,4 @@
-"""TCP sockets and servers (SPEC S2).
+"""TCP sockets and servers.
 
 A ``Socket`` is a thin Python face on a native connection (csrc/conn.c). A TLS socket
 (``SslSocket``) is the same object with a TLS engine attached, which is why every function

@@ -1,4 +1,4 @@
-"""TLS sockets and servers (SPEC S4).
+"""TLS sockets and servers.
 
 An ``SslSocket`` is a ``Socket`` with the native TLS engine (csrc/tls.c) attached: every S2
 function accepts it. ``connect_cb`` runs after the handshake; data written before that is

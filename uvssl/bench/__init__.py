@@ -1,1 +1,1 @@
-"""Benchmarks for uvssl: ``python -m uvssl bench`` (see SPEC S8)."""
+"""Benchmarks for uvssl: ``python -m uvssl bench`` (see the README)."""
