@@ -12,17 +12,11 @@ import struct
 from typing import Any
 
 import pytest
-from conftest import has_ipv6_loopback, run_loop
-from tls_support import make_certs
+from helpers import has_ipv6_loopback, run_loop
 
 import uvssl
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return make_certs(tmp_path_factory.mktemp("address-certs"))
 
 
 def closed_port() -> int:

@@ -15,7 +15,6 @@ from tls_support import (
     LoopHarness,
     PeerThread,
     listening_socket,
-    make_certs,
     recv_exactly,
     serve_to_peer,
     stdlib_client_context,
@@ -28,21 +27,6 @@ from uvssl.openssl import ffi, lib
 pytestmark = pytest.mark.timeout(30)
 
 DEADLINE = 10.0
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return make_certs(tmp_path_factory.mktemp("attach-certs"))
-
-
-@pytest.fixture(scope="module")
-def server_ctx(certs):
-    return uvssl.Context.server(certificate=str(certs.server_cert), key=str(certs.server_key))
-
-
-@pytest.fixture(scope="module")
-def client_ctx(certs):
-    return uvssl.Context.client(ca_file=str(certs.ca))
 
 
 def close_quietly(sock: Any) -> None:

@@ -17,18 +17,13 @@ import time
 from typing import Any
 
 import pytest
-from tls_support import LOCALHOST, PEER_TIMEOUT, LoopHarness, PeerThread, make_certs
+from tls_support import LOCALHOST, PEER_TIMEOUT, LoopHarness, PeerThread
 
 import uvssl
 
 pytestmark = pytest.mark.timeout(30)
 
 MESSAGE = b"0123456789" * 10
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 class TwoPeers:

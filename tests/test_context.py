@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 import trustme
-from conftest import run_loop
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtensionOID
+from helpers import run_loop
 from tls_support import LOCALHOST, PEER_TIMEOUT, LoopHarness, run_pair
 
 import uvssl

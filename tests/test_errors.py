@@ -25,7 +25,6 @@ from tls_support import (
     PeerThread,
     close_quietly,
     listening_socket,
-    make_certs,
     run_pair,
     serve_to_peer,
 )
@@ -36,11 +35,6 @@ pytestmark = pytest.mark.timeout(60)
 
 X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY = 20
 X509_V_ERR_HOSTNAME_MISMATCH = 62
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return make_certs(tmp_path_factory.mktemp("errors-certs"))
 
 
 def pem_body(path: Path) -> str:

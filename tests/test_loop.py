@@ -7,7 +7,7 @@ import threading
 import traceback
 
 import pytest
-from conftest import LOCALHOST, echo_server, port_is_free, run_loop
+from helpers import LOCALHOST, echo_server, port_is_free, run_loop
 
 import uvssl
 

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from conftest import raise_nofile_limit, run_loop
-from tls_support import PeerThread, make_certs
+from helpers import raise_nofile_limit, run_loop
+from tls_support import PeerThread
 
 import uvssl
 
@@ -30,11 +30,6 @@ ROOT = Path(__file__).resolve().parent.parent
 RESPONSE = 16 * 1024 * 1024
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return make_certs(tmp_path_factory.mktemp("shutdown-certs"))
 
 
 def slow_reader(port: int, tls_ctx: Optional[ssl.SSLContext]) -> tuple[int, str]:

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_loop
-from tls_support import LineReader, kill_process, make_certs
+from helpers import run_loop
+from tls_support import Certs, LineReader, kill_process
 
 import uvssl
 
@@ -166,11 +166,10 @@ def test_a_python_signal_handler_that_raises_stops_the_loop() -> None:
     assert "FDS 0" in out
 
 
-def test_ctrl_c_during_1000_tls_handshakes_in_flight(tmp_path: Path) -> None:
-    make_certs(tmp_path)
+def test_ctrl_c_during_1000_tls_handshakes_in_flight(certs: Certs) -> None:
     proc, lines = spawn(
         f"""
-        d = {str(tmp_path)!r}
+        d = {str(certs.dir)!r}
         server_ctx = uvssl.Context.server(certificate=d + "/server.pem", key=d + "/server.key")
         client_ctx = uvssl.Context.client(ca_file=d + "/ca.pem")
         done = [0]

@@ -18,7 +18,6 @@ from tls_support import (
     PEER_TIMEOUT,
     PeerThread,
     listening_socket,
-    make_certs,
     recv_exactly,
     recv_until,
     stdlib_client_context,
@@ -32,16 +31,6 @@ pytestmark = pytest.mark.timeout(30)
 X509_V_ERR_CERT_CHAIN_TOO_LONG = 22
 X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY = 20
 X509_V_ERR_HOSTNAME_MISMATCH = 62
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return make_certs(tmp_path_factory.mktemp("stream-certs"))
-
-
-@pytest.fixture(scope="module")
-def client_ctx(certs):
-    return uvssl.Context.client(ca_file=str(certs.ca))
 
 
 def connect(port: int, timeout: float = PEER_TIMEOUT) -> socket.socket:

@@ -9,7 +9,7 @@ import socket
 import stat
 
 import pytest
-from conftest import (
+from helpers import (
     LOCALHOST,
     echo_server,
     has_ipv6_loopback,

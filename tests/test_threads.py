@@ -22,18 +22,13 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
-from tls_support import LOCALHOST, PeerThread, listening_socket, make_certs
+from tls_support import LOCALHOST, PeerThread, listening_socket
 
 import uvssl
 
 pytestmark = pytest.mark.timeout(60)
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return make_certs(tmp_path_factory.mktemp("thread-certs"))
 
 
 def _noop(*args: Any) -> None:

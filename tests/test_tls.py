@@ -20,7 +20,7 @@ import threading
 import time
 
 import pytest
-from conftest import run_loop
+from helpers import run_loop
 from tls_support import (
     LOCALHOST,
     PEER_TIMEOUT,
@@ -30,7 +30,6 @@ from tls_support import (
     close_quietly,
     kill_process,
     listening_socket,
-    make_certs,
     openssl_binary,
     recv_exactly,
     recv_until,
@@ -47,11 +46,6 @@ from uvssl.openssl import ffi, lib
 pytestmark = pytest.mark.timeout(60)
 
 MESSAGE = b"hello over TLS\n"
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 def server_der(certs) -> bytes:
@@ -252,9 +246,9 @@ def test_tls12_negotiated_on_request(certs):
     assert r.server_info[0]["version"] == "TLSv1.2"
 
 
-def test_tls13_negotiated_on_request(certs):
+def test_tls13_negotiated_on_request(server_cert_kw, certs):
     sctx = uvssl.Context.server(
-        certificate=str(certs.server_cert), key=str(certs.server_key), min_version="tls-v1-3"
+        **server_cert_kw, min_version="tls-v1-3"
     )
     r = run_pair(certs, server_kw=dict(ssl_ctx=sctx), clients=[{}])
     assert_echoed(r)
@@ -262,9 +256,9 @@ def test_tls13_negotiated_on_request(certs):
     assert r.server_info[0]["version"] == "TLSv1.3"
 
 
-def test_version_ranges_that_do_not_meet_fail(certs):
+def test_version_ranges_that_do_not_meet_fail(server_cert_kw, certs):
     sctx = uvssl.Context.server(
-        certificate=str(certs.server_cert), key=str(certs.server_key), min_version="tls-v1-3"
+        **server_cert_kw, min_version="tls-v1-3"
     )
     cctx = uvssl.Context.client(max_version="tls-v1-2", ca_file=str(certs.ca))
     r = run_pair(certs, server_kw=dict(ssl_ctx=sctx), clients=[dict(ssl_ctx=cctx)])
@@ -274,9 +268,9 @@ def test_version_ranges_that_do_not_meet_fail(certs):
     assert not r.server_info
 
 
-def test_alpn_negotiated_on_both_sides(certs):
+def test_alpn_negotiated_on_both_sides(server_cert_kw, certs):
     sctx = uvssl.Context.server(
-        certificate=str(certs.server_cert), key=str(certs.server_key), alpn=["http/1.1"]
+        **server_cert_kw, alpn=["http/1.1"]
     )
     r = run_pair(
         certs,
@@ -355,7 +349,7 @@ def test_session_resumption(certs):
 # -- volume --------------------------------------------------------------------------------------
 
 
-def test_16_mib_each_way(certs):
+def test_16_mib_each_way(server_cert_kw, certs):
     n = 16 * 1024 * 1024
     chunk = 256 * 1024
     blobs = {"server": os.urandom(n), "client": os.urandom(n)}
@@ -405,8 +399,7 @@ def test_16_mib_each_way(certs):
             receiver("server"),
             event_cb,
             connect_cb=on_connect("server"),
-            certificate=str(certs.server_cert),
-            key=str(certs.server_key),
+            **server_cert_kw,
         )
         uvssl.tcp_ssl_connect(
             LOCALHOST,
@@ -424,8 +417,8 @@ def test_16_mib_each_way(certs):
     assert rx["client"]["hash"].digest() == hashlib.sha256(blobs["server"]).digest()
 
 
-def test_300_concurrent_connections(certs):
-    from conftest import raise_nofile_limit
+def test_300_concurrent_connections(server_cert_kw, certs):
+    from helpers import raise_nofile_limit
 
     count = 300
     raise_nofile_limit(4 * count + 256)
@@ -474,8 +467,7 @@ def test_300_concurrent_connections(certs):
             0,
             s_read,
             s_event,
-            certificate=str(certs.server_cert),
-            key=str(certs.server_key),
+            **server_cert_kw,
         )
         for i in range(count):
             client(i, srv.port)
@@ -643,9 +635,9 @@ POINTER_FORMS = {
 
 
 @pytest.mark.parametrize("form", sorted(POINTER_FORMS))
-def test_raw_ssl_ctx_pointer(certs, form):
+def test_raw_ssl_ctx_pointer(server_cert_kw, certs, form):
     sctx = uvssl.Context.server(
-        certificate=str(certs.server_cert), key=str(certs.server_key), alpn=["proto-x"]
+        **server_cert_kw, alpn=["proto-x"]
     )
     cctx = uvssl.Context.client(ca_file=str(certs.ca))
     conv = POINTER_FORMS[form]
@@ -669,7 +661,7 @@ def test_raw_ssl_ctx_pointer(certs, form):
 # -- failures on the server ----------------------------------------------------------------------
 
 
-def test_plain_tcp_garbage_then_tls_client_still_served(certs):
+def test_plain_tcp_garbage_then_tls_client_still_served(server_cert_kw, certs):
     h = LoopHarness()
     server_events = []
     state = {}
@@ -726,8 +718,7 @@ def test_plain_tcp_garbage_then_tls_client_still_served(certs):
             0,
             lambda s, d: s.write(d),
             s_event,
-            certificate=str(certs.server_cert),
-            key=str(certs.server_key),
+            **server_cert_kw,
         )
         state["port"] = srv.port
         state["peer"] = PeerThread(garbage, srv.port)
@@ -817,7 +808,7 @@ def test_peer_sees_close_notify_when_uvssl_closes(certs):
     assert peer.result() == b"ok\n"
 
 
-def test_writes_before_handshake_arrive_in_order(certs):
+def test_writes_before_handshake_arrive_in_order(server_cert_kw, certs):
     h = LoopHarness()
     received = bytearray()
     expected = b"data=;" + b"".join(f"early-{i};".encode() for i in range(50)) + b"after-connect;"
@@ -834,8 +825,7 @@ def test_writes_before_handshake_arrive_in_order(certs):
             0,
             s_read,
             lambda ev: h.fail(f"server: {ev!r}"),
-            certificate=str(certs.server_cert),
-            key=str(certs.server_key),
+            **server_cert_kw,
         )
         sock = uvssl.tcp_ssl_connect(
             LOCALHOST,
@@ -1089,13 +1079,12 @@ def test_encrypted_key_right_password(certs):
     assert_echoed(r)
 
 
-def test_invalid_cipher_strings(certs):
+def test_invalid_cipher_strings(server_cert_kw, certs):
     with pytest.raises(uvssl.SslFailure):
         uvssl.Context.client(ciphers="NOT-A-CIPHER:ALSO-NOT")
     with pytest.raises(uvssl.SslFailure):
         uvssl.Context.server(
-            certificate=str(certs.server_cert),
-            key=str(certs.server_key),
+            **server_cert_kw,
             ciphersuites="TLS_NOT_A_SUITE",
         )
 
@@ -1107,8 +1096,7 @@ def test_invalid_cipher_strings(certs):
                 LOCALHOST,
                 0,
                 None,
-                certificate=str(certs.server_cert),
-                key=str(certs.server_key),
+                **server_cert_kw,
                 ciphers="NOT-A-CIPHER",
             )
 
@@ -1126,8 +1114,8 @@ def test_stdlib_context_with_sni_callback_refused(certs):
     in_loop(call)
 
 
-def test_ssl_options_or_ciphers_with_ssl_ctx_refused(certs):
-    sctx = uvssl.Context.server(certificate=str(certs.server_cert), key=str(certs.server_key))
+def test_ssl_options_or_ciphers_with_ssl_ctx_refused(server_cert_kw, certs):
+    sctx = uvssl.Context.server(**server_cert_kw)
     cctx = uvssl.Context.client(ca_file=str(certs.ca))
 
     def call():
@@ -1168,14 +1156,13 @@ def test_ssl_op_constants_exported():
     uvssl.Context.client(options=[uvssl.SSL_OP_SINGLE_DH_USE, uvssl.SSL_OP_NO_SSLv2])
 
 
-def test_ssl_options_take_effect(certs):
+def test_ssl_options_take_effect(server_cert_kw, certs):
     ctx = uvssl.Context.client(options=[uvssl.SSL_OP_NO_TICKET], ca_file=str(certs.ca))
     assert lib.SSL_CTX_get_options(ffi.cast("SSL_CTX *", ctx.pointer)) & uvssl.SSL_OP_NO_TICKET
     r = run_pair(
         certs,
         server_kw=dict(
-            certificate=str(certs.server_cert),
-            key=str(certs.server_key),
+            **server_cert_kw,
             ssl_options=[uvssl.SSL_OP_NO_TLSv1_3],
         ),
         clients=[dict(ssl_options=[uvssl.SSL_OP_NO_TICKET])],
@@ -1508,7 +1495,7 @@ def _held_records_client(certs, port, go):
                         break
 
 
-def test_first_data_survives_connect_cb_resuming_another_tls_socket(certs):
+def test_first_data_survives_connect_cb_resuming_another_tls_socket(server_cert_kw, certs):
     # A connection is handed over with the plaintext that came behind its handshake, which is
     # in the loop's decryption buffer. connect_cb may make another TLS socket decrypt into that
     # buffer: here it resumes socket A, whose records OpenSSL still holds. The hand-over's data
@@ -1562,8 +1549,7 @@ def test_first_data_survives_connect_cb_resuming_another_tls_socket(certs):
             0,
             read_cb,
             close_quietly,
-            certificate=str(certs.server_cert),
-            key=str(certs.server_key),
+            **server_cert_kw,
             connect_cb=connect_cb,
         )
         st["port"] = srv.port
@@ -1586,7 +1572,7 @@ def test_first_data_survives_connect_cb_resuming_another_tls_socket(certs):
 
 
 @pytest.mark.parametrize("with_request", [False, True], ids=["idle", "request-in-handshake"])
-def test_close_in_connect_cb_still_sends_close_notify(certs, with_request):
+def test_close_in_connect_cb_still_sends_close_notify(server_cert_kw, certs, with_request):
     """A TLS server that closes a connection in connect_cb (the moment the handshake is done)
     closes it gracefully: a uvssl client sees the peer's close_notify, not a truncation, and a
     strict stdlib client (suppress_ragged_eofs=False) sees a clean end."""
@@ -1615,7 +1601,7 @@ def test_close_in_connect_cb_still_sends_close_notify(certs, with_request):
 
         server = uvssl.tcp_ssl_server(
             "127.0.0.1", 0, None, None, connect_cb=accepted,
-            certificate=str(certs.server_cert), key=str(certs.server_key))
+            **server_cert_kw)
         data = b"GET" if with_request else None
 
         def first_done(ev):
@@ -1634,7 +1620,7 @@ def test_close_in_connect_cb_still_sends_close_notify(certs, with_request):
     assert start.peer.result() == "clean"
 
 
-def test_peer_leaving_right_after_its_close_notify_is_a_clean_close(certs):
+def test_peer_leaving_right_after_its_close_notify_is_a_clean_close(server_cert_kw, certs):
     """A client that closes at once after its handshake (close_notify, FIN, and a socket that
     answers the server's session tickets with a reset) ends a clean session: the server sees
     the connection, then SslClosed without truncation, and no broken-pipe error for the
@@ -1653,7 +1639,7 @@ def test_peer_leaving_right_after_its_close_notify_is_a_clean_close(certs):
 
         server = uvssl.tcp_ssl_server(
             "127.0.0.1", 0, None, on_server_event, connect_cb=accepted.append,
-            certificate=str(certs.server_cert), key=str(certs.server_key))
+            **server_cert_kw)
 
         def client_connected(sock):
             sock.close()

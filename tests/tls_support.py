@@ -1,12 +1,6 @@
-"""Helpers for tests/test_tls.py: certificates, a loop runner with a deadline, peer threads,
-and `openssl` subprocesses.
-
-Every loop started through ``LoopHarness.run`` schedules ``uvssl.delay(fail_and_exit, deadline)``
-inside its start_fn: if the test's own condition never becomes true, the timer records a failure
-and calls ``uvssl.exit_event_loop()``, so a bug fails the test instead of hanging it. Because that
-timer keeps the loop alive, a test ends its loop explicitly: ``h.done()`` or the ``until``
-predicate given to ``run`` (polled every 20 ms).
-"""
+"""TLS helpers for the test suite: certificates, peer threads, `openssl` subprocesses and
+uvssl TLS servers/clients run in one loop (through ``helpers.LoopHarness``, the one loop
+harness: see tests/helpers.py for how its deadline works)."""
 
 from __future__ import annotations
 
@@ -22,10 +16,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
+from helpers import LOCALHOST, LoopHarness
 
 import uvssl
 
-LOCALHOST = "127.0.0.1"
 PEER_TIMEOUT = 10.0  # socket timeout for stdlib peers (seconds)
 
 
@@ -88,58 +82,6 @@ def make_certs(dirpath: Path) -> Certs:
         )
     )
     return certs
-
-
-# -- event loop with a deadline ----------------------------------------------------------------
-
-
-class LoopHarness:
-    """Runs one uvssl loop with a deadline; collects failures seen inside callbacks."""
-
-    def __init__(self, deadline: float = 15.0) -> None:
-        self.deadline = deadline
-        self.failures: list[str] = []
-        self.timed_out = False
-        self._done = False
-
-    def done(self) -> None:
-        """End the loop (call from inside it)."""
-        if not self._done:
-            self._done = True
-            uvssl.exit_event_loop()
-
-    def fail(self, msg: str) -> None:
-        """Record a failure and end the loop (call from inside it)."""
-        self.failures.append(msg)
-        self.done()
-
-    def run(
-        self,
-        start_fn: Callable[[], Any],
-        until: Optional[Callable[[], bool]] = None,
-        *,
-        check: bool = True,
-        **loop_kw: Any,
-    ) -> None:
-        def fail_and_exit() -> None:
-            self.timed_out = True
-            self.failures.append(f"deadline of {self.deadline} s hit before the test finished")
-            self._done = True
-            uvssl.exit_event_loop()
-
-        def poll() -> None:
-            if not self._done and until is not None and until():
-                self.done()
-
-        def start() -> None:
-            uvssl.delay(fail_and_exit, self.deadline)
-            if until is not None:
-                uvssl.interval(poll, 0.02)
-            start_fn()
-
-        uvssl.start_event_loop(start, **loop_kw)
-        if check and self.failures:
-            pytest.fail("; ".join(self.failures), pytrace=False)
 
 
 # -- peer threads -----------------------------------------------------------------------------
