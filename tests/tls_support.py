@@ -450,3 +450,50 @@ def run_pair(
 
     h.run(start, until=finished)
     return r
+
+
+# -- shared by the tests/test_tls_*.py modules ---------------------------------------------
+
+
+MESSAGE = b"hello over TLS\n"
+
+
+def server_der(certs) -> bytes:
+    pem = certs.server_cert.read_text()
+    first = pem[: pem.index("-----END CERTIFICATE-----") + len("-----END CERTIFICATE-----")]
+    return ssl.PEM_cert_to_DER_cert(first)
+
+
+def assert_echoed(r, n: int = 1, message: bytes = MESSAGE) -> None:
+    assert len(r.clients) == n
+    for i, c in enumerate(r.clients):
+        assert not c["events"], f"client {i} got {c['events']!r}"
+        assert bytes(c["got"]) == message, f"client {i}"
+    bad = [ev for ev in r.server_events if not isinstance(ev, uvssl.SslClosed)]
+    assert not bad, f"server got {bad!r}"
+
+
+def required_client_cert_server(certs):
+    return uvssl.Context.server(
+        certificate=str(certs.server_cert),
+        key=str(certs.server_key),
+        verify="required",
+        ca_file=str(certs.ca),
+    )
+
+
+def check_verification_failure(ev):
+    assert isinstance(ev, uvssl.SslVerificationFailure), repr(ev)
+    assert isinstance(ev.verify_result, int) and ev.verify_result != 0
+    assert isinstance(ev.verify_result_string, str) and ev.verify_result_string
+    assert ev.verify_result_string in str(ev)
+    assert ev.what == "handshake"
+
+
+def stdlib_client_server_test(certs, client_fn, read_cb=None, server_ctx=None):
+    """A uvssl server (echo unless ``read_cb``) and one stdlib client thread.
+
+    Returns (client result, server events)."""
+    kw = dict(ssl_ctx=server_ctx) if server_ctx is not None else {}
+    peer, events = serve_to_peer(client_fn, read_cb, certs=certs, until=bool, **kw)
+    return peer.result(), events
