@@ -95,8 +95,13 @@ def run_two_peers(
     def start() -> None:
         if tls:
             srv = uvssl.tcp_ssl_server(
-                LOCALHOST, 0, s_read, s_event, connect_cb=s_connect,
-                certificate=str(certs.server_cert), key=str(certs.server_key),
+                LOCALHOST,
+                0,
+                s_read,
+                s_event,
+                connect_cb=s_connect,
+                certificate=str(certs.server_cert),
+                key=str(certs.server_key),
             )
         else:
             srv = uvssl.tcp_server(LOCALHOST, 0, s_read, s_event, connect_cb=s_connect)
@@ -248,8 +253,13 @@ def test_reply_to_data_that_arrived_with_close_notify(certs):
 
     def start() -> None:
         srv = uvssl.tcp_ssl_server(
-            LOCALHOST, 0, s_read, s_event, connect_cb=s_connect,
-            certificate=str(certs.server_cert), key=str(certs.server_key),
+            LOCALHOST,
+            0,
+            s_read,
+            s_event,
+            connect_cb=s_connect,
+            certificate=str(certs.server_cert),
+            key=str(certs.server_key),
         )
         peer.append(PeerThread(client, srv.port))
         peer[0].start()

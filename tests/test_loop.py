@@ -242,9 +242,7 @@ def test_read_cb_exception_propagates_and_closes_everything():
 
     def start():
         state["server"] = srv = echo_server()
-        state["client"] = uvssl.tcp_connect(
-            LOCALHOST, srv.port, my_read_cb_that_raises, data=b"hi"
-        )
+        state["client"] = uvssl.tcp_connect(LOCALHOST, srv.port, my_read_cb_that_raises, data=b"hi")
 
     with pytest.raises(RuntimeError, match="read boom b'hi'") as ei:
         run_loop(start)

@@ -53,8 +53,9 @@ def test_echo_1mib_sha256():
         def connect_cb(sock):
             sock.shutdown("write")
 
-        uvssl.tcp_connect(LOCALHOST, srv.port, read_cb, event_cb, data=payload,
-                          connect_cb=connect_cb)
+        uvssl.tcp_connect(
+            LOCALHOST, srv.port, read_cb, event_cb, data=payload, connect_cb=connect_cb
+        )
 
     run_loop(start)
     assert server_errors == []
@@ -415,7 +416,10 @@ def test_connect_data_first_then_early_writes_in_order():
             srv.close()
 
         sock = uvssl.tcp_connect(
-            LOCALHOST, srv.port, read_cb, data=b"first|",
+            LOCALHOST,
+            srv.port,
+            read_cb,
+            data=b"first|",
             connect_cb=lambda s: s.shutdown("write"),
         )
         assert sock.write(b"second|") is True
@@ -618,8 +622,13 @@ def test_flow_control_high_water_and_drain():
     high, low = 1 << 20, 256 * 1024
     max_total = 512 << 20  # safety bound on how much we ever write
     state = {
-        "sent": 0, "received": 0, "drains": 0, "false_seen": False,
-        "max_buffer": 0, "stalled": False, "drains_after_resume": 0,
+        "sent": 0,
+        "received": 0,
+        "drains": 0,
+        "false_seen": False,
+        "max_buffer": 0,
+        "stalled": False,
+        "drains_after_resume": 0,
     }
 
     def start():
@@ -824,8 +833,7 @@ def test_tcp_open_connected_tcp_socket(as_fd):
         def connect_cb(sock):
             state["connect_cb"] = sock
 
-        state["sock"] = uvssl.tcp_open(target, read_cb, data=b"through ",
-                                       connect_cb=connect_cb)
+        state["sock"] = uvssl.tcp_open(target, read_cb, data=b"through ", connect_cb=connect_cb)
         state["sock"].write(b"tcp_open")
         if not as_fd:
             state["detached"] = py.fileno() == -1
@@ -866,8 +874,9 @@ def test_write_socket_data_replaces_callbacks():
             srv.close()
 
         def connect_cb(sock):
-            r = uvssl.write_socket_data(sock, b"abc", read_cb=new_read, write_cb=new_write,
-                                        event_cb=new_event)
+            r = uvssl.write_socket_data(
+                sock, b"abc", read_cb=new_read, write_cb=new_write, event_cb=new_event
+            )
             assert r is True
             assert sock.read_cb is new_read
             assert sock.event_cb is new_event
@@ -1125,35 +1134,54 @@ BAD_CALLS = [
     ("connect port str", TypeError, "port", lambda: uvssl.tcp_connect(LOCALHOST, "80", _noop)),
     ("connect port float", TypeError, "port", lambda: uvssl.tcp_connect(LOCALHOST, 80.0, _noop)),
     ("connect port big", ValueError, "port", lambda: uvssl.tcp_connect(LOCALHOST, 70000, _noop)),
-    ("connect port negative", ValueError, "port",
-     lambda: uvssl.tcp_connect(LOCALHOST, -1, _noop)),
+    ("connect port negative", ValueError, "port", lambda: uvssl.tcp_connect(LOCALHOST, -1, _noop)),
     ("server port str", TypeError, "port", lambda: uvssl.tcp_server(LOCALHOST, "80", _noop)),
     ("server port big", ValueError, "port", lambda: uvssl.tcp_server(LOCALHOST, 70000, _noop)),
     ("connect read_cb", TypeError, "read_cb", lambda: uvssl.tcp_connect(LOCALHOST, 9, "cb")),
     ("server read_cb", TypeError, "read_cb", lambda: uvssl.tcp_server(LOCALHOST, 0, 42)),
-    ("connect event_cb", TypeError, "event_cb",
-     lambda: uvssl.tcp_connect(LOCALHOST, 9, _noop, 42)),
-    ("server connect_cb", TypeError, "connect_cb",
-     lambda: uvssl.tcp_server(LOCALHOST, 0, _noop, connect_cb=1)),
-    ("connect write_cb", TypeError, "write_cb",
-     lambda: uvssl.tcp_connect(LOCALHOST, 9, _noop, write_cb="x")),
-    ("data str", TypeError, "data",
-     lambda: uvssl.tcp_connect(LOCALHOST, 9, _noop, data="text")),
+    ("connect event_cb", TypeError, "event_cb", lambda: uvssl.tcp_connect(LOCALHOST, 9, _noop, 42)),
+    (
+        "server connect_cb",
+        TypeError,
+        "connect_cb",
+        lambda: uvssl.tcp_server(LOCALHOST, 0, _noop, connect_cb=1),
+    ),
+    (
+        "connect write_cb",
+        TypeError,
+        "write_cb",
+        lambda: uvssl.tcp_connect(LOCALHOST, 9, _noop, write_cb="x"),
+    ),
+    ("data str", TypeError, "data", lambda: uvssl.tcp_connect(LOCALHOST, 9, _noop, data="text")),
     ("data int", TypeError, "data", lambda: uvssl.tcp_connect(LOCALHOST, 9, _noop, data=5)),
-    ("data list", TypeError, "data",
-     lambda: uvssl.tcp_connect(LOCALHOST, 9, _noop, data=[1, 2])),
-    ("backlog str", TypeError, "backlog",
-     lambda: uvssl.tcp_server(LOCALHOST, 0, _noop, backlog="10")),
-    ("backlog negative", ValueError, "backlog",
-     lambda: uvssl.tcp_server(LOCALHOST, 0, _noop, backlog=-5)),
+    ("data list", TypeError, "data", lambda: uvssl.tcp_connect(LOCALHOST, 9, _noop, data=[1, 2])),
+    (
+        "backlog str",
+        TypeError,
+        "backlog",
+        lambda: uvssl.tcp_server(LOCALHOST, 0, _noop, backlog="10"),
+    ),
+    (
+        "backlog negative",
+        ValueError,
+        "backlog",
+        lambda: uvssl.tcp_server(LOCALHOST, 0, _noop, backlog=-5),
+    ),
     ("host int", TypeError, "host", lambda: uvssl.tcp_connect(1234, 9, _noop)),
     ("host empty", ValueError, "host", lambda: uvssl.tcp_connect("", 9, _noop)),
-    ("read_timeout negative", ValueError, "read_timeout",
-     lambda: uvssl.tcp_connect(LOCALHOST, 9, _noop, read_timeout=-1)),
-    ("write_timeout str", TypeError, "write_timeout",
-     lambda: uvssl.tcp_connect(LOCALHOST, 9, _noop, write_timeout="1")),
-    ("bind_address int", TypeError, "bind_address",
-     lambda: uvssl.tcp_server(5, 0, _noop)),
+    (
+        "read_timeout negative",
+        ValueError,
+        "read_timeout",
+        lambda: uvssl.tcp_connect(LOCALHOST, 9, _noop, read_timeout=-1),
+    ),
+    (
+        "write_timeout str",
+        TypeError,
+        "write_timeout",
+        lambda: uvssl.tcp_connect(LOCALHOST, 9, _noop, write_timeout="1"),
+    ),
+    ("bind_address int", TypeError, "bind_address", lambda: uvssl.tcp_server(5, 0, _noop)),
 ]
 
 
