@@ -18,7 +18,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 from helpers import run_loop
@@ -357,11 +357,15 @@ def start_serve(*extra: str) -> tuple[subprocess.Popen[bytes], LineReader, int]:
     return proc, lines, int(line.split()[1])
 
 
-def tls_client(port: int) -> ssl.SSLSocket:
+def tls_client(port: int, rcvbuf: int = 0) -> ssl.SSLSocket:
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    raw = socket.socket()
+    if rcvbuf:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect: the window
+    raw.settimeout(10)
+    raw.connect(("127.0.0.1", port))
     return ctx.wrap_socket(raw, server_hostname="localhost", suppress_ragged_eofs=False)
 
 
@@ -389,18 +393,28 @@ def test_serve_stops_at_once_on_a_second_ctrl_c() -> None:
     proc, lines, port = start_serve("--graceful-timeout", "60")
     c = None
     try:
-        c = tls_client(port)
+        c = tls_client(port, rcvbuf=16384)
         c.setblocking(False)
         # a client that sends and never reads: the server's echo backs up, so the graceful
-        # shutdown cannot finish before its (long) timeout
+        # shutdown cannot finish before its (long) timeout. A small receive window, and sending
+        # until the server has stopped taking data for 0.5 s: stopping at the first full send
+        # buffer could leave an echo small enough for the kernel's buffers, and the drain
+        # would then finish at once.
         payload = b"x" * 65536
         deadline = time.monotonic() + 10
         sent = 0
+        stalled_since: Optional[float] = None
         while time.monotonic() < deadline and sent < 64 * 1024 * 1024:
             try:
                 sent += c.send(payload)
+                stalled_since = None
             except (ssl.SSLWantWriteError, BlockingIOError):
-                break
+                now = time.monotonic()
+                if stalled_since is None:
+                    stalled_since = now
+                elif now - stalled_since > 0.5:
+                    break
+                time.sleep(0.01)
         assert sent > 0
         proc.send_signal(signal.SIGINT)
         wait_line(lines, ": shutting down", proc)
