@@ -65,7 +65,7 @@ class LoopHarness:
     def run(
         self,
         start_fn: Optional[Callable[[], Any]] = None,
-        until: Optional[Callable[[], bool]] = None,
+        until: Optional[Callable[[], object]] = None,
         *,
         hold: bool = True,
         allow_deadline: bool = False,
@@ -164,7 +164,7 @@ def echo_server(
     host: str = LOCALHOST,
     port: int = 0,
     *,
-    errors: Optional[list] = None,
+    errors: Optional[list[Any]] = None,
     **kw: Any,
 ) -> uvssl.TcpServer:
     """Start (inside a loop) a server that echoes everything and closes on the peer's EOF.

@@ -104,7 +104,7 @@ def run_two_peers(
                 key=str(certs.server_key),
             )
         else:
-            srv = uvssl.tcp_server(LOCALHOST, 0, s_read, s_event, connect_cb=s_connect)
+            srv = uvssl.tcp_server(LOCALHOST, 0, s_read, s_event, connect_cb=s_connect)  # type: ignore[assignment]
         state["server"] = srv
         ctx = ssl.create_default_context(cafile=str(certs.ca)) if tls else None
         peers.append(TwoPeers(srv.port, ctx))
@@ -249,7 +249,7 @@ def test_reply_to_data_that_arrived_with_close_notify(certs):
 
     def s_event(ev: BaseException) -> None:
         state["events"].append(ev)
-        ev.socket.close()
+        ev.socket.close()  # type: ignore[attr-defined]
 
     def start() -> None:
         srv = uvssl.tcp_ssl_server(

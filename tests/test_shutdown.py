@@ -90,7 +90,7 @@ def test_shutdown_flushes_multi_megabyte_responses_then_closes_cleanly(
                 key=str(certs.server_key),
             )
         else:
-            server = uvssl.tcp_server("127.0.0.1", 0, on_read)
+            server = uvssl.tcp_server("127.0.0.1", 0, on_read)  # type: ignore[assignment]
         server_box.append(server)
         for _ in range(n):
             peers.append(PeerThread(slow_reader, server.port, client_ctx))
@@ -182,7 +182,7 @@ def test_shutdown_of_an_idle_server_calls_done_cb_and_checks_arguments() -> None
         server = uvssl.tcp_server("127.0.0.1", 0, None)
         for args in [(-1,), ("soon",), (1.0, "not callable")]:
             try:
-                server.shutdown(*args)
+                server.shutdown(*args)  # type: ignore[arg-type]
             except (TypeError, ValueError) as e:
                 errors.append(e)
         assert not server.shutting_down

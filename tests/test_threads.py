@@ -408,7 +408,7 @@ def test_stop_from_the_loops_own_thread_is_exit():
 
     def start() -> None:
         uvssl.delay(_noop, 60)
-        uvssl.delay(lambda: (done.append("stop"), uvssl.get_loop().stop()), 0.01)
+        uvssl.delay(lambda: (done.append("stop"), uvssl.get_loop().stop()), 0.01)  # type: ignore[func-returns-value]
 
     t0 = time.monotonic()
     thread = PeerThread(uvssl.start_event_loop, start, name="uvssl-loop")

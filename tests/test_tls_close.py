@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+from typing import Any
 
 import pytest
 from helpers import run_loop
@@ -74,7 +75,7 @@ def test_close_in_connect_cb_still_sends_close_notify(server_cert_kw, certs, wit
     """A TLS server that closes a connection in connect_cb (the moment the handshake is done)
     closes it gracefully: a uvssl client sees the peer's close_notify, not a truncation, and a
     strict stdlib client (suppress_ragged_eofs=False) sees a clean end."""
-    events: list = []
+    events: list[Any] = []
 
     def strict_client(port: int) -> str:
         ctx = stdlib_client_context(certs)
@@ -88,7 +89,7 @@ def test_close_in_connect_cb_still_sends_close_notify(server_cert_kw, certs, wit
                     return f"ssl error: {e}"
 
     def start():
-        state = {"left": 2}
+        state: dict[str, Any] = {"left": 2}
 
         def accepted(sock):
             sock.close()
@@ -106,7 +107,7 @@ def test_close_in_connect_cb_still_sends_close_notify(server_cert_kw, certs, wit
             ev.socket.close()
             peer = PeerThread(strict_client, server.port)
             peer.start()
-            start.peer = peer
+            start.peer = peer  # type: ignore[attr-defined]
 
         uvssl.tcp_ssl_connect(
             "localhost", server.port, None, first_done, ca_file=str(certs.ca), data=data
@@ -115,7 +116,7 @@ def test_close_in_connect_cb_still_sends_close_notify(server_cert_kw, certs, wit
     run_loop(start, timeout=20)
     assert len(events) == 1
     assert isinstance(events[0], uvssl.SslClosed) and events[0].truncated is False, events
-    assert start.peer.result() == "clean"
+    assert start.peer.result() == "clean"  # type: ignore[attr-defined]
 
 
 def test_peer_leaving_right_after_its_close_notify_is_a_clean_close(server_cert_kw, certs):
@@ -124,12 +125,12 @@ def test_peer_leaving_right_after_its_close_notify_is_a_clean_close(server_cert_
     the connection, then SslClosed without truncation, and no broken-pipe error for the
     close_notify it sends back. Twenty times, since it is a race."""
     rounds = 20
-    server_events: list = []
-    accepted: list = []
+    server_events: list[Any] = []
+    accepted: list[Any] = []
     client_ctx = stdlib_client_context(certs)
 
     def start():
-        state = {"done": 0}
+        state: dict[str, Any] = {"done": 0}
 
         def on_server_event(ev):
             server_events.append(ev)

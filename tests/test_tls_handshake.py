@@ -14,6 +14,7 @@ import sys
 import termios
 import threading
 import time
+from typing import Any
 
 import pytest
 from tls_support import (
@@ -82,7 +83,7 @@ def test_writes_before_handshake_arrive_in_order(server_cert_kw, certs):
     h = LoopHarness()
     received = bytearray()
     expected = b"data=;" + b"".join(f"early-{i};".encode() for i in range(50)) + b"after-connect;"
-    state = {}
+    state: dict[Any, Any] = {}
 
     def s_read(sock, data):
         received.extend(data)
@@ -133,14 +134,14 @@ def _act_once_accepted(certs, peer_fn, act, read_cb=None, connect_cb=None):
     connected = threading.Event()
     acted = threading.Event()
     h = LoopHarness(15)
-    st: dict = {"events": []}
+    st: dict[str, Any] = {"events": []}
 
     def start():
         srv = uvssl.tcp_ssl_server(
             LOCALHOST,
             0,
             read_cb,
-            lambda ev: (st["events"].append(ev), close_quietly(ev)),
+            lambda ev: (st["events"].append(ev), close_quietly(ev)),  # type: ignore[func-returns-value]
             certificate=str(certs.server_cert),
             key=str(certs.server_key),
             connect_cb=connect_cb,
@@ -173,7 +174,7 @@ def test_tls_server_makes_no_socket_before_the_handshake(certs):
             s.close()
 
     counts: list[int] = []
-    connects: list = []
+    connects: list[Any] = []
     peer, _, events = _act_once_accepted(
         certs, silent, lambda srv: counts.append(_live_ssl_sockets()), connect_cb=connects.append
     )
@@ -198,8 +199,8 @@ def test_tls_server_closed_during_a_handshake_still_hands_the_connection_over(ce
             s.sendall(MESSAGE)
             return recv_until(s, b"\n")
 
-    seen: list = []
-    state: dict = {}
+    seen: list[Any] = []
+    state: dict[str, Any] = {}
 
     def close_server(srv):
         state["srv"] = srv
@@ -272,14 +273,14 @@ def _first_read_server(certs, payload, connect_cb, *, close_notify=False, **loop
     first. Returns (what the client read, the server's log): ("connect",), ("read", data,
     whether read_cb ran inside the call that handed the connection over), ("event", ev)."""
     h = LoopHarness(15)
-    log: list = []
-    st: dict = {}
+    log: list[Any] = []
+    st: dict[str, Any] = {}
 
     def read_cb(sock, data):
         frame, inside = sys._getframe(), False
         while frame is not None:
             inside = inside or frame.f_code.co_name == "uvs_py_on_accept"
-            frame = frame.f_back
+            frame = frame.f_back  # type: ignore[assignment]
         log.append(("read", data, inside))
         sock.write(data)
         if b"".join(e[1] for e in log if e[0] == "read") == payload and not close_notify:
@@ -351,7 +352,7 @@ def test_first_data_is_dropped_for_a_socket_closed_in_connect_cb(certs):
 
 
 def test_first_data_still_reaches_read_cb_when_connect_cb_raises(certs):
-    caught: list = []
+    caught: list[Any] = []
 
     def boom(sock, log):
         raise KeyError("connect_cb failed")
@@ -399,13 +400,13 @@ def test_first_data_survives_connect_cb_resuming_another_tls_socket(server_cert_
     # buffer: here it resumes socket A, whose records OpenSSL still holds. The hand-over's data
     # must reach read_cb as it came, not overwritten by A's.
     h = LoopHarness(15)
-    st: dict = {"a": None, "a_got": [], "b_got": [], "capped": False}
+    st: dict[str, Any] = {"a": None, "a_got": [], "b_got": [], "capped": False}
     go = threading.Event()
     total = _HELD_RECORD * _HELD_RECORDS
 
     def queued() -> int:  # bytes waiting in the kernel for A
         buf = fcntl.ioctl(st["a_fd"].fileno(), termios.FIONREAD, struct.pack("i", 0))
-        return struct.unpack("i", buf)[0]
+        return struct.unpack("i", buf)[0]  # type: ignore[no-any-return]
 
     def resume_a_when_all_queued():
         if st["a"] is not None and go.is_set() and queued() >= total + 22 * _HELD_RECORDS:

@@ -8,6 +8,7 @@ import ctypes
 import socket
 import ssl
 import subprocess
+from typing import Any
 
 import pytest
 from tls_support import (
@@ -62,7 +63,7 @@ def test_uvssl_client_to_stdlib_server(certs):
     peer.start()
     h = LoopHarness()
     got = bytearray()
-    info = {}
+    info: dict[Any, Any] = {}
 
     def read_cb(sock, data):
         got.extend(data)
@@ -103,7 +104,7 @@ def test_uvssl_client_to_stdlib_server(certs):
 
 
 def test_stdlib_client_to_uvssl_server(certs):
-    seen = {}
+    seen: dict[Any, Any] = {}
 
     def client(port):
         raw = socket.create_connection((LOCALHOST, port), timeout=PEER_TIMEOUT)
@@ -131,7 +132,7 @@ def test_stdlib_client_to_uvssl_server(certs):
 
 def test_openssl_s_client_to_uvssl_server(certs):
     exe = openssl_binary()
-    state = {}
+    state: dict[Any, Any] = {}
 
     def drive(port):
         proc = subprocess.Popen(
@@ -181,7 +182,7 @@ def test_uvssl_client_to_openssl_s_server(certs):
     try:
         h = LoopHarness()
         got = bytearray()
-        info = {}
+        info: dict[Any, Any] = {}
 
         def read_cb(sock, data):
             got.extend(data)
@@ -321,7 +322,7 @@ def test_raw_ssl_ctx_pointer(server_cert_kw, certs, form):
 def test_plain_tcp_garbage_then_tls_client_still_served(server_cert_kw, certs):
     h = LoopHarness()
     server_events = []
-    state = {}
+    state: dict[Any, Any] = {}
 
     def garbage(port):
         s = socket.create_connection((LOCALHOST, port), timeout=PEER_TIMEOUT)
@@ -382,7 +383,8 @@ def test_plain_tcp_garbage_then_tls_client_still_served(server_cert_kw, certs):
         state["peer"].start()
 
     h.run(
-        start, until=lambda: state.get("tls_ok") and state["peer"].done and len(server_events) >= 2
+        start,
+        until=lambda: state.get("tls_ok") and state["peer"].done and len(server_events) >= 2,
     )
     state["peer"].result()
     first = server_events[0]
@@ -419,8 +421,8 @@ def test_peer_key_update_is_answered(certs):
         try:
 
             def send(line):
-                proc.stdin.write(line)
-                proc.stdin.flush()
+                proc.stdin.write(line)  # type: ignore[union-attr]
+                proc.stdin.flush()  # type: ignore[union-attr]
 
             send(b"hello1\n")
             if reader.wait_for(lambda s: s == "hello1") is None:
@@ -435,7 +437,7 @@ def test_peer_key_update_is_answered(certs):
             after = reader.lines[mark:]
             send(b"hello3\n")
             third = reader.wait_for(lambda s: s == "hello3")
-            proc.stdin.close()
+            proc.stdin.close()  # type: ignore[union-attr]
             reader.drain(5)
             return ("ok" if third else "no-echo-3"), after
         finally:
@@ -457,19 +459,19 @@ def test_peer_key_update_is_answered(certs):
 
 
 def test_ssl_options_take_effect(server_cert_kw, certs):
-    ctx = uvssl.Context.client(options=[uvssl.SSL_OP_NO_TICKET], ca_file=str(certs.ca))
-    assert lib.SSL_CTX_get_options(ffi.cast("SSL_CTX *", ctx.pointer)) & uvssl.SSL_OP_NO_TICKET
+    ctx = uvssl.Context.client(options=[uvssl.SSL_OP_NO_TICKET], ca_file=str(certs.ca))  # type: ignore[attr-defined]
+    assert lib.SSL_CTX_get_options(ffi.cast("SSL_CTX *", ctx.pointer)) & uvssl.SSL_OP_NO_TICKET  # type: ignore[attr-defined]
     r = run_pair(
         certs,
         server_kw=dict(
             **server_cert_kw,
-            ssl_options=[uvssl.SSL_OP_NO_TLSv1_3],
+            ssl_options=[uvssl.SSL_OP_NO_TLSv1_3],  # type: ignore[attr-defined]
         ),
-        clients=[dict(ssl_options=[uvssl.SSL_OP_NO_TICKET])],
+        clients=[dict(ssl_options=[uvssl.SSL_OP_NO_TICKET])],  # type: ignore[attr-defined]
     )
     assert_echoed(r)
     assert r.clients[0]["version"] == "TLSv1.2"  # the server's ssl_options applied
     assert r.server_info[0]["version"] == "TLSv1.2"
     client_ctx = r.clients[0]["socket"].context
     opts = lib.SSL_CTX_get_options(ffi.cast("SSL_CTX *", client_ctx.pointer))
-    assert opts & uvssl.SSL_OP_NO_TICKET  # the client's ssl_options applied
+    assert opts & uvssl.SSL_OP_NO_TICKET  # type: ignore[attr-defined]  # the client's ssl_options applied

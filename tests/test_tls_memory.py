@@ -80,7 +80,7 @@ def test_quiet_connection_gives_back_openssl_record_buffers(certs):
         sock.write(b"free")
 
     def s_read(sock, data):
-        seen.append((data.decode(), held(sock)))
+        seen.append((data.decode(), held(sock)))  # type: ignore[arg-type]
         sock.write(data)
         if data == b"one\n":
             wait_for_release(sock)

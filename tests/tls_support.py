@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
-from helpers import LOCALHOST, LoopHarness
+from helpers import LOCALHOST as LOCALHOST
+from helpers import LoopHarness as LoopHarness
 
 import uvssl
 
@@ -184,7 +185,7 @@ def openssl_binary() -> str:
 class LineReader:
     """Reads a subprocess's (merged) output lines in a thread; ``wait_for`` a predicate."""
 
-    def __init__(self, proc: subprocess.Popen) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
         self.lines: list[str] = []
         self._q: queue.Queue[Optional[str]] = queue.Queue()
@@ -224,7 +225,7 @@ class LineReader:
         self._t.join(timeout)
 
 
-def kill_process(proc: Optional[subprocess.Popen]) -> None:
+def kill_process(proc: Optional[subprocess.Popen[bytes]]) -> None:
     if proc is None:
         return
     if proc.poll() is None:
@@ -243,7 +244,7 @@ def kill_process(proc: Optional[subprocess.Popen]) -> None:
 
 def start_s_server(
     certs: Certs, extra: list[str], attempts: int = 5
-) -> tuple[subprocess.Popen, LineReader, int]:
+) -> tuple[subprocess.Popen[bytes], LineReader, int]:
     """Start ``openssl s_server`` on a free port (retrying on a port clash); wait for ACCEPT."""
     exe = openssl_binary()
     last = ""
