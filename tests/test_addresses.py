@@ -12,17 +12,11 @@ import struct
 from typing import Any
 
 import pytest
-from conftest import has_ipv6_loopback, run_loop
-from tls_support import make_certs
+from helpers import has_ipv6_loopback, run_loop
 
 import uvssl
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return make_certs(tmp_path_factory.mktemp("address-certs"))
 
 
 def closed_port() -> int:
@@ -210,7 +204,7 @@ def test_refused_names_host_and_port() -> None:
     (ev,) = events
     assert isinstance(ev, uvssl.TcpRefused)
     assert f"127.0.0.1 port {port}" in str(ev)
-    assert ev.socket.remote_address == ("127.0.0.1", port)  # type: ignore[attr-defined]
+    assert ev.socket.remote_address == ("127.0.0.1", port)
     assert ev.identifier == "connection-refused"
 
 
@@ -226,7 +220,7 @@ def test_refused_by_name_names_the_name_and_the_address() -> None:
     assert isinstance(ev, uvssl.TcpRefused)
     text = str(ev)
     assert f"localhost port {port}" in text
-    host, p = ev.socket.remote_address  # type: ignore[attr-defined]
+    host, p = ev.socket.remote_address
     assert p == port and host in ("127.0.0.1", "::1") and f"({host})" in text
 
 
@@ -241,7 +235,7 @@ def test_dns_error_names_host_and_port() -> None:
     assert isinstance(ev, uvssl.DnsError)
     assert "'no-such-host.invalid' (port 8443)" in str(ev)
     with pytest.raises(uvssl.SocketError, match="not known"):
-        _ = ev.socket.remote_address  # type: ignore[attr-defined]
+        _ = ev.socket.remote_address
 
 
 def test_tls_socket_addresses_after_close(certs: Any) -> None:

@@ -15,7 +15,6 @@ from tls_support import (
     LoopHarness,
     PeerThread,
     listening_socket,
-    make_certs,
     recv_exactly,
     serve_to_peer,
     stdlib_client_context,
@@ -28,21 +27,6 @@ from uvssl.openssl import ffi, lib
 pytestmark = pytest.mark.timeout(30)
 
 DEADLINE = 10.0
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return make_certs(tmp_path_factory.mktemp("attach-certs"))
-
-
-@pytest.fixture(scope="module")
-def server_ctx(certs):
-    return uvssl.Context.server(certificate=str(certs.server_cert), key=str(certs.server_key))
-
-
-@pytest.fixture(scope="module")
-def client_ctx(certs):
-    return uvssl.Context.client(ca_file=str(certs.ca))
 
 
 def close_quietly(sock: Any) -> None:
@@ -596,7 +580,7 @@ def _load_cert_key(certs):
     return configure, calls
 
 
-def run_attach_pair(client_kw: dict, server_kw: dict) -> dict[str, Any]:
+def run_attach_pair(client_kw: dict[str, Any], server_kw: dict[str, Any]) -> dict[str, Any]:
     """uvssl client and uvssl server, both plain until "STARTTLS\\n" / "OK\\n", then each calls
     attach_ssl(sock, **its keywords); the client sends PING over TLS and the server echoes it."""
     h = LoopHarness(DEADLINE)
@@ -750,8 +734,15 @@ def test_attach_ssl_ctx_forms_server_side(certs, server_ctx, client_ctx, form):
     elif form == "true-configured":
         skw = {"ssl_ctx": True, "ctx_configure_callback": configure}
     else:
-        skw = {"ssl_ctx": ("tls-v1-2", "tls-v1-2"), "ctx_configure_callback": configure}
-    ckw = {"ssl_side": "client", "ssl_ctx": client_ctx, "tlsext_host_name": "localhost"}
+        skw = {
+            "ssl_ctx": ("tls-v1-2", "tls-v1-2"),
+            "ctx_configure_callback": configure,
+        }
+    ckw: dict[str, Any] = {
+        "ssl_side": "client",
+        "ssl_ctx": client_ctx,
+        "tlsext_host_name": "localhost",
+    }
     try:
         st = run_attach_pair(ckw, skw)
     finally:
@@ -817,7 +808,10 @@ def _with_plain_socket(fn: Callable[[Any], Any]) -> None:
 
     def start():
         st["server"] = uvssl.tcp_server(
-            LOCALHOST, 0, lambda s, d: None, lambda ev: close_quietly(ev.socket)
+            LOCALHOST,
+            0,
+            lambda s, d: None,
+            lambda ev: close_quietly(ev.socket),  # type: ignore[attr-defined]
         )
         uvssl.tcp_connect(
             LOCALHOST, st["server"].port, lambda s, d: None, lambda ev: None, connect_cb=c_connect
@@ -844,7 +838,7 @@ def test_attach_and_detach_bad_arguments(server_ctx, client_ctx):
         with pytest.raises(ValueError, match="no TLS"):
             uvssl.detach_ssl(sock)
         with pytest.raises(TypeError):
-            uvssl.attach_ssl(sock, ssl_side="client", ssl_ctx=True, ctx_configure_callback=42)
+            uvssl.attach_ssl(sock, ssl_side="client", ssl_ctx=True, ctx_configure_callback=42)  # type: ignore[arg-type]
         with pytest.raises(ValueError):
             uvssl.attach_ssl(sock, ssl_side="client", ssl_ctx="tls-v9")
         with pytest.raises(ValueError, match="tlsext_host_name"):
@@ -866,9 +860,9 @@ def test_attach_and_detach_bad_arguments(server_ctx, client_ctx):
 
     _with_plain_socket(check)
     with socket.socket() as std, pytest.raises(TypeError):
-        uvssl.attach_ssl(std, ssl_ctx=client_ctx)  # not a uvssl Socket
+        uvssl.attach_ssl(std, ssl_ctx=client_ctx)  # type: ignore[arg-type]  # not a uvssl Socket
     with pytest.raises(TypeError):
-        uvssl.detach_ssl("not a socket")
+        uvssl.detach_ssl("not a socket")  # type: ignore[arg-type]
     for bad in (0, -5, True, "0x10", 1.5):
         with pytest.raises(ValueError):
-            uvssl.SslPointer(bad)
+            uvssl.SslPointer(bad)  # type: ignore[arg-type]

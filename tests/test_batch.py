@@ -17,18 +17,13 @@ import time
 from typing import Any
 
 import pytest
-from tls_support import LOCALHOST, PEER_TIMEOUT, LoopHarness, PeerThread, make_certs
+from tls_support import LOCALHOST, PEER_TIMEOUT, LoopHarness, PeerThread
 
 import uvssl
 
 pytestmark = pytest.mark.timeout(30)
 
 MESSAGE = b"0123456789" * 10
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 class TwoPeers:
@@ -100,11 +95,16 @@ def run_two_peers(
     def start() -> None:
         if tls:
             srv = uvssl.tcp_ssl_server(
-                LOCALHOST, 0, s_read, s_event, connect_cb=s_connect,
-                certificate=str(certs.server_cert), key=str(certs.server_key),
+                LOCALHOST,
+                0,
+                s_read,
+                s_event,
+                connect_cb=s_connect,
+                certificate=str(certs.server_cert),
+                key=str(certs.server_key),
             )
         else:
-            srv = uvssl.tcp_server(LOCALHOST, 0, s_read, s_event, connect_cb=s_connect)
+            srv = uvssl.tcp_server(LOCALHOST, 0, s_read, s_event, connect_cb=s_connect)  # type: ignore[assignment]
         state["server"] = srv
         ctx = ssl.create_default_context(cafile=str(certs.ca)) if tls else None
         peers.append(TwoPeers(srv.port, ctx))
@@ -249,12 +249,17 @@ def test_reply_to_data_that_arrived_with_close_notify(certs):
 
     def s_event(ev: BaseException) -> None:
         state["events"].append(ev)
-        ev.socket.close()
+        ev.socket.close()  # type: ignore[attr-defined]
 
     def start() -> None:
         srv = uvssl.tcp_ssl_server(
-            LOCALHOST, 0, s_read, s_event, connect_cb=s_connect,
-            certificate=str(certs.server_cert), key=str(certs.server_key),
+            LOCALHOST,
+            0,
+            s_read,
+            s_event,
+            connect_cb=s_connect,
+            certificate=str(certs.server_cert),
+            key=str(certs.server_key),
         )
         peer.append(PeerThread(client, srv.port))
         peer[0].start()

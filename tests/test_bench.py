@@ -44,8 +44,16 @@ def test_bench_tiny_end_to_end(tmp_path):
 
     report = json.loads(out.read_text())
     assert report["meta"]["config"]["mode"] == "tiny"
-    for key in ("date", "nproc", "cpu_model", "kernel", "python", "openssl", "cpu_method",
-                "cpu_resolution_s"):
+    for key in (
+        "date",
+        "nproc",
+        "cpu_model",
+        "kernel",
+        "python",
+        "openssl",
+        "cpu_method",
+        "cpu_resolution_s",
+    ):
         assert key in report["meta"]
     assert list(report["cells"]) == CELLS
     assert list(report["results"]) == SERVERS

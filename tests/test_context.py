@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 import trustme
-from conftest import run_loop
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtensionOID
+from helpers import run_loop
 from tls_support import LOCALHOST, PEER_TIMEOUT, LoopHarness, run_pair
 
 import uvssl
@@ -61,7 +61,7 @@ def server_context(pki, **kw) -> uvssl.Context:
 
 def only_client(r) -> dict[str, Any]:
     assert len(r.clients) == 1
-    return r.clients[0]
+    return r.clients[0]  # type: ignore[no-any-return]
 
 
 def assert_echoed(r) -> None:
@@ -91,7 +91,7 @@ def write_crl(pki, path, revoke_serials=()) -> str:
             .revocation_date(now - datetime.timedelta(hours=1))
             .build()
         )
-    crl = builder.sign(ca_key, hashes.SHA256())
+    crl = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
     path.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
     return str(path)
 
@@ -363,7 +363,7 @@ def test_ssl_configure_callback_called_once_per_connection(pki):
             lambda s, d: s.write(d),
             s_event,
             ssl_ctx=sctx,
-            connect_cb=lambda s: st["server_socks"].append(s.ssl_pointer),
+            connect_cb=lambda s: st["server_socks"].append(s.ssl_pointer),  # type: ignore[attr-defined]
         )
         st["server"] = server
         for _ in range(3):
@@ -467,7 +467,7 @@ def _silent_client_events(ssl_ctx: uvssl.Context) -> list[BaseException]:
     finally:
         if st["raw"] is not None:
             st["raw"].close()
-    return st["events"]
+    return st["events"]  # type: ignore[no-any-return]
 
 
 def test_context_handshake_timeout_applies_to_servers(pki):
@@ -558,7 +558,7 @@ def test_aliases_and_from_pointer(pki):
 
 def _pairs(name: x509.Name) -> tuple[tuple[str, str], ...]:
     """(short name, value) pairs, most specific first (the reverse of the encoded order)."""
-    return tuple((a.rfc4514_attribute_name, a.value) for a in reversed(list(name)))
+    return tuple((a.rfc4514_attribute_name, a.value) for a in reversed(list(name)))  # type: ignore[misc]
 
 
 def test_x509_certificate_fields_match_the_certificate(pki):

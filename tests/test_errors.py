@@ -25,7 +25,6 @@ from tls_support import (
     PeerThread,
     close_quietly,
     listening_socket,
-    make_certs,
     run_pair,
     serve_to_peer,
 )
@@ -36,11 +35,6 @@ pytestmark = pytest.mark.timeout(60)
 
 X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY = 20
 X509_V_ERR_HOSTNAME_MISMATCH = 62
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return make_certs(tmp_path_factory.mktemp("errors-certs"))
 
 
 def pem_body(path: Path) -> str:
@@ -189,7 +183,7 @@ def test_verify_given_a_path_points_to_ca_file(certs):
         uvssl.Context.client(verify=pem)
     assert_not_echoed(ei.value, certs.ca)
     with pytest.raises(TypeError, match=r"verify must be a bool, not str \(a CA file goes in"):
-        uvssl.tcp_ssl_connect(LOCALHOST, 1, None, verify=str(certs.ca))
+        uvssl.tcp_ssl_connect(LOCALHOST, 1, None, verify=str(certs.ca))  # type: ignore[arg-type]
 
 
 # -- load failures say what the file holds (without showing it) and what to do -------------------
@@ -314,30 +308,30 @@ def _socket_calls() -> list[tuple[str, Callable[[], Any], str, str]]:
     return [
         (
             "tcp_connect",
-            lambda: uvssl.tcp_connect(LOCALHOST, 1, None, read_timout=1),
+            lambda: uvssl.tcp_connect(LOCALHOST, 1, None, read_timout=1),  # type: ignore[call-arg]
             "read_timout",
             "read_timeout",
         ),
         (
             "tcp_server",
-            lambda: uvssl.tcp_server(LOCALHOST, 0, None, reuseport=True),
+            lambda: uvssl.tcp_server(LOCALHOST, 0, None, reuseport=True),  # type: ignore[call-arg]
             "reuseport",
             "reuse_port",
         ),
-        ("tcp_open", lambda: uvssl.tcp_open(0, None, conect_cb=None), "conect_cb", "connect_cb"),
+        ("tcp_open", lambda: uvssl.tcp_open(0, None, conect_cb=None), "conect_cb", "connect_cb"),  # type: ignore[call-arg]
         (
             "tcp_ssl_connect",
-            lambda: uvssl.tcp_ssl_connect(LOCALHOST, 1, None, ca_flie="x"),
+            lambda: uvssl.tcp_ssl_connect(LOCALHOST, 1, None, ca_flie="x"),  # type: ignore[call-arg]
             "ca_flie",
             "ca_file",
         ),
         (
             "tcp_ssl_server",
-            lambda: uvssl.tcp_ssl_server(LOCALHOST, 0, None, certficate="x"),
+            lambda: uvssl.tcp_ssl_server(LOCALHOST, 0, None, certficate="x"),  # type: ignore[call-arg]
             "certficate",
             "certificate",
         ),
-        ("attach_ssl", lambda: uvssl.attach_ssl(None, ssl_sid="client"), "ssl_sid", "ssl_side"),
+        ("attach_ssl", lambda: uvssl.attach_ssl(None, ssl_sid="client"), "ssl_sid", "ssl_side"),  # type: ignore[arg-type, call-arg]
         (
             "with_event_loop",
             lambda: uvssl.with_event_loop(lambda: None, catch_app_error=True),
@@ -361,9 +355,9 @@ def test_unknown_keyword_names_the_function_and_suggests(name, call, wrong, righ
 
 def test_a_type_error_from_inside_passes_through_the_hints():
     with pytest.raises(TypeError, match=r"^host must be a str, not int$"):
-        uvssl.tcp_connect(5, 1, None, read_timeout=1)
+        uvssl.tcp_connect(5, 1, None, read_timeout=1)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"^socket must be a uvssl Socket, not NoneType$"):
-        uvssl.attach_ssl(None, ssl_side="client")
+        uvssl.attach_ssl(None, ssl_side="client")  # type: ignore[arg-type]
 
 
 # -- no message repeats itself --------------------------------------------------------------------
@@ -405,10 +399,10 @@ def test_operations_on_a_closed_socket_do_not_repeat_themselves():
         assert not repeats_itself(text), (name, text)
         assert "while" not in text and "during" not in text, (name, text)
         assert text.startswith("socket is closed; cannot "), (name, text)
-        assert exc.identifier == "shutdown" and exc.action, (name, exc.action)
+        assert exc.identifier == "shutdown" and exc.action, (name, exc.action)  # type: ignore[attr-defined]
     assert str(seen["write"]) == "socket is closed; cannot write (identifier=shutdown)"
-    assert seen["write"].action == "write"
-    assert seen["attach_ssl"].action == "attach TLS"
+    assert seen["write"].action == "write"  # type: ignore[attr-defined]
+    assert seen["attach_ssl"].action == "attach TLS"  # type: ignore[attr-defined]
 
 
 def test_the_action_is_added_only_when_the_message_lacks_it():
@@ -437,7 +431,7 @@ def test_timeout_and_eof_events_do_not_repeat_themselves():
 
     # the server closes its second connection at once: an EOF for that client
     def start_all():
-        state = {"n": 0}
+        state: dict[str, Any] = {"n": 0}
 
         def accepted(sock):
             state["n"] += 1
@@ -467,7 +461,7 @@ def test_timeout_and_eof_events_do_not_repeat_themselves():
     assert kinds == {uvssl.TcpTimeout, uvssl.TcpEof}, events
     for ev in events:
         assert not repeats_itself(str(ev)), str(ev)
-        assert ev.action == "read"
+        assert ev.action == "read"  # type: ignore[attr-defined]
     timeout = next(ev for ev in events if isinstance(ev, uvssl.TcpTimeout))
     assert "read_timeout" in str(timeout) and "while" not in str(timeout)
 
@@ -502,7 +496,7 @@ def test_client_verification_failure_shows_its_verify_result(certs):
     assert ev.verify_result == X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY
     text = str(ev)
     assert f"verify result {ev.verify_result}" in text, text
-    assert text.count(ev.verify_result_string) == 1, text
+    assert text.count(ev.verify_result_string) == 1, text  # type: ignore[arg-type]
     assert "the server's certificate did not verify" in text and "ca_file=" in text, text
     assert not repeats_itself(text), text
 

@@ -13,7 +13,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_async_to_sync_example() -> None:
     out = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "async_to_sync.py")],
-        capture_output=True, text=True, timeout=80, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=80,
+        cwd=ROOT,
     )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()

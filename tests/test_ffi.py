@@ -51,7 +51,7 @@ def test_build_ffi_reads_its_cdef_from_the_headers() -> None:
 def test_compiled_module_has_exactly_what_the_cdef_declares() -> None:
     kinds = _declared()
     names = set(dir(lib))
-    declared = set()
+    declared: set[str] = set()
     for kind in ("function", "macro", "constant", "enumerator", "extern_python"):
         declared.update(kinds.get(kind, ()))
     assert declared - names == set(), "declared in the headers, missing from the built module"

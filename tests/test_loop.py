@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import threading
 import traceback
+from typing import Any
 
 import pytest
-from conftest import LOCALHOST, echo_server, port_is_free, run_loop
+from helpers import LOCALHOST, echo_server, port_is_free, run_loop
 
 import uvssl
 
@@ -22,7 +23,7 @@ def tb_names(exc: BaseException) -> list[str]:
 
 
 def test_delay_fires_with_args_in_order():
-    calls = []
+    calls: list[Any] = []
 
     def start():
         uvssl.delay(calls.append, 0.05, "late")
@@ -41,7 +42,7 @@ def test_delay_default_seconds_is_zero():
 
 def test_cancelled_delay_does_not_fire_and_loop_ends():
     calls = []
-    timers = {}
+    timers: dict[Any, Any] = {}
 
     def start():
         t = uvssl.delay(lambda: calls.append("cancelled"), 0.05)
@@ -69,7 +70,7 @@ def test_cancel_from_another_timer():
 
 
 def test_timer_active_until_fired():
-    seen = {}
+    seen: dict[Any, Any] = {}
 
     def start():
         t = uvssl.delay(lambda: seen.setdefault("inside", t.active), 0.01)
@@ -85,7 +86,7 @@ def test_timer_active_until_fired():
 
 def test_interval_repeats_until_cancelled():
     ticks = []
-    state = {}
+    state: dict[Any, Any] = {}
 
     def tick(tag):
         ticks.append(tag)
@@ -117,7 +118,7 @@ def test_interval_cancelled_from_outside():
 
 
 def test_exit_event_loop_with_listening_server():
-    state = {}
+    state: dict[Any, Any] = {}
 
     def start():
         srv = uvssl.tcp_server(LOCALHOST, 0, lambda s, d: None)
@@ -157,11 +158,11 @@ def test_with_event_loop_is_start_event_loop():
 
     def start():
         seen.append(uvssl.get_loop())
-        uvssl.delay(lambda: seen.append("timer"), 0.01)
+        uvssl.delay(lambda: seen.append("timer"), 0.01)  # type: ignore[arg-type]
 
     uvssl.with_event_loop(start)
     assert isinstance(seen[0], uvssl.Loop)
-    assert seen[1] == "timer"
+    assert seen[1] == "timer"  # type: ignore[comparison-overlap]
     with pytest.raises(RuntimeError):
         uvssl.get_loop()  # the loop has ended
 
@@ -194,7 +195,7 @@ def test_with_event_loop_propagates_errors():
 
 
 def test_timer_exception_propagates_and_closes_everything():
-    state = {"later": False}
+    state: dict[str, Any] = {"later": False}
 
     def my_failing_timer_cb():
         raise ZeroDivisionError("timer boom")
@@ -235,16 +236,14 @@ def test_timer_exception_propagates_and_closes_everything():
 
 
 def test_read_cb_exception_propagates_and_closes_everything():
-    state = {}
+    state: dict[Any, Any] = {}
 
     def my_read_cb_that_raises(sock, data):
         raise RuntimeError(f"read boom {data!r}")
 
     def start():
         state["server"] = srv = echo_server()
-        state["client"] = uvssl.tcp_connect(
-            LOCALHOST, srv.port, my_read_cb_that_raises, data=b"hi"
-        )
+        state["client"] = uvssl.tcp_connect(LOCALHOST, srv.port, my_read_cb_that_raises, data=b"hi")
 
     with pytest.raises(RuntimeError, match="read boom b'hi'") as ei:
         run_loop(start)
@@ -267,7 +266,7 @@ def test_start_fn_exception_propagates():
 
 
 def test_event_cb_exception_propagates():
-    state = {}
+    state: dict[Any, Any] = {}
 
     def my_event_cb_that_raises(ev):
         raise ArithmeticError(f"event boom {type(ev).__name__}")
@@ -290,7 +289,7 @@ def test_event_cb_exception_propagates():
 
 
 def test_catch_app_errors_with_default_event_cb():
-    caught = []
+    caught: list[Any] = []
     later = []
 
     def my_failing_cb():
@@ -309,7 +308,7 @@ def test_catch_app_errors_with_default_event_cb():
 
 
 def test_catch_app_errors_read_cb_connection_goes_on():
-    caught = []
+    caught: list[Any] = []
     got = []
 
     def start():
@@ -369,7 +368,7 @@ def _keep_alive_until_called(state, name):
 
 
 def test_call_threadsafe_module_level():
-    state = {}
+    state: dict[Any, Any] = {}
 
     def start():
         cb = _keep_alive_until_called(state, "called")
@@ -381,7 +380,7 @@ def test_call_threadsafe_module_level():
 
 
 def test_call_threadsafe_via_get_loop():
-    state = {}
+    state: dict[Any, Any] = {}
 
     def start():
         cb = _keep_alive_until_called(state, "called")
@@ -396,9 +395,9 @@ def test_call_threadsafe_via_get_loop():
 def test_call_threadsafe_bad_argument():
     def start():
         with pytest.raises(TypeError, match=r"\bcb\b"):
-            uvssl.call_threadsafe(42)
+            uvssl.call_threadsafe(42)  # type: ignore[arg-type]
         with pytest.raises(TypeError, match=r"\bcb\b"):
-            uvssl.get_loop().call_threadsafe("not callable")
+            uvssl.get_loop().call_threadsafe("not callable")  # type: ignore[arg-type]
 
     run_loop(start)
 
@@ -409,7 +408,7 @@ def test_gil_released_while_waiting():
     If uv_run held the GIL, the counting thread could not run until the 8 s fallback timer
     fired, so its call_threadsafe would never come before it.
     """
-    state = {}
+    state: dict[Any, Any] = {}
     go = threading.Event()
     counted = []
 
@@ -434,7 +433,7 @@ def test_gil_released_while_waiting():
 
 def _echo_exchange(results, key, barrier, rounds=50):
     tid = threading.get_ident()
-    out = {"replies": [], "loops": set(), "tids": set()}
+    out: dict[Any, Any] = {"replies": [], "loops": set(), "tids": set()}
 
     def start():
         barrier.wait(10)  # both loops exist and are starting at the same time
@@ -466,7 +465,7 @@ def _echo_exchange(results, key, barrier, rounds=50):
 
 
 def test_two_loops_in_two_threads():
-    results = {}
+    results: dict[Any, Any] = {}
     barrier = threading.Barrier(2)
     threads = [
         threading.Thread(target=_echo_exchange, args=(results, k, barrier)) for k in ("a", "b")
@@ -496,7 +495,7 @@ def test_module_call_threadsafe_ambiguous_with_two_loops():
 
     def worker():
         def start():
-            keeper = uvssl.interval(lambda: release.is_set() and keeper.cancel(), 0.01)
+            keeper = uvssl.interval(lambda: release.is_set() and keeper.cancel(), 0.01)  # type: ignore[func-returns-value]
             barrier.wait(10)
 
         try:
@@ -565,9 +564,9 @@ def test_nested_start_event_loop_from_callback_raises():
 def test_bad_timer_arguments():
     def start():
         with pytest.raises(TypeError, match=r"\bcb\b"):
-            uvssl.delay("not callable", 0)
+            uvssl.delay("not callable", 0)  # type: ignore[arg-type]
         with pytest.raises(TypeError, match=r"\bcb\b"):
-            uvssl.interval(None, 1)
+            uvssl.interval(None, 1)  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="seconds"):
             uvssl.delay(lambda: None, -1)
         with pytest.raises(ValueError, match="seconds"):
@@ -577,16 +576,16 @@ def test_bad_timer_arguments():
         with pytest.raises(ValueError, match="seconds"):
             uvssl.delay(lambda: None, float("nan"))
         with pytest.raises(TypeError, match="seconds"):
-            uvssl.delay(lambda: None, "1")
+            uvssl.delay(lambda: None, "1")  # type: ignore[arg-type]
 
     run_loop(start)
 
 
 def test_bad_start_event_loop_arguments():
     with pytest.raises(TypeError, match="start_fn"):
-        uvssl.start_event_loop(42)
+        uvssl.start_event_loop(42)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="default_event_cb"):
-        uvssl.start_event_loop(lambda: None, default_event_cb="nope")
+        uvssl.start_event_loop(lambda: None, default_event_cb="nope")  # type: ignore[arg-type]
     # neither left a loop behind
     with pytest.raises(RuntimeError):
         uvssl.get_loop()

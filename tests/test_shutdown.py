@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from conftest import raise_nofile_limit, run_loop
-from tls_support import PeerThread, make_certs
+from helpers import raise_nofile_limit, run_loop
+from tls_support import PeerThread
 
 import uvssl
 
@@ -30,11 +30,6 @@ ROOT = Path(__file__).resolve().parent.parent
 RESPONSE = 16 * 1024 * 1024
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return make_certs(tmp_path_factory.mktemp("shutdown-certs"))
 
 
 def slow_reader(port: int, tls_ctx: Optional[ssl.SSLContext]) -> tuple[int, str]:
@@ -95,7 +90,7 @@ def test_shutdown_flushes_multi_megabyte_responses_then_closes_cleanly(
                 key=str(certs.server_key),
             )
         else:
-            server = uvssl.tcp_server("127.0.0.1", 0, on_read)
+            server = uvssl.tcp_server("127.0.0.1", 0, on_read)  # type: ignore[assignment]
         server_box.append(server)
         for _ in range(n):
             peers.append(PeerThread(slow_reader, server.port, client_ctx))
@@ -187,7 +182,7 @@ def test_shutdown_of_an_idle_server_calls_done_cb_and_checks_arguments() -> None
         server = uvssl.tcp_server("127.0.0.1", 0, None)
         for args in [(-1,), ("soon",), (1.0, "not callable")]:
             try:
-                server.shutdown(*args)
+                server.shutdown(*args)  # type: ignore[arg-type]
             except (TypeError, ValueError) as e:
                 errors.append(e)
         assert not server.shutting_down

@@ -18,11 +18,11 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
-from conftest import run_loop
-from tls_support import LineReader, kill_process, make_certs
+from helpers import run_loop
+from tls_support import Certs, LineReader, kill_process
 
 import uvssl
 
@@ -166,11 +166,10 @@ def test_a_python_signal_handler_that_raises_stops_the_loop() -> None:
     assert "FDS 0" in out
 
 
-def test_ctrl_c_during_1000_tls_handshakes_in_flight(tmp_path: Path) -> None:
-    make_certs(tmp_path)
+def test_ctrl_c_during_1000_tls_handshakes_in_flight(certs: Certs) -> None:
     proc, lines = spawn(
         f"""
-        d = {str(tmp_path)!r}
+        d = {str(certs.dir)!r}
         server_ctx = uvssl.Context.server(certificate=d + "/server.pem", key=d + "/server.key")
         client_ctx = uvssl.Context.client(ca_file=d + "/ca.pem")
         done = [0]
@@ -363,8 +362,8 @@ def tls_client(port: int, rcvbuf: int = 0) -> ssl.SSLSocket:
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     raw = socket.socket()
-    if rcvbuf:  # before connect, so that the window stays small
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    if rcvbuf:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # before connect: the window
     raw.settimeout(10)
     raw.connect(("127.0.0.1", port))
     return ctx.wrap_socket(raw, server_hostname="localhost", suppress_ragged_eofs=False)
@@ -394,20 +393,29 @@ def test_serve_stops_at_once_on_a_second_ctrl_c() -> None:
     proc, lines, port = start_serve("--graceful-timeout", "60")
     c = None
     try:
-        c = tls_client(port, rcvbuf=4096)
+        c = tls_client(port, rcvbuf=16384)
         c.setblocking(False)
-        # a client that sends and never reads, with a small receive window: the server's echo
-        # backs up in its own buffer (6 MiB, more than tcp_wmem lets the kernel hold), so the
-        # shutdown cannot finish before its (long) timeout
+        # a client that sends and never reads: the server's echo backs up, so the graceful
+        # shutdown cannot finish before its (long) timeout. A small receive window, and sending
+        # until the server has stopped taking data for 0.5 s: stopping at the first full send
+        # buffer could leave an echo small enough for the kernel's buffers, and the drain
+        # would then finish at once.
         payload = b"x" * 65536
         deadline = time.monotonic() + 10
         sent = 0
-        while time.monotonic() < deadline and sent < 6 * 1024 * 1024:
+        stalled_since: Optional[float] = None
+        while time.monotonic() < deadline and sent < 64 * 1024 * 1024:
             try:
                 sent += c.send(payload)
+                stalled_since = None
             except (ssl.SSLWantWriteError, BlockingIOError):
-                time.sleep(0.005)  # the server reads on; its echo stays with it
-        assert sent >= 6 * 1024 * 1024, sent
+                now = time.monotonic()
+                if stalled_since is None:
+                    stalled_since = now
+                elif now - stalled_since > 0.5:
+                    break
+                time.sleep(0.01)
+        assert sent > 0
         proc.send_signal(signal.SIGINT)
         wait_line(lines, ": shutting down", proc)
         time.sleep(0.5)

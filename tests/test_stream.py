@@ -18,7 +18,6 @@ from tls_support import (
     PEER_TIMEOUT,
     PeerThread,
     listening_socket,
-    make_certs,
     recv_exactly,
     recv_until,
     stdlib_client_context,
@@ -32,16 +31,6 @@ pytestmark = pytest.mark.timeout(30)
 X509_V_ERR_CERT_CHAIN_TOO_LONG = 22
 X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY = 20
 X509_V_ERR_HOSTNAME_MISMATCH = 62
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return make_certs(tmp_path_factory.mktemp("stream-certs"))
-
-
-@pytest.fixture(scope="module")
-def client_ctx(certs):
-    return uvssl.Context.client(ca_file=str(certs.ca))
 
 
 def connect(port: int, timeout: float = PEER_TIMEOUT) -> socket.socket:
@@ -80,7 +69,7 @@ def echo_line(s: ssl.SSLSocket) -> dict[str, Any]:
     line = recv_until(s, b"\n")
     s.sendall(line)
     rest = s.recv(100)  # b"" at close_notify
-    return {"line": line, "rest": rest, "version": s.version(), "cipher": s.cipher()[0]}
+    return {"line": line, "rest": rest, "version": s.version(), "cipher": s.cipher()[0]}  # type: ignore[index]
 
 
 def read_exactly(stream: uvssl.SslStream, n: int) -> bytes:
@@ -346,11 +335,11 @@ def test_ssl_do_handshake_and_peer_details(certs):
         stream.close()
     t.result()
     with pytest.raises(TypeError):
-        uvssl.ssl_do_handshake(raw)
+        uvssl.ssl_do_handshake(raw)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
-        uvssl.get_ssl_peer_certificate("stream")
+        uvssl.get_ssl_peer_certificate("stream")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
-        uvssl.get_ssl_verify_result(None)
+        uvssl.get_ssl_verify_result(None)  # type: ignore[arg-type]
 
 
 def test_closing_the_stream_closes_the_socket(certs):
@@ -380,7 +369,7 @@ def test_stream_over_a_file_descriptor(certs):
     stream = uvssl.make_ssl_client_stream(fd, ca_file=str(certs.ca), server_hostname="localhost")
     try:
         assert stream.fileno() == fd
-        text = io.TextIOWrapper(io.BufferedRWPair(stream, stream), encoding="utf-8", newline="\n")
+        text = io.TextIOWrapper(io.BufferedRWPair(stream, stream), encoding="utf-8", newline="\n")  # type: ignore[type-var]
         text.write("text mode\n")
         text.flush()
         assert text.readline() == "text mode\n"
@@ -494,7 +483,7 @@ def test_unknown_options_and_bad_arguments(certs, client_ctx):
         with pytest.raises(FileNotFoundError):
             uvssl.make_ssl_client_stream(s, ca_file=str(certs.dir / "missing.pem"))
     with pytest.raises(TypeError):
-        uvssl.make_ssl_client_stream("localhost:443")
+        uvssl.make_ssl_client_stream("localhost:443")  # type: ignore[arg-type]
     closed = socket.socket()
     closed.close()
     with pytest.raises(ValueError):
@@ -505,7 +494,7 @@ def test_method_override_per_stream(certs):
     ctx = uvssl.Context.client(
         ca_file=str(certs.ca), min_version="tls-v1-2", max_version="tls-v1-3"
     )
-    versions = {}
+    versions: dict[Any, Any] = {}
     for method in (None, "tls-v1-2"):
         t, port = stdlib_server(echo_line, stdlib_server_context(certs))
         kw = {} if method is None else {"method": method}
@@ -570,7 +559,7 @@ def test_max_depth_override_per_stream(tmp_path):
     sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     leaf.configure_cert(sctx)
     ctx = uvssl.Context.client(ca_file=str(ca_path))
-    results = {}
+    results: dict[Any, Any] = {}
     for depth in (0, 1):
         t, port = stdlib_server(echo_line, sctx)
         stream = uvssl.make_ssl_client_stream(

@@ -7,9 +7,10 @@ import hashlib
 import os
 import socket
 import stat
+from typing import Any
 
 import pytest
-from conftest import (
+from helpers import (
     LOCALHOST,
     echo_server,
     has_ipv6_loopback,
@@ -35,8 +36,8 @@ def refusing_port():
 
 def test_echo_1mib_sha256():
     payload = os.urandom(1 << 20)
-    state = {"buf": bytearray(), "events": []}
-    server_errors = []
+    state: dict[str, Any] = {"buf": bytearray(), "events": []}
+    server_errors: list[Any] = []
 
     def start():
         srv = echo_server(errors=server_errors)
@@ -53,8 +54,9 @@ def test_echo_1mib_sha256():
         def connect_cb(sock):
             sock.shutdown("write")
 
-        uvssl.tcp_connect(LOCALHOST, srv.port, read_cb, event_cb, data=payload,
-                          connect_cb=connect_cb)
+        uvssl.tcp_connect(
+            LOCALHOST, srv.port, read_cb, event_cb, data=payload, connect_cb=connect_cb
+        )
 
     run_loop(start)
     assert server_errors == []
@@ -66,8 +68,8 @@ def test_echo_1mib_sha256():
 def test_500_concurrent_connections():
     n = 500
     raise_nofile_limit(4 * n + 256)
-    replies = {}
-    errors = []
+    replies: dict[Any, Any] = {}
+    errors: list[Any] = []
 
     def start():
         srv = echo_server(errors=errors)
@@ -107,7 +109,7 @@ def test_500_concurrent_connections():
 
 @pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
 def test_ipv6_echo():
-    state = {}
+    state: dict[Any, Any] = {}
 
     def start():
         srv = echo_server("::1")
@@ -132,7 +134,7 @@ def test_ipv6_echo():
 
 
 def test_connect_by_host_name():
-    state = {}
+    state: dict[Any, Any] = {}
 
     def start():
         srv = echo_server()
@@ -154,8 +156,8 @@ def test_connect_by_host_name():
 def test_connection_refused():
     blocker = refusing_port()
     port = blocker.getsockname()[1]
-    events = []
-    state = {}
+    events: list[Any] = []
+    state: dict[Any, Any] = {}
     try:
 
         def start():
@@ -180,7 +182,7 @@ def test_connection_refused():
 def test_unhandled_refusal_goes_to_default_event_cb():
     blocker = refusing_port()
     port = blocker.getsockname()[1]
-    events = []
+    events: list[Any] = []
     try:
         run_loop(lambda: uvssl.tcp_connect(LOCALHOST, port, None), default_event_cb=events.append)
     finally:
@@ -189,8 +191,8 @@ def test_unhandled_refusal_goes_to_default_event_cb():
 
 
 def test_unknown_host_dns_error():
-    events = []
-    state = {}
+    events: list[Any] = []
+    state: dict[Any, Any] = {}
 
     def start():
         state["sock"] = uvssl.tcp_connect("name.invalid", 80, lambda s, d: None, events.append)
@@ -206,7 +208,7 @@ def test_unknown_host_dns_error():
 
 def test_read_timeout():
     events = []
-    state = {}
+    state: dict[Any, Any] = {}
 
     def start():
         # a server that never sends (and closes its end when the client goes)
@@ -234,7 +236,7 @@ def test_read_timeout():
 
 def test_read_timeout_not_hit_while_data_flows():
     """Data arriving more often than read_timeout keeps the connection up."""
-    events = []
+    events: list[Any] = []
     got = []
 
     def start():
@@ -262,7 +264,7 @@ def test_read_timeout_not_hit_while_data_flows():
 
 
 def test_peer_close_gives_eof_and_socket_stays_writable():
-    state = {}
+    state: dict[Any, Any] = {}
 
     def start():
         srv = uvssl.tcp_server(LOCALHOST, 0, None, connect_cb=lambda s: s.close())
@@ -284,7 +286,7 @@ def test_peer_close_gives_eof_and_socket_stays_writable():
 
 
 def test_eof_without_event_cb_closes_socket():
-    state = {}
+    state: dict[Any, Any] = {}
 
     def start():
         srv = uvssl.tcp_server(LOCALHOST, 0, None, connect_cb=lambda s: s.close())
@@ -302,7 +304,7 @@ def test_eof_without_event_cb_closes_socket():
 
 
 def test_half_close_reply_after_eof():
-    state = {"client": b"", "server": b"", "client_events": []}
+    state: dict[str, Any] = {"client": b"", "server": b"", "client_events": []}
 
     def start():
         def srv_read(sock, data):
@@ -353,7 +355,7 @@ def test_shutdown_bad_argument():
 
 
 def test_write_after_close_raises_socket_closed():
-    state = {}
+    state: dict[Any, Any] = {}
 
     def start():
         srv = echo_server()
@@ -378,7 +380,7 @@ def test_write_after_close_raises_socket_closed():
 
 
 def test_write_after_loop_closed_socket():
-    state = {}
+    state: dict[Any, Any] = {}
 
     def start():
         srv = echo_server()
@@ -397,7 +399,7 @@ def test_write_after_loop_closed_socket():
 
 
 def test_connect_data_first_then_early_writes_in_order():
-    state = {"server": b""}
+    state: dict[str, Any] = {"server": b""}
 
     def start():
         def srv_read(sock, data):
@@ -415,7 +417,10 @@ def test_connect_data_first_then_early_writes_in_order():
             srv.close()
 
         sock = uvssl.tcp_connect(
-            LOCALHOST, srv.port, read_cb, data=b"first|",
+            LOCALHOST,
+            srv.port,
+            read_cb,
+            data=b"first|",
             connect_cb=lambda s: s.shutdown("write"),
         )
         assert sock.write(b"second|") is True
@@ -428,7 +433,7 @@ def test_connect_data_first_then_early_writes_in_order():
 
 
 def test_write_cb_fires_after_writing():
-    state = {"written": [], "received": 0}
+    state: dict[str, Any] = {"written": [], "received": 0}
     payload = os.urandom(512 * 1024)
 
     def start():
@@ -458,7 +463,7 @@ def test_write_cb_fires_after_writing():
 
 
 def test_connect_cb_both_sides_and_addresses():
-    state = {}
+    state: dict[Any, Any] = {}
 
     def start():
         def srv_connect(sock):
@@ -496,7 +501,7 @@ def test_connect_cb_both_sides_and_addresses():
 
 
 def test_fileno_is_the_socket():
-    state = {}
+    state: dict[Any, Any] = {}
 
     def start():
         srv = echo_server()
@@ -536,7 +541,7 @@ def _sockopts(sock):
 
 
 def test_set_options():
-    state = {}
+    state: dict[Any, Any] = {}
 
     def start():
         srv = echo_server()
@@ -575,7 +580,7 @@ def test_set_options():
 
 
 def test_pause_and_resume_reading():
-    state = {"reads_while_paused": [], "server": b"", "paused": False}
+    state: dict[str, Any] = {"reads_while_paused": [], "server": b"", "paused": False}
 
     def start():
         def srv_connect(sock):
@@ -617,13 +622,18 @@ def test_flow_control_high_water_and_drain():
     chunk = b"z" * (256 * 1024)
     high, low = 1 << 20, 256 * 1024
     max_total = 512 << 20  # safety bound on how much we ever write
-    state = {
-        "sent": 0, "received": 0, "drains": 0, "false_seen": False,
-        "max_buffer": 0, "stalled": False, "drains_after_resume": 0,
+    state: dict[str, Any] = {
+        "sent": 0,
+        "received": 0,
+        "drains": 0,
+        "false_seen": False,
+        "max_buffer": 0,
+        "stalled": False,
+        "drains_after_resume": 0,
     }
 
     def start():
-        server_side = {}
+        server_side: dict[Any, Any] = {}
 
         def srv_connect(sock):
             sock.pause_reading()
@@ -711,7 +721,7 @@ def test_write_buffer_limits_bad_arguments():
 
 @pytest.mark.parametrize("client_kw", [{"stream": True}, {"dont_drain_read_buffer": True}])
 def test_stream_mode(client_kw):
-    state = {"server_calls": 0, "available_seen": []}
+    state: dict[str, Any] = {"server_calls": 0, "available_seen": []}
 
     def start():
         def srv_read(sock, stream):
@@ -749,7 +759,7 @@ def test_stream_mode(client_kw):
 
 
 def test_stream_read_bad_argument():
-    state = {}
+    state: dict[Any, Any] = {}
 
     def start():
         srv = echo_server()
@@ -796,7 +806,7 @@ def test_tcp_open_rejects_unconnected_socket():
             with pytest.raises(ValueError):
                 uvssl.tcp_open(s, lambda s_, d: None)
             with pytest.raises(TypeError, match="fd_or_socket"):
-                uvssl.tcp_open("3", lambda s_, d: None)
+                uvssl.tcp_open("3", lambda s_, d: None)  # type: ignore[arg-type]
 
         run_loop(start)
     finally:
@@ -805,7 +815,7 @@ def test_tcp_open_rejects_unconnected_socket():
 
 @pytest.mark.parametrize("as_fd", [False, True])
 def test_tcp_open_connected_tcp_socket(as_fd):
-    state = {"reply": b""}
+    state: dict[str, Any] = {"reply": b""}
 
     def start():
         srv = echo_server()
@@ -824,8 +834,7 @@ def test_tcp_open_connected_tcp_socket(as_fd):
         def connect_cb(sock):
             state["connect_cb"] = sock
 
-        state["sock"] = uvssl.tcp_open(target, read_cb, data=b"through ",
-                                       connect_cb=connect_cb)
+        state["sock"] = uvssl.tcp_open(target, read_cb, data=b"through ", connect_cb=connect_cb)
         state["sock"].write(b"tcp_open")
         if not as_fd:
             state["detached"] = py.fileno() == -1
@@ -842,7 +851,7 @@ def test_tcp_open_connected_tcp_socket(as_fd):
 
 
 def test_write_socket_data_replaces_callbacks():
-    calls = []
+    calls: list[Any] = []
 
     def start():
         srv = echo_server()
@@ -866,8 +875,9 @@ def test_write_socket_data_replaces_callbacks():
             srv.close()
 
         def connect_cb(sock):
-            r = uvssl.write_socket_data(sock, b"abc", read_cb=new_read, write_cb=new_write,
-                                        event_cb=new_event)
+            r = uvssl.write_socket_data(
+                sock, b"abc", read_cb=new_read, write_cb=new_write, event_cb=new_event
+            )
             assert r is True
             assert sock.read_cb is new_read
             assert sock.event_cb is new_event
@@ -888,13 +898,13 @@ def test_write_socket_data_bad_arguments():
 
         def connect_cb(sock):
             with pytest.raises(TypeError, match="socket"):
-                uvssl.write_socket_data("sock", b"x")
+                uvssl.write_socket_data("sock", b"x")  # type: ignore[arg-type]
             with pytest.raises(TypeError, match="read_cb"):
-                uvssl.write_socket_data(sock, b"x", read_cb=1)
+                uvssl.write_socket_data(sock, b"x", read_cb=1)  # type: ignore[arg-type]
             with pytest.raises(TypeError, match="data"):
-                uvssl.write_socket_data(sock, "text")
+                uvssl.write_socket_data(sock, "text")  # type: ignore[arg-type]
             with pytest.raises(TypeError, match="socket"):
-                uvssl.close_socket(object())
+                uvssl.close_socket(object())  # type: ignore[arg-type]
             with pytest.raises(TypeError, match="server"):
                 uvssl.close_tcp_server(sock)
             sock.close()
@@ -908,7 +918,7 @@ def test_write_socket_data_bad_arguments():
 def _close_test(force):
     """Write 4 MiB and close at once; return (bytes the peer got, size written)."""
     payload = b"q" * (4 << 20)
-    state = {"received": 0, "server_events": []}
+    state: dict[str, Any] = {"received": 0, "server_events": []}
 
     def start():
         def srv_read(sock, data):
@@ -953,7 +963,7 @@ def test_close_lets_go_of_a_socket_at_once_when_nothing_is_left_to_flush():
     # leaves the loop's live set and no event reaches it any more. With writes still queued
     # (or force=False and a write notification due) it stays followed until they are out, so
     # that a failure can still be reported.
-    state: dict = {"live": [], "events": [], "echo": b""}
+    state: dict[str, Any] = {"live": [], "events": [], "echo": b""}
 
     def live(sock):
         return sock in uvssl.get_loop()._live
@@ -987,7 +997,7 @@ def test_close_lets_go_of_a_socket_at_once_when_nothing_is_left_to_flush():
 
 
 def test_close_tcp_server_keeps_accepted_connections():
-    state = {"echo": b"", "events": []}
+    state: dict[str, Any] = {"echo": b"", "events": []}
 
     def start():
         def srv_connect(sock):
@@ -1020,7 +1030,7 @@ def test_close_tcp_server_keeps_accepted_connections():
 
 
 def test_server_close_method_and_port_freed():
-    state = {}
+    state: dict[Any, Any] = {}
 
     def start():
         srv = uvssl.tcp_server(LOCALHOST, 0, None)
@@ -1035,7 +1045,7 @@ def test_server_close_method_and_port_freed():
 
 
 def test_reuse_port_two_servers_one_port():
-    state = {"replies": [], "ports": set()}
+    state: dict[Any, Any] = {"replies": [], "ports": set()}
 
     def start():
         s1 = echo_server(reuse_port=True)
@@ -1059,7 +1069,7 @@ def test_reuse_port_two_servers_one_port():
 
 
 def test_address_in_use():
-    state = {}
+    state: dict[Any, Any] = {}
 
     def start():
         s1 = uvssl.tcp_server(LOCALHOST, 0, None)
@@ -1093,7 +1103,7 @@ def test_address_in_use_by_foreign_socket():
 
 
 def test_socket_data_slot_and_repr():
-    state = {}
+    state: dict[Any, Any] = {}
 
     def start():
         srv = echo_server()
@@ -1122,38 +1132,57 @@ def _noop(*a):
 
 
 BAD_CALLS = [
-    ("connect port str", TypeError, "port", lambda: uvssl.tcp_connect(LOCALHOST, "80", _noop)),
-    ("connect port float", TypeError, "port", lambda: uvssl.tcp_connect(LOCALHOST, 80.0, _noop)),
+    ("connect port str", TypeError, "port", lambda: uvssl.tcp_connect(LOCALHOST, "80", _noop)),  # type: ignore[arg-type]
+    ("connect port float", TypeError, "port", lambda: uvssl.tcp_connect(LOCALHOST, 80.0, _noop)),  # type: ignore[arg-type]
     ("connect port big", ValueError, "port", lambda: uvssl.tcp_connect(LOCALHOST, 70000, _noop)),
-    ("connect port negative", ValueError, "port",
-     lambda: uvssl.tcp_connect(LOCALHOST, -1, _noop)),
-    ("server port str", TypeError, "port", lambda: uvssl.tcp_server(LOCALHOST, "80", _noop)),
+    ("connect port negative", ValueError, "port", lambda: uvssl.tcp_connect(LOCALHOST, -1, _noop)),
+    ("server port str", TypeError, "port", lambda: uvssl.tcp_server(LOCALHOST, "80", _noop)),  # type: ignore[arg-type]
     ("server port big", ValueError, "port", lambda: uvssl.tcp_server(LOCALHOST, 70000, _noop)),
-    ("connect read_cb", TypeError, "read_cb", lambda: uvssl.tcp_connect(LOCALHOST, 9, "cb")),
-    ("server read_cb", TypeError, "read_cb", lambda: uvssl.tcp_server(LOCALHOST, 0, 42)),
-    ("connect event_cb", TypeError, "event_cb",
-     lambda: uvssl.tcp_connect(LOCALHOST, 9, _noop, 42)),
-    ("server connect_cb", TypeError, "connect_cb",
-     lambda: uvssl.tcp_server(LOCALHOST, 0, _noop, connect_cb=1)),
-    ("connect write_cb", TypeError, "write_cb",
-     lambda: uvssl.tcp_connect(LOCALHOST, 9, _noop, write_cb="x")),
-    ("data str", TypeError, "data",
-     lambda: uvssl.tcp_connect(LOCALHOST, 9, _noop, data="text")),
-    ("data int", TypeError, "data", lambda: uvssl.tcp_connect(LOCALHOST, 9, _noop, data=5)),
-    ("data list", TypeError, "data",
-     lambda: uvssl.tcp_connect(LOCALHOST, 9, _noop, data=[1, 2])),
-    ("backlog str", TypeError, "backlog",
-     lambda: uvssl.tcp_server(LOCALHOST, 0, _noop, backlog="10")),
-    ("backlog negative", ValueError, "backlog",
-     lambda: uvssl.tcp_server(LOCALHOST, 0, _noop, backlog=-5)),
-    ("host int", TypeError, "host", lambda: uvssl.tcp_connect(1234, 9, _noop)),
+    ("connect read_cb", TypeError, "read_cb", lambda: uvssl.tcp_connect(LOCALHOST, 9, "cb")),  # type: ignore[arg-type]
+    ("server read_cb", TypeError, "read_cb", lambda: uvssl.tcp_server(LOCALHOST, 0, 42)),  # type: ignore[arg-type]
+    ("connect event_cb", TypeError, "event_cb", lambda: uvssl.tcp_connect(LOCALHOST, 9, _noop, 42)),  # type: ignore[arg-type]
+    (
+        "server connect_cb",
+        TypeError,
+        "connect_cb",
+        lambda: uvssl.tcp_server(LOCALHOST, 0, _noop, connect_cb=1),  # type: ignore[arg-type]
+    ),
+    (
+        "connect write_cb",
+        TypeError,
+        "write_cb",
+        lambda: uvssl.tcp_connect(LOCALHOST, 9, _noop, write_cb="x"),  # type: ignore[arg-type]
+    ),
+    ("data str", TypeError, "data", lambda: uvssl.tcp_connect(LOCALHOST, 9, _noop, data="text")),  # type: ignore[arg-type]
+    ("data int", TypeError, "data", lambda: uvssl.tcp_connect(LOCALHOST, 9, _noop, data=5)),  # type: ignore[arg-type]
+    ("data list", TypeError, "data", lambda: uvssl.tcp_connect(LOCALHOST, 9, _noop, data=[1, 2])),  # type: ignore[arg-type]
+    (
+        "backlog str",
+        TypeError,
+        "backlog",
+        lambda: uvssl.tcp_server(LOCALHOST, 0, _noop, backlog="10"),  # type: ignore[arg-type]
+    ),
+    (
+        "backlog negative",
+        ValueError,
+        "backlog",
+        lambda: uvssl.tcp_server(LOCALHOST, 0, _noop, backlog=-5),
+    ),
+    ("host int", TypeError, "host", lambda: uvssl.tcp_connect(1234, 9, _noop)),  # type: ignore[arg-type]
     ("host empty", ValueError, "host", lambda: uvssl.tcp_connect("", 9, _noop)),
-    ("read_timeout negative", ValueError, "read_timeout",
-     lambda: uvssl.tcp_connect(LOCALHOST, 9, _noop, read_timeout=-1)),
-    ("write_timeout str", TypeError, "write_timeout",
-     lambda: uvssl.tcp_connect(LOCALHOST, 9, _noop, write_timeout="1")),
-    ("bind_address int", TypeError, "bind_address",
-     lambda: uvssl.tcp_server(5, 0, _noop)),
+    (
+        "read_timeout negative",
+        ValueError,
+        "read_timeout",
+        lambda: uvssl.tcp_connect(LOCALHOST, 9, _noop, read_timeout=-1),
+    ),
+    (
+        "write_timeout str",
+        TypeError,
+        "write_timeout",
+        lambda: uvssl.tcp_connect(LOCALHOST, 9, _noop, write_timeout="1"),  # type: ignore[arg-type]
+    ),
+    ("bind_address int", TypeError, "bind_address", lambda: uvssl.tcp_server(5, 0, _noop)),  # type: ignore[arg-type]
 ]
 
 
@@ -1161,7 +1190,7 @@ BAD_CALLS = [
     "exc_type,word,call", [c[1:] for c in BAD_CALLS], ids=[c[0] for c in BAD_CALLS]
 )
 def test_bad_arguments(exc_type, word, call):
-    state = {}
+    state: dict[Any, Any] = {}
 
     def start():
         with pytest.raises(exc_type) as ei:

@@ -22,18 +22,13 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
-from tls_support import LOCALHOST, PeerThread, listening_socket, make_certs
+from tls_support import LOCALHOST, PeerThread, listening_socket
 
 import uvssl
 
 pytestmark = pytest.mark.timeout(60)
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory):
-    return make_certs(tmp_path_factory.mktemp("thread-certs"))
 
 
 def _noop(*args: Any) -> None:
@@ -413,7 +408,7 @@ def test_stop_from_the_loops_own_thread_is_exit():
 
     def start() -> None:
         uvssl.delay(_noop, 60)
-        uvssl.delay(lambda: (done.append("stop"), uvssl.get_loop().stop()), 0.01)
+        uvssl.delay(lambda: (done.append("stop"), uvssl.get_loop().stop()), 0.01)  # type: ignore[func-returns-value]
 
     t0 = time.monotonic()
     thread = PeerThread(uvssl.start_event_loop, start, name="uvssl-loop")

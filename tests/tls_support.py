@@ -1,12 +1,6 @@
-"""Helpers for tests/test_tls.py: certificates, a loop runner with a deadline, peer threads,
-and `openssl` subprocesses.
-
-Every loop started through ``LoopHarness.run`` schedules ``uvssl.delay(fail_and_exit, deadline)``
-inside its start_fn: if the test's own condition never becomes true, the timer records a failure
-and calls ``uvssl.exit_event_loop()``, so a bug fails the test instead of hanging it. Because that
-timer keeps the loop alive, a test ends its loop explicitly: ``h.done()`` or the ``until``
-predicate given to ``run`` (polled every 20 ms).
-"""
+"""TLS helpers for the test suite: certificates, peer threads, `openssl` subprocesses and
+uvssl TLS servers/clients run in one loop (through ``helpers.LoopHarness``, the one loop
+harness: see tests/helpers.py for how its deadline works)."""
 
 from __future__ import annotations
 
@@ -22,10 +16,11 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
+from helpers import LOCALHOST as LOCALHOST
+from helpers import LoopHarness as LoopHarness
 
 import uvssl
 
-LOCALHOST = "127.0.0.1"
 PEER_TIMEOUT = 10.0  # socket timeout for stdlib peers (seconds)
 
 
@@ -88,58 +83,6 @@ def make_certs(dirpath: Path) -> Certs:
         )
     )
     return certs
-
-
-# -- event loop with a deadline ----------------------------------------------------------------
-
-
-class LoopHarness:
-    """Runs one uvssl loop with a deadline; collects failures seen inside callbacks."""
-
-    def __init__(self, deadline: float = 15.0) -> None:
-        self.deadline = deadline
-        self.failures: list[str] = []
-        self.timed_out = False
-        self._done = False
-
-    def done(self) -> None:
-        """End the loop (call from inside it)."""
-        if not self._done:
-            self._done = True
-            uvssl.exit_event_loop()
-
-    def fail(self, msg: str) -> None:
-        """Record a failure and end the loop (call from inside it)."""
-        self.failures.append(msg)
-        self.done()
-
-    def run(
-        self,
-        start_fn: Callable[[], Any],
-        until: Optional[Callable[[], bool]] = None,
-        *,
-        check: bool = True,
-        **loop_kw: Any,
-    ) -> None:
-        def fail_and_exit() -> None:
-            self.timed_out = True
-            self.failures.append(f"deadline of {self.deadline} s hit before the test finished")
-            self._done = True
-            uvssl.exit_event_loop()
-
-        def poll() -> None:
-            if not self._done and until is not None and until():
-                self.done()
-
-        def start() -> None:
-            uvssl.delay(fail_and_exit, self.deadline)
-            if until is not None:
-                uvssl.interval(poll, 0.02)
-            start_fn()
-
-        uvssl.start_event_loop(start, **loop_kw)
-        if check and self.failures:
-            pytest.fail("; ".join(self.failures), pytrace=False)
 
 
 # -- peer threads -----------------------------------------------------------------------------
@@ -242,7 +185,7 @@ def openssl_binary() -> str:
 class LineReader:
     """Reads a subprocess's (merged) output lines in a thread; ``wait_for`` a predicate."""
 
-    def __init__(self, proc: subprocess.Popen) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
         self.lines: list[str] = []
         self._q: queue.Queue[Optional[str]] = queue.Queue()
@@ -282,7 +225,7 @@ class LineReader:
         self._t.join(timeout)
 
 
-def kill_process(proc: Optional[subprocess.Popen]) -> None:
+def kill_process(proc: Optional[subprocess.Popen[bytes]]) -> None:
     if proc is None:
         return
     if proc.poll() is None:
@@ -301,7 +244,7 @@ def kill_process(proc: Optional[subprocess.Popen]) -> None:
 
 def start_s_server(
     certs: Certs, extra: list[str], attempts: int = 5
-) -> tuple[subprocess.Popen, LineReader, int]:
+) -> tuple[subprocess.Popen[bytes], LineReader, int]:
     """Start ``openssl s_server`` on a free port (retrying on a port clash); wait for ACCEPT."""
     exe = openssl_binary()
     last = ""
@@ -508,3 +451,50 @@ def run_pair(
 
     h.run(start, until=finished)
     return r
+
+
+# -- shared by the tests/test_tls_*.py modules ---------------------------------------------
+
+
+MESSAGE = b"hello over TLS\n"
+
+
+def server_der(certs) -> bytes:
+    pem = certs.server_cert.read_text()
+    first = pem[: pem.index("-----END CERTIFICATE-----") + len("-----END CERTIFICATE-----")]
+    return ssl.PEM_cert_to_DER_cert(first)
+
+
+def assert_echoed(r, n: int = 1, message: bytes = MESSAGE) -> None:
+    assert len(r.clients) == n
+    for i, c in enumerate(r.clients):
+        assert not c["events"], f"client {i} got {c['events']!r}"
+        assert bytes(c["got"]) == message, f"client {i}"
+    bad = [ev for ev in r.server_events if not isinstance(ev, uvssl.SslClosed)]
+    assert not bad, f"server got {bad!r}"
+
+
+def required_client_cert_server(certs):
+    return uvssl.Context.server(
+        certificate=str(certs.server_cert),
+        key=str(certs.server_key),
+        verify="required",
+        ca_file=str(certs.ca),
+    )
+
+
+def check_verification_failure(ev):
+    assert isinstance(ev, uvssl.SslVerificationFailure), repr(ev)
+    assert isinstance(ev.verify_result, int) and ev.verify_result != 0
+    assert isinstance(ev.verify_result_string, str) and ev.verify_result_string
+    assert ev.verify_result_string in str(ev)
+    assert ev.what == "handshake"
+
+
+def stdlib_client_server_test(certs, client_fn, read_cb=None, server_ctx=None):
+    """A uvssl server (echo unless ``read_cb``) and one stdlib client thread.
+
+    Returns (client result, server events)."""
+    kw = dict(ssl_ctx=server_ctx) if server_ctx is not None else {}
+    peer, events = serve_to_peer(client_fn, read_cb, certs=certs, until=bool, **kw)
+    return peer.result(), events

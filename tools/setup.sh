@@ -2,12 +2,16 @@
 # Install what uvssl needs on a Debian/Ubuntu machine (as root) and build it in place.
 #   bash tools/setup.sh          runtime + test dependencies
 #   bash tools/setup.sh --bench  also the bench's optional peers (uvloop, aiofastnet, matplotlib)
-#   bash tools/setup.sh --dev    the linters (ruff, mypy) and the bench peers too
+#   bash tools/setup.sh --dev    the linters (ruff, mypy), coverage, valgrind and the bench peers too
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+pkgs=(gcc pkg-config libuv1-dev libssl-dev openssl)
+if [ "${1:-}" = "--dev" ]; then
+    pkgs+=(valgrind)  # tools/perf_guard.py counts instructions with callgrind
+fi
 need=()
-for pkg in gcc pkg-config libuv1-dev libssl-dev openssl; do
+for pkg in "${pkgs[@]}"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
