@@ -1,4 +1,4 @@
-"""Addresses stay readable after a socket closes, and connection errors say where (SPEC S2).
+"""Addresses stay readable after a socket closes, and connection errors say where.
 
 A server must be able to log which peer failed: the peer's address is kept from when the
 connection was accepted (a reset connection can no longer tell it), this end's from when it

@@ -1,4 +1,4 @@
-"""attach_ssl / detach_ssl (SPEC S6; LispWorks' attach-ssl / detach-ssl; STARTTLS) against real
+"""attach_ssl / detach_ssl (LispWorks' attach-ssl / detach-ssl; STARTTLS) against real
 peers on 127.0.0.1: uvssl on both ends, stdlib ``ssl`` clients in threads, and a raw stdlib peer
 that looks at the bytes on the wire."""
 

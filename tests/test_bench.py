@@ -1,4 +1,4 @@
-"""The benchmark runner (SPEC S8): ``python -m uvssl bench`` end to end in its tiny mode.
+"""The benchmark runner: ``python -m uvssl bench`` end to end in its tiny mode.
 
 No timing assertions: the figures of a 0.3 s cell on a shared machine are noise. The test checks
 that every requested server and cell is reported (measured, or skipped when the optional peer is

@@ -1,4 +1,4 @@
-"""TLS contexts (SPEC S5): CRLs, keys (encrypted, DER), SNI, configure callbacks, ssl_side,
+"""TLS contexts: CRLs, keys (encrypted, DER), SNI, configure callbacks, ssl_side,
 version ranges, handshake_timeout, X509Certificate, openssl_version, and bad input. Real
 connections on 127.0.0.1 between uvssl servers and clients (tls_support.run_pair)."""
 

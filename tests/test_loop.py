@@ -1,4 +1,4 @@
-"""The event loop (SPEC S1): timers, exit, errors in callbacks, threads."""
+"""The event loop: timers, exit, errors in callbacks, threads."""
 
 from __future__ import annotations
 

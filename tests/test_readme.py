@@ -158,3 +158,30 @@ def test_readme_block(block: Block, tour: Tour) -> None:
     assert result.stderr == "", f"{where} wrote to stderr:\n{result.stderr}"
     if block.output is not None:
         assert result.stdout.rstrip("\n") == block.output, f"{where} printed something else"
+
+
+def test_no_file_cites_a_document_outside_the_repository() -> None:
+    """Comments and docs cite only what a reader of this repository can open: not the project
+    specification's sections or design notes, which live outside it."""
+    import shutil
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout: the tracked files are not known")
+    files = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    # built from pieces, so that this file does not match itself
+    outside = re.compile(r"\b" + "SP" + r"EC( S\d|\.md)|" + "DES" + r"IGN\.md|shared/" + "seeds")
+    hits = []
+    for name in files:
+        path = ROOT / name
+        if path.suffix not in {".py", ".c", ".h", ".md", ".sh", ".toml", ".yaml", ".json", ""}:
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, IsADirectoryError, FileNotFoundError):
+            continue
+        hits += [
+            f"{name}:{i}" for i, line in enumerate(text.splitlines(), 1) if outside.search(line)
+        ]
+    assert not hits, f"files cite documents that are not in the repository: {hits}"

@@ -1,4 +1,4 @@
-"""Graceful shutdown (SPEC S2): TcpServer.shutdown(timeout, done_cb).
+"""Graceful shutdown: TcpServer.shutdown(timeout, done_cb).
 
 The peers are stdlib sockets in threads: they read slowly (so that the server still holds
 most of its response when the shutdown starts) or not at all. TLS peers use

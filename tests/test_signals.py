@@ -1,4 +1,4 @@
-"""Signals (SPEC S1): Ctrl-C and raising signal handlers stop the loop; signal_handler runs
+"""Signals: Ctrl-C and raising signal handlers stop the loop; signal_handler runs
 callbacks on the loop; ``python -m uvssl serve`` drains on SIGTERM and on the first Ctrl-C.
 
 A signal delivered to the test process would hit pytest too, so every test that sends SIGINT or

@@ -1,4 +1,4 @@
-"""Synchronous TLS streams (SPEC S7; Allegro CL's make-ssl-client-stream /
+"""Synchronous TLS streams (Allegro CL's make-ssl-client-stream /
 make-ssl-server-stream) over real sockets on 127.0.0.1, against stdlib ``ssl`` peers in
 threads and a uvssl server running its event loop in another thread."""
 

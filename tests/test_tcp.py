@@ -1,4 +1,4 @@
-"""TCP sockets and servers (SPEC S2) and socket errors (SPEC S3)."""
+"""TCP sockets and servers and socket errors."""
 
 from __future__ import annotations
 

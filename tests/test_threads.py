@@ -1,4 +1,4 @@
-"""Threads (SPEC S1): every uvssl object belongs to its loop's thread.
+"""Threads: every uvssl object belongs to its loop's thread.
 
 A loop runs in a worker thread (``LoopThread``) with a server and a connected client on
 127.0.0.1; the main thread then calls the objects' methods. Each one that reaches native or loop
