@@ -35,6 +35,12 @@ import uvssl
 
 LOCALHOST = "127.0.0.1"
 
+# tools/asan.sh sets UVSSL_TEST_SLOWDOWN: under AddressSanitizer everything (child processes
+# included) runs several times slower, so tests that wait on whole processes widen their limits,
+# and resident-memory figures mean nothing (the sanitizer keeps freed blocks in quarantine).
+SLOWDOWN = float(os.environ.get("UVSSL_TEST_SLOWDOWN", "1"))
+SANITIZED = SLOWDOWN > 1
+
 
 class LoopHarness:
     """Runs one uvssl loop with a deadline; collects failures seen inside callbacks."""

@@ -16,13 +16,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import SLOWDOWN
 
 from uvssl.bench import runner
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVERS = ["uvssl", "native", "aiofastnet"]
-# tools/asan.sh sets this: under AddressSanitizer every server process runs several times slower
-SLOWDOWN = float(os.environ.get("UVSSL_TEST_SLOWDOWN", "1"))
 CELLS = ["echo-1", "echo-64", "bulk", "hs-full", "hs-resumed", "idle", "plain-echo-64"]
 
 

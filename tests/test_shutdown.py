@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from helpers import raise_nofile_limit, run_loop
+from helpers import SANITIZED, raise_nofile_limit, run_loop
 from tls_support import PeerThread
 
 import uvssl
@@ -266,11 +266,6 @@ def rss_kib() -> int:
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
-
-
-# tools/asan.sh sets this: under AddressSanitizer a handshake costs ten times as much, and its
-# allocator keeps freed memory in quarantine, so resident memory says nothing there
-SANITIZED = float(os.environ.get("UVSSL_TEST_SLOWDOWN", "1")) > 1
 
 
 @pytest.mark.timeout(120)

@@ -21,15 +21,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from helpers import run_loop
+from helpers import SLOWDOWN, run_loop
 from tls_support import Certs, LineReader, kill_process
 
 import uvssl
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# tools/asan.sh sets this: the children run sanitized too, several times slower
-SLOWDOWN = float(os.environ.get("UVSSL_TEST_SLOWDOWN", "1"))
 CHILD_SECONDS = 20 * SLOWDOWN  # for a child to end after the signal
 LINE_SECONDS = 30 * SLOWDOWN  # for a child to print the line a test waits for
 
