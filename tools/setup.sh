@@ -24,7 +24,8 @@ extras="test"
 if [ "${1:-}" = "--dev" ]; then
     extras="dev"
 fi
-python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e ".[$extras]"
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+    --config-settings editable_mode=compat -e ".[$extras]"
 if [ "${1:-}" = "--dev" ] || [ "${1:-}" = "--bench" ]; then
     # the bench extras are optional: a missing one is reported as skipped by the bench
     python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore \

@@ -8,6 +8,18 @@ See README.md for a tour; ``help(uvssl.tcp_connect)`` and friends for the detail
 from __future__ import annotations
 
 from .attach import SslPointer, attach_ssl, detach_ssl
+from .callbacks import (
+    Address,
+    ConfigureCallback,
+    ConnectCallback,
+    DrainCallback,
+    EventCallback,
+    ReadCallback,
+    ShutdownDoneCallback,
+    SniCallback,
+    StreamReadCallback,
+    WriteCallback,
+)
 from .context import (
     Context,
     create_ssl_client_context,
@@ -68,13 +80,68 @@ from .tcp import (
 from .tls import SslSession, SslSocket, TcpSslServer, tcp_ssl_connect, tcp_ssl_server
 from .x509 import X509Certificate
 
-globals().update(SSL_OPTIONS)  # SSL_OP_NO_TICKET, ... (cl-async's +ssl-op-...+ list)
+# cl-async's +ssl-op-...+ list, spelled out so that type checkers see every name
+SSL_OP_ALL: int = SSL_OPTIONS["SSL_OP_ALL"]
+SSL_OP_NO_QUERY_MTU: int = SSL_OPTIONS["SSL_OP_NO_QUERY_MTU"]
+SSL_OP_COOKIE_EXCHANGE: int = SSL_OPTIONS["SSL_OP_COOKIE_EXCHANGE"]
+SSL_OP_NO_TICKET: int = SSL_OPTIONS["SSL_OP_NO_TICKET"]
+SSL_OP_CISCO_ANYCONNECT: int = SSL_OPTIONS["SSL_OP_CISCO_ANYCONNECT"]
+SSL_OP_NO_SESSION_RESUMPTION_ON_RENEGOTIATION: int = SSL_OPTIONS[
+    "SSL_OP_NO_SESSION_RESUMPTION_ON_RENEGOTIATION"
+]
+SSL_OP_NO_COMPRESSION: int = SSL_OPTIONS["SSL_OP_NO_COMPRESSION"]
+SSL_OP_ALLOW_UNSAFE_LEGACY_RENEGOTIATION: int = SSL_OPTIONS[
+    "SSL_OP_ALLOW_UNSAFE_LEGACY_RENEGOTIATION"
+]
+SSL_OP_SINGLE_ECDH_USE: int = SSL_OPTIONS["SSL_OP_SINGLE_ECDH_USE"]
+SSL_OP_SINGLE_DH_USE: int = SSL_OPTIONS["SSL_OP_SINGLE_DH_USE"]
+SSL_OP_EPHEMERAL_RSA: int = SSL_OPTIONS["SSL_OP_EPHEMERAL_RSA"]
+SSL_OP_CIPHER_SERVER_PREFERENCE: int = SSL_OPTIONS["SSL_OP_CIPHER_SERVER_PREFERENCE"]
+SSL_OP_TLS_ROLLBACK_BUG: int = SSL_OPTIONS["SSL_OP_TLS_ROLLBACK_BUG"]
+SSL_OP_NO_SSLv2: int = SSL_OPTIONS["SSL_OP_NO_SSLv2"]
+SSL_OP_NO_SSLv3: int = SSL_OPTIONS["SSL_OP_NO_SSLv3"]
+SSL_OP_NO_TLSv1: int = SSL_OPTIONS["SSL_OP_NO_TLSv1"]
+SSL_OP_NO_TLSv1_1: int = SSL_OPTIONS["SSL_OP_NO_TLSv1_1"]
+SSL_OP_NO_TLSv1_2: int = SSL_OPTIONS["SSL_OP_NO_TLSv1_2"]
+SSL_OP_NO_TLSv1_3: int = SSL_OPTIONS["SSL_OP_NO_TLSv1_3"]
+SSL_OP_NO_RENEGOTIATION: int = SSL_OPTIONS["SSL_OP_NO_RENEGOTIATION"]
+SSL_OP_IGNORE_UNEXPECTED_EOF: int = SSL_OPTIONS["SSL_OP_IGNORE_UNEXPECTED_EOF"]
 
 __version__ = "0.1.0"
 
 __all__ = [
-    *SSL_OPTIONS,
+    "SSL_OP_ALL",
+    "SSL_OP_NO_QUERY_MTU",
+    "SSL_OP_COOKIE_EXCHANGE",
+    "SSL_OP_NO_TICKET",
+    "SSL_OP_CISCO_ANYCONNECT",
+    "SSL_OP_NO_SESSION_RESUMPTION_ON_RENEGOTIATION",
+    "SSL_OP_NO_COMPRESSION",
+    "SSL_OP_ALLOW_UNSAFE_LEGACY_RENEGOTIATION",
+    "SSL_OP_SINGLE_ECDH_USE",
+    "SSL_OP_SINGLE_DH_USE",
+    "SSL_OP_EPHEMERAL_RSA",
+    "SSL_OP_CIPHER_SERVER_PREFERENCE",
+    "SSL_OP_TLS_ROLLBACK_BUG",
+    "SSL_OP_NO_SSLv2",
+    "SSL_OP_NO_SSLv3",
+    "SSL_OP_NO_TLSv1",
+    "SSL_OP_NO_TLSv1_1",
+    "SSL_OP_NO_TLSv1_2",
+    "SSL_OP_NO_TLSv1_3",
+    "SSL_OP_NO_RENEGOTIATION",
+    "SSL_OP_IGNORE_UNEXPECTED_EOF",
     "AsyncStream",
+    "Address",
+    "ConfigureCallback",
+    "ConnectCallback",
+    "DrainCallback",
+    "EventCallback",
+    "ReadCallback",
+    "ShutdownDoneCallback",
+    "SniCallback",
+    "StreamReadCallback",
+    "WriteCallback",
     "Context",
     "SslPointer",
     "SslStream",

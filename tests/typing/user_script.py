@@ -1,0 +1,69 @@
+"""A user's script, annotated the way the README shows: `mypy --strict` must pass on it
+with uvssl installed as the README installs it (tests/test_typing.py runs that check)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import uvssl
+from uvssl.openssl import address, lib
+
+replies: list[bytes] = []
+
+
+def on_server_read(sock: uvssl.Socket, data: bytes) -> None:
+    sock.write(data.upper())
+
+
+def on_client_read(sock: uvssl.Socket, data: bytes) -> None:
+    replies.append(data)
+    uvssl.close_socket(sock)
+
+
+def on_line(sock: uvssl.Socket, stream: uvssl.AsyncStream) -> None:
+    while (line := stream.read(64)) != b"":
+        stream.write(line)
+
+
+def on_event(ev: uvssl.SocketError) -> None:
+    peer: Optional[tuple[str, int]] = ev.socket.remote_address if ev.socket else None
+    if not isinstance(ev, uvssl.TcpEof):
+        print(f"{ev.identifier} from {peer}: {ev}")
+
+
+def on_connect(sock: uvssl.Socket) -> None:
+    sock.set_options(nodelay=True)
+
+
+def on_tls_connect(sock: uvssl.SslSocket) -> None:
+    cert: Optional[uvssl.X509Certificate] = sock.peer_certificate
+    print(sock.version, sock.cipher, cert.subject if cert else None)
+
+
+def configure(ptr: uvssl.openssl.ffi.CData) -> None:
+    lib.SSL_CTX_set_options(ptr, uvssl.SSL_OP_NO_TLSv1_3)
+    print(hex(address(ptr)))
+
+
+# keep the annotated callbacks' types checked against uvssl's exported callback types
+read_cb: uvssl.ReadCallback = on_server_read
+stream_cb: uvssl.StreamReadCallback = on_line
+event_cb: uvssl.EventCallback = on_event
+connect_cb: uvssl.ConnectCallback = on_connect
+
+
+def main() -> None:
+    server = uvssl.tcp_server("127.0.0.1", 0, on_server_read, on_event, connect_cb=on_connect)
+    uvssl.tcp_connect("127.0.0.1", server.port, on_client_read, on_event, data=b"hello")
+    timer: uvssl.Timer = uvssl.delay(uvssl.exit_event_loop, 5.0)
+    timer.cancel()
+    server.close()
+
+
+uvssl.start_event_loop(main)
+ctx = uvssl.Context.server(
+    certificate="server.pem", key="server.key", min_version="tls-v1-2", alpn=["h2"],
+    ctx_configure_callback=configure,
+)
+tls = uvssl.tcp_ssl_server("127.0.0.1", 0, None, on_event, ssl_ctx=ctx)
+print(ctx.pointer, tls.port, uvssl.openssl_version()["built"])
