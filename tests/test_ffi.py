@@ -17,9 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
 sys.path.insert(0, str(ROOT))
 
-from uvssl._uvssl import ffi, lib  # noqa: E402
-
 import build_ffi  # noqa: E402
+from uvssl._uvssl import ffi, lib  # noqa: E402
 
 API = (CSRC / "uvssl_api.h").read_text()
 

@@ -154,7 +154,7 @@ def test_ssl_options_or_ciphers_with_ssl_ctx_refused(server_cert_kw, certs):
                 0,
                 None,
                 ssl_ctx=sctx,
-                ssl_options=[uvssl.SSL_OP_NO_TICKET],  # type: ignore[attr-defined]
+                ssl_options=[uvssl.SSL_OP_NO_TICKET],
             )
         with pytest.raises(ValueError):
             uvssl.tcp_ssl_connect(
@@ -162,7 +162,7 @@ def test_ssl_options_or_ciphers_with_ssl_ctx_refused(server_cert_kw, certs):
                 9,
                 None,
                 ssl_ctx=cctx,
-                ssl_options=[uvssl.SSL_OP_NO_TICKET],  # type: ignore[attr-defined]
+                ssl_options=[uvssl.SSL_OP_NO_TICKET],
             )
         with pytest.raises(ValueError):
             uvssl.tcp_ssl_connect(LOCALHOST, 9, None, ssl_ctx=cctx, ciphers="HIGH")
@@ -186,11 +186,11 @@ def test_ssl_op_constants_exported():
         value = getattr(uvssl, name)
         assert isinstance(value, int), name
         assert name in uvssl.__all__
-    assert uvssl.SSL_OP_NO_TICKET == ssl.OP_NO_TICKET  # type: ignore[attr-defined]
-    assert uvssl.SSL_OP_NO_TLSv1_3 == ssl.OP_NO_TLSv1_3  # type: ignore[attr-defined]
-    assert uvssl.SSL_OP_NO_COMPRESSION == ssl.OP_NO_COMPRESSION  # type: ignore[attr-defined]
+    assert uvssl.SSL_OP_NO_TICKET == ssl.OP_NO_TICKET
+    assert uvssl.SSL_OP_NO_TLSv1_3 == ssl.OP_NO_TLSv1_3
+    assert uvssl.SSL_OP_NO_COMPRESSION == ssl.OP_NO_COMPRESSION
     # OpenSSL 3 made some of them no-ops: still accepted
-    uvssl.Context.client(options=[uvssl.SSL_OP_SINGLE_DH_USE, uvssl.SSL_OP_NO_SSLv2])  # type: ignore[attr-defined]
+    uvssl.Context.client(options=[uvssl.SSL_OP_SINGLE_DH_USE, uvssl.SSL_OP_NO_SSLv2])
 
 
 def test_error_class_hierarchy():

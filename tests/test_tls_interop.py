@@ -459,19 +459,19 @@ def test_peer_key_update_is_answered(certs):
 
 
 def test_ssl_options_take_effect(server_cert_kw, certs):
-    ctx = uvssl.Context.client(options=[uvssl.SSL_OP_NO_TICKET], ca_file=str(certs.ca))  # type: ignore[attr-defined]
-    assert lib.SSL_CTX_get_options(ffi.cast("SSL_CTX *", ctx.pointer)) & uvssl.SSL_OP_NO_TICKET  # type: ignore[attr-defined]
+    ctx = uvssl.Context.client(options=[uvssl.SSL_OP_NO_TICKET], ca_file=str(certs.ca))
+    assert lib.SSL_CTX_get_options(ffi.cast("SSL_CTX *", ctx.pointer)) & uvssl.SSL_OP_NO_TICKET
     r = run_pair(
         certs,
         server_kw=dict(
             **server_cert_kw,
-            ssl_options=[uvssl.SSL_OP_NO_TLSv1_3],  # type: ignore[attr-defined]
+            ssl_options=[uvssl.SSL_OP_NO_TLSv1_3],
         ),
-        clients=[dict(ssl_options=[uvssl.SSL_OP_NO_TICKET])],  # type: ignore[attr-defined]
+        clients=[dict(ssl_options=[uvssl.SSL_OP_NO_TICKET])],
     )
     assert_echoed(r)
     assert r.clients[0]["version"] == "TLSv1.2"  # the server's ssl_options applied
     assert r.server_info[0]["version"] == "TLSv1.2"
     client_ctx = r.clients[0]["socket"].context
     opts = lib.SSL_CTX_get_options(ffi.cast("SSL_CTX *", client_ctx.pointer))
-    assert opts & uvssl.SSL_OP_NO_TICKET  # type: ignore[attr-defined]  # the client's ssl_options applied
+    assert opts & uvssl.SSL_OP_NO_TICKET  # the client's ssl_options applied

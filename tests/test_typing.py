@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 
 pytestmark = pytest.mark.timeout(300)
 
-MISUSE = '''\
+MISUSE = """\
 import uvssl
 
 def on_read(sock: uvssl.Socket, data: str) -> None:
@@ -39,7 +39,7 @@ uvssl.tcp_connect("127.0.0.1", 80, None, on_event)
 port: str = uvssl.tcp_server("127.0.0.1", 0, None).port
 uvssl.Context.client(ca_file="ca.pem").no_such_attribute
 handler: uvssl.ReadCallback = on_read
-'''
+"""
 
 #: (line, the start of mypy's message) for every mistake in MISUSE
 EXPECTED_MISUSE = [

@@ -62,7 +62,10 @@ def main() -> None:
 
 uvssl.start_event_loop(main)
 ctx = uvssl.Context.server(
-    certificate="server.pem", key="server.key", min_version="tls-v1-2", alpn=["h2"],
+    certificate="server.pem",
+    key="server.key",
+    min_version="tls-v1-2",
+    alpn=["h2"],
     ctx_configure_callback=configure,
 )
 tls = uvssl.tcp_ssl_server("127.0.0.1", 0, None, on_event, ssl_ctx=ctx)
