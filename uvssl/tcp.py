@@ -154,14 +154,32 @@ class AsyncStream:
 
     ``read(n)`` returns what is buffered (up to n bytes; all with n < 0) without blocking;
     ``write(data)`` writes to the socket. The input buffer is drained only by reading.
+
+    For line and frame protocols, ``readline``, ``read_until`` and ``read_exactly`` return one
+    complete item or None while it has not all arrived, and ``unread`` pushes bytes back in
+    front. A ``read_cb`` in stream mode typically loops until they return None.
+
+    Theory of operation. Input is one ``bytearray``: arrivals are appended (``_feed``, one
+    ``+=`` on the per-read path) and items are taken from the front (``del buf[:n]``, which
+    CPython does by moving the array's start, amortised O(n)). So that waiting for a long item
+    costs O(its length) in total rather than a rescan of the whole buffer on every arrival,
+    the stream remembers the last separator searched for (``_sep``) and the offset from which
+    an occurrence of it is still possible (``_from``): every earlier start was ruled out. A
+    search begins there and, when it fails, moves ``_from`` to ``len(sep) - 1`` bytes before
+    the end of what it scanned, so a separator split across arrivals is still found. Taking
+    bytes from the front moves ``_from`` back by as many; ``unread`` and another separator
+    start over at 0. ``_scanned`` counts the bytes searched, for tests.
     """
 
-    __slots__ = ("socket", "_buf")
+    __slots__ = ("socket", "_buf", "_sep", "_from", "_scanned")
 
     def __init__(self, socket: Socket) -> None:
         """Wrap ``socket``'s input (created by uvssl for stream-mode sockets)."""
         self.socket = socket
         self._buf = bytearray()
+        self._sep = b""  # the separator the memo below is for
+        self._from = 0  # no occurrence of _sep starts before this offset
+        self._scanned = 0  # bytes searched so far (a test counts the work with it)
 
     def read(self, n: int = -1) -> bytes:
         """Return up to ``n`` buffered bytes (all of them when ``n`` < 0); b"" if none."""
@@ -171,10 +189,92 @@ class AsyncStream:
         if n < 0 or n >= len(self._buf):
             out = bytes(self._buf)
             self._buf.clear()
+            self._from = 0
             return out
-        out = bytes(self._buf[:n])
-        del self._buf[:n]
+        return self._take(n)
+
+    def _take(self, n: int) -> bytes:
+        # the first n bytes (n <= len(buf)); the search memo moves with the front
+        buf = self._buf
+        out = bytes(buf[:n])
+        del buf[:n]
+        self._from = self._from - n if self._from > n else 0
         return out
+
+    def read_until(self, separator: BytesLike, limit: int = 65536) -> Optional[bytes]:
+        """Return the buffered bytes up to and including the first ``separator``, or None
+        while no separator has arrived.
+
+        ``limit`` bounds the item without its separator: when the separator does not start
+        within the first ``limit`` + 1 bytes (so the item would be longer than
+        ``limit`` + ``len(separator)`` bytes), ``ValueError`` is raised as soon as that is
+        known, and the buffer is left as it was (``read`` can then discard or take the data).
+        Each call searches only what arrived since the last one.
+        """
+        check_thread(self.socket._loop, "AsyncStream.read_until()")
+        sep = _check_separator(separator)
+        return self._until(sep, _check_limit(limit))
+
+    def readline(self, limit: int = 65536) -> Optional[bytes]:
+        r"""Return one line, with its ``b"\n"``, or None while it is incomplete.
+
+        ``read_until(b"\n", limit)``: a line longer than ``limit`` bytes without its newline
+        raises ``ValueError`` and leaves the buffer as it was.
+        """
+        check_thread(self.socket._loop, "AsyncStream.readline()")
+        return self._until(b"\n", _check_limit(limit))
+
+    def _until(self, sep: bytes, limit: int) -> Optional[bytes]:
+        buf = self._buf
+        size = len(buf)
+        seplen = len(sep)
+        if sep != self._sep:
+            self._sep = sep
+            self._from = 0
+        start = self._from
+        end = limit + seplen  # an acceptable separator ends at or before this offset
+        if end > size:
+            end = size
+        if end - start >= seplen:
+            self._scanned += end - start
+            i = buf.find(sep, start, end)
+            if i >= 0:
+                self._from = 0
+                return self._take(i + seplen)
+            self._from = end - seplen + 1
+        if size >= limit + seplen:
+            raise ValueError(
+                f"stream item over the limit: no {sep!r} within the first {limit + seplen} "
+                f"bytes buffered (limit={limit} bytes before the separator); the buffer is "
+                "unchanged: read() to take or discard them, or pass a larger limit"
+            )
+        return None
+
+    def read_exactly(self, n: int) -> Optional[bytes]:
+        """Return exactly ``n`` bytes once that many are buffered, else None (nothing taken)."""
+        check_thread(self.socket._loop, "AsyncStream.read_exactly()")
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"n must be an int, not {type(n).__name__}")
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        if n > len(self._buf):
+            return None
+        return self._take(n)
+
+    def unread(self, data: BytesLike) -> None:
+        """Push ``data`` back in front of the buffered input: the next read returns it first.
+
+        ``data`` is bytes-like; empty data changes nothing. Costs a copy of what is buffered.
+        """
+        check_thread(self.socket._loop, "AsyncStream.unread()")
+        if isinstance(data, str) or not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(
+                f"data must be bytes-like (bytes, bytearray or memoryview), not "
+                f"{type(data).__name__}"
+            )
+        if len(data):
+            self._buf[:0] = data
+            self._from = 0
 
     def write(self, data: BytesLike) -> bool:
         """Write to the socket; see ``Socket.write``."""
@@ -199,6 +299,26 @@ class AsyncStream:
         cb = sock._read_cb
         if cb is not None:
             cb(sock, self)
+
+
+def _check_separator(separator: Any) -> bytes:
+    if isinstance(separator, str) or not isinstance(separator, (bytes, bytearray, memoryview)):
+        raise TypeError(
+            f"separator must be bytes-like (bytes, bytearray or memoryview), not "
+            f"{type(separator).__name__}"
+        )
+    sep = bytes(separator)
+    if not sep:
+        raise ValueError("separator must not be empty")
+    return sep
+
+
+def _check_limit(limit: Any) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(f"limit must be an int, not {type(limit).__name__}")
+    if limit <= 0:
+        raise ValueError(f"limit must be > 0, got {limit}")
+    return limit
 
 
 class Socket:
