@@ -252,6 +252,16 @@ def test_close_before_connect_fires_nothing():
     assert calls == []
 
 
+def test_unconnected_socket_after_the_loop_ended():
+    kept: list[uvssl.Socket] = []
+    run_loop(lambda: kept.append(uvssl.init_tcp_socket(None, data=b"queued")))
+    sock = kept[0]
+    with pytest.raises(uvssl.SocketClosed, match="event loop has ended"):
+        sock.write(b"more")
+    with pytest.raises(RuntimeError, match="event loop has ended"):
+        uvssl.connect_tcp_socket(sock, LOCALHOST, 9)
+
+
 def test_operations_before_connect_say_so():
     def start() -> None:
         sock = uvssl.init_tcp_socket(None)

@@ -12,6 +12,13 @@ side reports it closed (``_on_closed``, from the dispatcher's CLOSED event, or a
 ``close()`` when nothing was left to flush); the peer and local addresses are copied out then,
 so they stay readable after the close.
 
+Sockets that connect later. ``init_tcp_socket`` / ``init_tcp_ssl_socket`` make the object
+without any native connection; its ``_init`` (an ``Unconnected``) keeps the writes made
+meanwhile and, for TLS, how to start the engine. ``connect_tcp_socket`` gives it the connection
+(``start_connection``, the path ``tcp_connect`` takes too), attaches TLS, and hands the kept
+writes to C, which holds them until the connection (and handshake) is up. Nothing native
+exists before that, so closing such a socket just marks it closed: no event can reach it.
+
 Reads. The dispatchers (uvssl/_dispatch.py) hand data to ``sock._deliver``: the ``read_cb``
 itself, the stream's feed in stream mode, or a discard. Small reads of one loop turn arrive
 together in one batch; data for a socket paused earlier in that turn waits in ``_held`` until
@@ -543,6 +550,13 @@ class Socket:
             check_thread(self._loop, "write()", self)
             init = self._init
             if init is not None and init.writes is not None and not self._closed:
+                if self._loop._ptr is None:
+                    raise SocketClosed(
+                        "the event loop has ended; cannot write",
+                        action="write",
+                        socket=self,
+                        identifier="shutdown",
+                    )
                 init.queue(data)  # not connected yet: sent once it is (TLS: after the handshake)
                 return True
             self._live_conn("write")  # raises SocketClosed
