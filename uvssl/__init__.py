@@ -72,12 +72,21 @@ from .tcp import (
     TcpServer,
     close_socket,
     close_tcp_server,
+    connect_tcp_socket,
+    init_tcp_socket,
     tcp_connect,
     tcp_open,
     tcp_server,
     write_socket_data,
 )
-from .tls import SslSession, SslSocket, TcpSslServer, tcp_ssl_connect, tcp_ssl_server
+from .tls import (
+    SslSession,
+    SslSocket,
+    TcpSslServer,
+    init_tcp_ssl_socket,
+    tcp_ssl_connect,
+    tcp_ssl_server,
+)
 from .x509 import X509Certificate
 
 # cl-async's +ssl-op-...+ list, spelled out so that type checkers see every name
@@ -163,6 +172,7 @@ __all__ = [
     "openssl_version",
     "tcp_ssl_connect",
     "tcp_ssl_server",
+    "init_tcp_ssl_socket",
     "DnsError",
     "Loop",
     "Socket",
@@ -195,6 +205,8 @@ __all__ = [
     "tcp_connect",
     "tcp_open",
     "tcp_server",
+    "init_tcp_socket",
+    "connect_tcp_socket",
     "with_event_loop",
     "write_socket_data",
 ]

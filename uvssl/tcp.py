@@ -12,6 +12,13 @@ side reports it closed (``_on_closed``, from the dispatcher's CLOSED event, or a
 ``close()`` when nothing was left to flush); the peer and local addresses are copied out then,
 so they stay readable after the close.
 
+Sockets that connect later. ``init_tcp_socket`` / ``init_tcp_ssl_socket`` make the object
+without any native connection; its ``_init`` (an ``Unconnected``) keeps the writes made
+meanwhile and, for TLS, how to start the engine. ``connect_tcp_socket`` gives it the connection
+(``start_connection``, the path ``tcp_connect`` takes too), attaches TLS, and hands the kept
+writes to C, which holds them until the connection (and handshake) is up. Nothing native
+exists before that, so closing such a socket just marks it closed: no event can reach it.
+
 Reads. The dispatchers (uvssl/_dispatch.py) hand data to ``sock._deliver``: the ``read_cb``
 itself, the stream's feed in stream mode, or a discard. Small reads of one loop turn arrive
 together in one batch; data for a socket paused earlier in that turn waits in ``_held`` until
@@ -70,6 +77,8 @@ __all__ = [
     "tcp_connect",
     "tcp_server",
     "tcp_open",
+    "init_tcp_socket",
+    "connect_tcp_socket",
     "write_socket_data",
     "close_socket",
     "close_tcp_server",
@@ -154,14 +163,32 @@ class AsyncStream:
 
     ``read(n)`` returns what is buffered (up to n bytes; all with n < 0) without blocking;
     ``write(data)`` writes to the socket. The input buffer is drained only by reading.
+
+    For line and frame protocols, ``readline``, ``read_until`` and ``read_exactly`` return one
+    complete item or None while it has not all arrived, and ``unread`` pushes bytes back in
+    front. A ``read_cb`` in stream mode typically loops until they return None.
+
+    Theory of operation. Input is one ``bytearray``: arrivals are appended (``_feed``, one
+    ``+=`` on the per-read path) and items are taken from the front (``del buf[:n]``, which
+    CPython does by moving the array's start, amortised O(n)). So that waiting for a long item
+    costs O(its length) in total rather than a rescan of the whole buffer on every arrival,
+    the stream remembers the last separator searched for (``_sep``) and the offset from which
+    an occurrence of it is still possible (``_from``): every earlier start was ruled out. A
+    search begins there and, when it fails, moves ``_from`` to ``len(sep) - 1`` bytes before
+    the end of what it scanned, so a separator split across arrivals is still found. Taking
+    bytes from the front moves ``_from`` back by as many; ``unread`` and another separator
+    start over at 0. ``_scanned`` counts the bytes searched, for tests.
     """
 
-    __slots__ = ("socket", "_buf")
+    __slots__ = ("socket", "_buf", "_sep", "_from", "_scanned")
 
     def __init__(self, socket: Socket) -> None:
         """Wrap ``socket``'s input (created by uvssl for stream-mode sockets)."""
         self.socket = socket
         self._buf = bytearray()
+        self._sep = b""  # the separator the memo below is for
+        self._from = 0  # no occurrence of _sep starts before this offset
+        self._scanned = 0  # bytes searched so far (a test counts the work with it)
 
     def read(self, n: int = -1) -> bytes:
         """Return up to ``n`` buffered bytes (all of them when ``n`` < 0); b"" if none."""
@@ -171,10 +198,92 @@ class AsyncStream:
         if n < 0 or n >= len(self._buf):
             out = bytes(self._buf)
             self._buf.clear()
+            self._from = 0
             return out
-        out = bytes(self._buf[:n])
-        del self._buf[:n]
+        return self._take(n)
+
+    def _take(self, n: int) -> bytes:
+        # the first n bytes (n <= len(buf)); the search memo moves with the front
+        buf = self._buf
+        out = bytes(buf[:n])
+        del buf[:n]
+        self._from = self._from - n if self._from > n else 0
         return out
+
+    def read_until(self, separator: BytesLike, limit: int = 65536) -> Optional[bytes]:
+        """Return the buffered bytes up to and including the first ``separator``, or None
+        while no separator has arrived.
+
+        ``limit`` bounds the item without its separator: when the separator does not start
+        within the first ``limit`` + 1 bytes (so the item would be longer than
+        ``limit`` + ``len(separator)`` bytes), ``ValueError`` is raised as soon as that is
+        known, and the buffer is left as it was (``read`` can then discard or take the data).
+        Each call searches only what arrived since the last one.
+        """
+        check_thread(self.socket._loop, "AsyncStream.read_until()")
+        sep = _check_separator(separator)
+        return self._until(sep, _check_limit(limit))
+
+    def readline(self, limit: int = 65536) -> Optional[bytes]:
+        r"""Return one line, with its ``b"\n"``, or None while it is incomplete.
+
+        ``read_until(b"\n", limit)``: a line longer than ``limit`` bytes without its newline
+        raises ``ValueError`` and leaves the buffer as it was.
+        """
+        check_thread(self.socket._loop, "AsyncStream.readline()")
+        return self._until(b"\n", _check_limit(limit))
+
+    def _until(self, sep: bytes, limit: int) -> Optional[bytes]:
+        buf = self._buf
+        size = len(buf)
+        seplen = len(sep)
+        if sep != self._sep:
+            self._sep = sep
+            self._from = 0
+        start = self._from
+        end = limit + seplen  # an acceptable separator ends at or before this offset
+        if end > size:
+            end = size
+        if end - start >= seplen:
+            self._scanned += end - start
+            i = buf.find(sep, start, end)
+            if i >= 0:
+                self._from = 0
+                return self._take(i + seplen)
+            self._from = end - seplen + 1
+        if size >= limit + seplen:
+            raise ValueError(
+                f"stream item over the limit: no {sep!r} within the first {limit + seplen} "
+                f"bytes buffered (limit={limit} bytes before the separator); the buffer is "
+                "unchanged: read() to take or discard them, or pass a larger limit"
+            )
+        return None
+
+    def read_exactly(self, n: int) -> Optional[bytes]:
+        """Return exactly ``n`` bytes once that many are buffered, else None (nothing taken)."""
+        check_thread(self.socket._loop, "AsyncStream.read_exactly()")
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"n must be an int, not {type(n).__name__}")
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        if n > len(self._buf):
+            return None
+        return self._take(n)
+
+    def unread(self, data: BytesLike) -> None:
+        """Push ``data`` back in front of the buffered input: the next read returns it first.
+
+        ``data`` is bytes-like; empty data changes nothing. Costs a copy of what is buffered.
+        """
+        check_thread(self.socket._loop, "AsyncStream.unread()")
+        if isinstance(data, str) or not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(
+                f"data must be bytes-like (bytes, bytearray or memoryview), not "
+                f"{type(data).__name__}"
+            )
+        if len(data):
+            self._buf[:0] = data
+            self._from = 0
 
     def write(self, data: BytesLike) -> bool:
         """Write to the socket; see ``Socket.write``."""
@@ -199,6 +308,26 @@ class AsyncStream:
         cb = sock._read_cb
         if cb is not None:
             cb(sock, self)
+
+
+def _check_separator(separator: Any) -> bytes:
+    if isinstance(separator, str) or not isinstance(separator, (bytes, bytearray, memoryview)):
+        raise TypeError(
+            f"separator must be bytes-like (bytes, bytearray or memoryview), not "
+            f"{type(separator).__name__}"
+        )
+    sep = bytes(separator)
+    if not sep:
+        raise ValueError("separator must not be empty")
+    return sep
+
+
+def _check_limit(limit: Any) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(f"limit must be an int, not {type(limit).__name__}")
+    if limit <= 0:
+        raise ValueError(f"limit must be > 0, got {limit}")
+    return limit
 
 
 class Socket:
@@ -238,6 +367,7 @@ class Socket:
         self._server: Optional[TcpServer] = None  # the server that accepted it
         self._target: Optional[tuple[str, int]] = None  # (host, port) a client connects to
         self._addrs: Any = None  # the addresses, kept from the native side at the close
+        self._init: Optional[Unconnected] = None  # made by init_tcp_socket/init_tcp_ssl_socket
         self.data = data
         self._read_cb = read_cb
         self.event_cb = event_cb
@@ -314,6 +444,13 @@ class Socket:
 
     def _live_conn(self, action: str) -> Any:
         conn = self._conn
+        if conn is None and not self._closed and self._init is not None:
+            raise SocketError(
+                f"socket is not connected yet; cannot {action}: connect_tcp_socket() it first",
+                code=_errno.ENOTCONN,
+                action=action,
+                socket=self,
+            )
         if conn is None or self._closed:
             raise SocketClosed(
                 f"socket is closed; cannot {action}",
@@ -402,7 +539,8 @@ class Socket:
         """Queue ``data``; it leaves when the current callback returns.
 
         Returns True while the write buffer is at or below its high-water mark and False once
-        it is above it: a writer should then stop and wait for ``drain_cb``.
+        it is above it: a writer should then stop and wait for ``drain_cb``. On a socket from
+        ``init_tcp_socket`` not connected yet, the data waits and leaves once it is.
         Raises ``SocketClosed`` on a closed socket, and on a TLS socket whose session has
         ended (the peer's close_notify answered) until ``detach_ssl`` makes it plaintext.
         Raises ``RuntimeError`` when called from a thread other than the loop's.
@@ -410,6 +548,17 @@ class Socket:
         conn = self._conn
         if conn is None or self._closed:
             check_thread(self._loop, "write()", self)
+            init = self._init
+            if init is not None and init.writes is not None and not self._closed:
+                if self._loop._ptr is None:
+                    raise SocketClosed(
+                        "the event loop has ended; cannot write",
+                        action="write",
+                        socket=self,
+                        identifier="shutdown",
+                    )
+                init.queue(data)  # not connected yet: sent once it is (TLS: after the handshake)
+                return True
             self._live_conn("write")  # raises SocketClosed
         buf = data if type(data) is bytes else check_data("data", data)
         # The thread check runs in C, where it costs a few instructions instead of the 500 it
@@ -651,7 +800,14 @@ class Socket:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else ("connected" if self._connected else "connecting")
+        if self._closed:
+            state = "closed"
+        elif self._connected:
+            state = "connected"
+        elif self._conn is None and self._init is not None:
+            state = "not connected"
+        else:
+            state = "connecting"
         return f"<{type(self).__name__} {state}>"
 
 
@@ -677,6 +833,35 @@ _ADDRS_T = ffi.typeof("uvs_addrs_t *")
 
 def _new_addrs() -> Any:
     return ffi.new(_ADDRS_T)
+
+
+class Unconnected:
+    """What a socket made by ``init_tcp_socket`` / ``init_tcp_ssl_socket`` keeps (``_init``).
+
+    Until ``connect_tcp_socket`` such a socket has no native connection at all: writes wait
+    here, in order, and go to the connection when it is made (C then queues them until it is
+    up, and on TLS until the handshake is done, as it does for ``tcp_connect``'s ``data=``).
+    ``start_tls(sock, host)``, set by ``init_tcp_ssl_socket``, attaches the TLS engine right
+    after the connection is made. A socket made with ``fd=`` is connected from the start
+    (``adopted``): it keeps the object only so that ``connect_tcp_socket`` can say why not.
+    """
+
+    __slots__ = ("writes", "read_timeout", "write_timeout", "start_tls", "started", "adopted")
+
+    def __init__(self, read_timeout: float, write_timeout: float, adopted: bool = False) -> None:
+        """Timeouts in seconds (0: none), applied once the connection exists."""
+        self.writes: Optional[list[bytes]] = None if adopted else []
+        self.read_timeout = read_timeout
+        self.write_timeout = write_timeout
+        self.start_tls: Optional[Callable[[Socket, str], None]] = None
+        self.started = adopted  # connect_tcp_socket was called (or fd= connected it)
+        self.adopted = adopted
+
+    def queue(self, data: BytesLike) -> None:
+        """Keep a copy of ``data`` for when the socket connects."""
+        copy = data if type(data) is bytes else bytes(ffi.buffer(check_data("data", data)))
+        assert self.writes is not None
+        self.writes.append(copy)
 
 
 # -- servers ---------------------------------------------------------------------------------
@@ -898,28 +1083,44 @@ def new_socket(
 ) -> _S:
     """The one path by which every ``Socket`` (and ``SslSocket``) gets its native connection.
 
-    Exactly one of: ``target`` (host, port), to connect to; ``fd``, a connected descriptor to
+    At most one of: ``target`` (host, port), to connect to; ``fd``, a connected descriptor to
     adopt; ``accepted``, a connection ``server`` accepted (the native side made it and waits
-    for its handle). A connection that cannot be started raises the ``SocketError`` for it.
-    Arguments are checked by the caller; timeouts are seconds (0: none).
+    for its handle). With none, the socket has no connection yet (``init_tcp_socket``; its
+    ``_init`` is set and ``connect_tcp_socket`` makes the connection later, through
+    ``start_connection``). A connection that cannot be started raises the ``SocketError`` for
+    it. Arguments are checked by the caller; timeouts are seconds (0: none).
     """
     sock = cls(loop, read_cb, event_cb, connect_cb, write_cb, stream)
     if accepted is not None:
-        conn = accepted
         sock._server = server
-        lib.uvs_conn_set_data(conn, sock._handle)
+        lib.uvs_conn_set_data(accepted, sock._handle)
+        sock._attach(accepted, read_timeout, write_timeout)
+    elif target is not None or fd is not None:
+        start_connection(sock, target, fd, read_timeout, write_timeout)
     else:
-        err = ffi.new("int *")
-        if target is not None:
-            sock._target = target
-            host, port = target
-            conn = lib.uvs_conn_connect(loop._ptr, sock._handle, host.encode("idna"), port, err)
-        else:
-            conn = lib.uvs_conn_open(loop._ptr, sock._handle, fd, err)
-        if conn == ffi.NULL:
-            raise socket_error_for(err[0], lib.UVS_ACT_CONNECT, sock)
-    sock._attach(conn, read_timeout, write_timeout)
+        sock._init = Unconnected(read_timeout, write_timeout)
     return sock
+
+
+def start_connection(
+    sock: Socket,
+    target: Optional[tuple[str, int]],
+    fd: Optional[int],
+    read_timeout: float,
+    write_timeout: float,
+) -> None:
+    """Give ``sock`` its native connection: connecting to ``target`` or adopting ``fd``."""
+    err = ffi.new("int *")
+    loop = sock._loop
+    if target is not None:
+        sock._target = target
+        host, port = target
+        conn = lib.uvs_conn_connect(loop._ptr, sock._handle, host.encode("idna"), port, err)
+    else:
+        conn = lib.uvs_conn_open(loop._ptr, sock._handle, fd, err)
+    if conn == ffi.NULL:
+        raise socket_error_for(err[0], lib.UVS_ACT_CONNECT, sock)
+    sock._attach(conn, read_timeout, write_timeout)
 
 
 @keyword_hints
@@ -1031,61 +1232,206 @@ def tcp_open(
     r_s = check_timeout("read_timeout", read_timeout)
     w_s = check_timeout("write_timeout", write_timeout)
     loop = get_loop()
+    sock = open_fd(
+        Socket,
+        loop,
+        "fd_or_socket",
+        fd_or_socket,
+        read_cb,
+        event_cb,
+        connect_cb,
+        write_cb,
+        bool(stream or dont_drain_read_buffer),
+        r_s,
+        w_s,
+    )
+    _opened(sock, data)
+    return sock
+
+
+def _opened(sock: Socket, data: Optional[BytesLike]) -> None:
+    # a plain socket made from a connected descriptor: data= now, connect_cb from the loop
+    if data is not None:
+        sock.write(data)
+    sock._connected = True
+    if sock.connect_cb is not None:
+        sock._loop.delay(_late_connect_cb, 0, sock)
+
+
+def open_fd(
+    cls: type[_S],
+    loop: Loop,
+    name: str,
+    fd_or_socket: Any,
+    read_cb: Optional[ReadCb],
+    event_cb: Optional[Callable[[BaseException], Any]],
+    connect_cb: Optional[Callable[[Socket], Any]],
+    write_cb: Optional[Callable[[Socket], Any]],
+    stream: bool,
+    read_timeout: float,
+    write_timeout: float,
+) -> _S:
+    """Check that ``fd_or_socket`` (the argument ``name``: a ``socket.socket`` or a
+    descriptor) is a connected TCP socket and make a ``cls`` socket that owns it (a
+    ``socket.socket`` is detached). Raises ValueError/TypeError, or the ``SocketError`` of a
+    descriptor libuv refuses; the descriptor is left to the caller then.
+    """
     if isinstance(fd_or_socket, _socket.socket):
         pysock = fd_or_socket
     elif isinstance(fd_or_socket, int) and not isinstance(fd_or_socket, bool):
         try:
             pysock = _socket.socket(fileno=fd_or_socket)
         except OSError as e:
-            raise ValueError(f"fd_or_socket {fd_or_socket} is not a socket: {e}") from None
+            raise ValueError(f"{name} {fd_or_socket} is not a socket: {e}") from None
     else:
         raise TypeError(
-            f"fd_or_socket must be a socket.socket or an int, not {type(fd_or_socket).__name__}"
+            f"{name} must be a socket.socket or an int, not {type(fd_or_socket).__name__}"
         )
     if pysock.fileno() < 0:
-        raise ValueError("fd_or_socket is a closed socket")
+        raise ValueError(f"{name} is a closed socket")
     if pysock.type != _socket.SOCK_STREAM or pysock.family not in (
         _socket.AF_INET,
         _socket.AF_INET6,
     ):
         if not isinstance(fd_or_socket, _socket.socket):
             pysock.detach()
-        raise ValueError("fd_or_socket must be a TCP (SOCK_STREAM, AF_INET/AF_INET6) socket")
+        raise ValueError(f"{name} must be a TCP (SOCK_STREAM, AF_INET/AF_INET6) socket")
     try:
         pysock.getpeername()
     except OSError:
         if not isinstance(fd_or_socket, _socket.socket):
             pysock.detach()
-        raise ValueError("fd_or_socket must be connected") from None
+        raise ValueError(f"{name} must be connected") from None
     try:
         sock = new_socket(
-            Socket,
+            cls,
             loop,
             read_cb,
             event_cb,
             connect_cb,
             write_cb,
-            bool(stream or dont_drain_read_buffer),
+            stream,
             fd=pysock.fileno(),
-            read_timeout=r_s,
-            write_timeout=w_s,
+            read_timeout=read_timeout,
+            write_timeout=write_timeout,
         )
     except SocketError:
         if not isinstance(fd_or_socket, _socket.socket):
             pysock.detach()
         raise
     pysock.detach()
-    if data is not None:
-        sock.write(data)
-    sock._connected = True
-    if connect_cb is not None:
-        loop.delay(_late_connect_cb, 0, sock)
     return sock
 
 
 def _late_connect_cb(sock: Socket) -> None:
     if not sock.closed and sock.connect_cb is not None:
         sock.connect_cb(sock)
+
+
+@keyword_hints
+def init_tcp_socket(
+    read_cb: Optional[ReadCb],
+    event_cb: Optional[Callable[[BaseException], Any]] = None,
+    *,
+    fd: Union[int, _socket.socket, None] = None,
+    data: Optional[BytesLike] = None,
+    stream: bool = False,
+    connect_cb: Optional[Callable[[Socket], Any]] = None,
+    write_cb: Optional[Callable[[Socket], Any]] = None,
+    read_timeout: Optional[float] = None,
+    write_timeout: Optional[float] = None,
+    dont_drain_read_buffer: bool = False,
+) -> Socket:
+    """Make a TCP ``Socket`` that is not connected yet; ``connect_tcp_socket`` connects it.
+
+    The keywords are ``tcp_connect``'s. Until it connects, writes (``data=`` first) wait in
+    order and leave once the connection is up; ``close()`` just discards the socket (no
+    callback runs). With ``fd=`` (a connected ``socket.socket`` or descriptor, taken over as
+    ``tcp_open`` does) the socket is connected at once and ``connect_tcp_socket`` refuses it.
+    """
+    check_callbacks(read_cb, event_cb, connect_cb, write_cb)
+    if data is not None:
+        check_data("data", data)
+    r_s = check_timeout("read_timeout", read_timeout)
+    w_s = check_timeout("write_timeout", write_timeout)
+    loop = get_loop()
+    streamed = bool(stream or dont_drain_read_buffer)
+    if fd is not None:
+        sock = open_fd(
+            Socket, loop, "fd", fd, read_cb, event_cb, connect_cb, write_cb, streamed, r_s, w_s
+        )
+        sock._init = Unconnected(r_s, w_s, adopted=True)
+        _opened(sock, data)
+        return sock
+    sock = new_socket(
+        Socket,
+        loop,
+        read_cb,
+        event_cb,
+        connect_cb,
+        write_cb,
+        streamed,
+        read_timeout=r_s,
+        write_timeout=w_s,
+    )
+    if data is not None:
+        sock.write(data)
+    return sock
+
+
+def connect_tcp_socket(socket: Socket, host: str, port: int) -> Socket:
+    """Connect a socket made by ``init_tcp_socket`` / ``init_tcp_ssl_socket`` to
+    ``host``:``port`` and return it.
+
+    As ``tcp_connect`` does: the name resolves asynchronously, each address is tried in
+    turn, failures (``DnsError``, ``TcpRefused``, ...) go to ``event_cb`` and name the host
+    and port; ``connect_cb`` runs once connected (TLS: after the handshake, whose
+    ``server_hostname`` is ``host`` unless one was given). What was written before leaves
+    then. Raises ``SocketClosed`` on a closed socket, ``SocketError`` (EISCONN) on one that is
+    connected or connecting already, and ValueError on a socket ``init_*`` did not make.
+    """
+    if not isinstance(socket, Socket):
+        raise TypeError(f"socket must be a uvssl Socket, not {type(socket).__name__}")
+    check_thread(socket._loop, "connect_tcp_socket()")
+    host = check_host("host", host)
+    port = check_port(port)
+    init = socket._init
+    if socket._closed:
+        raise SocketClosed(
+            "socket is closed; cannot connect it (make a new one with init_tcp_socket())",
+            action="connect",
+            socket=socket,
+            identifier="shutdown",
+        )
+    if init is None:
+        raise ValueError(
+            "connect_tcp_socket() connects a socket made by init_tcp_socket() or "
+            "init_tcp_ssl_socket(); this one was connected (or connecting) when it was made"
+        )
+    if init.started:
+        raise SocketError(
+            "socket is already connected: it was made with fd=, a connected descriptor"
+            if init.adopted
+            else f"socket is already connecting or connected (to {peer_name(socket)}); "
+            "connect_tcp_socket() is called once per socket",
+            code=_errno.EISCONN,
+            action="connect",
+            socket=socket,
+        )
+    socket._loop._check_open()
+    init.started = True
+    writes, init.writes = init.writes, None
+    start_tls, init.start_tls = init.start_tls, None
+    try:
+        start_connection(socket, (host, port), None, init.read_timeout, init.write_timeout)
+    except BaseException:
+        socket._closed = True
+        raise
+    if start_tls is not None:
+        start_tls(socket, host)  # closes the socket if it raises
+    for chunk in writes or ():
+        socket.write(chunk)
+    return socket
 
 
 def write_socket_data(

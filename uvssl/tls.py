@@ -15,7 +15,8 @@ into its exception by ``errors.tls_error``, the same mapping ``SslStream`` uses.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Optional
+import socket as _socket
+from typing import Any, Callable, Iterable, Optional, Union
 
 from ._args import (
     check_backlog,
@@ -53,12 +54,21 @@ from .tcp import (
     ReadCb,
     Socket,
     TcpServer,
+    Unconnected,
     new_socket,
+    open_fd,
     peer_name,
 )
 from .x509 import X509Certificate
 
-__all__ = ["SslSocket", "SslSession", "TcpSslServer", "tcp_ssl_connect", "tcp_ssl_server"]
+__all__ = [
+    "SslSocket",
+    "SslSession",
+    "TcpSslServer",
+    "tcp_ssl_connect",
+    "tcp_ssl_server",
+    "init_tcp_ssl_socket",
+]
 
 _ACTION_WHAT = {
     lib.UVS_ACT_HANDSHAKE: "handshake",
@@ -405,25 +415,8 @@ def tcp_ssl_connect(
         read_timeout=check_timeout("read_timeout", read_timeout),
         write_timeout=check_timeout("write_timeout", write_timeout),
     )
-    sock._context = ctx
-    sock.server_hostname = server_hostname or host
-    try:
-        hs = _effective_hs(handshake_timeout, ctx)
-        r = lib.uvs_conn_attach_tls(sock._conn, ctx._ctx, ffi.NULL, 0, hs or 0.0, ffi.NULL, 0)
-        if r != 0:
-            codes, strings = error_queue()
-            raise SslFailure(
-                f"cannot start TLS: {strerror(r)}", what="attach", codes=codes, strings=strings
-            )
-        ssl = lib.uvs_conn_ssl(sock._conn)
-        configure_client_ssl(ssl, ctx, sock.server_hostname, verify, alpn_bytes)
-        if session is not None and session._ptr is not None:
-            if lib.SSL_set_session(ssl, session._ptr) != 1:
-                lib.ERR_clear_error()  # an unusable session just means a full handshake
-        ctx._configure_ssl(ssl)
-    except BaseException:
-        sock.close(force=True)
-        raise
+    tls = _ClientTls(ctx, server_hostname, verify, alpn_bytes, session, handshake_timeout)
+    _start_client_tls(sock, tls, server_hostname or host)  # closes the socket if it raises
     if data is not None:
         sock.write(data)
     return sock
@@ -503,3 +496,181 @@ def tcp_ssl_server(
     )
     server._configure_tls(ctx, _effective_hs(handshake_timeout, ctx))
     return server
+
+
+# -- sockets made before they connect (init_tcp_ssl_socket) -----------------------------------
+
+
+class _ClientTls:
+    """A TLS client's settings, checked and resolved (the context built or borrowed) once."""
+
+    __slots__ = ("ctx", "server_hostname", "verify", "alpn", "session", "handshake_timeout")
+
+    def __init__(
+        self,
+        ctx: Context,
+        server_hostname: Optional[str],
+        verify: bool,
+        alpn: Optional[bytes],
+        session: Optional[SslSession],
+        handshake_timeout: Any,
+    ) -> None:
+        """Internal: made by ``_client_tls``."""
+        self.ctx = ctx
+        self.server_hostname = server_hostname
+        self.verify = verify
+        self.alpn = alpn
+        self.session = session
+        self.handshake_timeout = handshake_timeout
+
+
+def _client_tls(
+    ssl_ctx: Any,
+    ssl_options: Any,
+    ciphers: Optional[str],
+    server_hostname: Optional[str],
+    verify: bool,
+    ca_file: Any,
+    alpn: Optional[Iterable[str]],
+    handshake_timeout: Any,
+    session: Optional[SslSession],
+) -> _ClientTls:
+    """Check a client's TLS keywords as ``tcp_ssl_connect`` does and resolve its context."""
+    if not isinstance(verify, bool):
+        hint = " (a CA file goes in ca_file=)" if isinstance(verify, (str, bytes)) else ""
+        raise TypeError(f"verify must be a bool, not {type(verify).__name__}{hint}")
+    check_hs_timeout(handshake_timeout)  # validated now; resolved against the context later
+    opts = options_value("ssl_options", ssl_options)
+    if server_hostname is not None:
+        server_hostname = check_host("server_hostname", server_hostname)
+    alpn_bytes = alpn_wire("alpn", alpn) if alpn is not None else None
+    if ssl_ctx is not None:
+        if opts or ciphers is not None:
+            raise ValueError(
+                "ssl_options and ciphers cannot be combined with ssl_ctx: set them on the context"
+            )
+        if ca_file is not None:
+            raise ValueError("ca_file cannot be combined with ssl_ctx: set it on the context")
+        ctx = resolve_ssl_ctx(ssl_ctx, "client")
+    else:
+        ctx = _default_client_context(verify, ca_file, ciphers, opts)
+    if session is not None and not isinstance(session, SslSession):
+        raise TypeError(f"session must be an SslSession, not {type(session).__name__}")
+    return _ClientTls(ctx, server_hostname, verify, alpn_bytes, session, handshake_timeout)
+
+
+def _start_client_tls(sock: SslSocket, tls: _ClientTls, server_hostname: Optional[str]) -> None:
+    """Attach a client TLS engine to ``sock``'s connection (made, connected or connecting):
+    the handshake starts once it is connected. On failure the socket is closed and the error
+    raised.
+    """
+    ctx = tls.ctx
+    sock._context = ctx
+    sock.server_hostname = server_hostname
+    try:
+        hs = _effective_hs(tls.handshake_timeout, ctx)
+        r = lib.uvs_conn_attach_tls(sock._conn, ctx._ctx, ffi.NULL, 0, hs or 0.0, ffi.NULL, 0)
+        if r != 0:
+            codes, strings = error_queue()
+            raise SslFailure(
+                f"cannot start TLS: {strerror(r)}", what="attach", codes=codes, strings=strings
+            )
+        ssl = lib.uvs_conn_ssl(sock._conn)
+        configure_client_ssl(ssl, ctx, server_hostname, tls.verify, tls.alpn)
+        session = tls.session
+        if session is not None and session._ptr is not None:
+            if lib.SSL_set_session(ssl, session._ptr) != 1:
+                lib.ERR_clear_error()  # an unusable session just means a full handshake
+        ctx._configure_ssl(ssl)
+    except BaseException:
+        sock.close(force=True)
+        raise
+
+
+@keyword_hints
+def init_tcp_ssl_socket(
+    read_cb: Optional[ReadCb],
+    event_cb: Optional[Callable[[BaseException], Any]] = None,
+    *,
+    ssl_ctx: Any = None,
+    fd: Union[int, _socket.socket, None] = None,
+    data: Optional[BytesLike] = None,
+    stream: bool = False,
+    connect_cb: Optional[Callable[[Socket], Any]] = None,
+    write_cb: Optional[Callable[[Socket], Any]] = None,
+    read_timeout: Optional[float] = None,
+    write_timeout: Optional[float] = None,
+    dont_drain_read_buffer: bool = False,
+    ssl_options: Any = (),
+    ciphers: Optional[str] = None,
+    server_hostname: Optional[str] = None,
+    verify: bool = True,
+    ca_file: Any = None,
+    alpn: Optional[Iterable[str]] = None,
+    handshake_timeout: Optional[float] = CONTEXT_DEFAULT,
+    session: Optional[SslSession] = None,
+) -> SslSocket:
+    """Make a TLS client ``SslSocket`` that is not connected yet (cl-async's lower-level
+    brother of ``tcp_ssl_connect``, whose keywords it takes, checked now).
+
+    ``connect_tcp_socket(sock, host, port)`` connects it; the handshake follows, checking
+    ``server_hostname`` (by default ``host``), then ``connect_cb`` runs and what was written
+    meanwhile (``data=`` first) is sent. With ``fd=`` (a connected ``socket.socket`` or
+    descriptor, taken over) the handshake starts at once; ``server_hostname`` is then needed
+    to check the server's certificate (or ``verify=False``).
+    """
+    check_callbacks(read_cb, event_cb, connect_cb, write_cb)
+    if data is not None:
+        check_data("data", data)
+    r_s = check_timeout("read_timeout", read_timeout)
+    w_s = check_timeout("write_timeout", write_timeout)
+    tls = _client_tls(
+        ssl_ctx,
+        ssl_options,
+        ciphers,
+        server_hostname,
+        verify,
+        ca_file,
+        alpn,
+        handshake_timeout,
+        session,
+    )
+    if fd is not None and tls.server_hostname is None and verify and tls.ctx.verify_host:
+        raise ValueError(
+            "init_tcp_ssl_socket(fd=...) needs server_hostname=, the name the server's "
+            "certificate must carry (there is no host to take it from), or verify=False"
+        )
+    loop = get_loop()
+    streamed = bool(stream or dont_drain_read_buffer)
+    if fd is not None:
+        sock = open_fd(
+            SslSocket, loop, "fd", fd, read_cb, event_cb, connect_cb, write_cb, streamed, r_s, w_s
+        )
+        sock._init = Unconnected(r_s, w_s, adopted=True)
+        _start_client_tls(sock, tls, tls.server_hostname)  # the handshake starts at once
+        if data is not None:
+            sock.write(data)
+        return sock
+    sock = new_socket(
+        SslSocket,
+        loop,
+        read_cb,
+        event_cb,
+        connect_cb,
+        write_cb,
+        streamed,
+        read_timeout=r_s,
+        write_timeout=w_s,
+    )
+    assert sock._init is not None
+
+    def start_tls(s: Socket, host: str) -> None:
+        assert isinstance(s, SslSocket)
+        _start_client_tls(s, tls, tls.server_hostname or host)
+
+    sock._init.start_tls = start_tls
+    sock.server_hostname = tls.server_hostname
+    sock._context = tls.ctx
+    if data is not None:
+        sock.write(data)
+    return sock
