@@ -86,6 +86,10 @@ __all__ = [
 
 BytesLike = Union[bytes, bytearray, memoryview]
 ReadCb = Callable[..., Any]
+#: event_cb(ev): every error and the peer's EOF is a SocketError (see callbacks.py)
+EventCb = Callable[[SocketError], Any]
+#: a callback that gets the socket; Any, so that a TLS socket's callbacks may take SslSocket
+SocketCb = Callable[[Any], Any]
 
 _ACTIONS = {
     lib.UVS_ACT_RESOLVE: "resolve",
@@ -344,9 +348,9 @@ class Socket:
         self,
         loop: Loop,
         read_cb: Optional[ReadCb],
-        event_cb: Optional[Callable[[BaseException], Any]],
-        connect_cb: Optional[Callable[[Socket], Any]],
-        write_cb: Optional[Callable[[Socket], Any]],
+        event_cb: Optional[EventCb],
+        connect_cb: Optional[SocketCb],
+        write_cb: Optional[SocketCb],
         stream: bool,
         data: Any = None,
     ) -> None:
@@ -373,7 +377,7 @@ class Socket:
         self.event_cb = event_cb
         self.connect_cb = connect_cb
         self._write_cb = write_cb
-        self._drain_cb: Optional[Callable[[Socket], Any]] = None
+        self._drain_cb: Optional[SocketCb] = None
         self.stream: Optional[AsyncStream] = AsyncStream(self) if stream else None
         self._deliver: Callable[[Socket, Any], Any] = self._pick_deliver()
         self._init_own()
@@ -419,24 +423,24 @@ class Socket:
         self._flags = flags
 
     @property
-    def write_cb(self) -> Optional[Callable[[Socket], Any]]:
+    def write_cb(self) -> Optional[SocketCb]:
         """Called with the socket when everything written so far has reached the kernel."""
         return self._write_cb
 
     @write_cb.setter
-    def write_cb(self, cb: Optional[Callable[[Socket], Any]]) -> None:
+    def write_cb(self, cb: Optional[SocketCb]) -> None:
         check_thread(self._loop, "write_cb (assignment)", self)
         check_callable("write_cb", cb)
         self._write_cb = cb
         self._sync_flags()
 
     @property
-    def drain_cb(self) -> Optional[Callable[[Socket], Any]]:
+    def drain_cb(self) -> Optional[SocketCb]:
         """Called with the socket when its write buffer falls to the low-water mark."""
         return self._drain_cb
 
     @drain_cb.setter
-    def drain_cb(self, cb: Optional[Callable[[Socket], Any]]) -> None:
+    def drain_cb(self, cb: Optional[SocketCb]) -> None:
         check_thread(self._loop, "drain_cb (assignment)", self)
         check_callable("drain_cb", cb)
         self._drain_cb = cb
@@ -700,7 +704,7 @@ class Socket:
         self,
         high: Optional[int] = None,
         low: Optional[int] = None,
-        drain_cb: Optional[Callable[[Socket], Any]] = None,
+        drain_cb: Optional[SocketCb] = None,
     ) -> None:
         """Set the write buffer's high- and low-water marks (bytes; defaults 64 KiB, and a
         quarter of high). ``write`` returns False above high; ``drain_cb(socket)`` (given here
@@ -747,7 +751,7 @@ class Socket:
         if self.connect_cb is not None:
             self.connect_cb(self)
 
-    def _error_for(self, kind: int, status: int, action: int) -> BaseException:
+    def _error_for(self, kind: int, status: int, action: int) -> SocketError:
         if kind in (lib.UVS_EV_READ_TIMEOUT, lib.UVS_EV_WRITE_TIMEOUT):
             what = "read" if kind == lib.UVS_EV_READ_TIMEOUT else "write"
             where = peer_name(self)
@@ -764,7 +768,7 @@ class Socket:
             )
         return socket_error_for(status, action, self)
 
-    def _report(self, exc: BaseException, eof: bool = False) -> None:
+    def _report(self, exc: SocketError, eof: bool = False) -> None:
         if self.event_cb is not None:
             self.event_cb(exc)
         elif eof:
@@ -878,8 +882,8 @@ class TcpServer:
         bind_address: Optional[str],
         port: int,
         read_cb: Optional[ReadCb],
-        event_cb: Optional[Callable[[BaseException], Any]],
-        connect_cb: Optional[Callable[[Socket], Any]],
+        event_cb: Optional[EventCb],
+        connect_cb: Optional[SocketCb],
         backlog: int,
         stream: bool,
         reuse_port: bool,
@@ -1069,9 +1073,9 @@ def new_socket(
     cls: type[_S],
     loop: Loop,
     read_cb: Optional[ReadCb],
-    event_cb: Optional[Callable[[BaseException], Any]],
-    connect_cb: Optional[Callable[[Socket], Any]],
-    write_cb: Optional[Callable[[Socket], Any]],
+    event_cb: Optional[EventCb],
+    connect_cb: Optional[SocketCb],
+    write_cb: Optional[SocketCb],
     stream: bool,
     *,
     target: Optional[tuple[str, int]] = None,
@@ -1128,7 +1132,7 @@ def tcp_connect(
     host: str,
     port: int,
     read_cb: Optional[ReadCb],
-    event_cb: Optional[Callable[[BaseException], Any]] = None,
+    event_cb: Optional[EventCb] = None,
     *,
     data: Optional[BytesLike] = None,
     stream: bool = False,
@@ -1178,7 +1182,7 @@ def tcp_server(
     bind_address: Optional[str],
     port: int,
     read_cb: Optional[ReadCb],
-    event_cb: Optional[Callable[[BaseException], Any]] = None,
+    event_cb: Optional[EventCb] = None,
     *,
     connect_cb: Optional[Callable[[Socket], Any]] = None,
     backlog: int = -1,
@@ -1211,7 +1215,7 @@ def tcp_server(
 def tcp_open(
     fd_or_socket: Union[int, _socket.socket],
     read_cb: Optional[ReadCb],
-    event_cb: Optional[Callable[[BaseException], Any]] = None,
+    event_cb: Optional[EventCb] = None,
     *,
     data: Optional[BytesLike] = None,
     stream: bool = False,
@@ -1264,9 +1268,9 @@ def open_fd(
     name: str,
     fd_or_socket: Any,
     read_cb: Optional[ReadCb],
-    event_cb: Optional[Callable[[BaseException], Any]],
-    connect_cb: Optional[Callable[[Socket], Any]],
-    write_cb: Optional[Callable[[Socket], Any]],
+    event_cb: Optional[EventCb],
+    connect_cb: Optional[SocketCb],
+    write_cb: Optional[SocketCb],
     stream: bool,
     read_timeout: float,
     write_timeout: float,
@@ -1331,7 +1335,7 @@ def _late_connect_cb(sock: Socket) -> None:
 @keyword_hints
 def init_tcp_socket(
     read_cb: Optional[ReadCb],
-    event_cb: Optional[Callable[[BaseException], Any]] = None,
+    event_cb: Optional[EventCb] = None,
     *,
     fd: Union[int, _socket.socket, None] = None,
     data: Optional[BytesLike] = None,
@@ -1439,8 +1443,8 @@ def write_socket_data(
     data: BytesLike,
     *,
     read_cb: Optional[ReadCb] = None,
-    write_cb: Optional[Callable[[Socket], Any]] = None,
-    event_cb: Optional[Callable[[BaseException], Any]] = None,
+    write_cb: Optional[SocketCb] = None,
+    event_cb: Optional[EventCb] = None,
 ) -> bool:
     """Write ``data`` to ``socket``; callbacks given here replace the socket's.
 

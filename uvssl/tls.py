@@ -39,6 +39,7 @@ from .context import (
     ssl_owners,
 )
 from .errors import (
+    SocketError,
     SslClosed,
     SslFailure,
     SslHandshakeTimeout,
@@ -224,7 +225,7 @@ class SslSocket(Socket):
             return
         super()._event(kind, status, action)
 
-    def _error_for(self, kind: int, status: int, action: int) -> BaseException:
+    def _error_for(self, kind: int, status: int, action: int) -> SocketError:
         what = _ACTION_WHAT.get(action, "handshake")
         if kind == lib.UVS_EV_HANDSHAKE_TIMEOUT:
             where = peer_name(self)
@@ -251,7 +252,7 @@ class SslSocket(Socket):
             what, captured, server, self.server_hostname, peer_name(self), socket=self
         )
 
-    def _report(self, exc: BaseException, eof: bool = False) -> None:
+    def _report(self, exc: SocketError, eof: bool = False) -> None:
         if isinstance(exc, TcpSslError) and not isinstance(exc, SslClosed):
             self._closed = True
         super()._report(exc, eof)
