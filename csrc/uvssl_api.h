@@ -203,9 +203,11 @@ int uvs_x509_field(X509 *x, int what, char *buf, int len);
  * any failure the keys ctx had stay. Safe while other threads run handshakes on ctx. */
 #define UVS_TICKET_KEY_LEN 80
 #define UVS_TICKET_KEYS_MAX 16
-#define UVS_TICKETS_EARGS (-1)      /* n is 0 or above UVS_TICKET_KEYS_MAX                    */
-#define UVS_TICKETS_ECLIENT (-2)    /* ctx was made with TLS_client_method: it never issues   */
-#define UVS_TICKETS_EDISABLED (-3)  /* ctx has SSL_OP_NO_TICKET                               */
+enum {
+    UVS_TICKETS_EARGS = -1,      /* n is 0 or above UVS_TICKET_KEYS_MAX                      */
+    UVS_TICKETS_ECLIENT = -2,    /* ctx was made with TLS_client_method: it never issues     */
+    UVS_TICKETS_EDISABLED = -3   /* ctx has SSL_OP_NO_TICKET                                 */
+};
 int uvs_ctx_set_ticket_keys(SSL_CTX *ctx, const unsigned char *keys, size_t n);
 /* How many keys ctx has (0: none set, OpenSSL's own per-context key is used), -1 on error. */
 int uvs_ctx_ticket_key_count(SSL_CTX *ctx);
