@@ -169,6 +169,29 @@ def test_ssl_side_both_takes_keys(certs: Certs) -> None:
     assert tickets.key_count(both) == 1
 
 
+def test_a_context_picked_by_sni_uses_its_keys(certs: Certs) -> None:
+    keys = [key(8)]
+    picked = server_ctx(certs, keys)
+    names: list[Optional[str]] = []
+
+    def on_sni(sock: Any, name: Optional[str]) -> uvssl.Context:
+        names.append(name)
+        return picked
+
+    front = server_ctx(certs, keys, sni_callback=on_sni)
+    other = server_ctx(certs, keys)
+    cctx = client_ctx(certs, "TLSv1.3")
+
+    def client(ports: list[int]) -> list[bool]:
+        first, s1 = exchange(cctx, ports[0])
+        elsewhere, s2 = exchange(cctx, ports[1], s1)
+        back, _ = exchange(cctx, ports[0], s2)
+        return [first, elsewhere, back]
+
+    assert serve([front, other], client) == [False, True, True]
+    assert names == ["localhost", "localhost"]
+
+
 # -- two processes -----------------------------------------------------------------------------
 
 CHILD = """
