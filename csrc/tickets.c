@@ -38,7 +38,10 @@
  * critical sections are tiny, rotations rare, and OpenSSL already gives a portable rwlock.
  * The first installation on a context creates the state and sets the ex_data under a global
  * lock (two threads installing at once cannot both create one); the callback is installed once,
- * only after the ex_data is set, and the ex_data never changes after that.
+ * only after the ex_data is set, and the ex_data never changes after that. (That first
+ * SSL_CTX_set_ex_data may grow the context's ex_data array; nothing in uvssl reads a context's
+ * ex_data during handshakes, but code that does, on a context serving in other threads, should
+ * see its keys given before it serves.)
  */
 #include <stdlib.h>
 #include <string.h>
@@ -153,7 +156,8 @@ static int uvs__ticket_cb(SSL *ssl, unsigned char key_name[16], unsigned char *i
         else
             r = (i != 0 || SSL_version(ssl) == TLS1_3_VERSION) ? 2 : 1;
     }
-    CRYPTO_THREAD_unlock(t->lock);
+    if (!CRYPTO_THREAD_unlock(t->lock))
+        r = -1;
     if (r < 0)
         ERR_clear_error();
     return r;
@@ -180,7 +184,8 @@ static uvs__tickets_t *uvs__tk_state(SSL_CTX *ctx) {
             t = NULL;
         }
     }
-    CRYPTO_THREAD_unlock(uvs__tk_install_lock);
+    if (!CRYPTO_THREAD_unlock(uvs__tk_install_lock))
+        return NULL; /* cannot happen for the lock's owner; refuse rather than go on */
     return t;
 }
 
@@ -211,8 +216,8 @@ int uvs_ctx_set_ticket_keys(SSL_CTX *ctx, const unsigned char *keys, size_t n) {
      * answers 0: no ticket); if it cannot be installed, nothing changes */
     if (!t->installed) {
         if (SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, uvs__ticket_cb) != 1) {
-            CRYPTO_THREAD_unlock(t->lock);
             uvs__tk_keys_free(fresh, n);
+            (void)CRYPTO_THREAD_unlock(t->lock); /* already failing: 0 either way */
             return 0;
         }
         t->installed = 1;
@@ -221,9 +226,11 @@ int uvs_ctx_set_ticket_keys(SSL_CTX *ctx, const unsigned char *keys, size_t n) {
     size_t old_n = t->n;
     t->keys = fresh;
     t->n = n;
-    CRYPTO_THREAD_unlock(t->lock);
+    /* an unlock by the lock's owner cannot fail; if it did, the new keys are in but the
+     * context's handshakes would block: report the failure */
+    int unlocked = CRYPTO_THREAD_unlock(t->lock);
     uvs__tk_keys_free(old, old_n);
-    return 1;
+    return unlocked ? 1 : 0;
 }
 
 int uvs_ctx_ticket_key_count(SSL_CTX *ctx) {
@@ -237,6 +244,5 @@ int uvs_ctx_ticket_key_count(SSL_CTX *ctx) {
     if (!CRYPTO_THREAD_read_lock(t->lock))
         return -1;
     n = (int)t->n;
-    CRYPTO_THREAD_unlock(t->lock);
-    return n;
+    return CRYPTO_THREAD_unlock(t->lock) ? n : -1;
 }

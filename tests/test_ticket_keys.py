@@ -15,6 +15,7 @@ import ssl
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -301,6 +302,38 @@ def test_rotation_keeps_old_tickets_for_one_round_and_renews_them(
         "old after retirement": False,
         "renewed after retirement": True,
     }
+
+
+def test_rotations_from_another_thread_during_handshakes(certs: Certs) -> None:
+    # every list holds both keys, so whatever order a handshake sees, the ticket resumes
+    k1, k2 = key(13), key(14)
+    busy = server_ctx(certs, [k1, k2])
+    cctx = client_ctx(certs, "TLSv1.3")
+    stop = threading.Event()
+    rotations = [0]
+
+    def rotate() -> None:
+        while not stop.is_set() and rotations[0] < 100_000:
+            busy.rotate_session_ticket_keys([k2, k1] if rotations[0] % 2 else [k1, k2])
+            rotations[0] += 1
+
+    def client(ports: list[int]) -> list[bool]:
+        rotator = threading.Thread(target=rotate, daemon=True)
+        rotator.start()
+        try:
+            _, session = exchange(cctx, ports[0])
+            out = []
+            for _ in range(20):
+                reused, session = exchange(cctx, ports[0], session)
+                out.append(reused)
+            return out
+        finally:
+            stop.set()
+            rotator.join(PEER_TIMEOUT)
+
+    assert serve([busy], client) == [True] * 20
+    assert rotations[0] > 0
+    assert tickets.key_count(busy) == 2
 
 
 def test_rotate_installs_keys_on_a_context_that_had_none(certs: Certs) -> None:
