@@ -432,7 +432,7 @@ class Context:
                 raise TypeError("certificate_password must be str or bytes")
         if key is not None and certificate is None:
             raise ValueError("key= was given without certificate=: give the certificate chain too")
-        ticket_keys = _ticket_keys(session_ticket_keys, server, ssl_side, session_tickets)
+        ticket_keys = tickets.check_option(session_ticket_keys, server, ssl_side, session_tickets)
 
         if ssl_side == "both":
             method_ptr = lib.TLS_method()
@@ -567,22 +567,6 @@ class Context:
 
     def __repr__(self) -> str:
         return f"<uvssl.Context {self.side} {self.pointer:#x}{'' if self._owned else ' borrowed'}>"
-
-
-def _ticket_keys(
-    keys: Any, server: bool, ssl_side: Optional[str], session_tickets: bool
-) -> Optional[list[bytes]]:
-    """``session_ticket_keys=`` checked against the other options (None when not given)."""
-    if keys is None:
-        return None
-    checked = tickets.check_keys("session_ticket_keys", keys)
-    if not server and ssl_side != "both":
-        raise ValueError(
-            "session_ticket_keys is for server contexts (Context.server, or ssl_side='both')"
-        )
-    if not session_tickets:
-        raise ValueError("session_ticket_keys needs session_tickets=True (tickets are off)")
-    return checked
 
 
 def version_range(min_version: Any, max_version: Any, method: Any) -> tuple[int, int]:

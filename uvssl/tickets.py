@@ -19,12 +19,21 @@ the first. Rotate by putting a new key first and dropping the oldest.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Optional
 
 from ._uvssl import ffi, lib
 from .errors import openssl_failure
 
-__all__ = ["KEY_LENGTH", "MAX_KEYS", "check_keys", "install", "key_count", "new_key", "rotated"]
+__all__ = [
+    "KEY_LENGTH",
+    "MAX_KEYS",
+    "check_keys",
+    "check_option",
+    "install",
+    "key_count",
+    "new_key",
+    "rotated",
+]
 
 #: The length of one key: 16-byte name, 32-byte HMAC secret, 32-byte AES-256 key.
 KEY_LENGTH = int(lib.UVS_TICKET_KEY_LEN)
@@ -102,6 +111,24 @@ def check_keys(name: str, keys: Any) -> list[bytes]:
             )
         out.append(b)
     return out
+
+
+def check_option(
+    keys: Any, server: bool, ssl_side: Optional[str], session_tickets: bool
+) -> Optional[list[bytes]]:
+    """``session_ticket_keys=`` of ``Context.client`` / ``Context.server``, checked against
+    the other options (None when not given).
+    """
+    if keys is None:
+        return None
+    checked = check_keys("session_ticket_keys", keys)
+    if not server and ssl_side != "both":
+        raise ValueError(
+            "session_ticket_keys is for server contexts (Context.server, or ssl_side='both')"
+        )
+    if not session_tickets:
+        raise ValueError("session_ticket_keys needs session_tickets=True (tickets are off)")
+    return checked
 
 
 def install(ctx_ptr: Any, name: str, keys: list[bytes]) -> None:
