@@ -195,6 +195,23 @@ int uvs_ctx_set_sni(SSL_CTX *ctx, void *arg);
 int uvs_ctx_load_crl_file(SSL_CTX *ctx, const char *path);
 int uvs_x509_field(X509 *x, int what, char *buf, int len);
 
+/* ---- shared session ticket keys (tickets.c) --------------------------------------------- */
+/* A key is 80 bytes in nginx's ssl_session_ticket_key layout: a 16-byte name, a 32-byte
+ * HMAC-SHA256 secret, a 32-byte AES-256 key. uvs_ctx_set_ticket_keys takes n of them back to
+ * back (the first issues tickets, all open them), replacing any keys ctx had, and returns 1;
+ * 0 when memory or OpenSSL failed (the error queue says why); or one of UVS_TICKETS_E*. On
+ * any failure the keys ctx had stay. Safe while other threads run handshakes on ctx. */
+#define UVS_TICKET_KEY_LEN 80
+#define UVS_TICKET_KEYS_MAX 16
+enum {
+    UVS_TICKETS_EARGS = -1,      /* n is 0 or above UVS_TICKET_KEYS_MAX                      */
+    UVS_TICKETS_ECLIENT = -2,    /* ctx was made with TLS_client_method: it never issues     */
+    UVS_TICKETS_EDISABLED = -3   /* ctx has SSL_OP_NO_TICKET                                 */
+};
+int uvs_ctx_set_ticket_keys(SSL_CTX *ctx, const unsigned char *keys, size_t n);
+/* How many keys ctx has (0: none set, OpenSSL's own per-context key is used), -1 on error. */
+int uvs_ctx_ticket_key_count(SSL_CTX *ctx);
+
 #ifdef UVS_CDEF
 /* The engine's states (uvs_conn_tls_state), defined for C in tls_engine.h: the engine's
  * header includes nothing of uvssl, and an enum constant cannot be declared twice in C99. cffi

@@ -21,6 +21,7 @@ import threading
 import weakref
 from typing import Any, Callable, Iterable, Optional, Union
 
+from . import tickets
 from ._args import (
     check_callable,
     check_hs_timeout,
@@ -241,6 +242,9 @@ class Context:
     minimum by default); ``crl_check`` (None/"leaf"/"all") with ``crl_file``; ``alpn``;
     ``options`` (``SSL_OP_*``); ``session_tickets`` (True: resumption by stateless tickets and no
     server-side session cache; False: no tickets, sessions cached by id);
+    ``session_ticket_keys`` (servers: a list of 80-byte keys in nginx's ticket key layout; the
+    first issues tickets, all are accepted, so servers sharing them resume each other's
+    sessions; see ``rotate_session_ticket_keys``);
     ``sni_callback(ssl_socket, server_name) -> Context | None`` (servers);
     ``ctx_configure_callback(ptr)`` (once, with the new ``SSL_CTX*``);
     ``ssl_configure_callback(ptr)`` (with every new ``SSL*``); ``handshake_timeout`` (seconds,
@@ -386,6 +390,7 @@ class Context:
         alpn: Optional[Iterable[str]] = None,
         options: Any = None,
         session_tickets: bool = True,
+        session_ticket_keys: Optional[Iterable[bytes]] = None,
         handshake_timeout: Optional[float] = 60,
         crl_check: Optional[str] = None,
         crl_file: Any = None,
@@ -427,6 +432,7 @@ class Context:
                 raise TypeError("certificate_password must be str or bytes")
         if key is not None and certificate is None:
             raise ValueError("key= was given without certificate=: give the certificate chain too")
+        ticket_keys = tickets.check_option(session_ticket_keys, server, ssl_side, session_tickets)
 
         if ssl_side == "both":
             method_ptr = lib.TLS_method()
@@ -528,6 +534,8 @@ class Context:
                 # Resumption rides on stateless tickets (TLS 1.2 and 1.3): a server-side cache
                 # would hold every session in memory and walk all of them every 255 handshakes.
                 lib.SSL_CTX_set_session_cache_mode(ptr, lib.SSL_SESS_CACHE_OFF)
+        if ticket_keys is not None:
+            tickets.install(ptr, "session_ticket_keys", ticket_keys)
         if alpn is not None:
             wire = alpn_wire("alpn", alpn)
             ctx.alpn = tuple(p if isinstance(p, str) else p.decode() for p in alpn)
@@ -539,6 +547,18 @@ class Context:
         if ctx_configure_callback is not None:
             ctx_configure_callback(ctx.pointer)
         return ctx
+
+    def rotate_session_ticket_keys(self, keys: Iterable[bytes]) -> None:
+        """Replace this server context's session ticket keys (80-byte keys, as for
+        ``session_ticket_keys``) while it runs: handshakes from then on issue tickets under
+        ``keys[0]`` and accept tickets under any of ``keys``. Safe while loops in other
+        threads use the context; on invalid keys it keeps the ones it had.
+        """
+        tickets.install(
+            self._ctx,
+            "rotate_session_ticket_keys",
+            tickets.check_keys("rotate_session_ticket_keys", keys),
+        )
 
     def _configure_ssl(self, ssl: Any) -> None:
         """Run ``ssl_configure_callback`` for a new ``SSL*`` made with this context."""
