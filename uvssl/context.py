@@ -232,19 +232,24 @@ class Context:
     """An OpenSSL ``SSL_CTX`` with uvssl's defaults. Build one with ``Context.client(...)`` or
     ``Context.server(...)``.
 
-    Options: ``certificate`` (PEM chain file, or DER with ``keytype="der"``), ``key``,
-    ``certificate_password``, ``keytype``; ``ca_file`` / ``ca_directory`` (default: the system
-    store, for whoever verifies); ``verify`` (True/False or "none"/"optional"/"required";
-    clients default to True, servers to False, "required" asks clients for a certificate);
-    ``max_depth``; ``ciphers`` (TLS <= 1.2) and ``ciphersuites`` (TLS 1.3); ``min_version`` /
-    ``max_version`` or ``method`` ("tls-v1-2", "tls-v1-3" or a (min, max) tuple; TLS 1.2 is the
-    minimum by default); ``crl_check`` (None/"leaf"/"all") with ``crl_file``; ``alpn``;
-    ``options`` (``SSL_OP_*``); ``session_tickets`` (True: resumption by stateless tickets and no
-    server-side session cache; False: no tickets, sessions cached by id);
+    Options: ``certificate`` (a PEM chain file, or a file of one DER certificate, recognised
+    by its content), ``key`` (its encoding is ``keytype``: "pem" or "der"),
+    ``certificate_password`` (for an encrypted key); ``certificate_data`` / ``key_data`` (the
+    same from memory: PEM as str or bytes, DER as bytes); ``ca_file`` / ``ca_directory`` /
+    ``ca_data`` (default: the system store, for whoever verifies); ``verify`` (True/False or
+    "none"/"optional"/"required"; clients default to True, servers to False, "required" asks
+    clients for a certificate); ``max_depth``; ``ciphers`` (TLS <= 1.2) and ``ciphersuites``
+    (TLS 1.3); ``min_version`` / ``max_version`` or ``method`` ("tls-v1-2", "tls-v1-3" or a
+    (min, max) tuple; TLS 1.2 is the minimum by default); ``crl_check`` (None/"leaf"/"all")
+    with ``crl_file``; ``alpn``; ``options`` (``SSL_OP_*``); ``session_tickets`` (True:
+    resumption by stateless tickets and no server-side session cache; False: no tickets,
+    sessions cached by id); ``keylog_file`` (a path: every connection's TLS secrets are
+    appended to it in the NSS key log format; off unless given);
     ``sni_callback(ssl_socket, server_name) -> Context | None`` (servers);
-    ``ctx_configure_callback(ptr)`` (once, with the new ``SSL_CTX*``);
-    ``ssl_configure_callback(ptr)`` (with every new ``SSL*``); ``handshake_timeout`` (seconds,
-    None for no limit; 60 by default); ``ssl_side`` ("client", "server" or "both").
+    ``ctx_configure_callback(ptr)`` (once, with the new ``SSL_CTX *`` as a cffi pointer);
+    ``ssl_configure_callback(ptr)`` (with every new ``SSL *``, a cffi pointer);
+    ``handshake_timeout`` (seconds, None for no limit; 60 by default); ``ssl_side``
+    ("client", "server" or "both").
 
     Attributes:
         side: "client" or "server".
@@ -298,8 +303,9 @@ class Context:
 
     @property
     def ssl_configure_callback(self) -> Optional[ConfigureCallback]:
-        """``ssl_configure_callback(ptr)``: runs with every new ``SSL*`` made from this context
-        (for a server, before the handshake starts).
+        """``ssl_configure_callback(ptr)``: runs with every new ``SSL *`` (a cffi pointer that
+        ``uvssl.openssl.lib`` functions take as it is) made from this context (for a server,
+        before the handshake starts).
         """
         return self._ssl_configure_callback
 
@@ -390,8 +396,8 @@ class Context:
         crl_check: Optional[str] = None,
         crl_file: Any = None,
         sni_callback: Optional[Callable[[Any, Optional[str]], Optional[Context]]] = None,
-        ctx_configure_callback: Optional[Callable[[int], Any]] = None,
-        ssl_configure_callback: Optional[Callable[[int], Any]] = None,
+        ctx_configure_callback: Optional[ConfigureCallback] = None,
+        ssl_configure_callback: Optional[ConfigureCallback] = None,
         ssl_side: Optional[str] = None,
     ) -> Context:
         server = side == "server"
@@ -537,13 +543,13 @@ class Context:
             elif lib.SSL_CTX_set_alpn_protos(ptr, wire, len(wire)) != 0:
                 raise openssl_failure("cannot set ALPN", "set alpn")
         if ctx_configure_callback is not None:
-            ctx_configure_callback(ctx.pointer)
+            ctx_configure_callback(ptr)
         return ctx
 
     def _configure_ssl(self, ssl: Any) -> None:
         """Run ``ssl_configure_callback`` for a new ``SSL*`` made with this context."""
         if self.ssl_configure_callback is not None:
-            self.ssl_configure_callback(int(ffi.cast("uintptr_t", ssl)))
+            self.ssl_configure_callback(ssl)
 
     def __repr__(self) -> str:
         return f"<uvssl.Context {self.side} {self.pointer:#x}{'' if self._owned else ' borrowed'}>"
@@ -735,7 +741,9 @@ def resolve_ssl_ctx(ssl_ctx: Any, side: str) -> Context:
     return Context.from_pointer(ssl_ctx, side)
 
 
-ConfigureCallback = Callable[[int], Any]
+#: ``ctx_configure_callback(ptr)`` gets a cffi ``SSL_CTX *``, ``ssl_configure_callback(ptr)`` a
+#: cffi ``SSL *``: ``uvssl.openssl.lib`` functions take them as they are.
+ConfigureCallback = Callable[[Any], Any]
 SniCallback = Callable[[Any, Optional[str]], Optional["Context"]]
 
 # SSL* address -> the SslSocket it belongs to, for sni_callback (filled by TLS servers).
