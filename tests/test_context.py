@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtensionOID
 from helpers import run_loop
-from tls_support import LOCALHOST, PEER_TIMEOUT, LoopHarness, run_pair
+from tls_support import LOCALHOST, PEER_TIMEOUT, LoopHarness, PeerThread, run_pair
 
 import uvssl
 from uvssl.openssl import ffi, lib
@@ -191,6 +191,49 @@ def test_der_key_and_certificate(pki):
         )
     with pytest.raises(uvssl.SslFailure):
         uvssl.Context.server(certificate=str(cpath), key=str(kpath))
+
+
+def test_keytype_describes_the_key_only(pki):
+    """A DER certificate file works with a PEM key (keytype="pem") and a PEM chain with a DER
+    key (keytype="der"): the certificate's encoding is read from the file itself."""
+    cert_der = pki.server_x509.public_bytes(serialization.Encoding.DER)
+    key = serialization.load_pem_private_key(pki.server_leaf.private_key_pem.bytes(), None)
+    key_der = key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    cpath = pki.dir / "server-only.der"
+    kpath = pki.dir / "server-key-trad.der"
+    cpath.write_bytes(cert_der)
+    kpath.write_bytes(key_der)
+    ctx_client = ssl.create_default_context(cafile=str(pki.ca))
+    for kw in (
+        {"certificate": str(cpath), "key": str(pki.server_key)},
+        {"certificate": str(cpath), "key": str(pki.server_key), "keytype": "pem"},
+        {"certificate": str(pki.server_cert), "key": str(kpath), "keytype": "der"},
+    ):
+        ctx = uvssl.Context.server(**kw)
+        ls = socket.socket()
+        ls.bind((LOCALHOST, 0))
+        ls.listen(1)
+        ls.settimeout(PEER_TIMEOUT)
+
+        def client(port: int) -> bytes:
+            with socket.create_connection((LOCALHOST, port), timeout=PEER_TIMEOUT) as raw:
+                with ctx_client.wrap_socket(raw, server_hostname="localhost") as s:
+                    s.sendall(MESSAGE)
+                    assert s.getpeercert(binary_form=True) == cert_der
+                    return s.recv(len(MESSAGE))
+
+        peer = PeerThread(client, ls.getsockname()[1])
+        peer.start()
+        conn, _ = ls.accept()
+        ls.close()
+        with uvssl.make_ssl_server_stream(conn, context=ctx) as stream:
+            stream.write(stream.read(len(MESSAGE)))
+            stream.flush()
+        assert peer.result() == MESSAGE, kw
 
 
 # -- SNI -------------------------------------------------------------------------------------

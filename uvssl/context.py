@@ -272,7 +272,7 @@ def _key_failure(
     elif labels and keytype == "der":
         hint = "it is PEM: keytype='der' is for DER keys"
     else:
-        hint = "if it is encrypted, give its password"
+        hint = "it cannot be decoded: is it damaged, or encrypted and needs certificate_password=?"
     return f"cannot load the private key from {kshown} ({hint})"
 
 
