@@ -440,7 +440,9 @@ class Context:
 
     @classmethod
     def server(cls, **opts: Any) -> Context:
-        """A server context: ``certificate`` (a chain file) and ``key`` are usually given."""
+        """A server context: ``certificate`` (a chain file) and ``key``, or the same as
+        ``certificate_data`` and ``key_data``, are usually given.
+        """
         check_keywords("Context.server", opts, CONTEXT_OPTIONS)
         return cls._build("server", **opts)
 
