@@ -21,7 +21,26 @@
  *    an unrecognized_name alert.
  *  - CRL files loaded into the context's X509_STORE, and certificate fields rendered as text
  *    for uvssl.X509Certificate (names in RFC 2253 form, one attribute per line).
+ *  - Certificates, keys and CA certificates from memory (certificate_data, key_data, ca_data),
+ *    for keys that come from a secret store rather than a file. A memory BIO over the caller's
+ *    bytes is read the way SSL_CTX_use_certificate_chain_file reads a file: the first PEM
+ *    certificate is the leaf, the others go to the chain; a buffer that starts with an ASN.1
+ *    SEQUENCE byte (0x30) is one DER certificate instead (PEM text never starts so). Every
+ *    object read is freed or handed to the SSL_CTX on every path; on failure the error queue
+ *    says why and the caller drains it (nothing of the data is ever put in a message).
+ *  - The NSS key log (keylog_file): the file is opened once, O_APPEND and mode 0600 when it is
+ *    created, and its descriptor kept in the SSL_CTX's ex_data, closed by the ex_data free
+ *    callback when the context is freed. OpenSSL's keylog callback writes each line and its
+ *    newline with one write(2), so lines from connections in several threads never interleave;
+ *    no Python runs per handshake.
  */
+#ifndef _GNU_SOURCE
+#define _POSIX_C_SOURCE 200809L /* open's O_CLOEXEC under -std=c99 */
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +50,7 @@
 #include <openssl/evp.h>
 #include <openssl/x509v3.h>
 #include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
 
 #include "tls.h"
@@ -62,6 +82,215 @@ int uvs_ctx_use_cert_file(SSL_CTX *ctx, const char *path, int filetype, const ch
                                          : SSL_CTX_use_certificate_file(ctx, path, filetype);
     SSL_CTX_set_default_passwd_cb_userdata(ctx, NULL);
     return r;
+}
+
+/* ---- certificates, keys and CAs from memory ------------------------------------------- */
+
+/* A DER certificate or key is an ASN.1 SEQUENCE: its first byte is 0x30. PEM starts with its
+ * armour (or blank space before it), never with '0'. */
+static int uvs__is_der(const char *data, size_t len) {
+    return len > 0 && (unsigned char)data[0] == 0x30;
+}
+
+static BIO *uvs__mem_bio(const char *data, size_t len) {
+    if (len > INT_MAX) {
+        ERR_raise(ERR_LIB_BIO, BIO_R_INVALID_ARGUMENT);
+        return NULL;
+    }
+    return BIO_new_mem_buf(data, (int)len);
+}
+
+/* One DER certificate filling the whole buffer, or NULL (error queued). */
+static X509 *uvs__der_cert(const char *data, size_t len) {
+    if (len > LONG_MAX) {
+        ERR_raise(ERR_LIB_X509, ERR_R_PASSED_INVALID_ARGUMENT);
+        return NULL;
+    }
+    const unsigned char *p = (const unsigned char *)data;
+    X509 *x = d2i_X509(NULL, &p, (long)len);
+    if (x != NULL && p != (const unsigned char *)data + len) {
+        X509_free(x); /* something follows the certificate: not one DER certificate */
+        ERR_raise(ERR_LIB_X509, ERR_R_PASSED_INVALID_ARGUMENT);
+        return NULL;
+    }
+    return x;
+}
+
+/* The PEM reader ran out of certificates: true when that is all that happened (the last error
+ * is "no start line", which the loop below expects and drops). */
+static int uvs__pem_end(void) {
+    unsigned long e = ERR_peek_last_error();
+    if (ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE) {
+        ERR_clear_error();
+        return 1;
+    }
+    return 0;
+}
+
+/* Install the certificate in data (a PEM chain: leaf first; or one DER certificate) in ctx.
+ * Returns 1, or 0 with the error queue saying why. */
+int uvs_ctx_use_cert_mem(SSL_CTX *ctx, const char *data, size_t len) {
+    ERR_clear_error();
+    if (uvs__is_der(data, len)) {
+        X509 *x = uvs__der_cert(data, len);
+        if (x == NULL)
+            return 0;
+        int r = SSL_CTX_use_certificate(ctx, x) == 1 && SSL_CTX_clear_chain_certs(ctx) == 1;
+        X509_free(x);
+        return r;
+    }
+    BIO *b = uvs__mem_bio(data, len);
+    if (b == NULL)
+        return 0;
+    int ok = 0;
+    X509 *x = PEM_read_bio_X509_AUX(b, NULL, uvs__pw_cb, NULL);
+    if (x == NULL || SSL_CTX_use_certificate(ctx, x) != 1 || SSL_CTX_clear_chain_certs(ctx) != 1)
+        goto done;
+    for (;;) {
+        X509 *ca = PEM_read_bio_X509(b, NULL, uvs__pw_cb, NULL);
+        if (ca == NULL) {
+            ok = uvs__pem_end();
+            break;
+        }
+        if (SSL_CTX_add0_chain_cert(ctx, ca) != 1) { /* takes ca only when it succeeds */
+            X509_free(ca);
+            break;
+        }
+    }
+done:
+    X509_free(x);
+    BIO_free(b);
+    return ok;
+}
+
+/* Install the private key in data (PEM, possibly encrypted with password; or DER with
+ * filetype SSL_FILETYPE_ASN1) in ctx. OpenSSL checks it against the certificate already
+ * installed. Returns 1, or 0 with the error queue saying why. */
+int uvs_ctx_use_key_mem(SSL_CTX *ctx, const char *data, size_t len, int filetype,
+                        const char *password) {
+    ERR_clear_error();
+    BIO *b = uvs__mem_bio(data, len);
+    if (b == NULL)
+        return 0;
+    EVP_PKEY *k = filetype == SSL_FILETYPE_ASN1
+                      ? d2i_PrivateKey_bio(b, NULL)
+                      : PEM_read_bio_PrivateKey(b, NULL, uvs__pw_cb, (void *)password);
+    int ok = k != NULL && SSL_CTX_use_PrivateKey(ctx, k) == 1;
+    EVP_PKEY_free(k);
+    BIO_free(b);
+    return ok;
+}
+
+/* Add the CA certificates in data (PEM, one or more; or one DER certificate) to ctx's trust
+ * store. Returns how many, or 0 with the error queue saying why. */
+int uvs_ctx_add_ca_mem(SSL_CTX *ctx, const char *data, size_t len) {
+    ERR_clear_error();
+    X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+    if (store == NULL)
+        return 0;
+    if (uvs__is_der(data, len)) {
+        X509 *x = uvs__der_cert(data, len);
+        int r = x != NULL && X509_STORE_add_cert(store, x) == 1;
+        X509_free(x);
+        return r;
+    }
+    BIO *b = uvs__mem_bio(data, len);
+    if (b == NULL)
+        return 0;
+    int n = 0;
+    for (;;) {
+        X509 *x = PEM_read_bio_X509(b, NULL, uvs__pw_cb, NULL);
+        if (x == NULL) {
+            if (!uvs__pem_end() || n == 0)
+                n = 0; /* a broken certificate, or none at all */
+            break;
+        }
+        int r = X509_STORE_add_cert(store, x); /* takes its own reference */
+        X509_free(x);
+        if (r != 1) {
+            n = 0;
+            break;
+        }
+        n++;
+    }
+    BIO_free(b);
+    return n;
+}
+
+/* ---- NSS key log ------------------------------------------------------------------------- */
+
+typedef struct {
+    int fd;
+} uvs__keylog_t;
+
+static int uvs__keylog_index = -1;
+static CRYPTO_ONCE uvs__keylog_once = CRYPTO_ONCE_STATIC_INIT;
+
+static void uvs__keylog_free(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+                             void *argp) {
+    uvs__keylog_t *k = ptr;
+    (void)parent;
+    (void)ad;
+    (void)idx;
+    (void)argl;
+    (void)argp;
+    if (k == NULL)
+        return;
+    if (k->fd >= 0)
+        (void)close(k->fd); /* nothing is left to report a failed close to */
+    free(k);
+}
+
+static void uvs__keylog_init(void) {
+    uvs__keylog_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, uvs__keylog_free);
+}
+
+static void uvs__keylog_cb(const SSL *ssl, const char *line) {
+    const uvs__keylog_t *k = SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), uvs__keylog_index);
+    if (k == NULL || k->fd < 0)
+        return;
+    size_t n = strlen(line);
+    char small[512];
+    char *buf = n + 1 <= sizeof(small) ? small : malloc(n + 1);
+    if (buf == NULL)
+        return; /* out of memory: this line is lost, the handshake goes on */
+    memcpy(buf, line, n);
+    buf[n] = '\n';
+    ssize_t w;
+    do { /* one write: O_APPEND puts the whole line at the end, never between others */
+        w = write(k->fd, buf, n + 1);
+    } while (w < 0 && errno == EINTR);
+    /* a failed or short write (disk full) loses key log lines only, never the connection */
+    if (buf != small)
+        free(buf);
+}
+
+/* Append the NSS key log lines of every connection of ctx to the file at path (created with
+ * mode 0600). Returns 0, or a negative errno when the file cannot be opened, or -ENOMEM. */
+int uvs_ctx_set_keylog_file(SSL_CTX *ctx, const char *path) {
+    if (!CRYPTO_THREAD_run_once(&uvs__keylog_once, uvs__keylog_init) || uvs__keylog_index < 0)
+        return -ENOMEM;
+    uvs__keylog_t *k = malloc(sizeof(*k));
+    if (k == NULL)
+        return -ENOMEM;
+    do {
+        k->fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    } while (k->fd < 0 && errno == EINTR);
+    if (k->fd < 0) {
+        int e = errno;
+        free(k);
+        return -e;
+    }
+    uvs__keylog_t *old = SSL_CTX_get_ex_data(ctx, uvs__keylog_index);
+    if (!SSL_CTX_set_ex_data(ctx, uvs__keylog_index, k)) {
+        ERR_clear_error();
+        (void)close(k->fd);
+        free(k);
+        return -ENOMEM;
+    }
+    uvs__keylog_free(NULL, old, NULL, 0, 0, NULL);
+    SSL_CTX_set_keylog_callback(ctx, uvs__keylog_cb);
+    return 0;
 }
 
 /* ---- ALPN --------------------------------------------------------------------------------- */

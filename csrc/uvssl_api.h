@@ -189,6 +189,11 @@ int uvs_conn_tls_error(uvs_conn_t *c, unsigned long *codes, int max, int *ssl_er
 int uvs_server_set_tls(uvs_server_t *s, SSL_CTX *ctx, double hs_timeout);
 int uvs_ctx_use_key_file(SSL_CTX *ctx, const char *path, int filetype, const char *password);
 int uvs_ctx_use_cert_file(SSL_CTX *ctx, const char *path, int filetype, const char *password);
+int uvs_ctx_use_cert_mem(SSL_CTX *ctx, const char *data, size_t len);
+int uvs_ctx_use_key_mem(SSL_CTX *ctx, const char *data, size_t len, int filetype,
+                        const char *password);
+int uvs_ctx_add_ca_mem(SSL_CTX *ctx, const char *data, size_t len);
+int uvs_ctx_set_keylog_file(SSL_CTX *ctx, const char *path);
 int uvs_ctx_set_alpn_select(SSL_CTX *ctx, const unsigned char *wire, unsigned len);
 int uvs_ctx_use_self_signed(SSL_CTX *ctx, const char *cn, int days, unsigned char *fp);
 int uvs_ctx_set_sni(SSL_CTX *ctx, void *arg);

@@ -553,11 +553,9 @@ def _load_ca(certs):
     calls: list[int] = []
 
     def configure(ptr):
-        calls.append(ptr)
-        assert isinstance(ptr, int)
-        r = lib.SSL_CTX_load_verify_locations(
-            ffi.cast("SSL_CTX *", ptr), str(certs.ca).encode(), ffi.NULL
-        )
+        calls.append(uvssl.openssl.address(ptr))
+        assert ffi.typeof(ptr) is ffi.typeof("SSL_CTX *")
+        r = lib.SSL_CTX_load_verify_locations(ptr, str(certs.ca).encode(), ffi.NULL)
         assert r == 1
 
     return configure, calls
@@ -566,9 +564,8 @@ def _load_ca(certs):
 def _load_cert_key(certs):
     calls: list[int] = []
 
-    def configure(ptr):
-        calls.append(ptr)
-        ctx = ffi.cast("SSL_CTX *", ptr)
+    def configure(ctx):
+        calls.append(uvssl.openssl.address(ctx))
         assert lib.SSL_CTX_use_certificate_chain_file(ctx, str(certs.server_cert).encode()) == 1
         assert (
             lib.SSL_CTX_use_PrivateKey_file(
@@ -771,10 +768,10 @@ def test_attach_ssl_configure_callback_gets_the_ssl(certs, server_ctx, client_ct
     seen: list[tuple[str, int]] = []
 
     def on_client_ssl(ptr):
-        seen.append(("client", lib.SSL_is_server(ffi.cast("SSL *", ptr))))
+        seen.append(("client", lib.SSL_is_server(ptr)))
 
     def on_server_ssl(ptr):
-        seen.append(("server", lib.SSL_is_server(ffi.cast("SSL *", ptr))))
+        seen.append(("server", lib.SSL_is_server(ptr)))
 
     st = run_attach_pair(
         {

@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtensionOID
 from helpers import run_loop
-from tls_support import LOCALHOST, PEER_TIMEOUT, LoopHarness, run_pair
+from tls_support import LOCALHOST, PEER_TIMEOUT, LoopHarness, PeerThread, run_pair
 
 import uvssl
 from uvssl.openssl import ffi, lib
@@ -193,6 +193,49 @@ def test_der_key_and_certificate(pki):
         uvssl.Context.server(certificate=str(cpath), key=str(kpath))
 
 
+def test_keytype_describes_the_key_only(pki):
+    """A DER certificate file works with a PEM key (keytype="pem") and a PEM chain with a DER
+    key (keytype="der"): the certificate's encoding is read from the file itself."""
+    cert_der = pki.server_x509.public_bytes(serialization.Encoding.DER)
+    key = serialization.load_pem_private_key(pki.server_leaf.private_key_pem.bytes(), None)
+    key_der = key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    cpath = pki.dir / "server-only.der"
+    kpath = pki.dir / "server-key-trad.der"
+    cpath.write_bytes(cert_der)
+    kpath.write_bytes(key_der)
+    ctx_client = ssl.create_default_context(cafile=str(pki.ca))
+    for kw in (
+        {"certificate": str(cpath), "key": str(pki.server_key)},
+        {"certificate": str(cpath), "key": str(pki.server_key), "keytype": "pem"},
+        {"certificate": str(pki.server_cert), "key": str(kpath), "keytype": "der"},
+    ):
+        ctx = uvssl.Context.server(**kw)
+        ls = socket.socket()
+        ls.bind((LOCALHOST, 0))
+        ls.listen(1)
+        ls.settimeout(PEER_TIMEOUT)
+
+        def client(port: int) -> bytes:
+            with socket.create_connection((LOCALHOST, port), timeout=PEER_TIMEOUT) as raw:
+                with ctx_client.wrap_socket(raw, server_hostname="localhost") as s:
+                    s.sendall(MESSAGE)
+                    assert s.getpeercert(binary_form=True) == cert_der
+                    return s.recv(len(MESSAGE))
+
+        peer = PeerThread(client, ls.getsockname()[1])
+        peer.start()
+        conn, _ = ls.accept()
+        ls.close()
+        with uvssl.make_ssl_server_stream(conn, context=ctx) as stream:
+            stream.write(stream.read(len(MESSAGE)))
+            stream.flush()
+        assert peer.result() == MESSAGE, kw
+
+
 # -- SNI -------------------------------------------------------------------------------------
 
 
@@ -314,11 +357,12 @@ def test_ctx_configure_callback_option_takes_effect_on_the_wire(pki):
     calls: list[int] = []
 
     def configure(ptr):
-        calls.append(ptr)
-        lib.SSL_CTX_set_options(ffi.cast("SSL_CTX *", ptr), lib.SSL_OP_NO_TLSv1_3)
+        calls.append(uvssl.openssl.address(ptr))
+        lib.SSL_CTX_set_options(ptr, uvssl.SSL_OP_NO_TLSv1_3)  # type: ignore[attr-defined]
 
     ctx = server_context(pki, ctx_configure_callback=configure)
     assert calls == [ctx.pointer]
+    assert lib.SSL_CTX_get_options(ffi.cast("SSL_CTX *", ctx.pointer)) & lib.SSL_OP_NO_TLSv1_3
     r = run_pair(pki, server_kw={"ssl_ctx": ctx}, clients=[{}, {}])
     assert_echoed(r)
     assert [c["version"] for c in r.clients] == ["TLSv1.2", "TLSv1.2"]
@@ -326,18 +370,47 @@ def test_ctx_configure_callback_option_takes_effect_on_the_wire(pki):
     assert calls == [ctx.pointer]  # once per context, not per connection
 
 
+def test_configure_callback_pointer_goes_to_openssl_as_it_is(pki):
+    """The callback passes its argument straight to uvssl.openssl.lib: a server that turned
+    TLS 1.3 off that way refuses a client that speaks only TLS 1.3."""
+
+    def configure(ptr):
+        uvssl.openssl.lib.SSL_CTX_set_options(ptr, uvssl.SSL_OP_NO_TLSv1_3)  # type: ignore[attr-defined]
+
+    sctx = server_context(pki, ctx_configure_callback=configure)
+    assert lib.SSL_CTX_get_options(ffi.cast("SSL_CTX *", sctx.pointer)) & lib.SSL_OP_NO_TLSv1_3
+    cctx = uvssl.Context.client(ca_file=str(pki.ca), method="tls-v1-3")
+    r = run_pair(pki, server_kw={"ssl_ctx": sctx}, clients=[{"ssl_ctx": cctx}])
+    c = only_client(r)
+    assert not c["connected"]
+    assert len(c["events"]) == 1 and isinstance(c["events"][0], uvssl.SslFailure)
+    # without the option the same client gets in
+    r = run_pair(pki, server_kw={"ssl_ctx": server_context(pki)}, clients=[{"ssl_ctx": cctx}])
+    assert_echoed(r)
+    assert only_client(r)["version"] == "TLSv1.3"
+
+
+def test_openssl_address_takes_only_cffi_pointers(pki):
+    ctx = server_context(pki)
+    assert uvssl.openssl.address(ffi.cast("SSL_CTX *", ctx.pointer)) == ctx.pointer
+    for bad in (ctx.pointer, None, "0x1", ffi.new("int *")[0]):
+        with pytest.raises(TypeError, match="cffi pointer"):
+            uvssl.openssl.address(bad)
+
+
 def test_ssl_configure_callback_called_once_per_connection(pki):
     server_ptrs: list[int] = []
     client_ptrs: list[int] = []
 
     def on_server_ssl(ptr):
-        assert isinstance(ptr, int)
-        assert lib.SSL_is_server(ffi.cast("SSL *", ptr)) == 1
-        server_ptrs.append(ptr)
+        assert ffi.typeof(ptr) is ffi.typeof("SSL *")
+        assert lib.SSL_is_server(ptr) == 1
+        server_ptrs.append(uvssl.openssl.address(ptr))
 
     def on_client_ssl(ptr):
-        assert lib.SSL_is_server(ffi.cast("SSL *", ptr)) == 0
-        client_ptrs.append(ptr)
+        assert ffi.typeof(ptr) is ffi.typeof("SSL *")
+        assert lib.SSL_is_server(ptr) == 0
+        client_ptrs.append(uvssl.openssl.address(ptr))
 
     sctx = server_context(pki, ssl_configure_callback=on_server_ssl)
     cctx = uvssl.Context.client(ca_file=str(pki.ca), ssl_configure_callback=on_client_ssl)
@@ -730,7 +803,7 @@ def test_ssl_configure_callback_assigned_while_the_server_runs(pki):
     # has a callback that needs the SSL* before: assigning one to a running server's context
     # must take effect for the next connection, and removing it too.
     sctx = server_context(pki)
-    calls: list[int] = []
+    calls: list[Any] = []
 
     def set_cb(cb):
         def spec(r):
@@ -745,4 +818,4 @@ def test_ssl_configure_callback_assigned_while_the_server_runs(pki):
         clients=[{}, set_cb(calls.append), set_cb(None), {}],
     )
     assert_echoed(r)
-    assert len(calls) == 1 and isinstance(calls[0], int)
+    assert len(calls) == 1 and ffi.typeof(calls[0]) is ffi.typeof("SSL *")

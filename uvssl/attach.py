@@ -14,18 +14,22 @@ close_notify comes first, ``event_cb`` gets ``SslClosed`` and the connection sta
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from ._args import check_callable, check_host, check_hs_timeout, check_thread, keyword_hints
 from ._uvssl import ffi, lib
-from .context import Context, configure_client_ssl, parse_version, resolve_ssl_ctx
+from .context import (
+    ConfigureCallback,
+    Context,
+    configure_client_ssl,
+    parse_version,
+    resolve_ssl_ctx,
+)
 from .errors import SslFailure, openssl_failure, strerror
 from .tcp import Socket
 from .tls import SslSocket
 
 __all__ = ["attach_ssl", "detach_ssl", "SslPointer"]
-
-ConfigureCallback = Callable[[int], Any]
 
 
 class SslPointer:
@@ -60,7 +64,7 @@ def _default_context(spec: Any, side: str, configure: Optional[ConfigureCallback
         kw["method"] = (parse_version("ssl_ctx", spec), None)
     ctx = Context.client(**kw) if side == "client" else Context.server(**kw)
     if configure is not None:
-        configure(ctx.pointer)
+        configure(ctx._ctx)
     return ctx
 
 
@@ -81,8 +85,9 @@ def attach_ssl(
     default context for ``ssl_side``), a version keyword (``"tls-v1-3"``: that version or
     newer), a ``(min, max)`` tuple, or a raw ``SSL*`` (a cffi ``SSL *`` or ``SslPointer``),
     which is borrowed and used as it is (``ssl_side`` and the callbacks then do not apply and
-    are an error if given). ``ctx_configure_callback(ptr)`` is called with the new ``SSL_CTX*``
-    when this call makes the context; ``ssl_configure_callback(ptr)`` with the new ``SSL*``.
+    are an error if given). ``ctx_configure_callback(ptr)`` is called with the new ``SSL_CTX *``
+    (a cffi pointer) when this call makes the context; ``ssl_configure_callback(ptr)`` with the
+    new ``SSL *`` (a cffi pointer too).
     ``tlsext_host_name`` (clients) is sent as SNI and checked against the certificate.
     ``handshake_timeout``: seconds; None means the context's (60 s by default).
     """
@@ -155,7 +160,7 @@ def attach_ssl(
         if ctx is not None:
             ctx._configure_ssl(ssl)  # the context's own callback, if it has one
         if ssl_configure_callback is not None:
-            ssl_configure_callback(int(ffi.cast("uintptr_t", ssl)))
+            ssl_configure_callback(ssl)
     except BaseException:
         sslsock.close(force=True)
         raise

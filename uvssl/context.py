@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import ipaddress
 import os
+import re
 import ssl as _stdlib_ssl
 import threading
 import weakref
@@ -147,9 +148,64 @@ _FILE_KINDS = {
 }
 
 
+# The in-memory form of each file option.
+_DATA_OPTION = {"certificate": "certificate_data", "key": "key_data", "ca_file": "ca_data"}
+
+_PEM_LABEL = re.compile(rb"-----BEGIN ([A-Z0-9 ]{1,64})-----")
+
+
 def _check_file(name: str, path: Any) -> bytes:
     # a value that is not a path (PEM data, say: a key pasted by mistake) is never echoed
-    return file_path(name, path, _FILE_KINDS.get(name, "a file"))
+    try:
+        return file_path(name, path, _FILE_KINDS.get(name, "a file"))
+    except FileNotFoundError as e:
+        alt = _DATA_OPTION.get(name)
+        if alt is not None and e.filename is None and e.strerror:
+            # the value was data, not a path: the data has its own option
+            raise FileNotFoundError(e.errno, f"{e.strerror}; or give it as {alt}=") from None
+        raise
+
+
+def _check_data(name: str, value: Any) -> bytes:
+    """A ``*_data=`` value as bytes: PEM as str or bytes, DER as bytes (never shown)."""
+    if isinstance(value, str):
+        try:
+            data = value.encode("ascii")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"{name}= as a str must be PEM text (ASCII only); give DER data as bytes"
+            ) from None
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+    else:
+        raise TypeError(
+            f"{name}= takes PEM data (str or bytes) or DER data (bytes), not {type(value).__name__}"
+        )
+    if not data.strip():
+        raise ValueError(f"{name}= is empty")
+    return data
+
+
+def _data_labels(data: bytes) -> frozenset[str]:
+    """The PEM labels in data ("CERTIFICATE", "PRIVATE KEY", ...); nothing else of it."""
+    return frozenset(m.decode("ascii") for m in _PEM_LABEL.findall(data))
+
+
+def _is_der(data: bytes) -> bool:
+    # a DER certificate or key is an ASN.1 SEQUENCE; PEM text never starts with that byte
+    return data[:1] == b"\x30"
+
+
+def _not_a_certificate(shown: str, labels: frozenset[str], key_option: str) -> str:
+    """Why ``shown`` holds no usable certificate, from its PEM labels only."""
+    if any("PRIVATE KEY" in label for label in labels):
+        return (
+            f"cannot load {shown}: it holds a private key, not a certificate "
+            f"(give it as {key_option})"
+        )
+    if labels:
+        return f"cannot load {shown}: it holds no certificate"
+    return f"cannot load {shown}: it must hold a PEM certificate chain or one DER certificate"
 
 
 def _certificate_failure(path: bytes) -> str:
@@ -157,55 +213,72 @@ def _certificate_failure(path: bytes) -> str:
     labels = pem_labels(path)
     shown = f"certificate={os.fsdecode(path)!r}"
     if not any("CERTIFICATE" in label for label in labels):
-        if any("PRIVATE KEY" in label for label in labels):
-            return (
-                f"cannot load {shown}: it holds a private key, not a certificate (give it as key=)"
-            )
-        if labels:
-            return f"cannot load {shown}: it holds no certificate"
+        return _not_a_certificate(shown, labels, "key=")
     return f"cannot load {shown}: it must hold a PEM certificate chain or one DER certificate"
 
 
+def _certificate_data_failure(data: bytes) -> str:
+    """Why certificate_data= did not load (none of it is shown)."""
+    labels = _data_labels(data)
+    if not _is_der(data) and not any("CERTIFICATE" in label for label in labels):
+        return _not_a_certificate("certificate_data", labels, "key_data=")
+    return (
+        "cannot load certificate_data: it must be a PEM certificate chain (the certificate "
+        "first, then its chain) or one DER certificate, and this one is damaged"
+    )
+
+
+def _cert_filetype(path: bytes) -> int:
+    """How to read a certificate file: one DER certificate, or (anything else) a PEM chain."""
+    try:
+        with open(path, "rb") as f:
+            first = f.read(1)
+    except OSError:
+        first = b""  # OpenSSL opens it next and reports why it cannot
+    return int(lib.SSL_FILETYPE_ASN1 if _is_der(first) else lib.SSL_FILETYPE_PEM)
+
+
 def _key_failure(
-    path: bytes,
-    cpath: bytes,
+    kshown: str,
+    cshown: str,
+    labels: frozenset[str],
     in_certificate: bool,
     keytype: str,
     password: Any,
     strings: tuple[str, ...],
 ) -> str:
-    """Why a private key may not have loaded, and what to try (none of the file is shown)."""
+    """Why a private key may not have loaded, and what to try (none of its data is shown).
+    ``kshown`` names where the key came from (``key='path'``, ``key_data``), ``cshown`` the
+    certificate; ``labels`` are the PEM labels found in the key's source.
+    """
     if any(t.endswith("key values mismatch") for t in strings):
-        return _mismatch(path, cpath, in_certificate)
-    labels = pem_labels(path)
+        return _mismatch(kshown, cshown)
     has_key = any("PRIVATE KEY" in label for label in labels)
     if in_certificate:
-        shown = f"certificate={os.fsdecode(path)!r}"
         if not has_key:
+            option = "key_data=" if cshown == "certificate_data" else "key="
+            what = "the key's data" if option == "key_data=" else "the path of the key's file"
             return (
-                f"no private key: key= was not given, and {shown} holds none; give key= the "
-                "path of the key's file"
+                f"no private key: {option} was not given, and {cshown} holds none; "
+                f"give {option} {what}"
             )
-    else:
-        shown = f"key={os.fsdecode(path)!r}"
-        if labels and not has_key:
-            return f"cannot load the private key from {shown}: it holds no private key"
+    elif labels and not has_key:
+        return f"cannot load the private key from {kshown}: it holds no private key"
     if password is not None:
         hint = "is the password right?"
     elif "ENCRYPTED PRIVATE KEY" in labels:
-        hint = "it is encrypted: give its password"
+        hint = "it is encrypted: give its password in certificate_password="
     elif not labels and keytype == "pem":
         hint = "no PEM key found in it; a DER key needs keytype='der'"
+    elif labels and keytype == "der":
+        hint = "it is PEM: keytype='der' is for DER keys"
     else:
-        hint = "if it is encrypted, give its password"
-    return f"cannot load the private key from {shown} ({hint})"
+        hint = "it cannot be decoded: is it damaged, or encrypted and needs certificate_password=?"
+    return f"cannot load the private key from {kshown} ({hint})"
 
 
-def _mismatch(path: bytes, cpath: bytes, in_certificate: bool) -> str:
-    return (
-        f"the private key in {'certificate' if in_certificate else 'key'}={os.fsdecode(path)!r} "
-        f"does not match the certificate in certificate={os.fsdecode(cpath)!r}"
-    )
+def _mismatch(kshown: str, cshown: str) -> str:
+    return f"the private key in {kshown} does not match the certificate in {cshown}"
 
 
 def verify_mode(verify: Any, server: bool) -> int:
@@ -233,22 +306,27 @@ class Context:
     """An OpenSSL ``SSL_CTX`` with uvssl's defaults. Build one with ``Context.client(...)`` or
     ``Context.server(...)``.
 
-    Options: ``certificate`` (PEM chain file, or DER with ``keytype="der"``), ``key``,
-    ``certificate_password``, ``keytype``; ``ca_file`` / ``ca_directory`` (default: the system
-    store, for whoever verifies); ``verify`` (True/False or "none"/"optional"/"required";
-    clients default to True, servers to False, "required" asks clients for a certificate);
-    ``max_depth``; ``ciphers`` (TLS <= 1.2) and ``ciphersuites`` (TLS 1.3); ``min_version`` /
-    ``max_version`` or ``method`` ("tls-v1-2", "tls-v1-3" or a (min, max) tuple; TLS 1.2 is the
-    minimum by default); ``crl_check`` (None/"leaf"/"all") with ``crl_file``; ``alpn``;
-    ``options`` (``SSL_OP_*``); ``session_tickets`` (True: resumption by stateless tickets and no
-    server-side session cache; False: no tickets, sessions cached by id);
-    ``session_ticket_keys`` (servers: a list of 80-byte keys in nginx's ticket key layout; the
-    first issues tickets, all are accepted, so servers sharing them resume each other's
-    sessions; see ``rotate_session_ticket_keys``);
+    Options: ``certificate`` (a PEM chain file, or a file of one DER certificate, recognised
+    by its content), ``key`` (its encoding is ``keytype``: "pem" or "der"),
+    ``certificate_password`` (for an encrypted key); ``certificate_data`` / ``key_data`` (the
+    same from memory: PEM as str or bytes, DER as bytes); ``ca_file`` / ``ca_directory`` /
+    ``ca_data`` (default: the system store, for whoever verifies); ``verify`` (True/False or
+    "none"/"optional"/"required"; clients default to True, servers to False, "required" asks
+    clients for a certificate); ``max_depth``; ``ciphers`` (TLS <= 1.2) and ``ciphersuites``
+    (TLS 1.3); ``min_version`` / ``max_version`` or ``method`` ("tls-v1-2", "tls-v1-3" or a
+    (min, max) tuple; TLS 1.2 is the minimum by default); ``crl_check`` (None/"leaf"/"all")
+    with ``crl_file``; ``alpn``; ``options`` (``SSL_OP_*``); ``session_tickets`` (True:
+    resumption by stateless tickets and no server-side session cache; False: no tickets,
+    sessions cached by id); ``session_ticket_keys`` (servers: a list of 80-byte keys in nginx's
+    ticket key layout; the first issues tickets, all are accepted, so servers sharing them
+    resume each other's sessions; see ``rotate_session_ticket_keys``); ``keylog_file`` (a path:
+    every connection's TLS secrets are appended to it in the NSS key log format; off unless
+    given);
     ``sni_callback(ssl_socket, server_name) -> Context | None`` (servers);
-    ``ctx_configure_callback(ptr)`` (once, with the new ``SSL_CTX*``);
-    ``ssl_configure_callback(ptr)`` (with every new ``SSL*``); ``handshake_timeout`` (seconds,
-    None for no limit; 60 by default); ``ssl_side`` ("client", "server" or "both").
+    ``ctx_configure_callback(ptr)`` (once, with the new ``SSL_CTX *`` as a cffi pointer);
+    ``ssl_configure_callback(ptr)`` (with every new ``SSL *``, a cffi pointer);
+    ``handshake_timeout`` (seconds, None for no limit; 60 by default); ``ssl_side``
+    ("client", "server" or "both").
 
     Attributes:
         side: "client" or "server".
@@ -302,8 +380,9 @@ class Context:
 
     @property
     def ssl_configure_callback(self) -> Optional[ConfigureCallback]:
-        """``ssl_configure_callback(ptr)``: runs with every new ``SSL*`` made from this context
-        (for a server, before the handshake starts).
+        """``ssl_configure_callback(ptr)``: runs with every new ``SSL *`` (a cffi pointer that
+        ``uvssl.openssl.lib`` functions take as it is) made from this context (for a server,
+        before the handshake starts).
         """
         return self._ssl_configure_callback
 
@@ -365,7 +444,9 @@ class Context:
 
     @classmethod
     def server(cls, **opts: Any) -> Context:
-        """A server context: ``certificate`` (a chain file) and ``key`` are usually given."""
+        """A server context: ``certificate`` (a chain file) and ``key``, or the same as
+        ``certificate_data`` and ``key_data``, are usually given.
+        """
         check_keywords("Context.server", opts, CONTEXT_OPTIONS)
         return cls._build("server", **opts)
 
@@ -376,9 +457,12 @@ class Context:
         *,
         certificate: Any = None,
         key: Any = None,
+        certificate_data: Optional[Union[str, bytes]] = None,
+        key_data: Optional[Union[str, bytes]] = None,
         certificate_password: Optional[Union[str, bytes]] = None,
         keytype: str = "pem",
         ca_file: Any = None,
+        ca_data: Optional[Union[str, bytes]] = None,
         ca_directory: Any = None,
         verify: Any = None,
         max_depth: Optional[int] = None,
@@ -394,9 +478,10 @@ class Context:
         handshake_timeout: Optional[float] = 60,
         crl_check: Optional[str] = None,
         crl_file: Any = None,
+        keylog_file: Any = None,
         sni_callback: Optional[Callable[[Any, Optional[str]], Optional[Context]]] = None,
-        ctx_configure_callback: Optional[Callable[[int], Any]] = None,
-        ssl_configure_callback: Optional[Callable[[int], Any]] = None,
+        ctx_configure_callback: Optional[ConfigureCallback] = None,
+        ssl_configure_callback: Optional[ConfigureCallback] = None,
         ssl_side: Optional[str] = None,
     ) -> Context:
         server = side == "server"
@@ -415,7 +500,6 @@ class Context:
             crl_check = "leaf"
         if keytype not in ("pem", "der"):
             raise ValueError(f"keytype must be 'pem' or 'der', got {keytype!r}")
-        filetype = lib.SSL_FILETYPE_PEM if keytype == "pem" else lib.SSL_FILETYPE_ASN1
         mode = verify_mode(verify, server)
         opts_value = options_value("options", options)
         if max_depth is not None:
@@ -430,8 +514,35 @@ class Context:
                 password = certificate_password
             else:
                 raise TypeError("certificate_password must be str or bytes")
-        if key is not None and certificate is None:
-            raise ValueError("key= was given without certificate=: give the certificate chain too")
+        for fname, dname, fval, dval in (
+            ("certificate", "certificate_data", certificate, certificate_data),
+            ("key", "key_data", key, key_data),
+            ("ca_file", "ca_data", ca_file, ca_data),
+        ):
+            if fval is not None and dval is not None:
+                raise ValueError(f"give {fname}= (a file) or {dname}= (the data), not both")
+        cdata = (
+            _check_data("certificate_data", certificate_data)
+            if certificate_data is not None
+            else None
+        )
+        kdata = _check_data("key_data", key_data) if key_data is not None else None
+        cadata = _check_data("ca_data", ca_data) if ca_data is not None else None
+        if (key is not None or kdata is not None) and certificate is None and cdata is None:
+            raise ValueError(
+                f"{'key' if key is not None else 'key_data'}= was given without certificate= "
+                "or certificate_data=: give the certificate chain too"
+            )
+        keylog_path = None
+        if keylog_file is not None:
+            if not isinstance(keylog_file, (str, bytes, os.PathLike)):
+                raise TypeError(
+                    "keylog_file= takes a path (str, bytes or os.PathLike), "
+                    f"not {type(keylog_file).__name__}"
+                )
+            keylog_path = os.fsencode(keylog_file)
+            if not keylog_path or b"\x00" in keylog_path:
+                raise ValueError("keylog_file= must be a file's path (non-empty, no NUL)")
         ticket_keys = tickets.check_option(session_ticket_keys, server, ssl_side, session_tickets)
 
         if ssl_side == "both":
@@ -473,22 +584,8 @@ class Context:
                     "as 'TLS_AES_128_GCM_SHA256' (TLS 1.2 ciphers go in ciphers=)",
                     "set ciphersuites",
                 )
-        if certificate is not None:
-            cpath = _check_file("certificate", certificate)
-            pw = ffi.NULL if password is None else password
-            if lib.uvs_ctx_use_cert_file(ptr, cpath, filetype, pw) != 1:
-                raise openssl_failure(_certificate_failure(cpath), "load certificate")
-            kpath = _check_file("key", key) if key is not None else cpath
-            if lib.uvs_ctx_use_key_file(ptr, kpath, filetype, pw) != 1:
-                codes, strings = error_queue()
-                raise SslFailure(
-                    _key_failure(kpath, cpath, key is None, keytype, password, strings),
-                    what="load key",
-                    codes=codes,
-                    strings=strings,
-                )
-            if lib.SSL_CTX_check_private_key(ptr) != 1:
-                raise openssl_failure(_mismatch(kpath, cpath, key is None), "check key")
+        if certificate is not None or cdata is not None:
+            ctx._use_certificate(certificate, cdata, key, kdata, keytype, password)
         if ca_file is not None or ca_directory is not None:
             f = _check_file("ca_file", ca_file) if ca_file is not None else ffi.NULL
             d = _check_file("ca_directory", ca_directory) if ca_directory is not None else ffi.NULL
@@ -503,7 +600,30 @@ class Context:
                     + " (PEM certificates are needed)",
                     "load CA",
                 )
-        elif mode & lib.SSL_VERIFY_PEER:
+        if cadata is not None:
+            if not _is_der(cadata) and not any("CERTIFICATE" in x for x in _data_labels(cadata)):
+                hint = (
+                    " (a private key has no place here)"
+                    if any("PRIVATE KEY" in x for x in _data_labels(cadata))
+                    else ""
+                )
+                raise SslFailure(
+                    "cannot load ca_data: it holds no certificate; it takes one or more PEM CA "
+                    f"certificates, or one DER certificate as bytes{hint}",
+                    what="load CA",
+                )
+            if lib.uvs_ctx_add_ca_mem(ptr, cadata, len(cadata)) < 1:
+                raise openssl_failure(
+                    "cannot load CA certificates from ca_data: it must hold PEM certificates "
+                    "or one DER certificate, and one of these is damaged",
+                    "load CA",
+                )
+        if (
+            ca_file is None
+            and ca_directory is None
+            and cadata is None
+            and mode & lib.SSL_VERIFY_PEER
+        ):
             if lib.SSL_CTX_set_default_verify_paths(ptr) != 1:
                 raise openssl_failure(
                     "cannot load the system trust store: give ca_file= or ca_directory=", "load CA"
@@ -544,8 +664,17 @@ class Context:
                     raise openssl_failure("cannot set ALPN", "set alpn")
             elif lib.SSL_CTX_set_alpn_protos(ptr, wire, len(wire)) != 0:
                 raise openssl_failure("cannot set ALPN", "set alpn")
+        if keylog_path is not None:
+            r = lib.uvs_ctx_set_keylog_file(ptr, keylog_path)
+            if r != 0:
+                raise OSError(
+                    -r,
+                    f"cannot open keylog_file= to append TLS secrets to: {os.strerror(-r)} "
+                    "(check that its directory exists and is writable)",
+                    os.fsdecode(keylog_path),
+                )
         if ctx_configure_callback is not None:
-            ctx_configure_callback(ctx.pointer)
+            ctx_configure_callback(ptr)
         return ctx
 
     def rotate_session_ticket_keys(self, keys: Iterable[bytes]) -> None:
@@ -560,10 +689,55 @@ class Context:
             tickets.check_keys("rotate_session_ticket_keys", keys),
         )
 
+    def _use_certificate(
+        self,
+        certificate: Any,
+        cdata: Optional[bytes],
+        key: Any,
+        kdata: Optional[bytes],
+        keytype: str,
+        password: Optional[bytes],
+    ) -> None:
+        """Install the certificate (chain) and its private key, from files or from memory."""
+        ptr = self._ctx
+        pw = ffi.NULL if password is None else password
+        filetype = lib.SSL_FILETYPE_PEM if keytype == "pem" else lib.SSL_FILETYPE_ASN1
+        if cdata is not None:
+            cshown = "certificate_data"
+            if lib.uvs_ctx_use_cert_mem(ptr, cdata, len(cdata)) != 1:
+                raise openssl_failure(_certificate_data_failure(cdata), "load certificate")
+        else:
+            cpath = _check_file("certificate", certificate)
+            cshown = f"certificate={os.fsdecode(cpath)!r}"
+            if lib.uvs_ctx_use_cert_file(ptr, cpath, _cert_filetype(cpath), pw) != 1:
+                raise openssl_failure(_certificate_failure(cpath), "load certificate")
+        in_certificate = key is None and kdata is None
+        if key is not None or (in_certificate and cdata is None):
+            kpath = _check_file("key", key) if key is not None else cpath
+            kshown = f"key={os.fsdecode(kpath)!r}" if key is not None else cshown
+            labels = pem_labels(kpath)
+            ok = lib.uvs_ctx_use_key_file(ptr, kpath, filetype, pw)
+        else:
+            source = kdata if kdata is not None else cdata
+            assert source is not None
+            kshown = "key_data" if kdata is not None else cshown
+            labels = _data_labels(source)
+            ok = lib.uvs_ctx_use_key_mem(ptr, source, len(source), filetype, pw)
+        if ok != 1:
+            codes, strings = error_queue()
+            raise SslFailure(
+                _key_failure(kshown, cshown, labels, in_certificate, keytype, password, strings),
+                what="load key",
+                codes=codes,
+                strings=strings,
+            )
+        if lib.SSL_CTX_check_private_key(ptr) != 1:
+            raise openssl_failure(_mismatch(kshown, cshown), "check key")
+
     def _configure_ssl(self, ssl: Any) -> None:
         """Run ``ssl_configure_callback`` for a new ``SSL*`` made with this context."""
         if self.ssl_configure_callback is not None:
-            self.ssl_configure_callback(int(ffi.cast("uintptr_t", ssl)))
+            self.ssl_configure_callback(ssl)
 
     def __repr__(self) -> str:
         return f"<uvssl.Context {self.side} {self.pointer:#x}{'' if self._owned else ' borrowed'}>"
@@ -755,7 +929,9 @@ def resolve_ssl_ctx(ssl_ctx: Any, side: str) -> Context:
     return Context.from_pointer(ssl_ctx, side)
 
 
-ConfigureCallback = Callable[[int], Any]
+#: ``ctx_configure_callback(ptr)`` gets a cffi ``SSL_CTX *``, ``ssl_configure_callback(ptr)`` a
+#: cffi ``SSL *``: ``uvssl.openssl.lib`` functions take them as they are.
+ConfigureCallback = Callable[[Any], Any]
 SniCallback = Callable[[Any, Optional[str]], Optional["Context"]]
 
 # SSL* address -> the SslSocket it belongs to, for sni_callback (filled by TLS servers).

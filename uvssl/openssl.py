@@ -3,12 +3,13 @@
 ``ffi`` and ``lib`` are the compiled module's: ``lib`` holds a curated set of OpenSSL functions
 (``SSL_CTX_set_options``, ``SSL_CTX_set_cipher_list``, ``SSL_CTX_use_certificate_chain_file``,
 ``SSL_set_tlsext_host_name``, ``SSL_get_version``, ...) and constants, enough to configure a
-context or a connection from ``ctx_configure_callback`` / ``ssl_configure_callback``::
+context or a connection from ``ctx_configure_callback`` / ``ssl_configure_callback``. Those
+callbacks get cffi pointers (``SSL_CTX *`` / ``SSL *``) that every ``lib`` function takes as they
+are; ``address(ptr)`` gives a pointer's value as an int::
 
-    from uvssl.openssl import ffi, lib
+    from uvssl.openssl import lib
     def configure(ptr):
-        ctx = ffi.cast("SSL_CTX *", ptr)
-        lib.SSL_CTX_set_options(ctx, lib.SSL_OP_NO_TICKET)
+        lib.SSL_CTX_set_options(ptr, lib.SSL_OP_NO_TICKET)
 
 The ``SSL_OP_*`` constants of cl-async's ``+ssl-op-...+`` list are exported here and from
 ``uvssl`` itself. OpenSSL 3 turned some of them into no-ops (their value is 0, so setting them
@@ -25,6 +26,7 @@ from ._uvssl import ffi, lib
 __all__ = [
     "ffi",
     "lib",
+    "address",
     "openssl_version",
     "error_queue",
     "SSL_OPTIONS",
@@ -61,6 +63,16 @@ SSL_OPTIONS: dict[str, int] = {
 
 #: Options that OpenSSL 3 made no-ops (value 0): accepted, and documented as doing nothing.
 NOOP_OPTIONS = frozenset(name for name, value in SSL_OPTIONS.items() if value == 0)
+
+
+def address(ptr: Any) -> int:
+    """The address a cffi pointer (``SSL_CTX *``, ``SSL *``, ...) holds, as an int."""
+    if not isinstance(ptr, ffi.CData) or ffi.typeof(ptr).kind != "pointer":
+        raise TypeError(
+            "address() takes a cffi pointer (such as the SSL_CTX * or SSL * a configure "
+            f"callback gets), not {type(ptr).__name__}"
+        )
+    return int(ffi.cast("uintptr_t", ptr))
 
 
 def openssl_version() -> dict[str, Any]:

@@ -15,6 +15,7 @@ into its exception by ``errors.tls_error``, the same mapping ``SslStream`` uses.
 
 from __future__ import annotations
 
+import hashlib
 import socket as _socket
 from typing import Any, Callable, Iterable, Optional, Union
 
@@ -314,15 +315,31 @@ def _default_client_context(
     ca_file: Any,
     ciphers: Optional[str],
     options: int,
+    ca_data: Optional[Union[str, bytes]] = None,
 ) -> Context:
-    """Contexts built from tcp_ssl_connect keywords are cached: no SSL_CTX per connection."""
-    key = (verify, ca_file, ciphers, options)
+    """Contexts built from tcp_ssl_connect keywords are cached: no SSL_CTX per connection.
+
+    ``ca_data`` enters the cache key as its SHA-256 digest: the certificates themselves are
+    kept only in the context's trust store.
+    """
+    digest = None
+    if ca_data is not None:
+        if isinstance(ca_data, str):
+            digest = hashlib.sha256(ca_data.encode("utf-8", "surrogatepass")).digest()
+        elif isinstance(ca_data, (bytes, bytearray, memoryview)):
+            digest = hashlib.sha256(ca_data).digest()
+        # anything else: Context.client says what ca_data takes
+    key = (verify, ca_file, ciphers, options, digest)
     ctx = _client_contexts.get(key)
     if ctx is None:
         if len(_client_contexts) >= 32:
             _client_contexts.clear()
         ctx = Context.client(
-            verify=verify, ca_file=ca_file, ciphers=ciphers, options=options or None
+            verify=verify,
+            ca_file=ca_file,
+            ca_data=ca_data,
+            ciphers=ciphers,
+            options=options or None,
         )
         _client_contexts[key] = ctx
     return ctx
@@ -365,6 +382,7 @@ def tcp_ssl_connect(
     server_hostname: Optional[str] = None,
     verify: bool = True,
     ca_file: Any = None,
+    ca_data: Optional[Union[str, bytes]] = None,
     alpn: Optional[Iterable[str]] = None,
     handshake_timeout: Optional[float] = CONTEXT_DEFAULT,
     session: Optional[SslSession] = None,
@@ -372,7 +390,8 @@ def tcp_ssl_connect(
     """Open a TLS connection; the ``tcp_connect`` keywords apply, plus:
 
     ``ssl_ctx`` (a ``Context``, an ``ssl.SSLContext`` or a raw ``SSL_CTX*``), or else
-    ``ssl_options``, ``ciphers``, ``verify`` and ``ca_file`` to build one; ``server_hostname``
+    ``ssl_options``, ``ciphers``, ``verify`` and ``ca_file`` or ``ca_data`` (CA certificates
+    in memory: PEM as str or bytes) to build one; ``server_hostname``
     (SNI and host name check; defaults to ``host``); ``alpn`` (protocol names to offer);
     ``handshake_timeout`` (seconds, None for no limit; by default the context's, 60 s unless
     the ``Context`` says otherwise); ``session`` (from an earlier socket's
@@ -396,11 +415,12 @@ def tcp_ssl_connect(
             raise ValueError(
                 "ssl_options and ciphers cannot be combined with ssl_ctx: set them on the context"
             )
-        if ca_file is not None:
-            raise ValueError("ca_file cannot be combined with ssl_ctx: set it on the context")
+        for name, value in (("ca_file", ca_file), ("ca_data", ca_data)):
+            if value is not None:
+                raise ValueError(f"{name} cannot be combined with ssl_ctx: set it on the context")
         ctx = resolve_ssl_ctx(ssl_ctx, "client")
     else:
-        ctx = _default_client_context(verify, ca_file, ciphers, opts)
+        ctx = _default_client_context(verify, ca_file, ciphers, opts, ca_data)
     if session is not None and not isinstance(session, SslSession):
         raise TypeError(f"session must be an SslSession, not {type(session).__name__}")
     loop = get_loop()
@@ -437,6 +457,8 @@ def tcp_ssl_server(
     ssl_ctx: Any = None,
     certificate: Any = None,
     key: Any = None,
+    certificate_data: Optional[Union[str, bytes]] = None,
+    key_data: Optional[Union[str, bytes]] = None,
     keytype: str = "pem",
     password: Optional[str] = None,
     ssl_options: Any = (),
@@ -446,8 +468,9 @@ def tcp_ssl_server(
     """Listen for TLS connections; the ``tcp_server`` keywords apply, plus:
 
     ``ssl_ctx`` (any form ``tcp_ssl_connect`` accepts), or else ``certificate`` (a PEM chain
-    file, or DER with ``keytype="der"``), ``key``, ``password``, ``ssl_options`` and
-    ``ciphers`` to build one. ``handshake_timeout`` (seconds; None for no limit; by default the
+    file, or one DER certificate), ``key`` (encoded as ``keytype`` says: "pem" or "der"), or
+    the same from memory as ``certificate_data`` / ``key_data``, ``password``, ``ssl_options``
+    and ``ciphers`` to build one. ``handshake_timeout`` (seconds; None for no limit; by default the
     context's, 60 s unless the ``Context`` says otherwise) closes
     connections that do not complete the handshake. ``connect_cb`` runs after the handshake.
     """
@@ -461,23 +484,34 @@ def tcp_ssl_server(
             raise ValueError(
                 "ssl_options and ciphers cannot be combined with ssl_ctx: set them on the context"
             )
-        if certificate is not None or key is not None or password is not None:
-            given = [
-                n
-                for n, v in (("certificate", certificate), ("key", key), ("password", password))
-                if v is not None
-            ]
+        given = [
+            n
+            for n, v in (
+                ("certificate", certificate),
+                ("key", key),
+                ("certificate_data", certificate_data),
+                ("key_data", key_data),
+                ("password", password),
+            )
+            if v is not None
+        ]
+        if given:
             raise ValueError(
                 f"{'/'.join(given)} cannot be combined with ssl_ctx=: set "
                 f"{'it' if len(given) == 1 else 'them'} on the context"
             )
         ctx = resolve_ssl_ctx(ssl_ctx, "server")
     else:
-        if certificate is None:
-            raise ValueError("tcp_ssl_server needs certificate= (and key=) or ssl_ctx=")
+        if certificate is None and certificate_data is None:
+            raise ValueError(
+                "tcp_ssl_server needs certificate= (and key=), certificate_data= (and "
+                "key_data=) or ssl_ctx="
+            )
         ctx = Context.server(
             certificate=certificate,
             key=key,
+            certificate_data=certificate_data,
+            key_data=key_data,
             keytype=keytype,
             certificate_password=password,
             ciphers=ciphers,
