@@ -808,7 +808,7 @@ def _with_plain_socket(fn: Callable[[Any], Any]) -> None:
             LOCALHOST,
             0,
             lambda s, d: None,
-            lambda ev: close_quietly(ev.socket),  # type: ignore[attr-defined]
+            lambda ev: close_quietly(ev.socket),
         )
         uvssl.tcp_connect(
             LOCALHOST, st["server"].port, lambda s, d: None, lambda ev: None, connect_cb=c_connect

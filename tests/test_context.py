@@ -358,7 +358,7 @@ def test_ctx_configure_callback_option_takes_effect_on_the_wire(pki):
 
     def configure(ptr):
         calls.append(uvssl.openssl.address(ptr))
-        lib.SSL_CTX_set_options(ptr, uvssl.SSL_OP_NO_TLSv1_3)  # type: ignore[attr-defined]
+        lib.SSL_CTX_set_options(ptr, uvssl.SSL_OP_NO_TLSv1_3)
 
     ctx = server_context(pki, ctx_configure_callback=configure)
     assert calls == [ctx.pointer]
@@ -375,7 +375,7 @@ def test_configure_callback_pointer_goes_to_openssl_as_it_is(pki):
     TLS 1.3 off that way refuses a client that speaks only TLS 1.3."""
 
     def configure(ptr):
-        uvssl.openssl.lib.SSL_CTX_set_options(ptr, uvssl.SSL_OP_NO_TLSv1_3)  # type: ignore[attr-defined]
+        uvssl.openssl.lib.SSL_CTX_set_options(ptr, uvssl.SSL_OP_NO_TLSv1_3)
 
     sctx = server_context(pki, ctx_configure_callback=configure)
     assert lib.SSL_CTX_get_options(ffi.cast("SSL_CTX *", sctx.pointer)) & lib.SSL_OP_NO_TLSv1_3
@@ -436,7 +436,7 @@ def test_ssl_configure_callback_called_once_per_connection(pki):
             lambda s, d: s.write(d),
             s_event,
             ssl_ctx=sctx,
-            connect_cb=lambda s: st["server_socks"].append(s.ssl_pointer),  # type: ignore[attr-defined]
+            connect_cb=lambda s: st["server_socks"].append(s.ssl_pointer),
         )
         st["server"] = server
         for _ in range(3):

@@ -162,7 +162,7 @@ def test_stream_mode_and_timeouts_apply_after_connect():
 
         sock = uvssl.init_tcp_socket(
             read_cb,
-            lambda ev: ev.socket.close(),  # type: ignore[attr-defined]
+            lambda ev: ev.socket.close(),
             stream=True,
             read_timeout=30,
         )

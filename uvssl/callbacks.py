@@ -14,9 +14,9 @@ type-checks.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
-from .context import Context
+from .context import ConfigureCallback, Context
 from .errors import SocketError
 from .tcp import AsyncStream, Socket, TcpServer
 from .tls import SslSocket
@@ -61,6 +61,6 @@ ShutdownDoneCallback = Callable[[TcpServer], object]
 #: ``sni_callback(ssl_socket, server_name)``: the context to use, or None to keep the current.
 SniCallback = Callable[[SslSocket, Optional[str]], Optional[Context]]
 
-#: ``ctx_configure_callback(ptr)`` / ``ssl_configure_callback(ptr)``: a cffi ``SSL_CTX *`` or
-#: ``SSL *`` that every ``uvssl.openssl.lib`` function takes as it is.
-ConfigureCallback = Callable[[Any], object]
+# ConfigureCallback (from context.py): ``ctx_configure_callback(ptr)`` /
+# ``ssl_configure_callback(ptr)`` get a cffi ``SSL_CTX *`` / ``SSL *`` that every
+# ``uvssl.openssl.lib`` function takes as it is.

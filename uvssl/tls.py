@@ -53,6 +53,7 @@ from .loop import Loop, get_loop
 from .openssl import error_queue
 from .tcp import (
     BytesLike,
+    EventCb,
     ReadCb,
     Socket,
     TcpServer,
@@ -367,12 +368,12 @@ def tcp_ssl_connect(
     host: str,
     port: int,
     read_cb: Optional[ReadCb],
-    event_cb: Optional[Callable[[BaseException], Any]] = None,
+    event_cb: Optional[EventCb] = None,
     *,
     data: Optional[BytesLike] = None,
     stream: bool = False,
-    connect_cb: Optional[Callable[[Socket], Any]] = None,
-    write_cb: Optional[Callable[[Socket], Any]] = None,
+    connect_cb: Optional[Callable[[SslSocket], Any]] = None,
+    write_cb: Optional[Callable[[SslSocket], Any]] = None,
     read_timeout: Optional[float] = None,
     write_timeout: Optional[float] = None,
     dont_drain_read_buffer: bool = False,
@@ -402,27 +403,18 @@ def tcp_ssl_connect(
     check_callbacks(read_cb, event_cb, connect_cb, write_cb)
     if data is not None:
         check_data("data", data)
-    if not isinstance(verify, bool):
-        hint = " (a CA file goes in ca_file=)" if isinstance(verify, (str, bytes)) else ""
-        raise TypeError(f"verify must be a bool, not {type(verify).__name__}{hint}")
-    check_hs_timeout(handshake_timeout)  # validated now; resolved against the context below
-    opts = options_value("ssl_options", ssl_options)
-    if server_hostname is not None:
-        server_hostname = check_host("server_hostname", server_hostname)
-    alpn_bytes = alpn_wire("alpn", alpn) if alpn is not None else None
-    if ssl_ctx is not None:
-        if opts or ciphers is not None:
-            raise ValueError(
-                "ssl_options and ciphers cannot be combined with ssl_ctx: set them on the context"
-            )
-        for name, value in (("ca_file", ca_file), ("ca_data", ca_data)):
-            if value is not None:
-                raise ValueError(f"{name} cannot be combined with ssl_ctx: set it on the context")
-        ctx = resolve_ssl_ctx(ssl_ctx, "client")
-    else:
-        ctx = _default_client_context(verify, ca_file, ciphers, opts, ca_data)
-    if session is not None and not isinstance(session, SslSession):
-        raise TypeError(f"session must be an SslSession, not {type(session).__name__}")
+    tls = _client_tls(
+        ssl_ctx,
+        ssl_options,
+        ciphers,
+        server_hostname,
+        verify,
+        ca_file,
+        ca_data,
+        alpn,
+        handshake_timeout,
+        session,
+    )
     loop = get_loop()
     sock = new_socket(
         SslSocket,
@@ -436,8 +428,7 @@ def tcp_ssl_connect(
         read_timeout=check_timeout("read_timeout", read_timeout),
         write_timeout=check_timeout("write_timeout", write_timeout),
     )
-    tls = _ClientTls(ctx, server_hostname, verify, alpn_bytes, session, handshake_timeout)
-    _start_client_tls(sock, tls, server_hostname or host)  # closes the socket if it raises
+    _start_client_tls(sock, tls, tls.server_hostname or host)  # closes the socket if it raises
     if data is not None:
         sock.write(data)
     return sock
@@ -448,9 +439,9 @@ def tcp_ssl_server(
     bind_address: Optional[str],
     port: int,
     read_cb: Optional[ReadCb],
-    event_cb: Optional[Callable[[BaseException], Any]] = None,
+    event_cb: Optional[EventCb] = None,
     *,
-    connect_cb: Optional[Callable[[Socket], Any]] = None,
+    connect_cb: Optional[Callable[[SslSocket], Any]] = None,
     backlog: int = -1,
     stream: bool = False,
     reuse_port: bool = False,
@@ -566,6 +557,7 @@ def _client_tls(
     server_hostname: Optional[str],
     verify: bool,
     ca_file: Any,
+    ca_data: Optional[Union[str, bytes]],
     alpn: Optional[Iterable[str]],
     handshake_timeout: Any,
     session: Optional[SslSession],
@@ -584,11 +576,12 @@ def _client_tls(
             raise ValueError(
                 "ssl_options and ciphers cannot be combined with ssl_ctx: set them on the context"
             )
-        if ca_file is not None:
-            raise ValueError("ca_file cannot be combined with ssl_ctx: set it on the context")
+        for name, value in (("ca_file", ca_file), ("ca_data", ca_data)):
+            if value is not None:
+                raise ValueError(f"{name} cannot be combined with ssl_ctx: set it on the context")
         ctx = resolve_ssl_ctx(ssl_ctx, "client")
     else:
-        ctx = _default_client_context(verify, ca_file, ciphers, opts)
+        ctx = _default_client_context(verify, ca_file, ciphers, opts, ca_data)
     if session is not None and not isinstance(session, SslSession):
         raise TypeError(f"session must be an SslSession, not {type(session).__name__}")
     return _ClientTls(ctx, server_hostname, verify, alpn_bytes, session, handshake_timeout)
@@ -625,14 +618,14 @@ def _start_client_tls(sock: SslSocket, tls: _ClientTls, server_hostname: Optiona
 @keyword_hints
 def init_tcp_ssl_socket(
     read_cb: Optional[ReadCb],
-    event_cb: Optional[Callable[[BaseException], Any]] = None,
+    event_cb: Optional[EventCb] = None,
     *,
     ssl_ctx: Any = None,
     fd: Union[int, _socket.socket, None] = None,
     data: Optional[BytesLike] = None,
     stream: bool = False,
-    connect_cb: Optional[Callable[[Socket], Any]] = None,
-    write_cb: Optional[Callable[[Socket], Any]] = None,
+    connect_cb: Optional[Callable[[SslSocket], Any]] = None,
+    write_cb: Optional[Callable[[SslSocket], Any]] = None,
     read_timeout: Optional[float] = None,
     write_timeout: Optional[float] = None,
     dont_drain_read_buffer: bool = False,
@@ -641,6 +634,7 @@ def init_tcp_ssl_socket(
     server_hostname: Optional[str] = None,
     verify: bool = True,
     ca_file: Any = None,
+    ca_data: Optional[Union[str, bytes]] = None,
     alpn: Optional[Iterable[str]] = None,
     handshake_timeout: Optional[float] = CONTEXT_DEFAULT,
     session: Optional[SslSession] = None,
@@ -666,6 +660,7 @@ def init_tcp_ssl_socket(
         server_hostname,
         verify,
         ca_file,
+        ca_data,
         alpn,
         handshake_timeout,
         session,

@@ -3,6 +3,7 @@ with uvssl installed as the README installs it (tests/test_typing.py runs that c
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import uvssl
@@ -21,8 +22,13 @@ def on_client_read(sock: uvssl.Socket, data: bytes) -> None:
 
 
 def on_line(sock: uvssl.Socket, stream: uvssl.AsyncStream) -> None:
-    while (line := stream.read(64)) != b"":
+    while (line := stream.readline(limit=1024)) is not None:
         stream.write(line)
+    header: Optional[bytes] = stream.read_exactly(4)
+    if header is not None:
+        stream.unread(header)
+    frame: Optional[bytes] = stream.read_until(b"\r\n\r\n")
+    print(frame, stream.available, stream.read(64))
 
 
 def on_event(ev: uvssl.SocketError) -> None:
@@ -60,7 +66,25 @@ def main() -> None:
     server.close()
 
 
+def later() -> None:
+    sock: uvssl.Socket = uvssl.init_tcp_socket(on_client_read, on_event, data=b"x")
+    uvssl.connect_tcp_socket(sock, "localhost", 443)
+    tls: uvssl.SslSocket = uvssl.init_tcp_ssl_socket(
+        on_client_read, on_event, connect_cb=on_tls_connect, ca_data=open("ca.pem").read()
+    )
+    uvssl.connect_tcp_socket(tls, "localhost", 443)
+
+
 uvssl.start_event_loop(main)
+uvssl.start_event_loop(later)
+keys = [uvssl.tickets.new_key()]
+in_memory = uvssl.Context.server(
+    certificate_data=open("server-chain.pem", "rb").read(),
+    key_data=open("server.key").read(),
+    session_ticket_keys=keys,
+    keylog_file=os.environ.get("SSLKEYLOGFILE"),
+)
+in_memory.rotate_session_ticket_keys(uvssl.tickets.rotated(keys, uvssl.tickets.new_key()))
 ctx = uvssl.Context.server(
     certificate="server.pem",
     key="server.key",
