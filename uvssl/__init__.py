@@ -66,6 +66,7 @@ from .tcp import (
     write_socket_data,
 )
 from .tls import SslSession, SslSocket, TcpSslServer, tcp_ssl_connect, tcp_ssl_server
+from .udp import DatagramTruncated, UdpSocket, udp_socket
 from .x509 import X509Certificate
 
 globals().update(SSL_OPTIONS)  # SSL_OP_NO_TICKET, ... (cl-async's +ssl-op-...+ list)
@@ -128,6 +129,9 @@ __all__ = [
     "tcp_connect",
     "tcp_open",
     "tcp_server",
+    "udp_socket",
+    "UdpSocket",
+    "DatagramTruncated",
     "with_event_loop",
     "write_socket_data",
 ]

@@ -238,3 +238,93 @@ def uvs_py_on_sni(ctx_data: Any, ssl: Any, name: Any, verdict: Any) -> Any:
         else:
             log.error("uvssl: exception in sni_callback", exc_info=exc)
         return ffi.NULL
+
+
+# -- datagram sockets (csrc/udp.c, uvssl/udp.py) ---------------------------------------------
+
+#: Sender addresses already seen, by the key C computes for them (IPv4: address and port in
+#: one number): the dispatcher hands out the same (host, port) tuple for the same sender.
+udp_peers: dict[int, tuple[str, int]] = {}
+#: (host, port) -> the parsed native address, for ``UdpSocket.send_to``: filled when a sender
+#: is first seen (an echo server's reply is not parsed again) and by ``send_to`` itself.
+udp_targets: dict[tuple[str, int], Any] = {}
+_UDP_CACHE_MAX = 4096  # both caches start over when they reach this many entries
+_ADDR_T = ffi.typeof("uvs_addr_t *")
+_HOST_BUF = ffi.new("char[]", 64)
+_PORT_BUF = ffi.new("int *")
+
+
+def udp_format(addr: Any) -> tuple[str, int]:
+    """(host, port) of a native address (``uvs_addr_t *``)."""
+    r = lib.uvs_addr_format(addr, _HOST_BUF, 64, _PORT_BUF)
+    if r != 0:
+        return ("", 0)
+    return ffi.string(_HOST_BUF).decode("ascii"), int(_PORT_BUF[0])
+
+
+def _udp_peer(addr: Any, key: int) -> tuple[str, int]:
+    """A sender's tuple, made once per sender (IPv4) and remembered both ways."""
+    peer = udp_format(addr)
+    if key:
+        if len(udp_peers) >= _UDP_CACHE_MAX:
+            udp_peers.clear()
+        udp_peers[key] = peer
+        if len(udp_targets) >= _UDP_CACHE_MAX:
+            udp_targets.clear()
+        udp_targets[peer] = ffi.new(_ADDR_T, addr[0])
+    return peer
+
+
+@ffi.def_extern(onerror=dispatch_error)  # type: ignore[untyped-decorator]
+def uvs_py_on_udp_batch(
+    loop_data: Any, datas: Any, lens: Any, keys: Any, addrs: Any, n: int, buf: Any, length: int
+) -> None:
+    """The datagrams of one loop turn, in order, each with its sender (see csrc/udp.c).
+
+    Datagrams for a socket closed earlier in the same batch are dropped.
+    """
+    loop = _from_handle(loop_data)
+    if loop._halted:
+        return
+    blob = _unpack(buf, length)
+    off = 0
+    peers = udp_peers
+    i = 0
+    for d, ln, key in zip(_unpack(datas, n), _unpack(lens, n), _unpack(keys, n)):
+        chunk = blob if n == 1 else blob[off : off + ln]
+        off += ln
+        peer = peers.get(key) if key else None
+        if peer is None:
+            peer = _udp_peer(addrs + i, key)
+        i += 1
+        sock = _from_handle(d)
+        if sock._closed:
+            continue
+        try:
+            sock._deliver(sock, chunk, peer)
+        except BaseException as exc:  # noqa: BLE001 - must not unwind into C
+            loop._app_error(exc)
+            if loop._halted:
+                return
+
+
+@ffi.def_extern(onerror=dispatch_error)  # type: ignore[untyped-decorator]
+def uvs_py_on_udp_event(
+    data: Any, kind: int, status: int, action: int, addr: Any, host: Any
+) -> None:
+    """Anything but data on a datagram socket: errors (with the address or host concerned)
+    and its close.
+    """
+    sock = _from_handle(data)
+    if kind == _EV_CLOSED:
+        sock._on_closed()
+        return
+    loop = sock._loop
+    if loop._halted or sock._closed:
+        return
+    peer = None if addr == ffi.NULL else udp_format(addr)
+    name = None if host == ffi.NULL else ffi.string(host).decode("utf-8", "replace")
+    try:
+        sock._event(status, action, peer, name)
+    except BaseException as exc:  # noqa: BLE001
+        loop._app_error(exc)
