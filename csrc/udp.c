@@ -655,10 +655,15 @@ static void uvs__udp_resolved_cb(uv_getaddrinfo_t *req, int status, struct addri
         if (q->connect)
             u->nmsgs = u->out.len = 0; /* nowhere to go */
         uvs__udp_event(u, UVS_EV_ERROR, r, action, NULL, q->host);
-    } else if (q->connect && u->nmsgs > 0 && !(u->state & UVS__U_DIRTY)) {
-        u->state |= UVS__U_DIRTY;
-        u->dirty_next = u->loop->udp->dirty;
-        u->loop->udp->dirty = u;
+    } else if (q->connect) {
+        if (u->nmsgs > 0 && !(u->state & UVS__U_DIRTY)) {
+            u->state |= UVS__U_DIRTY;
+            u->dirty_next = u->loop->udp->dirty;
+            u->loop->udp->dirty = u;
+        }
+        uvs_addr_t peer;
+        if (uvs_udp_address(u, 1, &peer) == 0) /* connected: the embedding learns where */
+            uvs__udp_event(u, UVS_EV_CONNECT, 0, UVS_ACT_CONNECT, &peer, q->host);
     }
     free(q);
     if ((u->state & UVS__U_CLOSE_WANTED) && u->nmsgs == 0 && !(u->state & UVS__U_RESOLVING) &&

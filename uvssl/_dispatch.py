@@ -61,6 +61,7 @@ lib.uvs_py_install()
 _from_handle = ffi.from_handle
 _unpack = ffi.unpack
 _EV_CLOSED = lib.UVS_EV_CLOSED
+_EV_CONNECT = lib.UVS_EV_CONNECT
 
 
 def dispatch_error(exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
@@ -323,6 +324,10 @@ def uvs_py_on_udp_event(
     if loop._halted or sock._closed:
         return
     peer = None if addr == ffi.NULL else udp_format(addr)
+    if kind == _EV_CONNECT:  # connected to the address a name resolved to
+        sock._resolving = None
+        sock._remote_kept = peer
+        return
     name = None if host == ffi.NULL else ffi.string(host).decode("utf-8", "replace")
     try:
         sock._event(status, action, peer, name)

@@ -336,14 +336,14 @@ class UdpSocket:
         check_thread(self._loop, "set_options()", self)
         ptr = self._live("set options")
         todo: list[tuple[str, int, int]] = []
-        for name, value, which in (
+        for name, flag, which in (
             ("broadcast", broadcast, lib.UVS_UDP_OPT_BROADCAST),
             ("multicast_loop", multicast_loop, lib.UVS_UDP_OPT_MULTICAST_LOOP),
         ):
-            if value is not None:
-                if not isinstance(value, bool):
-                    raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
-                todo.append((name, which, int(value)))
+            if flag is not None:
+                if not isinstance(flag, bool):
+                    raise TypeError(f"{name} must be a bool, not {type(flag).__name__}")
+                todo.append((name, which, int(flag)))
         if multicast_ttl is not None:
             if isinstance(multicast_ttl, bool) or not isinstance(multicast_ttl, int):
                 raise TypeError(f"multicast_ttl must be an int, not {type(multicast_ttl).__name__}")
@@ -551,6 +551,8 @@ def _make(
     sock._ptr = ptr
     sock._v6 = local is not None and _is_v6(local)
     loop._live.add(sock)
+    if local is not None:  # kept for after the close (the loop's end closes it too)
+        sock._local_kept = sock._address(0)
     if remote_host is not None and remote_port is not None:
         if remote_addr is not None:
             r = int(lib.uvs_udp_connect(ptr, remote_addr))
@@ -562,6 +564,7 @@ def _make(
                     code=errno_of(r),
                     action="connect",
                 )
+            sock._remote_kept = sock._address(1)
         else:
             r = int(
                 lib.uvs_udp_connect_name(
