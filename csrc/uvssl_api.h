@@ -182,7 +182,7 @@ enum {
     UVS_UDP_OPT_MULTICAST_LOOP = 3
 };
 /* the receive slot that makes truncation impossible (the largest IP datagram's payload fits) */
-#define UVS_UDP_SLOT (64 * 1024)
+#define UVS_UDP_SLOT 65536
 int uvs_addr_parse(const char *ip, int port, uvs_addr_t *out);
 int uvs_addr_is_v6(const uvs_addr_t *a);
 uvs_udp_t *uvs_udp_new(uvs_loop_t *loop, void *data, const uvs_addr_t *local, int flags,
