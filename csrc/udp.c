@@ -18,14 +18,16 @@
  * and the datagram is reported as an error with its sender, never delivered.
  *
  * The batch. Each datagram is copied to the end of the loop's datagram batch (bytes, and per
- * entry the socket's data, the length, the sender's address and a numeric key for it), and the
- * whole batch reaches the embedding in one on_udp_batch call. It is handed over wherever
+ * entry its length and a numeric key for its sender packed in one number, and the sender's
+ * address), and the whole batch reaches the embedding in one on_udp_batch call. A batch is one
+ * socket's (a datagram for another socket hands it over first): recvmmsg reads one socket at a
+ * time, so a turn's datagrams come in runs, and the embedding finds the socket once per batch. It is handed over wherever
  * batch.c hands over the stream batch (uvs__batch_flush calls uvs__udp_batch_flush first): after
  * the poll phase, before the loop blocks, and before every other call into the embedding, so
  * a socket's datagrams always arrive before anything that happened after them. A datagram too
  * big to copy cheaply goes alone, straight from the receive area, after the batch. The key
- * (IPv4: the address and port in one number) lets the embedding cache the (host, port) it
- * builds for a sender.
+ * (IPv4: the address and port in one number; 0 for IPv6) lets the embedding cache the
+ * (host, port) it builds for a sender.
  *
  * Sending. uvs_udp_send only copies the datagram to the socket's queue and marks the socket
  * dirty; the queue is sent when the current call into the embedding returns (uvs__flush_dirty
@@ -65,16 +67,16 @@ enum {
     UVS__U_DIRTY = 1 << 2,     /* on the loop's dirty list                                 */
     UVS__U_RESOLVING = 1 << 3, /* connecting to a name: sends wait                         */
     UVS__U_BOUND = 1 << 4,     /* has a descriptor, bound                                  */
-    UVS__U_CLOSE_WANTED = 1 << 5 /* close once libuv's send queue is empty                 */
+    UVS__U_CLOSE_WANTED = 1 << 5, /* close once libuv's send queue is empty                */
+    UVS__U_CONNECTED = 1 << 6  /* connected (or connecting to a name): sends go to the peer   */
 };
 
 struct uvs__udp_batch_s {
     char *rbuf;              /* the receive area: UVS__UDP_SLOTS * UVS_UDP_SLOT bytes       */
     char *buf;               /* the batch's bytes                                         */
-    void **datas;            /* per entry: the socket's data                              */
-    size_t *lens;            /* its length                                                */
-    uint64_t *keys;          /* the sender's key (0: none)                                */
-    uvs_addr_t *addrs;       /* the sender                                                */
+    void *data;              /* the socket they are for (one socket per batch)            */
+    uint64_t *metas;         /* per entry: the sender's key << 16 | the length            */
+    uvs_addr_t *addrs;       /* and the sender                                            */
     size_t n, len;
     int busy;                /* the embedding is reading the batch                        */
     int flushing;            /* uvs__udp_flush_dirty is running                           */
@@ -108,13 +110,10 @@ static int uvs__udp_loop_init(uvs_loop_t *loop) {
         return UV_ENOMEM;
     b->rbuf = malloc((size_t)UVS__UDP_SLOTS * UVS_UDP_SLOT);
     b->buf = malloc(UVS__UDP_BATCH_BYTES);
-    b->datas = malloc(UVS__UDP_BATCH_ITEMS * sizeof(*b->datas));
-    b->lens = malloc(UVS__UDP_BATCH_ITEMS * sizeof(*b->lens));
-    b->keys = malloc(UVS__UDP_BATCH_ITEMS * sizeof(*b->keys));
+    b->metas = malloc(UVS__UDP_BATCH_ITEMS * sizeof(*b->metas));
     b->addrs = malloc(UVS__UDP_BATCH_ITEMS * sizeof(*b->addrs));
     loop->udp = b;
-    if (b->rbuf == NULL || b->buf == NULL || b->datas == NULL || b->lens == NULL ||
-        b->keys == NULL || b->addrs == NULL) {
+    if (b->rbuf == NULL || b->buf == NULL || b->metas == NULL || b->addrs == NULL) {
         uvs__udp_loop_free(loop);
         return UV_ENOMEM;
     }
@@ -127,9 +126,7 @@ void uvs__udp_loop_free(uvs_loop_t *loop) {
         return;
     free(b->rbuf);
     free(b->buf);
-    free(b->datas);
-    free(b->lens);
-    free(b->keys);
+    free(b->metas);
     free(b->addrs);
     free(b);
     loop->udp = NULL;
@@ -166,13 +163,16 @@ static void uvs__addr_copy(uvs_addr_t *dst, const struct sockaddr *sa) {
         memset(dst, 0, sizeof(*dst));
 }
 
-/* IPv4: address and port in one number, with bit 48 set so it is never 0. */
-static uint64_t uvs__addr_key(const struct sockaddr *sa) {
-    if (sa->sa_family != AF_INET)
-        return 0;
-    const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
-    return ((uint64_t)1 << 48) | ((uint64_t)ntohl(in->sin_addr.s_addr) << 16) |
-           ntohs(in->sin_port);
+/* An entry's meta: the sender's key in the high 48 bits (IPv4: its address and port, never 0
+ * for a real sender; IPv6: 0, no key) and the datagram's length in the low 16 (at most
+ * 65,535: every UDP payload fits). */
+static uint64_t uvs__udp_meta(const struct sockaddr *sa, size_t n) {
+    uint64_t key = 0;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        key = ((uint64_t)ntohl(in->sin_addr.s_addr) << 16) | ntohs(in->sin_port);
+    }
+    return key << 16 | (uint64_t)n;
 }
 
 /* ---- life ----------------------------------------------------------------------------- */
@@ -224,30 +224,29 @@ static void uvs__udp_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
     buf->len = u->slot < UVS_UDP_SLOT ? u->slot : (size_t)UVS__UDP_SLOTS * UVS_UDP_SLOT;
 }
 
-/* Hand one datagram to the embedding (batched when small). */
+/* Hand one datagram to the embedding (batched when small). A batch holds one socket's
+ * datagrams: a datagram for another socket hands the batch over first. */
 static void uvs__udp_deliver(uvs_udp_t *u, const char *p, size_t n, const struct sockaddr *sa) {
     uvs_loop_t *loop = u->loop;
     uvs__udp_batch_t *b = loop->udp;
     if (b->busy || n > UVS__UDP_ITEM_MAX || b->len + n > UVS__UDP_BATCH_BYTES ||
-        b->n == UVS__UDP_BATCH_ITEMS) {
+        b->n == UVS__UDP_BATCH_ITEMS || (b->n > 0 && b->data != u->data)) {
         uvs__batch_flush(loop);
         if (u->data == NULL || (u->state & (UVS__U_CLOSING | UVS__U_CLOSE_WANTED)))
             return; /* the application ran and closed it */
         if (n > UVS__UDP_ITEM_MAX || b->busy) {
-            uint64_t key = uvs__addr_key(sa);
+            uint64_t meta = uvs__udp_meta(sa, n);
             uvs_addr_t a;
             uvs__addr_copy(&a, sa);
-            void *d = u->data;
-            uvs__cb.on_udp_batch(loop->data, &d, &n, &key, &a, 1, p, n);
+            uvs__cb.on_udp_batch(u->data, &meta, &a, 1, p, n);
             return;
         }
     }
     size_t i = b->n;
     memcpy(b->buf + b->len, p, n);
     b->len += n;
-    b->datas[i] = u->data;
-    b->lens[i] = n;
-    b->keys[i] = uvs__addr_key(sa);
+    b->data = u->data;
+    b->metas[i] = uvs__udp_meta(sa, n);
     uvs__addr_copy(&b->addrs[i], sa);
     b->n = i + 1;
 }
@@ -257,7 +256,7 @@ void uvs__udp_batch_flush(uvs_loop_t *loop) {
     if (b->n == 0 || b->busy)
         return;
     b->busy = 1;
-    uvs__cb.on_udp_batch(loop->data, b->datas, b->lens, b->keys, b->addrs, b->n, b->buf, b->len);
+    uvs__cb.on_udp_batch(b->data, b->metas, b->addrs, b->n, b->buf, b->len);
     b->busy = 0;
     b->n = b->len = 0;
 }
@@ -374,7 +373,10 @@ uvs_udp_t *uvs_udp_new(uvs_loop_t *loop, void *data, const uvs_addr_t *local, in
 int uvs_udp_connect(uvs_udp_t *u, const uvs_addr_t *peer) {
     if (u->state & UVS__U_CLOSING)
         return UV_EBADF;
-    return uv_udp_connect(&u->udp, &peer->sa);
+    int r = uv_udp_connect(&u->udp, &peer->sa);
+    if (r == 0)
+        u->state |= UVS__U_CONNECTED;
+    return r;
 }
 
 int uvs_udp_close(uvs_udp_t *u, int force) {
@@ -481,7 +483,29 @@ int uvs_udp_send(uvs_loop_t *loop, uvs_udp_t *u, const char *buf, size_t len,
         return UVS_EFOREIGN;
     if (u->state & (UVS__U_CLOSING | UVS__U_CLOSE_WANTED))
         return UV_EBADF;
+    if ((addr != NULL) == ((u->state & UVS__U_CONNECTED) != 0))
+        return addr != NULL ? UV_EISCONN : UV_ENOTCONN;
     return uvs__udp_enqueue(u, buf, len, addr);
+}
+
+/* n datagrams at once (the embedding collected an echo server's replies): datagram i is the
+ * next lens[i] bytes of buf, for *addrs[i]. Returns 0, or the first error (the datagrams
+ * before it are queued). */
+int uvs_udp_send_many(uvs_loop_t *loop, uvs_udp_t *u, const char *buf, const size_t *lens,
+                      uvs_addr_t *const *addrs, size_t n) {
+    if (uvs__thread_loop != loop)
+        return UVS_EFOREIGN;
+    if (u->state & (UVS__U_CLOSING | UVS__U_CLOSE_WANTED))
+        return UV_EBADF;
+    if (u->state & UVS__U_CONNECTED)
+        return UV_EISCONN;
+    for (size_t i = 0; i < n; i++) {
+        int r = uvs__udp_enqueue(u, buf, lens[i], addrs[i]);
+        if (r != 0)
+            return r;
+        buf += lens[i];
+    }
+    return 0;
 }
 
 static void uvs__udp_sent_cb(uv_udp_send_t *req, int status) {
@@ -652,8 +676,10 @@ static void uvs__udp_resolved_cb(uv_getaddrinfo_t *req, int status, struct addri
     if (res != NULL)
         uv_freeaddrinfo(res);
     if (r != 0) {
-        if (q->connect)
+        if (q->connect) {
             u->nmsgs = u->out.len = 0; /* nowhere to go */
+            u->state &= ~(unsigned)UVS__U_CONNECTED;
+        }
         uvs__udp_event(u, UVS_EV_ERROR, r, action, NULL, q->host);
     } else if (q->connect) {
         if (u->nmsgs > 0 && !(u->state & UVS__U_DIRTY)) {
@@ -708,7 +734,7 @@ static int uvs__udp_resolve(uvs_udp_t *u, const char *host, int port, const char
     }
     u->pending_reqs++;
     if (connect)
-        u->state |= UVS__U_RESOLVING;
+        u->state |= UVS__U_RESOLVING | UVS__U_CONNECTED;
     return 0;
 }
 

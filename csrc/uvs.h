@@ -49,11 +49,11 @@ typedef struct {
      * current one); setting *verdict non-zero refuses the handshake */
     struct ssl_ctx_st *(*on_sni)(void *ctx_data, struct ssl_st *ssl, const char *name,
                                  int *verdict);
-    /* Datagrams of one loop turn (udp.c): entry i is lens[i] bytes for the socket whose data
-     * pointer is datas[i], from addrs[i]; keys[i] is a number that names that address (0 when
-     * none is cheap, as for IPv6), and the datagrams lie one after another from buf. */
-    void (*on_udp_batch)(void *loop_data, void *const *datas, const size_t *lens,
-                         const uint64_t *keys, const uvs_addr_t *addrs, size_t n,
+    /* Datagrams of one loop turn for the socket whose data pointer is `data` (udp.c): entry
+     * i is metas[i] & 0xFFFF bytes from addrs[i], and metas[i] >> 16 is a number that names
+     * that sender (0 when none is cheap, as for IPv6); the datagrams lie one after another
+     * from buf. */
+    void (*on_udp_batch)(void *data, const uint64_t *metas, const uvs_addr_t *addrs, size_t n,
                          const char *buf, size_t len);
     /* Anything else on a datagram socket: kind/status/action as for on_event, with the
      * address concerned (or NULL) and the host name being resolved (or NULL). */

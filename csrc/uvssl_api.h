@@ -105,6 +105,7 @@ enum {
 #define UV_EADDRINUSE ...
 #define UV_EPROTO ...
 #define UV_EMSGSIZE ...
+#define UV_EISCONN ...
 #define UV_EAI_NONAME ...
 #endif
 
@@ -191,6 +192,8 @@ int uvs_udp_connect(uvs_udp_t *u, const uvs_addr_t *peer);
 int uvs_udp_connect_name(uvs_udp_t *u, const char *host, int port, int bind_port, int flags);
 int uvs_udp_send(uvs_loop_t *loop, uvs_udp_t *u, const char *buf, size_t len,
                  const uvs_addr_t *addr);
+int uvs_udp_send_many(uvs_loop_t *loop, uvs_udp_t *u, const char *buf, const size_t *lens,
+                      uvs_addr_t *const *addrs, size_t n);
 int uvs_udp_send_name(uvs_udp_t *u, const char *buf, size_t len, const char *host, int port);
 int uvs_udp_close(uvs_udp_t *u, int force);
 int uvs_udp_fileno(uvs_udp_t *u);

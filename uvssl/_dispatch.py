@@ -244,12 +244,13 @@ def uvs_py_on_sni(ctx_data: Any, ssl: Any, name: Any, verdict: Any) -> Any:
 # -- datagram sockets (csrc/udp.c, uvssl/udp.py) ---------------------------------------------
 
 #: Sender addresses already seen, by the key C computes for them (IPv4: address and port in
-#: one number): the dispatcher hands out the same (host, port) tuple for the same sender.
+#: one number; never 0, the key of senders without one): the dispatcher hands out the same
+#: (host, port) tuple for the same sender.
 udp_peers: dict[int, tuple[str, int]] = {}
 #: (host, port) -> the parsed native address, for ``UdpSocket.send_to``: filled when a sender
 #: is first seen (an echo server's reply is not parsed again) and by ``send_to`` itself.
 udp_targets: dict[tuple[str, int], Any] = {}
-_UDP_CACHE_MAX = 4096  # both caches start over when they reach this many entries
+UDP_CACHE_MAX = 4096  # both caches start over when they reach this many entries
 _ADDR_T = ffi.typeof("uvs_addr_t *")
 _HOST_BUF = ffi.new("char[]", 64)
 _PORT_BUF = ffi.new("int *")
@@ -267,46 +268,58 @@ def _udp_peer(addr: Any, key: int) -> tuple[str, int]:
     """A sender's tuple, made once per sender (IPv4) and remembered both ways."""
     peer = udp_format(addr)
     if key:
-        if len(udp_peers) >= _UDP_CACHE_MAX:
+        if len(udp_peers) >= UDP_CACHE_MAX:
             udp_peers.clear()
         udp_peers[key] = peer
-        if len(udp_targets) >= _UDP_CACHE_MAX:
+        if len(udp_targets) >= UDP_CACHE_MAX:
             udp_targets.clear()
         udp_targets[peer] = ffi.new(_ADDR_T, addr[0])
     return peer
 
 
 @ffi.def_extern(onerror=dispatch_error)  # type: ignore[untyped-decorator]
-def uvs_py_on_udp_batch(
-    loop_data: Any, datas: Any, lens: Any, keys: Any, addrs: Any, n: int, buf: Any, length: int
-) -> None:
-    """The datagrams of one loop turn, in order, each with its sender (see csrc/udp.c).
+def uvs_py_on_udp_batch(data: Any, metas: Any, addrs: Any, n: int, buf: Any, length: int) -> None:
+    """One socket's datagrams of one loop turn, in order, each with its sender (csrc/udp.c).
 
-    Datagrams for a socket closed earlier in the same batch are dropped.
+    An entry's meta is its sender's key << 16 | its length. Once the application closes the
+    socket, the rest of the batch is dropped. This runs once per datagram: prebound names only.
     """
-    loop = _from_handle(loop_data)
-    if loop._halted:
+    sock = _from_handle(data)
+    loop = sock._loop
+    if loop._halted or sock._closed:
         return
     blob = _unpack(buf, length)
-    off = 0
-    peers = udp_peers
-    i = 0
-    for d, ln, key in zip(_unpack(datas, n), _unpack(lens, n), _unpack(keys, n)):
-        chunk = blob if n == 1 else blob[off : off + ln]
-        off += ln
-        peer = peers.get(key) if key else None
-        if peer is None:
-            peer = _udp_peer(addrs + i, key)
-        i += 1
-        sock = _from_handle(d)
-        if sock._closed:
-            continue
-        try:
-            sock._deliver(sock, chunk, peer)
-        except BaseException as exc:  # noqa: BLE001 - must not unwind into C
-            loop._app_error(exc)
-            if loop._halted:
+    if sock._remote is None:
+        sock._out = []  # send_to collects the batch's replies (see UdpSocket._flush_collected)
+    try:
+        if n == 1:
+            m = metas[0]
+            peer = udp_peers.get(m >> 16) or _udp_peer(addrs, m >> 16)
+            try:
+                sock._deliver(sock, blob, peer)
+            except BaseException as exc:  # noqa: BLE001 - must not unwind into C
+                loop._app_error(exc)
+            return
+        peers = udp_peers
+        off = 0
+        for i, m in enumerate(_unpack(metas, n)):
+            end = off + (m & 0xFFFF)
+            peer = peers.get(m >> 16) or _udp_peer(addrs + i, m >> 16)
+            try:
+                sock._deliver(sock, blob[off:end], peer)
+            except BaseException as exc:  # noqa: BLE001 - must not unwind into C
+                loop._app_error(exc)
+                if loop._halted:
+                    return
+            if sock._closed:
                 return
+            off = end
+    finally:
+        if sock._out is not None:
+            try:
+                sock._flush_collected()
+            except BaseException as exc:  # noqa: BLE001
+                loop._app_error(exc)
 
 
 @ffi.def_extern(onerror=dispatch_error)  # type: ignore[untyped-decorator]

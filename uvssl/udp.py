@@ -31,6 +31,7 @@ from ._args import (
     check_host,
     check_port,
     check_thread,
+    get_ident,
     keyword_hints,
 )
 from ._uvssl import ffi, lib
@@ -51,6 +52,11 @@ MAX_DATAGRAM_V6 = 65527
 
 _ADDR_T = ffi.typeof("uvs_addr_t *")
 _udp_send = lib.uvs_udp_send
+_udp_send_many = lib.uvs_udp_send_many
+_new = ffi.new
+_LENS_T = ffi.typeof("size_t[]")
+_ADDRS_T = ffi.typeof("uvs_addr_t *[]")
+_get_ident = get_ident
 _E_FOREIGN = lib.UVS_EFOREIGN
 _targets = _dispatch.udp_targets
 _ACTIONS = {
@@ -121,6 +127,12 @@ class UdpSocket:
         self._resolving: Optional[str] = None  # the remote name being resolved
         self._local_kept: Optional[Address] = None  # addresses kept at the close
         self._remote_kept: Optional[Address] = None
+        self._thread = loop.thread
+        # While the dispatcher hands this socket its datagrams, send_to collects datagrams
+        # for known addresses here and the dispatcher passes them to C in one call at the end
+        # (see _flush_collected); None otherwise.
+        self._out: Optional[list[bytes]] = None
+        self._out_addrs: list[Any] = []
 
     # -- callbacks -------------------------------------------------------------------------
     @property
@@ -218,6 +230,10 @@ class UdpSocket:
         if r == _E_FOREIGN:
             check_thread(self._loop, what, self)  # raises RuntimeError
             r = lib.UV_EBADF  # the loop has ended meanwhile
+        if r == lib.UV_EISCONN:
+            raise ValueError(
+                "send_to() on a connected UDP socket: it sends only to its peer; use send()"
+            )
         if r == lib.UV_EBADF:
             raise SocketClosed(
                 f"UDP socket is closing; cannot {what}",
@@ -232,42 +248,88 @@ class UdpSocket:
 
         IP addresses go when the current callback returns; names are resolved first, without
         blocking, and a failure reaches ``event_cb`` as ``DnsError``. Raises ``ValueError``
-        for a datagram larger than IP carries (65,507 bytes over IPv4, 65,527 over IPv6),
-        ``SocketClosed`` on a closed socket, and ``RuntimeError`` from another thread.
+        for a datagram larger than IP carries (65,507 bytes over IPv4, 65,527 over IPv6) and
+        on a connected socket (use ``send``), ``SocketClosed`` on a closed socket, and
+        ``RuntimeError`` from another thread.
         """
+        # The fast path: a (host, port) seen before, as an echo server's reply is. Inside the
+        # dispatcher's batch for this socket, the datagram is collected (the batch's replies
+        # reach C in one call); otherwise it goes to C now, which checks the thread and
+        # whether the socket is closed.
+        try:
+            addr = _targets[host, port]
+        except (KeyError, TypeError):
+            self._send_to_slow(data, host, port)
+            return
+        out = self._out
+        if (
+            out is not None
+            and type(data) is bytes
+            and len(data) <= MAX_DATAGRAM_V4
+            and _get_ident() == self._thread
+        ):
+            out.append(data)
+            self._out_addrs.append(addr)
+            return
         ptr = self._ptr
-        if ptr is None or self._closed:
-            check_thread(self._loop, "send_to()", self)
-            self._live("send")
+        if ptr is None:
+            self._send_to_slow(data, host, port)
+            return
         buf = data if type(data) is bytes else check_data("data", data)
         n = len(buf)
-        try:
-            addr = _targets.get((host, port))
-        except TypeError:  # unhashable: check_host says what is wrong
-            addr = None
-        if addr is None:
-            if self._remote is not None or self._resolving is not None:
-                check_thread(self._loop, "send_to()", self)
-                raise ValueError(
-                    "send_to() on a connected UDP socket: it sends only to its peer; use send()"
-                )
-            host = check_host("host", host)
-            port = check_port(port)
-            addr = _parse(host, port)
-            if addr is None:
-                check_thread(self._loop, "send_to()", self)
-                self._too_big(n, self._v6, f"{host!r} port {port}")
-                r = int(lib.uvs_udp_send_name(ptr, buf, n, host.encode("idna"), port))
-                if r != 0:
-                    if r == lib.UV_EINVAL:
-                        raise ValueError(f"cannot send to {host!r}: the host name is too long")
-                    self._sent(r, "send_to()")
-                return
-            if len(_targets) >= 4096:
-                _targets.clear()
-            _targets[(host, port)] = addr
         if n > MAX_DATAGRAM_V4:
             self._too_big(n, _is_v6(addr), f"{host} port {port}")
+        r = _udp_send(self._loop_ptr, ptr, buf, n, addr)
+        if r:
+            self._sent(r, "send_to()")
+
+    def _flush_collected(self) -> None:
+        """Pass the datagrams collected by ``send_to`` during a batch to C, in one call."""
+        bufs = self._out
+        self._out = None
+        if not bufs:
+            return
+        addrs = self._out_addrs
+        self._out_addrs = []
+        ptr = self._ptr
+        if ptr is None:
+            return  # closed by the loop's end meanwhile: nothing will be sent any more
+        r = _udp_send_many(
+            self._loop_ptr,
+            ptr,
+            b"".join(bufs),
+            _new(_LENS_T, [len(b) for b in bufs]),
+            _new(_ADDRS_T, addrs),
+            len(bufs),
+        )
+        if r:
+            self._sent(r, "send_to()")
+
+    def _send_to_slow(self, data: BytesLike, host: str, port: int) -> None:
+        """``send_to`` for a (host, port) not seen yet, a name, or a closed socket."""
+        check_thread(self._loop, "send_to()", self)
+        ptr = self._live("send")
+        buf = data if type(data) is bytes else check_data("data", data)
+        n = len(buf)
+        host = check_host("host", host)
+        port = check_port(port)
+        if self._remote is not None:
+            raise ValueError(
+                "send_to() on a connected UDP socket: it sends only to its peer; use send()"
+            )
+        addr = _parse(host, port)
+        if addr is None:  # a name: resolved, then sent
+            self._too_big(n, self._v6, f"{host!r} port {port}")
+            r = int(lib.uvs_udp_send_name(ptr, buf, n, host.encode("idna"), port))
+            if r != 0:
+                if r == lib.UV_EINVAL:
+                    raise ValueError(f"cannot send to {host!r}: the host name is too long")
+                self._sent(r, "send_to()")
+            return
+        if len(_targets) >= _dispatch.UDP_CACHE_MAX:
+            _targets.clear()
+        _targets[host, port] = addr
+        self._too_big(n, _is_v6(addr), f"{host} port {port}")
         r = _udp_send(self._loop_ptr, ptr, buf, n, addr)
         if r:
             self._sent(r, "send_to()")
@@ -363,6 +425,7 @@ class UdpSocket:
         check_thread(self._loop, "close()", self)
         if self._closed:
             return
+        self._flush_collected()  # what send_to accepted leaves too
         self._closed = True
         ptr = self._ptr
         if ptr is None:
