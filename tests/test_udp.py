@@ -630,3 +630,76 @@ def test_read_cb_exception_with_catch_app_errors_goes_on():
         assert [str(e) for e in caught] == ["first datagram"]
     finally:
         client.close()
+
+
+# -- replies sent from read_cb ---------------------------------------------------------------
+
+
+def test_replies_collected_in_a_batch_survive_close_and_errors():
+    # read_cb's replies to known senders are collected during a batch and handed to C at its
+    # end: a close or an exception in read_cb must not lose the ones already accepted
+    client = peer()
+    replies: list[Any] = []
+    caught: list[BaseException] = []
+    seen: list[bytes] = []
+
+    def read_cb(sock, data, address):
+        seen.append(data)
+        sock.send_to(b"reply to " + data, *address)
+        if data == b"2":
+            raise ValueError("after sending")
+        if data == b"4":
+            sock.send_to(b"last", *address)
+            sock.close()
+            with pytest.raises(uvssl.SocketClosed):
+                sock.send_to(b"too late", *address)
+
+    def start():
+        sock = uvssl.udp_socket(read_cb, local_host=LOCALHOST)
+        for i in range(1, 7):
+            client.sendto(b"%d" % i, sock.local_address)
+
+    def until():
+        drain(client, replies)
+        return len(replies) >= 5
+
+    try:
+        LoopHarness().run(start, until, catch_app_errors=True, default_event_cb=caught.append)
+        assert seen == [b"1", b"2", b"3", b"4"]  # nothing after the close
+        assert [d for d, _ in replies] == [
+            b"reply to 1",
+            b"reply to 2",
+            b"reply to 3",
+            b"reply to 4",
+            b"last",
+        ]
+        assert [str(e) for e in caught] == ["after sending"]
+    finally:
+        client.close()
+
+
+def test_reply_through_another_socket_and_connected_refusal():
+    client = peer()
+    replies: list[Any] = []
+    state: dict[str, Any] = {}
+
+    def read_cb(sock, data, address):
+        state["other"].send_to(data + b" via other", *address)
+        with pytest.raises(ValueError, match="send()"):
+            state["connected"].send_to(b"x", *address)  # a known address, still refused
+
+    def start():
+        state["other"] = uvssl.udp_socket(local_host=LOCALHOST)
+        state["connected"] = uvssl.udp_socket(remote_host=LOCALHOST, remote_port=9)
+        sock = uvssl.udp_socket(read_cb, local_host=LOCALHOST)
+        client.sendto(b"hi", sock.local_address)
+
+    def until():
+        drain(client, replies)
+        return replies
+
+    try:
+        LoopHarness().run(start, until)
+        assert replies == [(b"hi via other", state["other"].local_address)]
+    finally:
+        client.close()
