@@ -100,8 +100,8 @@ extern "Python" {
     void uvs_py_on_timer(void *data);
     void uvs_py_on_wakeup(void *loop_data);
     SSL_CTX *uvs_py_on_sni(void *ctx_data, SSL *ssl, const char *name, int *verdict);
-    void uvs_py_on_udp_batch(void *data, const uint64_t *metas, const uvs_addr_t *addrs,
-                             size_t n, const char *buf, size_t len);
+    void uvs_py_on_udp_batch(void *data, const size_t *lens, const uint64_t *keys,
+                             const uvs_addr_t *addrs, size_t n, const char *buf, size_t len);
     void uvs_py_on_udp_event(void *data, int kind, int status, int action,
                              const uvs_addr_t *addr, const char *host);
 }
@@ -181,8 +181,9 @@ static void uvs_py_on_accept(void *server_data, uvs_conn_t *conn, int stage, con
 static void uvs_py_on_timer(void *data);
 static void uvs_py_on_wakeup(void *loop_data);
 static SSL_CTX *uvs_py_on_sni(void *ctx_data, SSL *ssl, const char *name, int *verdict);
-static void uvs_py_on_udp_batch(void *data, const uint64_t *metas, const uvs_addr_t *addrs,
-                                size_t n, const char *buf, size_t len);
+static void uvs_py_on_udp_batch(void *data, const size_t *lens, const uint64_t *keys,
+                                const uvs_addr_t *addrs, size_t n, const char *buf,
+                                size_t len);
 static void uvs_py_on_udp_event(void *data, int kind, int status, int action,
                                 const uvs_addr_t *addr, const char *host);
 

@@ -18,16 +18,16 @@
  * and the datagram is reported as an error with its sender, never delivered.
  *
  * The batch. Each datagram is copied to the end of the loop's datagram batch (bytes, and per
- * entry its length and a numeric key for its sender packed in one number, and the sender's
- * address), and the whole batch reaches the embedding in one on_udp_batch call. A batch is one
+ * entry its length, a numeric key for its sender and the sender's address), and the whole
+ * batch reaches the embedding in one on_udp_batch call. A batch is one
  * socket's (a datagram for another socket hands it over first): recvmmsg reads one socket at a
  * time, so a turn's datagrams come in runs, and the embedding finds the socket once per batch. It is handed over wherever
  * batch.c hands over the stream batch (uvs__batch_flush calls uvs__udp_batch_flush first): after
  * the poll phase, before the loop blocks, and before every other call into the embedding, so
  * a socket's datagrams always arrive before anything that happened after them. A datagram too
  * big to copy cheaply goes alone, straight from the receive area, after the batch. The key
- * (IPv4: the address and port in one number; 0 for IPv6) lets the embedding cache the
- * (host, port) it builds for a sender.
+ * (IPv4: the address and port in one number) lets the embedding cache the (host, port) it
+ * builds for a sender, and even build it from the key alone.
  *
  * Sending. uvs_udp_send only copies the datagram to the socket's queue and marks the socket
  * dirty; the queue is sent when the current call into the embedding returns (uvs__flush_dirty
@@ -75,7 +75,8 @@ struct uvs__udp_batch_s {
     char *rbuf;              /* the receive area: UVS__UDP_SLOTS * UVS_UDP_SLOT bytes       */
     char *buf;               /* the batch's bytes                                         */
     void *data;              /* the socket they are for (one socket per batch)            */
-    uint64_t *metas;         /* per entry: the sender's key << 16 | the length            */
+    size_t *lens;            /* per entry: the length                                     */
+    uint64_t *keys;          /* the sender's key (uvs__udp_key)                           */
     uvs_addr_t *addrs;       /* and the sender                                            */
     size_t n, len;
     int busy;                /* the embedding is reading the batch                        */
@@ -110,10 +111,12 @@ static int uvs__udp_loop_init(uvs_loop_t *loop) {
         return UV_ENOMEM;
     b->rbuf = malloc((size_t)UVS__UDP_SLOTS * UVS_UDP_SLOT);
     b->buf = malloc(UVS__UDP_BATCH_BYTES);
-    b->metas = malloc(UVS__UDP_BATCH_ITEMS * sizeof(*b->metas));
+    b->lens = malloc(UVS__UDP_BATCH_ITEMS * sizeof(*b->lens));
+    b->keys = malloc(UVS__UDP_BATCH_ITEMS * sizeof(*b->keys));
     b->addrs = malloc(UVS__UDP_BATCH_ITEMS * sizeof(*b->addrs));
     loop->udp = b;
-    if (b->rbuf == NULL || b->buf == NULL || b->metas == NULL || b->addrs == NULL) {
+    if (b->rbuf == NULL || b->buf == NULL || b->lens == NULL || b->keys == NULL ||
+        b->addrs == NULL) {
         uvs__udp_loop_free(loop);
         return UV_ENOMEM;
     }
@@ -126,7 +129,8 @@ void uvs__udp_loop_free(uvs_loop_t *loop) {
         return;
     free(b->rbuf);
     free(b->buf);
-    free(b->metas);
+    free(b->lens);
+    free(b->keys);
     free(b->addrs);
     free(b);
     loop->udp = NULL;
@@ -163,16 +167,15 @@ static void uvs__addr_copy(uvs_addr_t *dst, const struct sockaddr *sa) {
         memset(dst, 0, sizeof(*dst));
 }
 
-/* An entry's meta: the sender's key in the high 48 bits (IPv4: its address and port, never 0
- * for a real sender; IPv6: 0, no key) and the datagram's length in the low 16 (at most
- * 65,535: every UDP payload fits). */
-static uint64_t uvs__udp_meta(const struct sockaddr *sa, size_t n) {
-    uint64_t key = 0;
+/* Entry i's sender key: an IPv4 sender's address and port in one number (below 2^48), which
+ * the embedding may use to cache what it makes of the address; any other sender gets 2^48 + i,
+ * which names the entry (its address is addrs[i]) and is never cached. */
+static uint64_t uvs__udp_key(const struct sockaddr *sa, size_t i) {
     if (sa->sa_family == AF_INET) {
         const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
-        key = ((uint64_t)ntohl(in->sin_addr.s_addr) << 16) | ntohs(in->sin_port);
+        return ((uint64_t)ntohl(in->sin_addr.s_addr) << 16) | ntohs(in->sin_port);
     }
-    return key << 16 | (uint64_t)n;
+    return ((uint64_t)1 << 48) | (uint64_t)i;
 }
 
 /* ---- life ----------------------------------------------------------------------------- */
@@ -235,10 +238,10 @@ static void uvs__udp_deliver(uvs_udp_t *u, const char *p, size_t n, const struct
         if (u->data == NULL || (u->state & (UVS__U_CLOSING | UVS__U_CLOSE_WANTED)))
             return; /* the application ran and closed it */
         if (n > UVS__UDP_ITEM_MAX || b->busy) {
-            uint64_t meta = uvs__udp_meta(sa, n);
+            uint64_t key = uvs__udp_key(sa, 0);
             uvs_addr_t a;
             uvs__addr_copy(&a, sa);
-            uvs__cb.on_udp_batch(u->data, &meta, &a, 1, p, n);
+            uvs__cb.on_udp_batch(u->data, &n, &key, &a, 1, p, n);
             return;
         }
     }
@@ -246,7 +249,8 @@ static void uvs__udp_deliver(uvs_udp_t *u, const char *p, size_t n, const struct
     memcpy(b->buf + b->len, p, n);
     b->len += n;
     b->data = u->data;
-    b->metas[i] = uvs__udp_meta(sa, n);
+    b->lens[i] = n;
+    b->keys[i] = uvs__udp_key(sa, i);
     uvs__addr_copy(&b->addrs[i], sa);
     b->n = i + 1;
 }
@@ -256,7 +260,7 @@ void uvs__udp_batch_flush(uvs_loop_t *loop) {
     if (b->n == 0 || b->busy)
         return;
     b->busy = 1;
-    uvs__cb.on_udp_batch(b->data, b->metas, b->addrs, b->n, b->buf, b->len);
+    uvs__cb.on_udp_batch(b->data, b->lens, b->keys, b->addrs, b->n, b->buf, b->len);
     b->busy = 0;
     b->n = b->len = 0;
 }

@@ -50,11 +50,11 @@ typedef struct {
     struct ssl_ctx_st *(*on_sni)(void *ctx_data, struct ssl_st *ssl, const char *name,
                                  int *verdict);
     /* Datagrams of one loop turn for the socket whose data pointer is `data` (udp.c): entry
-     * i is metas[i] & 0xFFFF bytes from addrs[i], and metas[i] >> 16 is a number that names
-     * that sender (0 when none is cheap, as for IPv6); the datagrams lie one after another
-     * from buf. */
-    void (*on_udp_batch)(void *data, const uint64_t *metas, const uvs_addr_t *addrs, size_t n,
-                         const char *buf, size_t len);
+     * i is lens[i] bytes from addrs[i], and keys[i] names that sender (an IPv4 sender's
+     * address and port in one number, below 2^48; 2^48 + i for any other); the datagrams lie
+     * one after another from buf. */
+    void (*on_udp_batch)(void *data, const size_t *lens, const uint64_t *keys,
+                         const uvs_addr_t *addrs, size_t n, const char *buf, size_t len);
     /* Anything else on a datagram socket: kind/status/action as for on_event, with the
      * address concerned (or NULL) and the host name being resolved (or NULL). */
     void (*on_udp_event)(void *data, int kind, int status, int action, const uvs_addr_t *addr,

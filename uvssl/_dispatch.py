@@ -243,13 +243,14 @@ def uvs_py_on_sni(ctx_data: Any, ssl: Any, name: Any, verdict: Any) -> Any:
 
 # -- datagram sockets (csrc/udp.c, uvssl/udp.py) ---------------------------------------------
 
-#: Sender addresses already seen, by the key C computes for them (IPv4: address and port in
-#: one number; never 0, the key of senders without one): the dispatcher hands out the same
-#: (host, port) tuple for the same sender.
+#: IPv4 senders already seen, by the key C computes for them (address << 16 | port): the
+#: dispatcher hands out the same (host, port) tuple for the same sender.
 udp_peers: dict[int, tuple[str, int]] = {}
-#: (host, port) -> the parsed native address, for ``UdpSocket.send_to``: filled when a sender
-#: is first seen (an echo server's reply is not parsed again) and by ``send_to`` itself.
-udp_targets: dict[tuple[str, int], Any] = {}
+#: port -> host -> the parsed native address, for ``UdpSocket.send_to``: filled when a sender
+#: is first seen (an echo server's reply is not parsed again) and by ``send_to`` itself. Two
+#: levels, so that a lookup builds no (host, port) tuple; see ``remember_target``.
+udp_targets: dict[int, dict[str, Any]] = {}
+_udp_targets_n = [0]  # entries in udp_targets, all ports together
 UDP_CACHE_MAX = 4096  # both caches start over when they reach this many entries
 _ADDR_T = ffi.typeof("uvs_addr_t *")
 _HOST_BUF = ffi.new("char[]", 64)
@@ -264,25 +265,44 @@ def udp_format(addr: Any) -> tuple[str, int]:
     return ffi.string(_HOST_BUF).decode("ascii"), int(_PORT_BUF[0])
 
 
-def _udp_peer(addr: Any, key: int) -> tuple[str, int]:
-    """A sender's tuple, made once per sender (IPv4) and remembered both ways."""
-    peer = udp_format(addr)
-    if key:
-        if len(udp_peers) >= UDP_CACHE_MAX:
-            udp_peers.clear()
-        udp_peers[key] = peer
-        if len(udp_targets) >= UDP_CACHE_MAX:
-            udp_targets.clear()
-        udp_targets[peer] = ffi.new(_ADDR_T, addr[0])
+def remember_target(host: str, port: int, addr: Any) -> None:
+    """Keep the native address ``addr`` of (host, port) for ``send_to`` (bounded)."""
+    if _udp_targets_n[0] >= UDP_CACHE_MAX:
+        udp_targets.clear()
+        _udp_targets_n[0] = 0
+    hosts = udp_targets.get(port)
+    if hosts is None:
+        hosts = udp_targets[port] = {}
+    if host not in hosts:
+        _udp_targets_n[0] += 1
+    hosts[host] = addr
+
+
+def _udp_peer(addrs: Any, key: int) -> tuple[str, int]:
+    """A sender's tuple: an IPv4 sender's is built from its key (address << 16 | port), once,
+    and remembered both ways; any other's (key 2^48 + i) is formatted from ``addrs[i]``.
+    """
+    if key >> 48:
+        return udp_format(addrs + (key & 0xFFFF))
+    ip = key >> 16
+    peer = (f"{ip >> 24}.{(ip >> 16) & 255}.{(ip >> 8) & 255}.{ip & 255}", key & 0xFFFF)
+    if len(udp_peers) >= UDP_CACHE_MAX:
+        udp_peers.clear()
+    udp_peers[key] = peer
+    addr = ffi.new(_ADDR_T)
+    if lib.uvs_addr_parse(peer[0].encode("ascii"), peer[1], addr) == 0:
+        remember_target(peer[0], peer[1], addr)
     return peer
 
 
 @ffi.def_extern(onerror=dispatch_error)  # type: ignore[untyped-decorator]
-def uvs_py_on_udp_batch(data: Any, metas: Any, addrs: Any, n: int, buf: Any, length: int) -> None:
+def uvs_py_on_udp_batch(
+    data: Any, lens: Any, keys: Any, addrs: Any, n: int, buf: Any, length: int
+) -> None:
     """One socket's datagrams of one loop turn, in order, each with its sender (csrc/udp.c).
 
-    An entry's meta is its sender's key << 16 | its length. Once the application closes the
-    socket, the rest of the batch is dropped. This runs once per datagram: prebound names only.
+    Once the application closes the socket, the rest of the batch is dropped. This runs once
+    per datagram: prebound names only.
     """
     sock = _from_handle(data)
     loop = sock._loop
@@ -293,8 +313,8 @@ def uvs_py_on_udp_batch(data: Any, metas: Any, addrs: Any, n: int, buf: Any, len
         sock._out = []  # send_to collects the batch's replies (see UdpSocket._flush_collected)
     try:
         if n == 1:
-            m = metas[0]
-            peer = udp_peers.get(m >> 16) or _udp_peer(addrs, m >> 16)
+            key = keys[0]
+            peer = udp_peers.get(key) or _udp_peer(addrs, key)
             try:
                 sock._deliver(sock, blob, peer)
             except BaseException as exc:  # noqa: BLE001 - must not unwind into C
@@ -302,9 +322,9 @@ def uvs_py_on_udp_batch(data: Any, metas: Any, addrs: Any, n: int, buf: Any, len
             return
         peers = udp_peers
         off = 0
-        for i, m in enumerate(_unpack(metas, n)):
-            end = off + (m & 0xFFFF)
-            peer = peers.get(m >> 16) or _udp_peer(addrs + i, m >> 16)
+        for ln, key in zip(_unpack(lens, n), _unpack(keys, n)):
+            end = off + ln
+            peer = peers.get(key) or _udp_peer(addrs, key)
             try:
                 sock._deliver(sock, blob[off:end], peer)
             except BaseException as exc:  # noqa: BLE001 - must not unwind into C

@@ -131,8 +131,8 @@ class UdpSocket:
         # While the dispatcher hands this socket its datagrams, send_to collects datagrams
         # for known addresses here and the dispatcher passes them to C in one call at the end
         # (see _flush_collected); None otherwise.
-        self._out: Optional[list[bytes]] = None
-        self._out_addrs: list[Any] = []
+        # datagram and native address alternate in the list
+        self._out: Optional[list[Any]] = None
 
     # -- callbacks -------------------------------------------------------------------------
     @property
@@ -257,7 +257,7 @@ class UdpSocket:
         # reach C in one call); otherwise it goes to C now, which checks the thread and
         # whether the socket is closed.
         try:
-            addr = _targets[host, port]
+            addr = _targets[port][host]
         except (KeyError, TypeError):
             self._send_to_slow(data, host, port)
             return
@@ -268,8 +268,7 @@ class UdpSocket:
             and len(data) <= MAX_DATAGRAM_V4
             and _get_ident() == self._thread
         ):
-            out.append(data)
-            self._out_addrs.append(addr)
+            out += (data, addr)
             return
         ptr = self._ptr
         if ptr is None:
@@ -285,12 +284,11 @@ class UdpSocket:
 
     def _flush_collected(self) -> None:
         """Pass the datagrams collected by ``send_to`` during a batch to C, in one call."""
-        bufs = self._out
+        out = self._out
         self._out = None
-        if not bufs:
+        if not out:
             return
-        addrs = self._out_addrs
-        self._out_addrs = []
+        bufs = out[0::2]
         ptr = self._ptr
         if ptr is None:
             return  # closed by the loop's end meanwhile: nothing will be sent any more
@@ -298,8 +296,8 @@ class UdpSocket:
             self._loop_ptr,
             ptr,
             b"".join(bufs),
-            _new(_LENS_T, [len(b) for b in bufs]),
-            _new(_ADDRS_T, addrs),
+            _new(_LENS_T, list(map(len, bufs))),
+            _new(_ADDRS_T, out[1::2]),
             len(bufs),
         )
         if r:
@@ -326,9 +324,7 @@ class UdpSocket:
                     raise ValueError(f"cannot send to {host!r}: the host name is too long")
                 self._sent(r, "send_to()")
             return
-        if len(_targets) >= _dispatch.UDP_CACHE_MAX:
-            _targets.clear()
-        _targets[host, port] = addr
+        _dispatch.remember_target(host, port, addr)
         self._too_big(n, _is_v6(addr), f"{host} port {port}")
         r = _udp_send(self._loop_ptr, ptr, buf, n, addr)
         if r:
