@@ -12,6 +12,10 @@ server's reply is never parsed.
 
 Sending. ``send_to`` / ``send`` copy the datagram to the socket's native queue; the queue leaves
 when the current callback returns, in as few sendmmsg() calls as possible (see csrc/udp.c).
+While the dispatcher hands a socket its batch, ``send_to`` to a known address only appends the
+datagram (bytes) and its native address to ``_out``, and the dispatcher passes them all to C
+in one call at the end of the batch (``_flush_collected``; ``close()`` flushes them first), so
+an echo server makes one call into C per batch instead of one per reply.
 IP literals are parsed once per (host, port) and remembered; names are resolved asynchronously
 (for the socket's address family) and the datagram leaves when the answer comes. Errors of
 sending, of resolving and ICMP errors reported by the kernel reach ``event_cb`` (or the loop's
