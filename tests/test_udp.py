@@ -178,30 +178,36 @@ def test_connected_socket_sends_and_drops_others(remote):
         stranger.close()
 
 
-def test_datagrams_of_one_turn_arrive_in_order():
-    client = peer()
+@pytest.mark.parametrize("host", [LOCALHOST, V6])
+def test_datagrams_of_one_turn_arrive_in_order(host):
+    clients = [peer(host), peer(host)]  # two senders, interleaved
     got: list[bytes] = []
+    senders: list[Any] = []
     state: dict[str, Any] = {}
     count = 200
 
     def read_cb(sock, data, address):
         got.append(data)
+        senders.append(address)
         if len(got) == count:
             sock.close()
 
     def start():
-        sock = uvssl.udp_socket(read_cb, local_host=LOCALHOST)
+        sock = uvssl.udp_socket(read_cb, local_host=host)
         state["mmsg"] = lib.uvs_udp_using_recvmmsg(sock._ptr)
         # all of them wait in the kernel before the loop polls once
         for i in range(count):
-            client.sendto(b"datagram %d" % i, sock.local_address)
+            clients[i % 2].sendto(b"datagram %d" % i, sock.local_address)
 
     try:
         run_loop(start)
         assert state["mmsg"] == 1
         assert got == [b"datagram %d" % i for i in range(count)]
+        names = [c.getsockname()[:2] for c in clients]
+        assert senders == [names[i % 2] for i in range(count)]
     finally:
-        client.close()
+        for c in clients:
+            c.close()
 
 
 def test_replies_of_one_turn_all_leave_in_order():
