@@ -154,6 +154,7 @@ class MetricSpec:
 
 METRICS: Dict[str, MetricSpec] = {
     "rps": MetricSpec("req/s", True),
+    "dgps": MetricSpec("datagrams/s", True),
     "p50_us": MetricSpec("p50 us", False),
     "p99_us": MetricSpec("p99 us", False),
     "mbps": MetricSpec("MB/s", True),
@@ -199,7 +200,7 @@ CELLS: Dict[str, CellSpec] = {
         CellSpec("plain-echo-64", "64 B plain-TCP echo, 64 conns", "echo", False, 64, 64,
                  ("rps", "p50_us", "p99_us", "cpu_s_per_op"), "request", prime=True),
         CellSpec("udp-echo", "64 B UDP echo, 64 in flight", "udp-echo", False, 64, 64,
-                 ("rps", "p50_us", "p99_us", "cpu_s_per_op"), "datagram echoed", prime=True),
+                 ("dgps", "p50_us", "p99_us", "cpu_s_per_op"), "datagram echoed", prime=True),
     )
 }  # fmt: skip
 
@@ -766,7 +767,7 @@ def _measure(
         if cell.mode in ("echo", "udp-echo"):
             out.update(rps=float(r["rps"]), p50_us=float(r["p50_us"]), p99_us=float(r["p99_us"]))
             if cell.mode == "udp-echo":
-                out["lost"] = int(r.get("lost", 0))
+                out.update(dgps=float(r["rps"]), lost=int(r.get("lost", 0)))
         elif cell.mode == "bulk":
             out.update(mbps=float(r["mbps"]), bytes=int(r["bytes"]))
         else:
