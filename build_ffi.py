@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 CSRC = HERE / "csrc"
 SOURCES = [
     "buf.c", "batch.c", "loop.c", "conn.c", "tcp.c", "server.c", "tls.c", "tls_conn.c", "ctx.c",
-    "tls_blocking.c", "tickets.c",
+    "tls_blocking.c", "tickets.c", "udp.c",
 ]
 
 # (pkg-config name, Debian package that provides it)
@@ -100,6 +100,10 @@ extern "Python" {
     void uvs_py_on_timer(void *data);
     void uvs_py_on_wakeup(void *loop_data);
     SSL_CTX *uvs_py_on_sni(void *ctx_data, SSL *ssl, const char *name, int *verdict);
+    void uvs_py_on_udp_batch(void *data, const size_t *lens, const uint64_t *keys,
+                             const uvs_addr_t *addrs, size_t n, const char *buf, size_t len);
+    void uvs_py_on_udp_event(void *data, int kind, int status, int action,
+                             const uvs_addr_t *addr, const char *host);
 }
 """
 
@@ -177,6 +181,11 @@ static void uvs_py_on_accept(void *server_data, uvs_conn_t *conn, int stage, con
 static void uvs_py_on_timer(void *data);
 static void uvs_py_on_wakeup(void *loop_data);
 static SSL_CTX *uvs_py_on_sni(void *ctx_data, SSL *ssl, const char *name, int *verdict);
+static void uvs_py_on_udp_batch(void *data, const size_t *lens, const uint64_t *keys,
+                                const uvs_addr_t *addrs, size_t n, const char *buf,
+                                size_t len);
+static void uvs_py_on_udp_event(void *data, int kind, int status, int action,
+                                const uvs_addr_t *addr, const char *host);
 
 /* Point the native core's callback table at the extern "Python" dispatchers. */
 static void uvs_py_install(void) {
@@ -188,6 +197,8 @@ static void uvs_py_install(void) {
     cb.on_timer = uvs_py_on_timer;
     cb.on_wakeup = uvs_py_on_wakeup;
     cb.on_sni = uvs_py_on_sni;
+    cb.on_udp_batch = uvs_py_on_udp_batch;
+    cb.on_udp_event = uvs_py_on_udp_event;
     uvs_set_callbacks(&cb);
 }
 """

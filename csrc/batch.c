@@ -59,6 +59,8 @@ void uvs__batch_free(uvs_loop_t *loop) {
 }
 
 void uvs__batch_flush(uvs_loop_t *loop) {
+    if (loop->udp != NULL) /* datagrams first (udp.c); a branch when there are none */
+        uvs__udp_batch_flush(loop);
     if (loop->batch_n == 0 || loop->batch_busy)
         return;
     loop->batch_busy = 1;

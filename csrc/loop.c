@@ -215,6 +215,9 @@ void uvs_loop_close_all(uvs_loop_t *loop) {
         case UVS__OBJ_TIMER:
             uvs_timer_close((uvs_timer_t *)((char *)l - offsetof(uvs_timer_t, link)));
             break;
+        case UVS__OBJ_UDP:
+            (void)uvs_udp_close((uvs_udp_t *)((char *)l - offsetof(uvs_udp_t, link)), 1);
+            break;
         default:
             break;
         }
@@ -238,6 +241,7 @@ int uvs_loop_free(uvs_loop_t *loop) {
     if (r != 0)
         return r; /* leak rather than free memory libuv still points at */
     uvs__batch_free(loop);
+    uvs__udp_loop_free(loop);
     free(loop->rbuf);
     free(loop->pbuf);
     free(loop);
@@ -257,6 +261,8 @@ void uvs__mark_dirty(uvs_conn_t *c) {
 void uvs__flush_dirty(uvs_loop_t *loop) {
     if (loop->flushing)
         return;
+    if (loop->udp != NULL) /* datagram sockets' queued sends (udp.c) */
+        uvs__udp_flush_dirty(loop);
     loop->flushing = 1;
     while (loop->dirty != NULL) {
         uvs_conn_t *c = loop->dirty;

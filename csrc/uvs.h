@@ -49,6 +49,16 @@ typedef struct {
      * current one); setting *verdict non-zero refuses the handshake */
     struct ssl_ctx_st *(*on_sni)(void *ctx_data, struct ssl_st *ssl, const char *name,
                                  int *verdict);
+    /* Datagrams of one loop turn for the socket whose data pointer is `data` (udp.c): entry
+     * i is lens[i] bytes from addrs[i], and keys[i] names that sender (an IPv4 sender's
+     * address and port in one number, below 2^48; 2^48 + i for any other); the datagrams lie
+     * one after another from buf. */
+    void (*on_udp_batch)(void *data, const size_t *lens, const uint64_t *keys,
+                         const uvs_addr_t *addrs, size_t n, const char *buf, size_t len);
+    /* Anything else on a datagram socket: kind/status/action as for on_event, with the
+     * address concerned (or NULL) and the host name being resolved (or NULL). */
+    void (*on_udp_event)(void *data, int kind, int status, int action, const uvs_addr_t *addr,
+                         const char *host);
 } uvs_callbacks_t;
 
 void uvs_set_callbacks(const uvs_callbacks_t *cb);
@@ -56,7 +66,7 @@ void uvs_set_callbacks(const uvs_callbacks_t *cb);
 /* ---- internals ------------------------------------------------------------------------ */
 
 /* Every loop-owned object starts its bookkeeping with this link. */
-enum { UVS__OBJ_CONN = 1, UVS__OBJ_SERVER = 2, UVS__OBJ_TIMER = 3 };
+enum { UVS__OBJ_CONN = 1, UVS__OBJ_SERVER = 2, UVS__OBJ_TIMER = 3, UVS__OBJ_UDP = 4 };
 typedef struct uvs__link_s {
     struct uvs__link_s *next;
     struct uvs__link_s *prev;
@@ -68,6 +78,8 @@ typedef struct uvs__link_s {
 #define UVS__BATCH_BYTES (64 * 1024)     /* a read batch's bytes                        */
 #define UVS__BATCH_ITEMS 256             /* and entries                                 */
 #define UVS__BATCH_ITEM_MAX 4096         /* larger pieces are not copied: on_read direct */
+
+typedef struct uvs__udp_batch_s uvs__udp_batch_t; /* udp.c */
 
 struct uvs_loop_s {
     uv_loop_t uv;
@@ -92,6 +104,7 @@ struct uvs_loop_s {
     size_t batch_n;          /* entries                                                  */
     size_t batch_len;        /* bytes used in batch_buf                                  */
     int batch_busy;          /* the embedding is reading the batch                       */
+    uvs__udp_batch_t *udp;   /* datagram sockets' buffers and batch (udp.c; lazy)        */
 };
 
 /* connection state flags (internal) */
@@ -161,6 +174,28 @@ struct uvs_timer_s {
     int closing;
 };
 
+/* A datagram queued on a datagram socket: len bytes at off in its out buffer, for addr (family
+ * AF_UNSPEC: the connected peer). */
+typedef struct {
+    size_t off;
+    size_t len;
+    uvs_addr_t addr;
+} uvs__udp_msg_t;
+
+struct uvs_udp_s {
+    uv_udp_t udp;                 /* udp.data == this                         */
+    uvs__link_t link;
+    uvs_loop_t *loop;
+    void *data;
+    unsigned state;               /* UVS__U_*                                 */
+    int pending_reqs;             /* sends and resolutions outstanding        */
+    size_t slot;                  /* receive slot: UVS_UDP_SLOT, or less      */
+    uvs__buf_t out;               /* datagrams accepted, not yet sent         */
+    uvs__udp_msg_t *msgs;         /* and one entry per datagram               */
+    size_t nmsgs, capmsgs;
+    uvs_udp_t *dirty_next;
+};
+
 extern uvs_callbacks_t uvs__cb;
 extern __thread uvs_loop_t *uvs__thread_loop; /* the loop this thread runs (loop.c) */
 
@@ -176,6 +211,11 @@ void uvs__conn_deliver(uvs_conn_t *c, const char *p, size_t n);
 int uvs__batch_init(uvs_loop_t *loop);
 void uvs__batch_free(uvs_loop_t *loop);
 void uvs__batch_flush(uvs_loop_t *loop);
+
+/* udp.c */
+void uvs__udp_batch_flush(uvs_loop_t *loop);
+void uvs__udp_flush_dirty(uvs_loop_t *loop);
+void uvs__udp_loop_free(uvs_loop_t *loop);
 
 /* conn.c: a connection's life once it exists */
 uvs_conn_t *uvs__conn_new(uvs_loop_t *loop, void *data, int *err);

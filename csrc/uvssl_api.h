@@ -29,6 +29,7 @@ typedef struct uvs_loop_s uvs_loop_t;
 typedef struct uvs_conn_s uvs_conn_t;
 typedef struct uvs_server_s uvs_server_t;
 typedef struct uvs_timer_s uvs_timer_t;
+typedef struct uvs_udp_s uvs_udp_t;
 
 /* ---- events delivered through uvs_callbacks_t.on_event ---------------------------------- */
 enum {
@@ -103,6 +104,9 @@ enum {
 #define UV_EINVAL ...
 #define UV_EADDRINUSE ...
 #define UV_EPROTO ...
+#define UV_EMSGSIZE ...
+#define UV_EISCONN ...
+#define UV_EAI_NONAME ...
 #endif
 
 /* ---- addresses -------------------------------------------------------------------------- */
@@ -165,6 +169,39 @@ int uvs_conn_fileno(uvs_conn_t *c);
 int uvs_conn_address(uvs_conn_t *c, int peer, char *host, size_t hostlen, int *port);
 void uvs_conn_copy_addresses(uvs_conn_t *c, uvs_addrs_t *out);
 int uvs_addr_format(const uvs_addr_t *a, char *host, size_t hostlen, int *port);
+
+/* ---- datagram sockets (udp.c) ----------------------------------------------------------- */
+/* uvs_udp_new's flags */
+enum {
+    UVS_UDP_REUSE_PORT = 1,      /* SO_REUSEPORT before the bind                              */
+    UVS_UDP_BROADCAST = 2        /* SO_BROADCAST                                              */
+};
+/* uvs_udp_option's `which` */
+enum {
+    UVS_UDP_OPT_BROADCAST = 1,
+    UVS_UDP_OPT_MULTICAST_TTL = 2,
+    UVS_UDP_OPT_MULTICAST_LOOP = 3
+};
+/* the receive slot that makes truncation impossible (the largest IP datagram's payload fits) */
+#define UVS_UDP_SLOT 65536
+int uvs_addr_parse(const char *ip, int port, uvs_addr_t *out);
+int uvs_addr_is_v6(const uvs_addr_t *a);
+uvs_udp_t *uvs_udp_new(uvs_loop_t *loop, void *data, const uvs_addr_t *local, int flags,
+                       size_t slot, int *err);
+int uvs_udp_connect(uvs_udp_t *u, const uvs_addr_t *peer);
+int uvs_udp_connect_name(uvs_udp_t *u, const char *host, int port, int bind_port, int flags);
+int uvs_udp_send(uvs_loop_t *loop, uvs_udp_t *u, const char *buf, size_t len,
+                 const uvs_addr_t *addr);
+int uvs_udp_send_many(uvs_loop_t *loop, uvs_udp_t *u, const char *buf, const size_t *lens,
+                      uvs_addr_t *const *addrs, size_t n);
+int uvs_udp_send_name(uvs_udp_t *u, const char *buf, size_t len, const char *host, int port);
+int uvs_udp_close(uvs_udp_t *u, int force);
+int uvs_udp_fileno(uvs_udp_t *u);
+int uvs_udp_address(uvs_udp_t *u, int peer, uvs_addr_t *out);
+int uvs_udp_membership(uvs_udp_t *u, const char *group, const char *iface, int join);
+int uvs_udp_option(uvs_udp_t *u, int which, int value);
+int uvs_udp_using_recvmmsg(uvs_udp_t *u);
+size_t uvs_udp_queued(const uvs_udp_t *u);
 
 /* ---- servers (server.c) ----------------------------------------------------------------- */
 uvs_server_t *uvs_server_new(uvs_loop_t *loop, void *data, const char *ip, int port, int backlog,

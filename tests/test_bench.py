@@ -182,3 +182,32 @@ def test_bench_rounds_end_to_end(tmp_path):
         values = sorted(r["rps"] for r in res["rounds"])
         assert res["rps"] == pytest.approx(sum(values) / 2)
     assert runner.main(["--tiny", "--rounds", "0"]) == 2
+
+
+@pytest.mark.timeout(120 * SLOWDOWN)
+def test_bench_udp_echo_tiny(tmp_path):
+    out = tmp_path / "bench.json"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    servers = ["uvssl", "asyncio", "native"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "uvssl", "bench", "--", "--tiny",
+         "--servers", ",".join(servers), "--cells", "udp-echo", "--json", str(out)],
+        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=110 * SLOWDOWN,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    assert list(report["cells"]) == ["udp-echo"]
+    assert report["cells"]["udp-echo"]["prime"]
+    for name in ("uvssl", "asyncio"):
+        res = report["results"][name]["udp-echo"]
+        assert res["status"] == "ok", (name, res)
+        assert res["ops"] > 0 and res["prime_ops"] > 0
+        for metric in report["cells"]["udp-echo"]["metrics"]:
+            assert math.isfinite(res[metric]) and res[metric] >= 0
+        assert res["lost"] >= 0 and res["loadgen"]["error"] is None
+    native = report["results"]["native"]["udp-echo"]
+    assert native["status"] == "n/a" and "UDP" in native["reason"]
+    assert "udp-echo (UDP)" in proc.stdout and "datagrams/s" in proc.stdout
+    assert "n/a" in proc.stdout
+    assert "x" in proc.stdout.split("asyncio")[-1]  # asyncio's ratio to uvssl

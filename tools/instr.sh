@@ -6,8 +6,10 @@
 #
 # CELL:   echo (64 B over 64 TLS connections, per request), plain-echo (the same over plain
 #         TCP), bulk (64 KiB chunks over one TLS connection, per MB echoed), hs-full and
-#         hs-resumed (TLS 1.3 handshakes, per handshake)
-# SERVER: uvssl, native, asyncio, uvloop, aiofastnet (the bench's servers)
+#         hs-resumed (TLS 1.3 handshakes, per handshake), udp-echo (64 B datagrams, 64 in
+#         flight, per datagram echoed)
+# SERVER: uvssl, native, asyncio, uvloop, aiofastnet (the bench's servers; udp-echo: uvssl,
+#         asyncio, uvloop)
 #
 # The server runs under callgrind on CPU 0 while the bench's load client drives it from CPU 1,
 # twice: once for SMALL operations and once for LARGE (bulk: seconds). The difference of the two
@@ -19,7 +21,7 @@ cd "$(dirname "$0")/.."
 cell=${1:-}
 server=${2:-}
 if [ -z "$cell" ] || [ -z "$server" ]; then
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 fi
 command -v valgrind >/dev/null || { echo "instr.sh: valgrind is not installed" >&2; exit 2; }
@@ -38,6 +40,7 @@ EOF
 
 tls=(--cert "$work/cert.pem" --key "$work/key.pem")
 lg_tls=(--tls)
+udp=0
 case "$cell" in
     echo) lg=(--mode echo --conns 64); small=${3:-2000}; large=${4:-12000}; unit=request ;;
     plain-echo) lg=(--mode echo --conns 64); small=${3:-2000}; large=${4:-22000}; unit=request
@@ -46,20 +49,25 @@ case "$cell" in
     hs-full) lg=(--mode handshake --conns 16); small=${3:-100}; large=${4:-600}; unit=handshake ;;
     hs-resumed) lg=(--mode handshake --conns 16 --resume); small=${3:-100}; large=${4:-600}
         unit=handshake ;;
+    udp-echo) lg=(--inflight 64 --size 64); small=${3:-2000}; large=${4:-22000}; unit=datagram
+        udp=1; tls=(); lg_tls=(); loadgen=$(python3 -m uvssl.bench.native_build udp_load) ;;
     *) echo "instr.sh: unknown cell $cell" >&2; exit 2 ;;
 esac
 
-case "$server" in
-    uvssl)
+case "$udp:$server" in
+    1:uvssl) argv=("$py" -m uvssl.bench.udp_echo --port 0) ;;
+    1:asyncio | 1:uvloop) argv=("$py" -m uvssl.bench.py_servers --impl "$server" --port 0 --udp) ;;
+    1:*) echo "instr.sh: $server has no UDP echo server" >&2; exit 2 ;;
+    0:uvssl)
         if [ ${#tls[@]} -gt 0 ]; then
             argv=("$py" -m uvssl serve --port 0 "${tls[@]}" --quiet)
         else
             argv=("$py" -m uvssl.bench.plain_echo --port 0)
         fi ;;
-    native)
+    0:native)
         argv=("$(python3 -m uvssl.bench.native_build echo_server)" --port 0)
         if [ ${#tls[@]} -gt 0 ]; then argv+=("${tls[@]}"); else argv+=(--plain); fi ;;
-    asyncio | uvloop | aiofastnet)
+    0:asyncio | 0:uvloop | 0:aiofastnet)
         argv=("$py" -m uvssl.bench.py_servers --impl "$server" --port 0)
         if [ ${#tls[@]} -gt 0 ]; then argv+=("${tls[@]}"); else argv+=(--plain); fi ;;
     *) echo "instr.sh: unknown server $server" >&2; exit 2 ;;

@@ -87,6 +87,7 @@ from .tls import (
     tcp_ssl_connect,
     tcp_ssl_server,
 )
+from .udp import DatagramTruncated, UdpSocket, udp_socket
 from .x509 import X509Certificate
 
 # cl-async's +ssl-op-...+ list, spelled out so that type checkers see every name
@@ -207,6 +208,9 @@ __all__ = [
     "tcp_server",
     "init_tcp_socket",
     "connect_tcp_socket",
+    "udp_socket",
+    "UdpSocket",
+    "DatagramTruncated",
     "with_event_loop",
     "write_socket_data",
 ]

@@ -61,6 +61,7 @@ lib.uvs_py_install()
 _from_handle = ffi.from_handle
 _unpack = ffi.unpack
 _EV_CLOSED = lib.UVS_EV_CLOSED
+_EV_CONNECT = lib.UVS_EV_CONNECT
 
 
 def dispatch_error(exc_type: Any, exc: Optional[BaseException], tb: Any) -> None:
@@ -238,3 +239,130 @@ def uvs_py_on_sni(ctx_data: Any, ssl: Any, name: Any, verdict: Any) -> Any:
         else:
             log.error("uvssl: exception in sni_callback", exc_info=exc)
         return ffi.NULL
+
+
+# -- datagram sockets (csrc/udp.c, uvssl/udp.py) ---------------------------------------------
+
+#: IPv4 senders already seen, by the key C computes for them (address << 16 | port): the
+#: dispatcher hands out the same (host, port) tuple for the same sender.
+udp_peers: dict[int, tuple[str, int]] = {}
+#: port -> host -> the parsed native address, for ``UdpSocket.send_to``: filled when a sender
+#: is first seen (an echo server's reply is not parsed again) and by ``send_to`` itself. Two
+#: levels, so that a lookup builds no (host, port) tuple; see ``remember_target``.
+udp_targets: dict[int, dict[str, Any]] = {}
+_udp_targets_n = [0]  # entries in udp_targets, all ports together
+UDP_CACHE_MAX = 4096  # both caches start over when they reach this many entries
+_ADDR_T = ffi.typeof("uvs_addr_t *")
+_HOST_BUF = ffi.new("char[]", 64)
+_PORT_BUF = ffi.new("int *")
+
+
+def udp_format(addr: Any) -> tuple[str, int]:
+    """(host, port) of a native address (``uvs_addr_t *``)."""
+    r = lib.uvs_addr_format(addr, _HOST_BUF, 64, _PORT_BUF)
+    if r != 0:
+        return ("", 0)
+    return ffi.string(_HOST_BUF).decode("ascii"), int(_PORT_BUF[0])
+
+
+def remember_target(host: str, port: int, addr: Any) -> None:
+    """Keep the native address ``addr`` of (host, port) for ``send_to`` (bounded)."""
+    if _udp_targets_n[0] >= UDP_CACHE_MAX:
+        udp_targets.clear()
+        _udp_targets_n[0] = 0
+    hosts = udp_targets.get(port)
+    if hosts is None:
+        hosts = udp_targets[port] = {}
+    if host not in hosts:
+        _udp_targets_n[0] += 1
+    hosts[host] = addr
+
+
+def _udp_peer(addrs: Any, key: int) -> tuple[str, int]:
+    """A sender's tuple: an IPv4 sender's is built from its key (address << 16 | port), once,
+    and remembered both ways; any other's (key 2^48 + i) is formatted from ``addrs[i]``.
+    """
+    if key >> 48:
+        return udp_format(addrs + (key & 0xFFFF))
+    ip = key >> 16
+    peer = (f"{ip >> 24}.{(ip >> 16) & 255}.{(ip >> 8) & 255}.{ip & 255}", key & 0xFFFF)
+    if len(udp_peers) >= UDP_CACHE_MAX:
+        udp_peers.clear()
+    udp_peers[key] = peer
+    addr = ffi.new(_ADDR_T)
+    if lib.uvs_addr_parse(peer[0].encode("ascii"), peer[1], addr) == 0:
+        remember_target(peer[0], peer[1], addr)
+    return peer
+
+
+@ffi.def_extern(onerror=dispatch_error)  # type: ignore[untyped-decorator]
+def uvs_py_on_udp_batch(
+    data: Any, lens: Any, keys: Any, addrs: Any, n: int, buf: Any, length: int
+) -> None:
+    """One socket's datagrams of one loop turn, in order, each with its sender (csrc/udp.c).
+
+    Once the application closes the socket, the rest of the batch is dropped. This runs once
+    per datagram: prebound names only.
+    """
+    sock = _from_handle(data)
+    loop = sock._loop
+    if loop._halted or sock._closed:
+        return
+    blob = _unpack(buf, length)
+    if sock._remote is None:
+        sock._out = []  # send_to collects the batch's replies (see UdpSocket._flush_collected)
+    try:
+        if n == 1:
+            key = keys[0]
+            peer = udp_peers.get(key) or _udp_peer(addrs, key)
+            try:
+                sock._deliver(sock, blob, peer)
+            except BaseException as exc:  # noqa: BLE001 - must not unwind into C
+                loop._app_error(exc)
+            return
+        peers = udp_peers
+        off = 0
+        for ln, key in zip(_unpack(lens, n), _unpack(keys, n)):
+            end = off + ln
+            peer = peers.get(key) or _udp_peer(addrs, key)
+            try:
+                sock._deliver(sock, blob[off:end], peer)
+            except BaseException as exc:  # noqa: BLE001 - must not unwind into C
+                loop._app_error(exc)
+                if loop._halted:
+                    return
+            if sock._closed:
+                return
+            off = end
+    finally:
+        if sock._out is not None:
+            try:
+                sock._flush_collected()
+            except BaseException as exc:  # noqa: BLE001
+                loop._app_error(exc)
+
+
+@ffi.def_extern(onerror=dispatch_error)  # type: ignore[untyped-decorator]
+def uvs_py_on_udp_event(
+    data: Any, kind: int, status: int, action: int, addr: Any, host: Any
+) -> None:
+    """Anything but data on a datagram socket: errors (with the address or host concerned)
+    and its close.
+    """
+    sock = _from_handle(data)
+    if kind == _EV_CLOSED:
+        sock._on_closed()
+        return
+    loop = sock._loop
+    if loop._halted or sock._closed:
+        return
+    peer = None if addr == ffi.NULL else udp_format(addr)
+    if kind == _EV_CONNECT:  # connected to the address a name resolved to
+        sock._resolving = None
+        sock._remote_kept = peer
+        return
+    name = None if host == ffi.NULL else ffi.string(host).decode("utf-8", "replace")
+    try:
+        sock._event(status, action, peer, name)
+    except BaseException as exc:  # noqa: BLE001
+        loop._app_error(exc)

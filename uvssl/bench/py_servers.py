@@ -3,6 +3,8 @@
 Run as ``python -m uvssl.bench.py_servers --impl asyncio|uvloop|aiofastnet --host H
 --port P (--cert C --key K | --plain)``. Once listening, the server prints
 ``READY <port>`` on stdout and flushes; SIGTERM or SIGINT stop it cleanly (exit 0).
+With ``--udp`` (asyncio and uvloop only) the server is a UDP echo instead: an
+:class:`asyncio.DatagramProtocol` that sends every datagram back to its sender.
 ``--impl aiofastnet`` exits with status 3 and ``aiofastnet not available`` on stderr when
 the package is not installed, so a runner can report it as skipped.
 
@@ -27,7 +29,15 @@ import ssl
 import sys
 from typing import Any, Callable, Coroutine, List, Optional, Set, cast
 
-__all__ = ["EXIT_UNAVAILABLE", "EchoProtocol", "main", "make_server_context", "serve"]
+__all__ = [
+    "EXIT_UNAVAILABLE",
+    "EchoProtocol",
+    "UdpEchoProtocol",
+    "main",
+    "make_server_context",
+    "serve",
+    "serve_udp",
+]
 
 #: Exit status when the requested implementation is not installed.
 EXIT_UNAVAILABLE = 3
@@ -84,6 +94,41 @@ class EchoProtocol(asyncio.Protocol):
         """Drop the connection at once (used at shutdown)."""
         if self._transport is not None:
             self._transport.abort()
+
+
+class UdpEchoProtocol(asyncio.DatagramProtocol):
+    """Send every datagram back to its sender."""
+
+    def __init__(self) -> None:
+        self._transport: Optional[asyncio.DatagramTransport] = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Remember the transport."""
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        """Echo *data* to *addr*."""
+        if self._transport is not None:
+            self._transport.sendto(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        """ICMP errors for clients that went away are not fatal to an echo server."""
+
+
+async def serve_udp(host: str, port: int) -> None:
+    """Serve UDP echo until SIGTERM or SIGINT; prints ``READY <port>`` once bound."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    transport, _ = await loop.create_datagram_endpoint(UdpEchoProtocol, local_addr=(host, port))
+    print(f"READY {transport.get_extra_info('sockname')[1]}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        transport.close()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
 
 
 def make_server_context(cert: str, key: str) -> ssl.SSLContext:
@@ -183,7 +228,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--cert", help="PEM certificate chain (TLS)")
     parser.add_argument("--key", help="PEM private key (TLS)")
     parser.add_argument("--plain", action="store_true", help="plain TCP, no TLS")
+    parser.add_argument("--udp", action="store_true", help="UDP echo (asyncio, uvloop)")
     args = parser.parse_args(argv)
+    if args.udp:
+        if args.impl == "aiofastnet":
+            print("aiofastnet has no UDP server", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+        if not _available(args.impl):
+            print(f"{args.impl} not available", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+        try:
+            _run(args.impl, serve_udp(args.host, args.port))
+        except KeyboardInterrupt:
+            pass
+        return 0
 
     if (args.cert or args.key) if args.plain else not (args.cert and args.key):
         parser.error("give either --cert and --key, or --plain")

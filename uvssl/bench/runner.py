@@ -16,7 +16,14 @@ hs-full            full TLS 1.3 handshakes per second
 hs-resumed         resumed TLS 1.3 handshakes (session tickets) per second
 idle               server memory per idle TLS connection (RSS growth / connections)
 plain-echo-64      64-byte plain-TCP echo, 64 connections (uvssl: ``uvssl.bench.plain_echo``)
+udp-echo           64-byte UDP echo, 64 datagrams in flight: datagrams/s, p50/p99 latency
 =================  =====================================================================
+
+The udp-echo cell has its own load client (``native/udp_load.c``: one connected UDP socket,
+a bounded number of requests in flight, a request without a reply after 200 ms counted as lost
+and sent again, so loss never stalls it) and its own servers: ``uvssl.bench.udp_echo``
+(``udp_socket``) and an ``asyncio.DatagramProtocol`` on asyncio and on uvloop
+(``py_servers --udp``). The native server and aiofastnet have no UDP echo: ``n/a``.
 
 Server CPU per operation
 ------------------------
@@ -132,6 +139,8 @@ PRIME_SECONDS = 0.5
 MAX_SAMPLES = 200_000
 
 SERVERS: Tuple[str, ...] = ("uvssl", "native", "asyncio", "uvloop", "aiofastnet")
+#: The servers that have a UDP echo (the udp-echo cell); the others are reported ``n/a``.
+UDP_SERVERS: Tuple[str, ...] = ("uvssl", "asyncio", "uvloop")
 
 
 @dataclass(frozen=True)
@@ -145,6 +154,7 @@ class MetricSpec:
 
 METRICS: Dict[str, MetricSpec] = {
     "rps": MetricSpec("req/s", True),
+    "dgps": MetricSpec("datagrams/s", True),
     "p50_us": MetricSpec("p50 us", False),
     "p99_us": MetricSpec("p99 us", False),
     "mbps": MetricSpec("MB/s", True),
@@ -189,6 +199,8 @@ CELLS: Dict[str, CellSpec] = {
                  ("bytes_per_conn", "cpu_s_per_op"), "connection opened (handshake + echo)"),
         CellSpec("plain-echo-64", "64 B plain-TCP echo, 64 conns", "echo", False, 64, 64,
                  ("rps", "p50_us", "p99_us", "cpu_s_per_op"), "request", prime=True),
+        CellSpec("udp-echo", "64 B UDP echo, 64 in flight", "udp-echo", False, 64, 64,
+                 ("dgps", "p50_us", "p99_us", "cpu_s_per_op"), "datagram echoed", prime=True),
     )
 }  # fmt: skip
 
@@ -644,9 +656,15 @@ def _run_loadgen(
 # -- one cell -------------------------------------------------------------------------------
 
 
-def _server_argv(name: str, tls: bool, cert: Path, key: Path, native: Optional[Path]) -> List[str]:
+def _server_argv(
+    name: str, tls: bool, cert: Path, key: Path, native: Optional[Path], udp: bool = False
+) -> List[str]:
     tls_args = ["--cert", str(cert), "--key", str(key)]
     common = ["--host", HOST, "--port", "0"]
+    if udp:
+        if name == "uvssl":
+            return [sys.executable, "-m", "uvssl.bench.udp_echo", *common]
+        return [sys.executable, "-m", "uvssl.bench.py_servers", "--impl", name, *common, "--udp"]
     if name == "uvssl":
         if tls:
             return [sys.executable, "-m", "uvssl", "serve", *common, *tls_args, "--quiet"]
@@ -665,6 +683,14 @@ def _loadgen_argv(
     loadgen: Path, cell: CellSpec, port: int, cfg: Config, priming: bool = False
 ) -> List[str]:
     """The load client's command line for *cell*; with *priming*, a short unmeasured run."""
+    if cell.mode == "udp-echo":  # native/udp_load.c
+        udp = [
+            str(loadgen), "--host", HOST, "--port", str(port), "--size", str(cell.size),
+            "--inflight", str(cell.conns), "--timeout", f"{cfg.timeout:g}",
+        ]  # fmt: skip
+        if priming:
+            return udp + ["--duration", f"{min(PRIME_SECONDS, cfg.duration):g}", "--warmup", "0"]
+        return udp + ["--duration", f"{cfg.duration:g}", "--warmup", f"{cfg.warmup:g}"]
     conns = cell.conns
     if cell.mode == "idle":
         conns = cfg.idle_conns
@@ -688,7 +714,7 @@ def _loadgen_argv(
 
 def _ops(cell: CellSpec, result: Dict[str, Any]) -> int:
     """The operations a load-client run of *cell* counted (see ``CellSpec.op``)."""
-    if cell.mode == "echo":
+    if cell.mode in ("echo", "udp-echo"):
         return int(result["requests"])
     if cell.mode == "bulk":
         return int(result["bytes"]) // cell.size
@@ -738,8 +764,10 @@ def _measure(
         )
     else:
         seconds = float(r.get("seconds", 0.0))
-        if cell.mode == "echo":
+        if cell.mode in ("echo", "udp-echo"):
             out.update(rps=float(r["rps"]), p50_us=float(r["p50_us"]), p99_us=float(r["p99_us"]))
+            if cell.mode == "udp-echo":
+                out.update(dgps=float(r["rps"]), lost=int(r.get("lost", 0)))
         elif cell.mode == "bulk":
             out.update(mbps=float(r["mbps"]), bytes=int(r["bytes"]))
         else:
@@ -885,6 +913,13 @@ def run(config: Config) -> Dict[str, Any]:
         loadgen = build_native("loadgen")
     except NativeBuildError as exc:
         raise BenchError(f"cannot build the native load client: {exc}") from exc
+    udp_load: Optional[Path] = None
+    udp_error = ""
+    if any(CELLS[c].mode == "udp-echo" for c in config.cells):
+        try:
+            udp_load = build_native("udp_load")
+        except NativeBuildError as exc:
+            udp_error = f"cannot build the UDP load client: {exc}"
     native: Optional[Path] = None
     native_error = ""
     if "native" in config.servers:
@@ -910,10 +945,16 @@ def run(config: Config) -> Dict[str, Any]:
             status = servers[name]
             if status["status"] != "ok":
                 return {"status": status["status"], "reason": status["reason"]}
+            udp = cell.mode == "udp-echo"
+            if udp and name not in UDP_SERVERS:
+                return {"status": "n/a", "reason": f"{name} has no UDP echo server"}
+            if udp and udp_load is None:
+                return {"status": "failed", "reason": udp_error}
             try:
-                argv = _server_argv(name, cell.tls, cert, key, native)
+                argv = _server_argv(name, cell.tls, cert, key, native, udp=udp)
                 with _Server(argv, server_cpu) as server:
-                    return _measure(cell, server, loadgen, config, client_cpu)
+                    lg = udp_load if udp and udp_load is not None else loadgen
+                    return _measure(cell, server, lg, config, client_cpu)
             except _Unavailable as exc:
                 servers[name] = {"status": "skipped", "reason": str(exc).strip()}
                 return {"status": "skipped", "reason": servers[name]["reason"]}
@@ -1009,6 +1050,8 @@ def _cell_label(report: Dict[str, Any], key: str) -> str:
     c = report["cells"][key]
     if c["mode"] == "idle":
         return f"idle-{c['conns']} (TLS)"
+    if c["mode"] == "udp-echo":
+        return f"{key} (UDP)"
     return f"{key} ({'TLS' if c['tls'] else 'plain TCP'})"
 
 
