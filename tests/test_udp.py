@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 from helpers import LOCALHOST, LoopHarness, has_ipv6_loopback, run_loop
-from uvssl._uvssl import lib
 
 import uvssl
 from uvssl import udp as udp_mod
+from uvssl._uvssl import lib
 
 pytestmark = pytest.mark.timeout(30)
 
