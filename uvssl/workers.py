@@ -21,9 +21,9 @@ reaps only its own workers, never other children of the process). Parent to work
 ticket keys, as a count byte, a 4-byte generation number and that many 80-byte keys. A thread
 in the worker reads it and hands each message to the loop with ``call_threadsafe``. The end
 of this pipe means the parent is gone (killed, even with SIGKILL): the worker then shuts down
-gracefully, as on SIGTERM, so no worker outlives its supervisor. A pipe is portable and lets the worker
-drain; ``PR_SET_PDEATHSIG`` would be Linux only and would fire when the forking *thread*
-ends. A worker closes every descriptor of the supervisor it inherited (other workers' pipe
+gracefully, as on SIGTERM, so no worker outlives its supervisor. A pipe is portable and lets
+the worker drain; ``PR_SET_PDEATHSIG`` would be Linux only and would fire when the forking
+*thread* ends. A worker closes every descriptor of the supervisor it inherited (other workers' pipe
 ends included, or a sibling would hold a pipe open after the parent died).
 
 Signals. The parent handles SIGTERM, SIGINT and SIGHUP with Python handlers and
