@@ -18,8 +18,9 @@ Pipes. Each worker has two pipes to the parent. Worker to parent: one byte when 
 has returned (the worker is "ready"), then nothing; the parent sees the end of the pipe when
 the worker is gone, which wakes its ``select`` (no SIGCHLD handler is needed, and the parent
 reaps only its own workers, never other children of the process). Parent to worker: session
-ticket keys, as a count byte, a 4-byte generation number and that many 80-byte keys. A thread
-in the worker reads it and hands each message to the loop with ``call_threadsafe``. The end
+ticket keys, as a count byte, a 4-byte generation number and that many 80-byte keys, or the
+order to stop at once (a second Ctrl-C: count 255). A thread in the worker reads the pipe and
+hands each message to the loop with ``call_threadsafe``. The end
 of this pipe means the parent is gone (killed, even with SIGKILL): the worker then shuts down
 gracefully, as on SIGTERM, so no worker outlives its supervisor. A pipe is portable and lets
 the worker drain; ``PR_SET_PDEATHSIG`` would be Linux only and would fire when the forking
@@ -29,11 +30,12 @@ ends included, or a sibling would hold a pipe open after the parent died).
 Signals. The parent handles SIGTERM, SIGINT and SIGHUP with Python handlers and
 ``signal.set_wakeup_fd`` (its ``select`` wakes at once). SIGTERM or SIGINT: SIGTERM to every
 worker; each shuts every server on its loop down gracefully (``TcpServer.shutdown(
-graceful_timeout)``) and exits once they are done. A second SIGINT (Ctrl-C twice) is forwarded
-as SIGINT, which stops a draining worker at once. Workers still alive ``graceful_timeout +
-KILL_MARGIN`` seconds after the first signal get SIGKILL. SIGHUP is forwarded; each worker
-calls ``reload_servers()``: every TLS server's context re-reads its files. ``setup_fn`` may
-install its own handlers with ``signal_handler``; they replace the worker's.
+graceful_timeout)``) and exits once they are done. A second SIGINT (Ctrl-C twice) tells every
+worker through its pipe to stop at once (close everything and exit). Workers still alive
+``graceful_timeout + KILL_MARGIN`` seconds after the first signal get SIGKILL. SIGHUP is
+forwarded; each worker calls ``reload_servers()``: every TLS server's context re-reads its
+files. ``setup_fn`` may install its own handlers with ``signal_handler``; they replace the
+worker's.
 
 Restarts. A worker that dies while the supervisor is not stopping is restarted after a delay
 that starts at ``RESTART_DELAY_MIN`` (0.1 s) and doubles up to ``RESTART_DELAY_MAX`` (10 s);
@@ -118,6 +120,7 @@ TICKET_KEY_ROTATION: Optional[float] = 3600.0
 TICKET_KEYS_KEPT = 3
 
 _KEY_LEN = tickets.KEY_LENGTH
+_STOP_NOW = 0xFF  # the count byte of the pipe message that says "stop now" (a second Ctrl-C)
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -302,6 +305,10 @@ class _Worker:
         """
         while True:
             head = _read_exactly(self.keys_r, 5)
+            if len(head) == 5 and head[0] == _STOP_NOW:
+                if not self.call(self.stop_now):
+                    return
+                continue
             if len(head) == 5:
                 count, generation = head[0], int.from_bytes(head[1:], "big")
                 body = _read_exactly(self.keys_r, count * _KEY_LEN)
@@ -320,6 +327,11 @@ class _Worker:
             return False  # the loop has ended
         return True
 
+    def stop_now(self) -> None:
+        log.info("uvssl: %s: stopping now", self.name())
+        self.stopping = True
+        self.finish()
+
     def parent_gone(self) -> None:
         if not self.stopping:
             log.warning("uvssl: %s: the supervisor is gone; shutting down", self.name())
@@ -333,7 +345,7 @@ class _Worker:
 
     def on_stop(self, signum: int) -> None:
         if self.stopping:
-            if signum == signal.SIGINT:  # a second Ctrl-C: stop now
+            if signum == signal.SIGINT:  # a second Ctrl-C (from a terminal): stop now
                 self.finish()
             return
         self.stopping = True
@@ -632,8 +644,10 @@ class _Supervisor:
             self.begin_stop()
         elif signum == signal.SIGINT:
             log.info("uvssl: SIGINT again: stopping the workers now")
+            # through the pipe, not as a signal: a worker may see pending signals in any order
+            # (SIGINT before the SIGTERM sent earlier), but it reads the pipe in order
             for s in self.live():
-                self.send(s, signal.SIGINT)
+                self.write(s, bytes([_STOP_NOW, 0, 0, 0, 0]))
             soon = time.monotonic() + KILL_MARGIN
             self.kill_at = soon if self.kill_at is None else min(self.kill_at, soon)
 
@@ -698,13 +712,16 @@ class _Supervisor:
         self.next_rotation = time.monotonic() + TICKET_KEY_ROTATION
         msg = bytes([len(self.keys)]) + self.generation.to_bytes(4, "big") + b"".join(self.keys)
         for s in self.live():
-            try:
-                os.write(s.keys_w, msg)
-            except BlockingIOError:
-                log.warning("uvssl: %s does not read its key pipe; keys not sent", s.name())
-            except OSError:
-                pass  # it is gone: reaped soon
+            self.write(s, msg)
         log.info("uvssl: session ticket keys rotated (generation %d)", self.generation)
+
+    def write(self, slot: _Slot, msg: bytes) -> None:
+        try:
+            os.write(slot.keys_w, msg)
+        except BlockingIOError:
+            log.warning("uvssl: %s does not read its pipe; a message was dropped", slot.name())
+        except OSError:
+            pass  # it is gone: reaped soon
 
     def stop_all_now(self) -> None:
         """On the way out with workers still alive (the supervisor itself failed): ask them to
