@@ -15,7 +15,8 @@ asan_rt="$(gcc -print-file-name=libasan.so)"
 # Allocations that live as long as the interpreter and are not ours: cffi's module and
 # attribute caches, objects Python does not free at exit, and the cryptography package's Rust
 # extension (trustme uses it), and OpenSSL's decoder and key-management caches (process-wide,
-# filled the first time a key is decoded or a context made). None of them is memory the native core owns.
+# filled the first time a key is decoded or a context made). None of them is memory the native
+# core owns.
 cat > lsan.supp <<'SUPP'
 leak:_my_Py_InitModule
 leak:lib_build_cpython_func
