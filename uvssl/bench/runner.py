@@ -73,6 +73,17 @@ unmeasured for ``PRIME_SECONDS`` with the same connections, which then close, an
 run opens new ones. The handshake cells open and close connections all the time and need no
 priming; the idle cell measures memory growth from the fresh state on purpose.
 
+The load client's own CPU time is sampled the same way, and each result carries it for the
+same window (``client_cpu_s``) and as a share of the window (``client_busy``): near 1, the load
+client (one thread) rather than the server may be what limits the throughput.
+
+Worker processes
+----------------
+``--workers N`` (1, 2, 4, ... up to N) or ``--workers A,B,...`` adds a section measuring
+uvssl's server as several processes on one port (SO_REUSEPORT), each pinned to a CPU free of
+the load client, and 2 or more sharing the one CPU a single worker uses; server CPU is summed
+over the processes. See ``uvssl.bench.scaling``.
+
 Idle memory: ``VmRSS`` from ``/proc/<pid>/status`` before the load client starts and when it
 prints ``IDLE <n>``; (after - before) / n. Then its stdin is closed and it finishes.
 
