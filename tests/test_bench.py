@@ -324,3 +324,8 @@ def test_bench_workers_tiny(tmp_path):
     separate[0]["client_busy"], separate[0]["client_saturated"] = 1.0, True
     marked = format_scaling(report)
     assert "100%*" in marked and "*: the load client (one thread) was busy" in marked
+    if sc["pinned"]:  # a shared-core ratio above the goal is named
+        sc["shared"]["echo-64"][0]["cpu_ratio"] = 1.0
+        assert "ratio above" not in format_scaling(report)
+        sc["shared"]["echo-64"][0]["cpu_ratio"] = 1.5
+        assert "ratio above 1.05: echo-64 with 2 workers (1.500)" in format_scaling(report)

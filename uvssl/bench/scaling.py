@@ -167,6 +167,13 @@ class _ServerGroup:
         exc: Optional[BaseException],
         tb: Optional[TracebackType],
     ) -> None:
+        # SIGTERM to every worker first, so they shut down together; then reap each in turn
+        for server in self.servers:
+            if server.proc is not None and server.proc.poll() is None:
+                try:
+                    server.proc.terminate()
+                except OSError:
+                    pass
         self._stack.close()
 
 
@@ -387,6 +394,7 @@ def format_scaling(report: Dict[str, Any]) -> str:
             f"duplicated work: at most {sc['shared_ratio_goal']:.2f})"
         )
         rows = []
+        above: List[str] = []
         for key, sh_rows in sc["shared"].items():
             base = next((r for r in sc["separate"].get(key, []) if r["workers"] == 1), None)
             for i, r in enumerate([base, *sh_rows] if base else sh_rows):
@@ -400,6 +408,8 @@ def format_scaling(report: Dict[str, Any]) -> str:
                         )
                     continue
                 ratio = 1.0 if r["workers"] == 1 else r.get("cpu_ratio")
+                if ratio is not None and ratio > sc["shared_ratio_goal"]:
+                    above.append(f"{key} with {r['workers']} workers ({ratio:.3f})")
                 busy = r.get("client_busy")
                 client = "?" if busy is None else f"{busy * 100:.0f}%"
                 if r.get("client_saturated"):
@@ -409,6 +419,8 @@ def format_scaling(report: Dict[str, Any]) -> str:
                                    "" if ratio is None else f"{ratio:.3f}", client])  # fmt: skip
         lines += _table(["cell", "workers", "ops/s (+)", "CPU us/op (-)", "ratio", "client CPU"],
                         rows)  # fmt: skip
+        if above:
+            lines.append(f"ratio above {sc['shared_ratio_goal']:.2f}: {', '.join(above)}")
     else:
         lines.append(f"one shared core: not run ({sc.get('shared_reason', '')})")
     lines.append("")
