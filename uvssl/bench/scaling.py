@@ -220,7 +220,7 @@ def _plan(
         info["free_cpus"] = None
         separate = [_Setup("separate", n, (None,) * n) for n in counts if n <= free_count]
         info["shared_cpu"] = None
-        info["shared_reason"] = "needs pinning (--no-pin was given, or one CPU is usable)"
+        info["shared_reason"] = "needs pinning; --no-pin was given, or one CPU is usable"
         reason = f"{len(cpus)} usable CPU{'s' if len(cpus) != 1 else ''}, one for the load client"
     measured = {s.workers for s in separate}
     info["not_run"] = [{"workers": n, "reason": reason} for n in counts if n not in measured]
