@@ -211,6 +211,7 @@ int uvs_server_fileno(uvs_server_t *s);
 void uvs_server_close(uvs_server_t *s);
 void uvs_server_set_eager(uvs_server_t *s, int eager);
 void uvs_server_abort_unannounced(uvs_server_t *s);
+int uvs_server_unannounced(const uvs_server_t *s);
 
 /* ---- TLS on connections and servers (tls_conn.c), contexts and certificates (ctx.c) ----- */
 /* tls.h declares these too, for now; the compiler checks that both agree. */
