@@ -570,3 +570,66 @@ def test_assigning_to_a_closed_server(pki: Pki) -> None:
 
     LoopHarness(10.0).run(start, hold=False)
     assert len(errors) == 1 and "closed" in str(errors[0])
+
+
+def test_the_new_contexts_callbacks_take_effect(pki: Pki) -> None:
+    # a context with an sni_callback and an ssl_configure_callback needs the server to hand
+    # connections over before their handshake: assigning it (and back) switches that too
+    ctx_a = uvssl.Context.server(certificate=str(pki.cert), key=str(pki.key))
+    ctx_b = _context_b(pki)
+    calls: list[tuple[str, Any]] = []
+
+    def pick(sock: Any, name: Optional[str]) -> uvssl.Context:
+        calls.append(("sni", (type(sock).__name__, name)))
+        return ctx_b
+
+    ctx_sni = uvssl.Context.server(
+        certificate=str(pki.cert),
+        key=str(pki.key),
+        sni_callback=pick,
+        ssl_configure_callback=lambda ssl_ptr: calls.append(("configure", None)),
+    )
+    client = pki.client_context()
+
+    def peer(s: Served, port: int) -> list[str]:
+        names = []
+        for ctx in (ctx_sni, ctx_a, ctx_sni):
+
+            def assign(c: uvssl.Context = ctx) -> None:
+                s.server.ssl_ctx = c
+
+            s.on_loop(assign)
+            with connect(port, client) as tls:
+                names.append(third_name(tls))
+                assert echo(tls, b"x") == b"x"
+        return names
+
+    assert serve(peer, ctx_a) == ["b.example", "a.example", "b.example"]
+    assert calls == [
+        ("configure", None),
+        ("sni", ("SslSocket", "localhost")),
+        ("configure", None),
+        ("sni", ("SslSocket", "localhost")),
+    ]
+
+
+def test_reload_of_a_context_that_sni_picks(pki: Pki) -> None:
+    ctx_b = _context_b(pki)
+    ctx_sni = uvssl.Context.server(
+        certificate=str(pki.cert), key=str(pki.key), sni_callback=lambda sock, name: ctx_b
+    )
+    client = pki.client_context()
+
+    def peer(s: Served, port: int) -> list[str]:
+        names = []
+        with connect(port, client) as tls:
+            names.append(third_name(tls))
+        # b.pem / b.key now hold A: the context sni_callback picks serves it after a reload
+        (pki.dir / "b.pem").write_bytes(b"".join(p.bytes() for p in pki.a.cert_chain_pems))
+        pki.a.private_key_pem.write_to_path(str(pki.dir / "b.key"))
+        ctx_b.reload()
+        with connect(port, client) as tls:
+            names.append(third_name(tls))
+        return names
+
+    assert serve(peer, ctx_sni) == ["b.example", "a.example"]
