@@ -633,3 +633,41 @@ def test_reload_of_a_context_that_sni_picks(pki: Pki) -> None:
         return names
 
     assert serve(peer, ctx_sni) == ["b.example", "a.example"]
+
+
+def test_reloads_racing_new_connections(pki: Pki) -> None:
+    # one thread reloads over and over while another connects: every handshake gets one of
+    # the two certificates, whole, and every reload succeeds
+    ctx = uvssl.Context.server(certificate=str(pki.cert), key=str(pki.key))
+    a_dir, b_dir = pki.dir / "a", pki.dir / "b"
+    for d, leaf in ((a_dir, pki.a), (b_dir, pki.b)):
+        d.mkdir()
+        (d / "server.pem").write_bytes(b"".join(p.bytes() for p in leaf.cert_chain_pems))
+        leaf.private_key_pem.write_to_path(str(d / "server.key"))
+    client = pki.client_context()
+
+    def reloader() -> int:
+        n = 0
+        for i in range(40):
+            src = a_dir if i % 2 else b_dir
+            for name in ("server.pem", "server.key"):
+                tmp = pki.dir / (name + ".new")
+                tmp.write_bytes((src / name).read_bytes())
+                tmp.replace(pki.dir / name)
+            ctx.reload()
+            n += 1
+        return n
+
+    def peer(s: Served, port: int) -> tuple[set[str], int]:
+        names = set()
+        other = PeerThread(reloader, name="reloader")
+        other.start()
+        for _ in range(40):
+            with connect(port, client) as tls:
+                names.add(third_name(tls))
+                assert echo(tls, b"ping") == b"ping"
+        return names, other.result()
+
+    names, reloads = serve(peer, ctx, deadline=60.0)
+    assert names <= {"a.example", "b.example"} and names
+    assert reloads == 40
