@@ -416,7 +416,16 @@ static int uvs__sni_cb(SSL *ssl, int *alert, void *arg) {
         *alert = SSL_AD_UNRECOGNIZED_NAME; /* the callback failed or refused the name */
         return SSL_TLSEXT_ERR_ALERT_FATAL;
     }
-    if (chosen != NULL && chosen != SSL_get_SSL_CTX(ssl) && SSL_set_SSL_CTX(ssl, chosen) == NULL) {
+    if (chosen == NULL || chosen == SSL_get_SSL_CTX(ssl))
+        return SSL_TLSEXT_ERR_OK;
+    /* SSL_set_SSL_CTX copies the chosen context's certificate, as SSL_new does: under the
+     * same shared lock, against a reload of that context in another thread */
+    if (uvs__engine_certs_lock(0) != 1) {
+        *alert = SSL_AD_INTERNAL_ERROR;
+        return SSL_TLSEXT_ERR_ALERT_FATAL;
+    }
+    SSL_CTX *set = SSL_set_SSL_CTX(ssl, chosen);
+    if (uvs__engine_certs_unlock() != 1 || set == NULL) {
         *alert = SSL_AD_INTERNAL_ERROR;
         return SSL_TLSEXT_ERR_ALERT_FATAL;
     }

@@ -68,6 +68,7 @@ const SSL_METHOD *TLS_method(void);
 const SSL_METHOD *TLS_client_method(void);
 const SSL_METHOD *TLS_server_method(void);
 SSL_CTX *SSL_CTX_new(const SSL_METHOD *method);
+const SSL_METHOD *SSL_CTX_get_ssl_method(const SSL_CTX *ctx);
 int SSL_CTX_up_ref(SSL_CTX *ctx);
 void SSL_CTX_free(SSL_CTX *ctx);
 uint64_t SSL_CTX_set_options(SSL_CTX *ctx, uint64_t op);

@@ -26,7 +26,9 @@
  *
  * The TLS side of a server (its SSL_CTX reference and handshake timeout) is set and freed by
  * tls_conn.c (uvs_server_set_tls, uvs__server_free_tls); each accepted connection gets its
- * engine from uvs__tls_attach_accepted.
+ * engine from uvs__tls_attach_accepted. uvs_server_set_tls may be called again while the
+ * server runs (TcpSslServer.ssl_ctx): connections accepted from then on use the new context;
+ * each earlier one holds its own reference to the context it started with (in its SSL*).
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -249,6 +251,9 @@ int uvs_server_fileno(uvs_server_t *s) {
 }
 
 void uvs_server_set_eager(uvs_server_t *s, int eager) { s->eager = eager != 0; }
+
+/* How many accepted connections s has yet to announce (their handshakes still running). */
+int uvs_server_unannounced(const uvs_server_t *s) { return s->unannounced; }
 
 /* Graceful shutdown (TcpServer.shutdown): the connections s accepted but has not announced
  * (TLS handshakes still running) never reached the embedding, and nothing was written to them:

@@ -212,6 +212,7 @@ int uvs_server_fileno(uvs_server_t *s);
 void uvs_server_close(uvs_server_t *s);
 void uvs_server_set_eager(uvs_server_t *s, int eager);
 void uvs_server_abort_unannounced(uvs_server_t *s);
+int uvs_server_unannounced(const uvs_server_t *s);
 
 /* ---- the PROXY protocol (proxy.c) ------------------------------------------------------- */
 /* uvs_proxy_parse's verdicts (negative), and the reasons a proxied connection fails (the
@@ -291,9 +292,9 @@ int uvs_ctx_load_crl_file(SSL_CTX *ctx, const char *path);
 int uvs_x509_field(X509 *x, int what, char *buf, int len);
 
 /* ---- live reload of a context's certificate and trust store (ctx.c) -------------------- */
-/* Read into a uvs_reload_t (each step: 1, or 0 with the OpenSSL error queue saying why; the
- * CA and CRL steps build a new trust store), then uvs_reload_install puts all of it in
- * service at once, or none of it. */
+/* Read into a uvs_reload_t, one step at a time (each: 1, or 0 with the error queue saying
+ * why; the CA and CRL steps build a new trust store), then uvs_reload_install puts all of it
+ * in service at once, or none of it. */
 typedef struct uvs_reload_s uvs_reload_t;
 enum {
     UVS_RELOAD_EKEYTYPE = -1,    /* the context serves a certificate with another key type    */

@@ -211,3 +211,121 @@ def test_bench_udp_echo_tiny(tmp_path):
     assert "udp-echo (UDP)" in proc.stdout and "datagrams/s" in proc.stdout
     assert "n/a" in proc.stdout
     assert "x" in proc.stdout.split("asyncio")[-1]  # asyncio's ratio to uvssl
+
+
+def test_workers_option_parses():
+    from uvssl.bench.scaling import parse_workers
+
+    assert parse_workers("1") == [1]
+    assert parse_workers("4") == [1, 2, 4]  # N: 1, 2, 4, ... up to N
+    assert parse_workers("6") == [1, 2, 4, 6]
+    assert parse_workers("2,4") == [1, 2, 4]  # a list: those counts, and 1 as the baseline
+    assert parse_workers(" 3, 1,3 ") == [1, 3]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--workers", "0"], "from 1 to"),
+        (["--workers=-2"], "from 1 to"),
+        (["--workers", "1,-4"], "from 1 to"),
+        (["--workers", "many"], "'many' is not a worker count"),
+        (["--workers", "1,2.5"], "'2.5' is not a worker count"),
+        (["--workers", ","], "is not a worker count"),
+        (["--workers", "100000"], "from 1 to"),
+        (["--workers", "2", "--cells", "echo-1"], "--workers measures"),
+    ],
+)
+def test_workers_option_errors(capsys, args, message):
+    assert runner.main(["--tiny", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+
+
+def test_workers_plan():
+    from uvssl.bench.scaling import _plan
+
+    # eight CPUs, the load client on CPU 1: workers take the others in order
+    separate, shared, info = _plan([1, 2, 4, 8], list(range(8)), 0, 1)
+    assert [s.cpus for s in separate] == [(0,), (0, 2), (0, 2, 3, 4)]
+    assert info["not_run"] == [{"workers": 8, "reason": "7 CPUs free of the load client"}]
+    assert [s.cpus for s in shared] == [(0, 0), (0, 0, 0, 0), (0,) * 8]
+    assert info["shared_cpu"] == 0 and info["free_cpus"] == [0, 2, 3, 4, 5, 6, 7]
+    # two CPUs: one worker on its own core; 2 and 4 only sharing it
+    separate, shared, info = _plan([1, 2, 4], [0, 1], 0, 1)
+    assert [s.workers for s in separate] == [1]
+    assert [n["workers"] for n in info["not_run"]] == [2, 4]
+    assert [s.cpus for s in shared] == [(0, 0), (0, 0, 0, 0)]
+    # not pinned: no shared-core experiment, and the counts that fit beside the load client
+    separate, shared, info = _plan([1, 2, 4], [0, 1, 2], None, None)
+    assert [s.cpus for s in separate] == [(None,), (None, None)]
+    assert not shared and "pinning" in info["shared_reason"]
+
+
+@pytest.mark.timeout(90 * SLOWDOWN)
+def test_bench_workers_tiny(tmp_path):
+    from uvssl.bench.scaling import format_scaling
+
+    out = tmp_path / "bench.json"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    proc = subprocess.run(
+        [sys.executable, "-m", "uvssl", "bench", "--", "--tiny", "--workers", "2",
+         "--servers", "uvssl", "--cells", "echo-64", "--json", str(out)],
+        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=80 * SLOWDOWN,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    sc = report["scaling"]
+    assert sc["counts"] == [1, 2] and sc["cells"] == ["echo-64"]
+    usable = report["meta"]["usable_cpus"]
+    assert sc["pinned"] == (len(usable) > 1)
+
+    separate = sc["separate"]["echo-64"]
+    assert separate[0]["workers"] == 1 and separate[0]["status"] == "ok"
+    assert separate[0]["speedup"] == 1.0
+    rows = list(separate)
+    if len(usable) > 2:  # a second free CPU: 2 workers on separate cores
+        assert [r["workers"] for r in separate] == [1, 2]
+        assert len(set(separate[1]["cpus"])) == 2 and sc["client_cpu"] not in separate[1]["cpus"]
+    else:
+        assert [r["workers"] for r in separate] == [1]
+        assert [n["workers"] for n in sc["not_run"]] == [2]
+    if sc["pinned"]:
+        shared = sc["shared"]["echo-64"]
+        assert [r["workers"] for r in shared] == [2]
+        assert shared[0]["cpus"] == [separate[0]["cpus"][0]] * 2
+        assert shared[0]["cpu_ratio"] > 0
+        rows += shared
+    for row in rows:
+        assert row["status"] == "ok", row
+        assert row["ops"] > 0 and row["ops_per_s"] > 0 and row["prime_ops"] > 0
+        assert row["cpu_s_per_op"] > 0 and row["server_cpu_s"] > 0
+        assert 0 <= row["client_busy"] < 2 and isinstance(row["client_saturated"], bool)
+        if row["workers"] == 2:  # CPU time read from both workers and summed
+            per_worker = row["worker_cpu_s"]
+            assert len(per_worker) == 2 and all(c > 0 for c in per_worker), per_worker
+            assert sum(per_worker) == pytest.approx(row["server_cpu_s"], abs=1e-3)
+    projection = sc["projection"]["cells"]["echo-64"]
+    assert projection["cpu_s_per_op"] == separate[0]["cpu_s_per_op"]
+    assert projection["ops_per_s"][0] == pytest.approx(1 / separate[0]["cpu_s_per_op"])
+    assert len(projection["ops_per_s"]) == len(sc["projection"]["cores"])
+
+    table = proc.stdout
+    assert "scaling (--workers)" in table and "speed-up" in table
+    assert "projection (NOT measured)" in table
+    if sc["pinned"]:
+        assert "one shared core: every worker pinned to CPU" in table
+    assert "[scaling 1/" in proc.stderr
+    # a row where the load client was busy all the time is marked, with the reason
+    assert "*: the load client" not in format_scaling(report) or any(
+        r["client_saturated"] for r in rows
+    )
+    separate[0]["client_busy"], separate[0]["client_saturated"] = 1.0, True
+    marked = format_scaling(report)
+    assert "100%*" in marked and "*: the load client (one thread) was busy" in marked
+    if sc["pinned"]:  # a shared-core ratio above the goal is named
+        sc["shared"]["echo-64"][0]["cpu_ratio"] = 1.0
+        assert "ratio above" not in format_scaling(report)
+        sc["shared"]["echo-64"][0]["cpu_ratio"] = 1.5
+        assert "ratio above 1.05: echo-64 with 2 workers (1.500)" in format_scaling(report)

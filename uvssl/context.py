@@ -398,6 +398,10 @@ class Context:
         with self._servers_lock:
             self._servers.add(server)
 
+    def _remove_server(self, server: Any) -> None:
+        with self._servers_lock:
+            self._servers.discard(server)
+
     def _sync_servers(self) -> None:
         # servers hand connections over before the handshake only when a callback needs that.
         # A server belongs to its loop's thread: one of a loop running in another thread is

@@ -40,6 +40,7 @@ from .context import (
     ssl_owners,
 )
 from .errors import (
+    SocketClosed,
     SocketError,
     SslClosed,
     SslFailure,
@@ -266,15 +267,85 @@ class TcpSslServer(TcpServer):
 
     _socket_class = SslSocket
 
-    def _configure_tls(self, ctx: Context, handshake_timeout: Optional[float]) -> None:
+    def _configure_tls(self, ctx: Context, handshake_timeout: Any) -> None:
+        # handshake_timeout: as tcp_ssl_server took it (CONTEXT_DEFAULT: the context's)
         self.context = ctx
-        hs = 0.0 if handshake_timeout is None else float(handshake_timeout)
-        r = lib.uvs_server_set_tls(self._ptr, ctx._ctx, hs)
+        self._hs_arg = handshake_timeout
+        # contexts replaced while handshakes they started were still running: SSL_CTX address
+        # -> Context, so that those connections get theirs when they are handed over
+        self._retired: dict[int, Context] = {}
+        hs = _effective_hs(handshake_timeout, ctx)
+        r = lib.uvs_server_set_tls(self._ptr, ctx._ctx, 0.0 if hs is None else float(hs))
         if r != 0:
             self.close()
             raise MemoryError(f"uvssl: cannot attach TLS to the server: {strerror(r)}")
         ctx._add_server(self)
         self._sync_eager()
+
+    @property
+    def ssl_ctx(self) -> Context:
+        """The ``Context`` new connections are made with. Assign another while the server
+        runs (a ``Context`` or any form ``tcp_ssl_server(ssl_ctx=...)`` takes: an
+        ``ssl.SSLContext``, a raw ``SSL_CTX*``) and the handshakes that start from then on use
+        it; connections already open, and handshakes already under way, keep the context they
+        started with. A ``handshake_timeout`` given to ``tcp_ssl_server`` stays; without one,
+        the new context's applies. Assign from the server's loop thread (from another thread,
+        through ``call_threadsafe``).
+        """
+        return self.context
+
+    @ssl_ctx.setter
+    def ssl_ctx(self, value: Any) -> None:
+        check_thread(self._loop, "ssl_ctx", self)
+        if self._closed or self._ptr is None:
+            raise SocketClosed(
+                "cannot set ssl_ctx: the server is closed; start a new one with this context",
+                action="ssl_ctx",
+            )
+        if value is None:
+            raise TypeError(
+                "ssl_ctx must be a uvssl.Context, an ssl.SSLContext or an SSL_CTX*, not None "
+                "(a TLS server always has a context)"
+            )
+        if isinstance(value, Context) and value.side != "server":
+            raise ValueError(
+                f"ssl_ctx: this is a {value.side} context; a server needs one made with "
+                "Context.server(...)"
+            )
+        ctx = resolve_ssl_ctx(value, "server")
+        if lib.SSL_CTX_get_ssl_method(ctx._ctx) == lib.TLS_client_method():
+            raise ValueError(
+                "ssl_ctx: this context was made for clients only (TLS_client_method, or "
+                "ssl.PROTOCOL_TLS_CLIENT) and cannot accept connections; give a server context"
+            )
+        old = self.context
+        if ctx is old:
+            return
+        hs = _effective_hs(self._hs_arg, ctx)
+        r = lib.uvs_server_set_tls(self._ptr, ctx._ctx, 0.0 if hs is None else float(hs))
+        if r != 0:  # nothing changed: the old context stays
+            raise MemoryError(f"uvssl: cannot switch the server's context: {strerror(r)}")
+        if lib.uvs_server_unannounced(self._ptr) > 0:
+            self._retired[int(ffi.cast("uintptr_t", old._ctx))] = old
+        else:
+            self._retired.clear()
+        old._remove_server(self)
+        self.context = ctx
+        ctx._add_server(self)
+        self._sync_eager()
+
+    def _context_of(self, sock: SslSocket) -> Context:
+        # A connection handed over after its handshake may have started before ssl_ctx was
+        # assigned: its SSL* names the context it was made with.
+        ctx = self.context
+        if self._retired and sock._conn is not None:
+            ssl = lib.uvs_conn_ssl(sock._conn)
+            if ssl != ffi.NULL:
+                addr = int(ffi.cast("uintptr_t", lib.SSL_get_SSL_CTX(ssl)))
+                ctx = self._retired.get(addr, ctx)
+            if self._ptr is not None and lib.uvs_server_unannounced(self._ptr) <= 1:
+                self._retired.clear()  # this one was the last still running
+        return ctx
 
     def _sync_eager(self) -> None:
         # A connection is handed over when its handshake is done (one call into Python for
@@ -286,7 +357,7 @@ class TcpSslServer(TcpServer):
 
     def _accepted(self, sock: Socket, stage: int) -> None:
         assert isinstance(sock, SslSocket)
-        sock._context = self.context
+        sock._context = self.context if stage == _ACCEPT_NEW else self._context_of(sock)
         if stage == _ACCEPT_ESTABLISHED:  # handed over after the handshake: its connect event
             sock._connected = True
             sock._on_connected()
@@ -528,10 +599,9 @@ def tcp_ssl_server(
         bool(stream),
         bool(reuse_port),
     )
-    hs = _effective_hs(handshake_timeout, ctx)
-    server._configure_tls(ctx, hs)
+    server._configure_tls(ctx, handshake_timeout)
     if proxy_protocol:
-        server._enable_proxy(hs, sources)
+        server._enable_proxy(_effective_hs(handshake_timeout, ctx), sources)
     return server
 
 

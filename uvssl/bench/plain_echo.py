@@ -1,8 +1,10 @@
 """uvssl's plain-TCP echo server for the benchmark's plain-TCP rows.
 
-Run as ``python -m uvssl.bench.plain_echo [--host H] --port P``. Once listening it prints
-``READY <port>`` on stdout; SIGTERM or SIGINT stop it cleanly (exit 0). Every received chunk is
-written straight back (``sock.write(data)``); a connection is closed on EOF or any error.
+Run as ``python -m uvssl.bench.plain_echo [--host H] --port P [--reuse-port]``; with
+``--reuse-port`` several of them can serve one port (the bench's ``--workers``). Once listening
+it prints ``READY <port>`` on stdout; SIGTERM or SIGINT stop it cleanly (exit 0). Every received
+chunk is written straight back (``sock.write(data)``); a connection is closed on EOF or any
+error.
 """
 
 from __future__ import annotations
@@ -27,11 +29,15 @@ def _event(ev: BaseException) -> None:
         sock.close()
 
 
-def serve(host: str, port: int) -> None:
-    """Serve plain-TCP echo on *host*:*port* until SIGTERM or SIGINT; print ``READY <port>``."""
+def serve(host: str, port: int, reuse_port: bool = False) -> None:
+    """Serve plain-TCP echo on *host*:*port* until SIGTERM or SIGINT; print ``READY <port>``.
+
+    With *reuse_port* the listening socket has SO_REUSEPORT, so other processes can serve the
+    same port.
+    """
 
     def start() -> None:
-        server = tcp_server(host, port, _read, _event)
+        server = tcp_server(host, port, _read, _event, reuse_port=reuse_port)
         print(f"READY {server.port}", flush=True)
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -53,9 +59,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument(
+        "--reuse-port", action="store_true", help="set SO_REUSEPORT (several servers, one port)"
+    )
     args = parser.parse_args(argv)
     try:
-        serve(args.host, args.port)
+        serve(args.host, args.port, args.reuse_port)
     except KeyboardInterrupt:
         pass
     return 0

@@ -73,6 +73,17 @@ unmeasured for ``PRIME_SECONDS`` with the same connections, which then close, an
 run opens new ones. The handshake cells open and close connections all the time and need no
 priming; the idle cell measures memory growth from the fresh state on purpose.
 
+The load client's own CPU time is sampled the same way, and each result carries it for the
+same window (``client_cpu_s``) and as a share of the window (``client_busy``): near 1, the load
+client (one thread) rather than the server may be what limits the throughput.
+
+Worker processes
+----------------
+``--workers N`` (1, 2, 4, ... up to N) or ``--workers A,B,...`` adds a section measuring
+uvssl's server as several processes on one port (SO_REUSEPORT), each pinned to a CPU free of
+the load client, and 2 or more sharing the one CPU a single worker uses; server CPU is summed
+over the processes. See ``uvssl.bench.scaling``.
+
 Idle memory: ``VmRSS`` from ``/proc/<pid>/status`` before the load client starts and when it
 prints ``IDLE <n>``; (after - before) / n. Then its stdin is closed and it finishes.
 
@@ -104,7 +115,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from .native_build import NativeBuildError, build_native
 
@@ -239,6 +250,10 @@ class Config:
     rounds: int = 1  # measurements per (server, cell); figures are their medians
     pin: bool = True
     progress: bool = True  # progress lines on stderr
+    #: worker-process counts for the scaling section (``--workers``); empty: no such section
+    workers: List[int] = field(default_factory=list)
+    #: the cells the scaling section measures (some of ``scaling.SCALING_CELLS``)
+    scaling_cells: List[str] = field(default_factory=lambda: ["echo-64", "hs-full"])
 
     @classmethod
     def preset(cls, mode: str, **overrides: Any) -> Config:
@@ -271,6 +286,22 @@ class Config:
             raise ValueError(f"timeout must be in [1, 3600] seconds, got {self.timeout}")
         if not 1 <= self.rounds <= 100:
             raise ValueError(f"rounds must be in [1, 100], got {self.rounds}")
+        if self.workers:
+            from .scaling import MAX_WORKERS, SCALING_CELLS
+
+            for n in self.workers:
+                if not 1 <= n <= MAX_WORKERS:
+                    raise ValueError(f"worker counts must be in [1, {MAX_WORKERS}], got {n}")
+            if not self.scaling_cells:
+                raise ValueError(
+                    f"--workers measures {', '.join(SCALING_CELLS)}: select at least one"
+                )
+            for name in self.scaling_cells:
+                if name not in SCALING_CELLS:
+                    raise ValueError(
+                        f"--workers cannot measure cell {name!r}; it measures "
+                        f"{', '.join(SCALING_CELLS)}"
+                    )
 
 
 # -- machine facts --------------------------------------------------------------------------
@@ -486,6 +517,11 @@ class _Server:
         assert self.proc is not None
         return self.proc.pid
 
+    @property
+    def pids(self) -> List[int]:
+        """The server's process ids: one."""
+        return [self.pid]
+
     def stderr_tail(self) -> str:
         """The end of what the server wrote on stderr."""
         return _tail(self.errfile)
@@ -544,6 +580,19 @@ class _Server:
         self.close()
 
 
+class _Target(Protocol):
+    """What the load client runs against: one server process, or several on one port."""
+
+    port: int
+
+    @property
+    def pids(self) -> List[int]:
+        """The server's process ids (CPU time and memory are summed over them)."""
+
+    def stderr_tail(self) -> str:
+        """The end of what the server's processes wrote on stderr."""
+
+
 @dataclass
 class _LoadRun:
     """What one load-client run produced."""
@@ -555,30 +604,57 @@ class _LoadRun:
     idle: Optional[Dict[str, float]] = None
     user_samples: List[Tuple[float, float]] = field(default_factory=list)
     sys_samples: List[Tuple[float, float]] = field(default_factory=list)
+    #: the load client's own CPU time (time, seconds)
+    client_samples: List[Tuple[float, float]] = field(default_factory=list)
+    #: with several server processes, each one's CPU time (time, seconds), in pid order
+    pid_samples: List[List[Tuple[float, float]]] = field(default_factory=list)
 
 
 def _run_loadgen(
-    argv: List[str], cpu: Optional[int], server: _Server, limit: float, idle: bool
+    argv: List[str], cpu: Optional[int], server: _Target, limit: float, idle: bool
 ) -> _LoadRun:
     """Run the load client while sampling the server's CPU; bounded by *limit* seconds.
 
-    With *idle*, on the ``IDLE <n>`` line the server's RSS and CPU are read, then the client's
-    stdin is closed so it ends.
+    The server's CPU time is the sum over its processes (a sample is kept only when every one
+    of them could be read); the load client's own CPU time is sampled too. With *idle*, on the
+    ``IDLE <n>`` line the server's RSS and CPU are read, then the client's stdin is closed so it
+    ends.
     """
-    rss_before = _rss_bytes(server.pid) if idle else 0
+    pids = list(server.pids)
+    rss_before = sum(_rss_bytes(pid) for pid in pids) if idle else 0
     samples: List[Tuple[float, float]] = []
     user_samples: List[Tuple[float, float]] = []
     sys_samples: List[Tuple[float, float]] = []
+    client_samples: List[Tuple[float, float]] = []
+    pid_samples: List[List[Tuple[float, float]]] = [[] for _ in pids] if len(pids) > 1 else []
+    client_pid = 0
 
     def sample() -> None:
-        split = _cpu_split(server.pid)
-        c = _cpu_seconds(server.pid, split)
+        cpus: List[float] = []
+        users: List[float] = []
+        kernels: List[float] = []
+        for pid in pids:
+            split = _cpu_split(pid)
+            c = _cpu_seconds(pid, split)
+            if c is not None:
+                cpus.append(c)
+            if split is not None:
+                users.append(split[0])
+                kernels.append(split[1])
         now = time.monotonic()
-        if c is not None and len(samples) < MAX_SAMPLES:
-            samples.append((now, c))
-        if split is not None and len(user_samples) < MAX_SAMPLES:
-            user_samples.append((now, split[0]))
-            sys_samples.append((now, split[1]))
+        if len(samples) >= MAX_SAMPLES:
+            return
+        if len(cpus) == len(pids):
+            samples.append((now, sum(cpus)))
+            for series, c in zip(pid_samples, cpus):
+                series.append((now, c))
+        if len(users) == len(pids):
+            user_samples.append((now, sum(users)))
+            sys_samples.append((now, sum(kernels)))
+        if client_pid:
+            c = _cpu_seconds(client_pid, _cpu_split(client_pid))
+            if c is not None:
+                client_samples.append((now, c))
 
     sample()
     t_start = time.monotonic()
@@ -592,6 +668,7 @@ def _run_loadgen(
         )
     except OSError as exc:
         raise BenchError(f"cannot start the load client: {exc}") from exc
+    client_pid = proc.pid
     idle_info: Optional[Dict[str, float]] = None
     t_json = 0.0
     try:
@@ -624,7 +701,7 @@ def _run_loadgen(
                         "n": float(int(line)),
                         "t": time.monotonic(),
                         "rss_before": float(rss_before),
-                        "rss_after": float(_rss_bytes(server.pid)),
+                        "rss_after": float(sum(_rss_bytes(pid) for pid in pids)),
                     }
                     assert proc.stdin is not None
                     proc.stdin.close()
@@ -649,7 +726,15 @@ def _run_loadgen(
             + (f"; server stderr: {tail}" if tail else "")
         )
     return _LoadRun(
-        result, samples, t_start, t_json or time.monotonic(), idle_info, user_samples, sys_samples
+        result,
+        samples,
+        t_start,
+        t_json or time.monotonic(),
+        idle_info,
+        user_samples,
+        sys_samples,
+        client_samples,
+        pid_samples,
     )
 
 
@@ -723,7 +808,7 @@ def _ops(cell: CellSpec, result: Dict[str, Any]) -> int:
 
 def _measure(
     cell: CellSpec,
-    server: _Server,
+    server: _Target,
     loadgen: Path,
     cfg: Config,
     client_cpu: Optional[int],
@@ -782,6 +867,14 @@ def _measure(
         out["server_user_s"] = round(max(0.0, user), 4)
         out["server_sys_s"] = round(max(0.0, kernel), 4)
     out["cpu_s_per_op"] = cpu / out["ops"] if out["ops"] > 0 else 0.0
+    if run.pid_samples:  # several server processes: each one's share
+        out["worker_cpu_s"] = [
+            round(max(0.0, _cpu_at(ps, t1) - _cpu_at(ps, t0)), 4) for ps in run.pid_samples
+        ]
+    if run.client_samples and t1 > t0:
+        client = max(0.0, _cpu_at(run.client_samples, t1) - _cpu_at(run.client_samples, t0))
+        out["client_cpu_s"] = round(client, 4)
+        out["client_busy"] = round(client / (t1 - t0), 3)
     out["loadgen"] = r
     return out
 
@@ -875,7 +968,8 @@ def combine_rounds(cell: CellSpec, runs: List[Dict[str, Any]]) -> Dict[str, Any]
     out: Dict[str, Any] = {"status": "ok"}
     for key in (*cell.metrics, "ops", "seconds", "server_cpu_s"):
         out[key] = statistics.median(float(r[key]) for r in ok)
-    for key in ("server_user_s", "server_sys_s"):  # absent when /proc/<pid>/stat was not read
+    # absent when /proc/<pid>/stat was not read, or the client's CPU could not be
+    for key in ("server_user_s", "server_sys_s", "client_cpu_s", "client_busy"):
         if all(key in r for r in ok):
             out[key] = statistics.median(float(r[key]) for r in ok)
     out["ops"] = int(out["ops"])
@@ -976,6 +1070,11 @@ def run(config: Config) -> Dict[str, Any]:
                     _progress(config, " " + _summary(cell, res), "\n")
             for name in config.servers:
                 results[name][cell.key] = combine_rounds(cell, runs[name])
+        scaling: Optional[Dict[str, Any]] = None
+        if config.workers:
+            from .scaling import run_scaling
+
+            scaling = run_scaling(config, cert, key, loadgen, cpus, server_cpu, client_cpu)
     elapsed = time.monotonic() - t_begin
 
     ratios: Dict[str, Dict[str, Dict[str, float]]] = {}
@@ -991,7 +1090,7 @@ def run(config: Config) -> Dict[str, Any]:
                 if ref.get(m, 0) > 0:
                     ratios.setdefault(name, {}).setdefault(cell.key, {})[m] = mine[m] / ref[m]
 
-    return {
+    report: Dict[str, Any] = {
         "version": 1,
         "meta": {
             **machine_info(),
@@ -1031,6 +1130,9 @@ def run(config: Config) -> Dict[str, Any]:
         "results": results,
         "ratios": ratios,
     }
+    if scaling is not None:
+        report["scaling"] = scaling
+    return report
 
 
 # -- output ---------------------------------------------------------------------------------
@@ -1122,6 +1224,10 @@ def format_table(report: Dict[str, Any]) -> str:
     if any(r.get("errors") for res in report["results"].values() for r in res.values()):
         lines.append("*: the load client counted errors in that cell (see the JSON)")
     lines += notes
+    if report.get("scaling"):
+        from .scaling import format_scaling
+
+        lines += ["", format_scaling(report)]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -1164,6 +1270,12 @@ def write_plot(report: Dict[str, Any], path: str) -> None:
 
 def _split(value: str) -> List[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _workers(text: str) -> List[int]:
+    from .scaling import parse_workers
+
+    return parse_workers(text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -1209,6 +1321,15 @@ def _parser() -> argparse.ArgumentParser:
         help="measure each (server, cell) N times, servers taking turns; report medians "
         "(full: 3, quick and tiny: 1)",
     )
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        metavar="N|A,B,...",
+        help="also measure uvssl's server as several processes on one port: N means 1, 2, 4, "
+        "... up to N workers, a list means those counts (1 is always measured); each on its "
+        "own CPU while CPUs are free of the load client, and 2 or more sharing one CPU; "
+        "cells echo-64 and hs-full, or those of --cells among echo-64, hs-full, plain-echo-64",
+    )
     p.add_argument("--no-pin", action="store_true", help="do not pin server and client to CPUs")
     p.add_argument("--json", metavar="FILE", help="write every figure as JSON to FILE")
     p.add_argument("--plot", metavar="FILE.png", help="write a chart (needs matplotlib)")
@@ -1239,6 +1360,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             pin=not args.no_pin,
             progress=not args.no_progress,
         )
+        if args.workers:
+            from .scaling import SCALING_CELLS
+
+            config.workers = args.workers
+            if args.cells:
+                config.scaling_cells = [c for c in args.cells if c in SCALING_CELLS]
         config.validate()
     except ValueError as exc:
         print(f"python -m uvssl bench: error: {exc}", file=sys.stderr)
@@ -1284,6 +1411,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         for cell, r in res.items()
         if r.get("status") == "failed"
     ]
+    if report.get("scaling"):
+        from .scaling import failed_setups
+
+        failed += failed_setups(report["scaling"])
     return 1 if failed else 0
 
 
