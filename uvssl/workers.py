@@ -49,7 +49,8 @@ Session ticket keys. Before forking, the parent makes a key (``tickets.new_key()
 worker, every TLS server context that has no ticket keys of its own
 (``tickets.key_count(ctx) == 0``) gets the parent's keys: when ``setup_fn`` returns, at the
 next loop turn after any later server starts (before it can accept), and after each SIGHUP and
-rotation. So a client resumes its session on any worker. Every ``TICKET_KEY_ROTATION`` seconds
+rotation (a context assigned to a running server's ``ssl_ctx`` gets them then). So a client
+resumes its session on any worker. Every ``TICKET_KEY_ROTATION`` seconds
 (3600) the parent makes a new key and sends the list ``tickets.rotated(keys, new,
 keep=TICKET_KEYS_KEPT)`` (3) to the workers: a key issues tickets for an hour and is accepted
 for two more, which covers OpenSSL's two-hour ticket lifetime. Keys never travel through argv
