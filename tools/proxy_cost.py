@@ -8,10 +8,11 @@ v2 header with two TLVs (the proxied runs) and one byte, reading the byte's echo
 Each server runs twice (N small and N large) and the difference of the totals divided by the
 difference of the connections is its cost per connection, start-up cancelled out. The
 difference between the two servers' costs is what the protocol adds per connection: the C
-parser and its bookkeeping, the deadline timer, and the Python side (``proxy_info``). The
-C parser's part (the self cost of proxy.c's functions, without the allocations and the timer
-they ask for) is printed too, from the large proxied run's profile. Compare with a resumed TLS handshake (about
-2.5 M instructions: tools/perf_budget.json, hs-resumed). Needs valgrind; takes a minute or two.
+parser and its bookkeeping, the deadline timer, and the Python side (``proxy_tlvs``). The C
+parser's part (the self cost of proxy.c's functions, without the allocations and the timer
+they ask for) is printed too, from the large proxied run's profile. Compare with a resumed
+TLS handshake (about 2.5 M instructions: tools/perf_budget.json, hs-resumed). Needs valgrind;
+takes a minute or two.
 """
 
 from __future__ import annotations
