@@ -21,11 +21,13 @@ number (bytes). NOOP TLVs are skipped; when a type repeats, the last one wins.
 from __future__ import annotations
 
 import errno as _errno
-import ipaddress
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from ._uvssl import ffi, lib
 from .errors import ProxyProtocolError, strerror
+
+if TYPE_CHECKING:  # imported when a server first lists its sources: not at every start-up
+    import ipaddress
 
 __all__ = ["configure", "decode_tlvs", "proxy_error", "proxy_tlvs", "parse_sources"]
 
@@ -84,6 +86,7 @@ _REASONS: dict[int, tuple[str, str]] = {
 
 def parse_sources(sources: Any) -> list[Union[ipaddress.IPv4Network, ipaddress.IPv6Network]]:
     """``proxy_protocol_from``: a sequence of IPv4/IPv6 addresses or CIDR networks (str)."""
+    import ipaddress
     if isinstance(sources, (str, bytes)):
         raise TypeError(
             "proxy_protocol_from must be a sequence of addresses or networks, e.g. "
