@@ -27,7 +27,8 @@
  * already). The first read is parsed in place; only a header split over reads is gathered in
  * a buffer (grown as needed, never past the maximum). Once complete, the header's source
  * address becomes the connection's peer address, the proxy's own is kept in c->addrs.proxy
- * (copied out with the other addresses at the close), the TLVs are copied, and the connection
+ * (copied out with the other addresses at the close), the TLVs are copied (without TLVs the
+ * uvs__proxy_t is freed at once), and the connection
  * goes on as an ordinary accepted one: TLS servers attach the engine now (and announce eagerly when the server is
  * eager), plain servers announce it; the bytes that followed the header in the same read go
  * straight to the engine or to the read path, from the read buffer. A rejected header, EOF
@@ -418,10 +419,14 @@ void uvs__proxy_on_read(uvs_conn_t *c, const char *p, size_t n) {
         memcpy(&c->addrs.peer.in6.sin6_addr, h.src, 16);
         c->addrs.peer.in6.sin6_port = htons((uint16_t)h.src_port);
     }
-    free(px->acc);
-    px->acc = NULL;
-    px->have = px->cap = 0;
     c->state &= ~(unsigned)UVS__C_PROXY_WAIT;
+    if (px->tlv_len == 0) {
+        uvs__proxy_free(c); /* nothing left to keep: the addresses are in c->addrs */
+    } else {
+        free(px->acc);
+        px->acc = NULL;
+        px->have = px->cap = 0;
+    }
     size_t used = (size_t)r - prev; /* of this read's bytes */
     uvs__proxy_done(c, p + used, n - used);
 }
