@@ -28,9 +28,9 @@
  * a buffer (grown as needed, never past the maximum). Once complete, the header's source
  * address becomes the connection's peer address, the proxy's own is kept in c->addrs.proxy
  * (copied out with the other addresses at the close), the TLVs are copied (without TLVs the
- * uvs__proxy_t is freed at once), and the connection
- * goes on as an ordinary accepted one: TLS servers attach the engine now (and announce eagerly when the server is
- * eager), plain servers announce it; the bytes that followed the header in the same read go
+ * uvs__proxy_t is freed at once), and the connection goes on as an ordinary accepted one: TLS
+ * servers attach the engine now (and announce eagerly when the server is eager), plain
+ * servers announce it; the bytes that followed the header in the same read go
  * straight to the engine or to the read path, from the read buffer. A rejected header, EOF
  * before the end of the header, a source not on the list or the deadline (the rtimer, unused
  * before the announcement) fail the connection with UVS_ACT_PROXY and the reason as status:
