@@ -213,9 +213,10 @@ def _decode_ssl(value: bytes) -> dict[Union[str, int], Any]:
 
 def proxy_error(status: int, sock: Any) -> ProxyProtocolError:
     """The ``ProxyProtocolError`` for a connection that failed with reason ``status``."""
-    reason, what = _REASONS.get(
-        status, ("memory", f"reading the PROXY protocol header failed ({strerror(status)})")
-    )
+    entry = _REASONS.get(status)
+    if entry is None:  # the one other status: a native failure (out of memory, a timer)
+        entry = ("memory", f"reading the PROXY protocol header failed ({strerror(status)})")
+    reason, what = entry
     peer = ""
     conn = getattr(sock, "_conn", None)
     if conn is not None:
