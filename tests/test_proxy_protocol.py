@@ -291,6 +291,34 @@ def test_v2_ipv6_split_into_one_byte_writes():
     assert run.connects[0]["tlvs"] == {"authority": "a.example"}
 
 
+@pytest.mark.parametrize("split", [False, True])
+def test_v2_header_near_the_size_limit(split):
+    big = bytes(range(256)) * 255  # 65,280 bytes: the header is 65,311, near the 65,551 limit
+    header = v2(("192.0.2.9", 9), tlvs=tlv(0xE1, big))
+    assert len(header) > 65000
+
+    def client(port: int) -> bytes:
+        with connect(port) as s:
+            if split:  # a few hundred bytes per write: the header gathers over many reads
+                for i in range(0, len(header), 700):
+                    s.sendall(header[i : i + 700])
+                s.sendall(b"tail")
+            else:
+                s.sendall(header + b"tail")
+            got = b""
+            while len(got) < 4:
+                chunk = s.recv(100)
+                if not chunk:
+                    break
+                got += chunk
+            return got
+
+    run = serve(client)
+    assert run.client_result == b"TAIL"
+    assert run.connects[0]["remote"] == ("192.0.2.9", 9)
+    assert run.connects[0]["tlvs"] == {0xE1: big}
+
+
 @pytest.mark.parametrize("header", [v2(cmd=0, fam=0x11), v2(cmd=0, src=None), v2(src=None)])
 def test_v2_local_and_unspec_keep_the_real_peer(header):
     run = serve(plain_client(header, b"q"))
