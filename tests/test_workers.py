@@ -78,10 +78,13 @@ class Lines:
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
-        for raw in iter(self.proc.stdout.readline, b""):
-            with self.cond:
-                self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
-                self.cond.notify_all()
+        try:
+            for raw in iter(self.proc.stdout.readline, b""):
+                with self.cond:
+                    self.lines.append(raw.decode("utf-8", "replace").rstrip("\n"))
+                    self.cond.notify_all()
+        except (OSError, ValueError):
+            pass  # closed by Supervisor.kill while reading
         with self.cond:
             self.eof = True
             self.cond.notify_all()
