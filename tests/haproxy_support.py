@@ -257,12 +257,21 @@ class Seen:
     data: bytearray = field(default_factory=bytearray)
 
 
+def _attribute(sock: Any, name: str) -> Any:
+    """``sock.NAME``, or the ``SocketError`` reading it raised (kept as the value, for the
+    test to judge: a callback that raised would end the server's loop)."""
+    try:
+        return getattr(sock, name, None)
+    except uvssl.SocketError as exc:
+        return exc
+
+
 def snapshot(sock: Any) -> Seen:
     """The addresses, TLVs and TLS parameters ``sock`` reports right now."""
     seen = Seen(
-        remote_address=sock.remote_address,
-        proxy_address=getattr(sock, "proxy_address", None),
-        proxy_tlvs=getattr(sock, "proxy_tlvs", None),
+        remote_address=_attribute(sock, "remote_address"),
+        proxy_address=_attribute(sock, "proxy_address"),
+        proxy_tlvs=_attribute(sock, "proxy_tlvs"),
     )
     if isinstance(sock, uvssl.SslSocket):
         seen.tls = (sock.version, sock.cipher)
@@ -276,7 +285,8 @@ class ServerThread:
     with those callbacks and whatever keywords the test wants). Each connection the server
     accepts is echoed; ``seen`` gets a ``Seen`` per connection when it is accepted (plain) or
     handshaken (TLS), ``events`` every exception ``event_cb`` gets (EOF closes the socket and
-    is recorded too). Leaving the block ends the loop and re-raises a failure from it.
+    is recorded too) and ``event_addresses`` the ``remote_address`` of each one's socket.
+    Leaving the block ends the loop and re-raises a failure from it.
     """
 
     def __init__(self, make: Callable[..., Any], deadline: float = 60.0) -> None:
@@ -284,23 +294,24 @@ class ServerThread:
         self._harness = LoopHarness(deadline * SLOWDOWN)
         self._stop = threading.Event()
         self._ready = threading.Event()
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()  # held while the loop records; hold it to read
         self._error: Optional[BaseException] = None
         self._thread = threading.Thread(target=self._run, name="uvssl-server", daemon=True)
         self._by_socket: dict[int, Seen] = {}
         self.port = 0
         self.seen: list[Seen] = []
         self.events: list[BaseException] = []
+        self.event_addresses: list[Any] = []  # the socket's remote_address for each event
 
     def _run(self) -> None:
         def connect_cb(sock: Any) -> None:
             seen = snapshot(sock)
-            with self._lock:
+            with self.lock:
                 self._by_socket[id(sock)] = seen
                 self.seen.append(seen)
 
         def read_cb(sock: Any, data: bytes) -> None:
-            with self._lock:
+            with self.lock:
                 seen = self._by_socket.get(id(sock))
                 if seen is None:  # accepted before connect_cb existed for it: record it now
                     seen = self._by_socket[id(sock)] = snapshot(sock)
@@ -309,9 +320,11 @@ class ServerThread:
             sock.write(data)
 
         def event_cb(ev: BaseException) -> None:
-            with self._lock:
-                self.events.append(ev)
             sock = getattr(ev, "socket", None)
+            address = None if sock is None else _attribute(sock, "remote_address")
+            with self.lock:
+                self.events.append(ev)
+                self.event_addresses.append(address)
             if sock is not None and not sock.closed:
                 sock.close()
 
@@ -346,12 +359,12 @@ class ServerThread:
         """Wait (bounded) until ``predicate()`` is true; fail saying ``what`` did not happen."""
         deadline = time.monotonic() + timeout * SLOWDOWN
         while time.monotonic() < deadline:
-            with self._lock:
+            with self.lock:
                 if predicate():
                     return
             if self._error is not None or not self._thread.is_alive():
                 break
             time.sleep(0.02)
-        with self._lock:
+        with self.lock:
             state = f"seen={self.seen!r} events={self.events!r}"
         pytest.fail(f"{what} did not happen within {timeout} s ({state})", pytrace=False)

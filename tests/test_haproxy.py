@@ -3,7 +3,9 @@ health checks, and the configuration the README gives for deploying, run as writ
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import socket
 import ssl
 from pathlib import Path
@@ -12,8 +14,11 @@ from typing import Any, Callable
 import pytest
 from haproxy_support import (
     ServerThread,
+    combined_pem,
+    readme_config,
     require_haproxy,
     start_haproxy,
+    substitute,
 )
 from tls_support import PEER_TIMEOUT, Certs, recv_exactly, stdlib_client_context
 
@@ -151,3 +156,236 @@ def test_a_bad_config_fails_with_haproxys_words(tmp_path: Path) -> None:
     with pytest.raises(pytest.fail.Exception, match="rejects the configuration"):
         with start_haproxy(broken, tmp_path):
             pass
+
+
+# -- the PROXY protocol ------------------------------------------------------------------------
+
+HAS_PROXY_PROTOCOL = "proxy_protocol" in inspect.signature(uvssl.tcp_server).parameters
+needs_proxy_protocol = pytest.mark.skipif(
+    not HAS_PROXY_PROTOCOL, reason="this uvssl has no proxy_protocol keyword on tcp_server yet"
+)
+CLIENT_HOST = "127.0.0.2"  # the clients' source address: not the address HAProxy connects from
+HAPROXY_SOURCE = "127.0.0.3"  # HAProxy's source address towards uvssl (``source`` below)
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def make_server(kind: str, certs: Certs, **kw: Any) -> Callable[..., Any]:
+    return plain_server(**kw) if kind == "plain" else tls_server(certs, **kw)
+
+
+def roundtrip(kind: str, port: int, certs: Certs, source: Any = (CLIENT_HOST, 0)) -> Any:
+    """One echo through HAProxy from ``source``, plain or TLS; returns the client's address."""
+    if kind == "plain":
+        address, reply = plain_roundtrip(port, source=source)
+    else:
+        address, reply = tls_roundtrip(port, stdlib_client_context(certs), source=source)
+    assert reply == MESSAGE
+    return address
+
+
+def seen_from(server: ServerThread, address: Any) -> Any:
+    """What the server saw of the connection whose client had ``address`` (waiting for it)."""
+    want = tuple(address)
+    server.wait(
+        lambda: any(s.remote_address == want and s.data for s in server.seen),
+        f"a connection from {want} reaching uvssl",
+    )
+    return next(s for s in server.seen if s.remote_address == want)
+
+
+def errors(server: ServerThread) -> list[BaseException]:
+    """The server's events other than the end of a connection: EOF, or on TLS the close
+    without close_notify of the stdlib clients here (they close the socket without
+    ``unwrap``) and of HAProxy after them."""
+    return [ev for ev in server.events if not isinstance(ev, (uvssl.TcpEof, uvssl.SslClosed))]
+
+
+@needs_proxy_protocol
+@pytest.mark.parametrize("kind", ["plain", "tls"])
+@pytest.mark.parametrize("send", ["send-proxy", "send-proxy-v2"])
+def test_the_clients_address_arrives(tmp_path: Path, certs: Certs, kind: str, send: str) -> None:
+    require_haproxy()
+    with ServerThread(make_server(kind, certs, proxy_protocol=True)) as server:
+        config = tcp_config(server.port, f"{send} source {HAPROXY_SOURCE}")
+        with start_haproxy(config, tmp_path) as hap:
+            clients = [roundtrip(kind, hap.port, certs) for _ in range(3)]
+            for client in clients:
+                assert client[0] == CLIENT_HOST
+                seen = seen_from(server, client)
+                assert seen.data == MESSAGE
+                # the header's source: the client's own (host, port), not HAProxy's
+                assert tuple(seen.remote_address) == tuple(client)
+                # the connection's real peer: HAProxy, from the source address it was given
+                assert seen.proxy_address[0] == HAPROXY_SOURCE
+                assert seen.proxy_address[1] != client[1]
+                if send == "send-proxy":
+                    assert not seen.proxy_tlvs  # version 1 has no TLVs
+                if kind == "tls":
+                    assert seen.tls is not None and seen.tls[0].startswith("TLS")
+        assert server.seen and not errors(server)
+
+
+@needs_proxy_protocol
+def test_without_a_header_the_connection_is_refused(tmp_path: Path) -> None:
+    require_haproxy()
+    with ServerThread(plain_server(proxy_protocol=True)) as server:
+        # a server line without send-proxy: neither the clients nor the checks send a header
+        with start_haproxy(tcp_config(server.port, "check inter 200ms"), tmp_path) as hap:
+            # HAProxy's TCP check only connects, so it passes all the same: only uvssl's
+            # errors for the clients' connections show that the header is missing
+            hap.wait_for_log(r"Health check for server be/s1 succeeded.*\bUP\b")
+            with socket.create_connection(("127.0.0.1", hap.port), PEER_TIMEOUT) as s:
+                s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                assert s.recv(100) == b""  # closed without a byte of reply
+            server.wait(
+                lambda: any(getattr(ev, "reason", "") == "signature" for ev in server.events),
+                "a ProxyProtocolError for the client's connection",
+            )
+        assert not any(s.data for s in server.seen)
+        assert all(isinstance(ev, uvssl.ProxyProtocolError) for ev in server.events)
+
+
+def tls_backend_options(certs: Certs) -> str:
+    """A ``server`` line's words for re-encrypting to a uvssl TLS server (verified)."""
+    return f"ssl verify required ca-file {certs.ca} sni str(localhost) verifyhost localhost"
+
+
+@needs_proxy_protocol
+@pytest.mark.parametrize("backend", ["plain", "tls"])
+def test_v2_tlvs_from_a_haproxy_that_terminates_tls(
+    tmp_path: Path, certs: Certs, backend: str
+) -> None:
+    require_haproxy()
+    pem = combined_pem(certs.server_cert, certs.server_key, tmp_path / "site.pem")
+    options = "send-proxy-v2 proxy-v2-options ssl,ssl-cipher,authority,unique-id"
+    if backend == "tls":
+        options += " " + tls_backend_options(certs)
+
+    def make(port: int) -> str:
+        return substitute(
+            tcp_config(server.port, options)(port),
+            {
+                f"bind 127.0.0.1:{port}": f"bind 127.0.0.1:{port} ssl crt {pem}",
+                "    default_backend be": "    unique-id-format uid-%{+X}ci:%{+X}cp\n"
+                "    default_backend be",
+            },
+        )
+
+    with ServerThread(make_server(backend, certs, proxy_protocol=True)) as server:
+        with start_haproxy(make, tmp_path) as hap:
+            ctx = stdlib_client_context(certs)
+            with socket.create_connection(
+                ("127.0.0.1", hap.port), PEER_TIMEOUT, (CLIENT_HOST, 0)
+            ) as raw:
+                client = raw.getsockname()
+                with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+                    s.sendall(MESSAGE)
+                    assert recv_exactly(s, len(MESSAGE)) == MESSAGE
+                    version, cipher = s.version(), (s.cipher() or ("",))[0]
+            seen = seen_from(server, client)
+    tlvs = seen.proxy_tlvs
+    assert tlvs["authority"] == "localhost"  # the SNI the client sent
+    assert tlvs["unique_id"] == f"uid-{0x7F000002:08X}:{client[1]:04X}".encode()
+    assert tlvs["ssl"]["ssl"] is True  # the client spoke TLS to HAProxy
+    assert tlvs["ssl"]["version"] == version
+    assert tlvs["ssl"]["cipher"] == cipher
+    if backend == "tls":  # HAProxy's own TLS connection to uvssl, verified by HAProxy
+        assert seen.tls is not None and seen.tls[0].startswith("TLS")
+
+
+@needs_proxy_protocol
+@pytest.mark.parametrize("kind", ["plain", "tls"])
+@pytest.mark.parametrize("send", ["send-proxy", "send-proxy-v2"])
+def test_health_checks_send_a_header_and_the_server_stays_up(
+    tmp_path: Path, certs: Certs, kind: str, send: str
+) -> None:
+    require_haproxy()
+    options = f"check {send} check-send-proxy inter 200ms source {HAPROXY_SOURCE}"
+    with ServerThread(make_server(kind, certs, proxy_protocol=True)) as server:
+        with start_haproxy(tcp_config(server.port, options), tmp_path) as hap:
+            hap.wait_for_log(r"Health check for server be/s1 succeeded.*\bUP\b")
+
+            # no client has connected yet: every connection so far is a health check, which
+            # connects from HAProxy's source address, sends its header (v1: the check's own
+            # addresses; v2: LOCAL, meaning the connection's own) and resets
+            server.wait(
+                lambda: len(server.seen) + len(server.events) >= 6,
+                "three health checks reaching uvssl",
+            )
+            with server.lock:
+                addresses = [s.remote_address for s in server.seen] + server.event_addresses
+            # (a check that is gone before its socket reaches Python may have no address left)
+            known = [a for a in addresses if isinstance(a, tuple)]
+            assert all(a[0] == HAPROXY_SOURCE for a in known), addresses
+            # every check's header was accepted: none is a PROXY protocol failure
+            assert not [e for e in server.events if isinstance(e, uvssl.ProxyProtocolError)]
+            assert "DOWN" not in hap.log()
+            client = roundtrip(kind, hap.port, certs)  # and the clients are still served
+            assert seen_from(server, client).data == MESSAGE
+
+
+# -- the README's configurations, run as written ----------------------------------------------
+
+
+def readme_passthrough(backend_port: int) -> Callable[[int], str]:
+    """The README's configuration for TLS at uvssl, only its ports changed."""
+    text = readme_config(README, "passthrough")
+    return lambda port: substitute(
+        text, {"bind :443": f"bind 127.0.0.1:{port}", "127.0.0.1:8443": f"127.0.0.1:{backend_port}"}
+    )
+
+
+@needs_proxy_protocol
+def test_the_readmes_config_for_tls_at_uvssl(tmp_path: Path, certs: Certs) -> None:
+    require_haproxy()
+    with ServerThread(tls_server(certs, proxy_protocol=True)) as server:
+        with start_haproxy(readme_passthrough(server.port), tmp_path) as hap:
+            client = roundtrip("tls", hap.port, certs)
+            seen = seen_from(server, client)
+            assert seen.remote_address == client and seen.data == MESSAGE
+            assert seen.proxy_address[0] == "127.0.0.1"
+            assert seen.tls is not None and seen.tls[0].startswith("TLS")
+            # HAProxy logged the same client, and its health check found the server up
+            hap.wait_for_log(rf"^{client[0]}:{client[1]} \[.* tls uvssl/app ")
+            hap.wait_for_log(r"Health check for server uvssl/app succeeded")
+            assert not [e for e in server.events if isinstance(e, uvssl.ProxyProtocolError)]
+
+
+@needs_proxy_protocol
+def test_the_readmes_config_for_tls_at_haproxy(tmp_path: Path, certs: Certs) -> None:
+    require_haproxy()
+    pem = combined_pem(certs.server_cert, certs.server_key, tmp_path / "site.pem")
+    passthrough = readme_config(README, "passthrough")
+    head = passthrough[: passthrough.index("\nfrontend ") + 1]  # global and defaults
+    text = head + readme_config(README, "terminating")
+    with ServerThread(plain_server(proxy_protocol=True)) as server:
+
+        def make(port: int) -> str:
+            return substitute(
+                text,
+                {
+                    "bind :443": f"bind 127.0.0.1:{port}",
+                    "/etc/haproxy/site.pem": str(pem),
+                    "127.0.0.1:8080": f"127.0.0.1:{server.port}",
+                },
+            )
+
+        with start_haproxy(make, tmp_path) as hap:
+            with socket.create_connection(
+                ("127.0.0.1", hap.port), PEER_TIMEOUT, (CLIENT_HOST, 0)
+            ) as raw:
+                client = raw.getsockname()
+                with stdlib_client_context(certs).wrap_socket(
+                    raw, server_hostname="localhost"
+                ) as s:
+                    s.sendall(MESSAGE)
+                    assert recv_exactly(s, len(MESSAGE)) == MESSAGE
+                    version, cipher = s.version(), (s.cipher() or ("",))[0]
+            seen = seen_from(server, client)
+            assert seen.tls is None  # uvssl got plain TCP: HAProxy decrypted it
+            tlvs = seen.proxy_tlvs
+            assert tlvs["authority"] == "localhost"
+            assert tlvs["ssl"]["version"] == version and tlvs["ssl"]["cipher"] == cipher
+            # unique-id-format %{+X}o\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid: hexadecimal fields
+            unique = rf"7F000002:{client[1]:04X}_7F000001:{hap.port:04X}_[0-9A-F]+_[0-9A-F]+"
+            assert re.fullmatch(rf"{unique}:{hap.proc.pid:X}".encode(), tlvs["unique_id"])
