@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 CSRC = HERE / "csrc"
 SOURCES = [
     "buf.c", "batch.c", "loop.c", "conn.c", "tcp.c", "server.c", "tls.c", "tls_conn.c", "ctx.c",
-    "tls_blocking.c", "tickets.c", "udp.c",
+    "tls_blocking.c", "tickets.c", "udp.c", "proxy.c",
 ]
 
 # (pkg-config name, Debian package that provides it)

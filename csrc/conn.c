@@ -89,6 +89,8 @@ void uvs__conn_maybe_free(uvs_conn_t *c) {
     uvs__emit(c, UVS_EV_CLOSED, 0, 0);
     if (c->tls != NULL)
         uvs__tls_free(c->tls);
+    if (c->proxy != NULL)
+        uvs__proxy_free(c);
     if (c->ai_head != NULL)
         uv_freeaddrinfo(c->ai_head);
     uvs__buf_free(&c->out);
@@ -241,6 +243,10 @@ static void uvs__conn_eof(uvs_conn_t *c) {
     uvs__batch_flush(c->loop);
     if (c->state & UVS__C_CLOSING)
         return;
+    if (c->state & UVS__C_PROXY_WAIT) {
+        uvs__proxy_on_eof(c); /* a PROXY header cut short */
+        return;
+    }
     c->state |= UVS__C_EOF;
     (void)uv_read_stop((uv_stream_t *)&c->tcp);
     c->state &= ~(unsigned)UVS__C_READING;
@@ -262,7 +268,9 @@ static void uvs__read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
         else if (nread < UVS__READ_SMALL / 4)
             c->state &= ~(unsigned)UVS__C_BIG_READS;
         uvs__rearm_read_timer(c);
-        if (c->tls != NULL)
+        if (c->state & UVS__C_PROXY_WAIT)
+            uvs__proxy_on_read(c, buf->base, (size_t)nread); /* a PROXY header first */
+        else if (c->tls != NULL)
             uvs__tls_on_read(c, buf->base, (size_t)nread);
         else
             uvs__conn_deliver(c, buf->base, (size_t)nread);

@@ -50,6 +50,7 @@ static void uvs__server_emit(uvs_server_t *s, int kind, int status, int action) 
 
 static void uvs__server_free(uvs_server_t *s) {
     uvs__server_free_tls(s);
+    uvs__server_free_proxy(s);
     uvs__server_emit(s, UVS_EV_CLOSED, 0, 0);
     free(s);
 }
@@ -127,6 +128,14 @@ static void uvs__connection_cb(uv_stream_t *ls, int status) {
      * more). A peer already gone leaves it unknown. */
     (void)uvs__tcp_fetch_address(c, 1);
     (void)uv_tcp_nodelay(&c->tcp, 1); /* best effort, as every accepted socket supports it */
+    if (s->proxy) {
+        /* a PROXY header first: the connection (and its TLS engine) waits for it (proxy.c) */
+        uvs__proxy_accept(c, s);
+        if (!(c->state & UVS__C_CLOSING))
+            uvs__conn_start_reading(c);
+        uvs__flush_dirty(loop);
+        return;
+    }
     if (s->tls_ctx != NULL) {
         err = uvs__tls_attach_accepted(c, s);
         if (err != 0) {

@@ -125,9 +125,12 @@ enum {
     UVS__C_RECONNECT = 1 << 13,   /* handle closing only to try the next addr */
     UVS__C_WRITTEN_TOLD = 1 << 14, /* UVS_EV_WRITTEN sent, nothing written since */
     UVS__C_BIG_READS = 1 << 15,    /* reads fill 64 KiB: offer the whole buffer  */
-    UVS__C_ANNOUNCE_DUE = 1 << 16  /* accepted, handshake done, not announced yet: */
+    UVS__C_ANNOUNCE_DUE = 1 << 16, /* accepted, handshake done, not announced yet: */
                                    /* announced with the data that came with it  */
+    UVS__C_PROXY_WAIT = 1 << 17    /* reads go to the PROXY header parser (proxy.c) */
 };
+
+typedef struct uvs__proxy_s uvs__proxy_t; /* proxy.c */
 
 struct uvs_conn_s {
     uv_tcp_t tcp;                 /* tcp.data == this                        */
@@ -148,6 +151,7 @@ struct uvs_conn_s {
     uvs_tls_t *tls;               /* NULL for plain TCP                      */
     uvs_server_t *acceptor;       /* TLS server yet to announce it (server.c) */
     uvs_addrs_t addrs;            /* kept for after the close (see above)    */
+    uvs__proxy_t *proxy;          /* PROXY protocol state and result, or NULL */
 };
 
 struct uvs_server_s {
@@ -164,6 +168,11 @@ struct uvs_server_s {
     double hs_timeout;            /* handshake timeout for accepted conns (s) */
     int eager;                    /* announce at accept, not at handshake     */
     int unannounced;              /* accepted conns not yet announced         */
+    /* ---- the PROXY protocol (proxy.c, uvs_server_set_proxy); all zero when off */
+    int proxy;                    /* accepted conns start with a header       */
+    uint64_t proxy_ms;            /* the header's deadline (0: none)          */
+    uvs_proxy_net_t *proxy_nets;  /* the sources allowed (none: any)          */
+    size_t proxy_nnets;
 };
 
 struct uvs_timer_s {
@@ -241,6 +250,13 @@ int uvs__tcp_fetch_address(uvs_conn_t *c, int peer);
 /* server.c: accepting and announcing */
 int uvs__conn_announce(uvs_conn_t *c, int stage, const char *p, size_t n);
 void uvs__server_forget(uvs_conn_t *c);
+
+/* proxy.c: the PROXY protocol on accepted connections */
+void uvs__proxy_accept(uvs_conn_t *c, uvs_server_t *s);
+void uvs__proxy_on_read(uvs_conn_t *c, const char *p, size_t n);
+void uvs__proxy_on_eof(uvs_conn_t *c);
+void uvs__proxy_free(uvs_conn_t *c);
+void uvs__server_free_proxy(uvs_server_t *s);
 
 /* tls_conn.c: what conn.c and server.c call besides the hooks declared in tls.h */
 int uvs__tls_attach_accepted(uvs_conn_t *c, uvs_server_t *s);

@@ -57,7 +57,8 @@ enum {
     UVS_ACT_ACCEPT = 6,
     UVS_ACT_HANDSHAKE = 7,
     UVS_ACT_TLS_READ = 8,
-    UVS_ACT_TLS_WRITE = 9
+    UVS_ACT_TLS_WRITE = 9,
+    UVS_ACT_PROXY = 10           /* reading a PROXY protocol header; status: UVS_PROXY_E*    */
 };
 
 /* ---- when a server hands a connection over (on_accept's stage; see server.c) ------------ */
@@ -211,6 +212,58 @@ int uvs_server_fileno(uvs_server_t *s);
 void uvs_server_close(uvs_server_t *s);
 void uvs_server_set_eager(uvs_server_t *s, int eager);
 void uvs_server_abort_unannounced(uvs_server_t *s);
+
+/* ---- the PROXY protocol (proxy.c) ------------------------------------------------------- */
+/* uvs_proxy_parse's verdicts (negative), and the reasons a proxied connection fails (the
+ * status of its UVS_EV_ERROR, action UVS_ACT_PROXY; UV_ENOMEM too) */
+enum {
+    UVS_PROXY_ESIGNATURE = -1,   /* neither the v1 "PROXY " nor the v2 signature             */
+    UVS_PROXY_ELINE = -2,        /* v1: no CRLF within 107 bytes, or LF without CR           */
+    UVS_PROXY_ESYNTAX = -3,      /* v1: unknown protocol, wrong number of fields             */
+    UVS_PROXY_EADDRESS = -4,     /* v1: an address that is not one of the protocol's family  */
+    UVS_PROXY_EPORT = -5,        /* v1: a port that is not 0..65535 in plain decimal         */
+    UVS_PROXY_EVERSION = -6,     /* v2: version nibble not 2                                  */
+    UVS_PROXY_ECOMMAND = -7,     /* v2: command neither LOCAL nor PROXY                       */
+    UVS_PROXY_EFAMILY = -8,      /* v2: family/protocol other than UNSPEC, TCP4, TCP6         */
+    UVS_PROXY_ELENGTH = -9,      /* v2: length too short for the family's addresses          */
+    UVS_PROXY_ETLV = -10,        /* v2: a TLV (or an SSL sub-TLV) runs past its end          */
+    UVS_PROXY_ESOURCE = -11,     /* the peer is not one of the server's proxies               */
+    UVS_PROXY_ETIMEOUT = -12,    /* no complete header within the deadline                    */
+    UVS_PROXY_EEOF = -13         /* the peer closed before the header was complete            */
+};
+enum { UVS_PROXY_CMD_LOCAL = 0, UVS_PROXY_CMD_PROXY = 1 };
+enum { UVS_PROXY_AF_UNSPEC = 0, UVS_PROXY_AF_INET = 1, UVS_PROXY_AF_INET6 = 2 };
+enum { UVS_PROXY_TLV_SSL = 0x20 };
+/* A parsed header. Addresses in network order (IPv4: the first 4 bytes); for LOCAL and
+ * UNSPEC they are zero. The TLVs are tlv_len bytes at tlv_off in the parsed buffer. */
+typedef struct {
+    int version;
+    int command;
+    int family;
+    unsigned char src[16];
+    unsigned char dst[16];
+    int src_port;
+    int dst_port;
+    size_t tlv_off;
+    size_t tlv_len;
+} uvs_proxy_hdr_t;
+/* Parse the len bytes received so far: the header's length when complete, 0 when more bytes
+ * are needed, or a UVS_PROXY_E* code. Pure: no I/O, no allocation. */
+long uvs_proxy_parse(const unsigned char *buf, size_t len, uvs_proxy_hdr_t *out);
+/* A source a server accepts headers from: family 4 or 6, the first `prefix` bits of addr. */
+typedef struct {
+    int family;
+    int prefix;
+    unsigned char addr[16];
+} uvs_proxy_net_t;
+/* Turn the protocol on (or off) for the connections s accepts from now: each must start with
+ * a header within timeout_s seconds (0: no limit), from one of the n sources (n == 0: any). */
+int uvs_server_set_proxy(uvs_server_t *s, int on, double timeout_s, const uvs_proxy_net_t *nets,
+                         size_t n);
+/* A proxied connection's header: its version (0 when it had none), the proxy's address (the
+ * real TCP peer), the command and the raw v2 TLVs (valid while c lives). */
+int uvs_conn_proxy_info(uvs_conn_t *c, uvs_addr_t *proxy, int *command,
+                        const unsigned char **tlv, size_t *tlv_len);
 
 /* ---- TLS on connections and servers (tls_conn.c), contexts and certificates (ctx.c) ----- */
 /* tls.h declares these too, for now; the compiler checks that both agree. */

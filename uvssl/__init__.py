@@ -29,6 +29,7 @@ from .context import (
 )
 from .errors import (
     DnsError,
+    ProxyProtocolError,
     SocketClosed,
     SocketError,
     SslClosed,
@@ -175,6 +176,7 @@ __all__ = [
     "tcp_ssl_server",
     "init_tcp_ssl_socket",
     "DnsError",
+    "ProxyProtocolError",
     "Loop",
     "Socket",
     "SocketClosed",

@@ -33,6 +33,7 @@ __all__ = [
     "TcpRefused",
     "SocketClosed",
     "DnsError",
+    "ProxyProtocolError",
     "SslCondition",
     "TcpSslError",
     "SslClosed",
@@ -197,6 +198,19 @@ class SocketClosed(TcpError):
 
 class DnsError(SocketError):
     """A host name could not be resolved (cl-async's ``dns-error``)."""
+
+
+class ProxyProtocolError(SocketError):
+    """A server with ``proxy_protocol=True`` closed a connection whose PROXY protocol header
+    was missing, malformed or late, or that came from a source not in ``proxy_protocol_from``.
+
+    ``identifier`` is ``"proxy-protocol"``; ``reason`` names what was wrong (``"signature"``,
+    ``"v1-line"``, ``"v1-syntax"``, ``"v1-address"``, ``"v1-port"``, ``"v2-version"``,
+    ``"v2-command"``, ``"v2-family"``, ``"v2-length"``, ``"v2-tlv"``, ``"source"``,
+    ``"timeout"``, ``"eof"``, ``"memory"``); ``socket.remote_address`` is the peer that sent it.
+    """
+
+    reason: str = ""
 
 
 class SslCondition(Exception):

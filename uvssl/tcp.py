@@ -39,7 +39,7 @@ from __future__ import annotations
 import collections
 import errno as _errno
 import socket as _socket
-from typing import Any, Callable, Optional, TypeVar, Union
+from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
 from ._args import (
     check_backlog,
@@ -48,6 +48,7 @@ from ._args import (
     check_callbacks,
     check_data,
     check_host,
+    check_hs_timeout,
     check_port,
     check_seconds,
     check_thread,
@@ -69,6 +70,7 @@ from .errors import (
     strerror,
 )
 from .loop import Loop, get_loop
+from .proxy import ProxyInfo, configure, decode_tlvs, parse_sources, proxy_error, proxy_info
 
 __all__ = [
     "Socket",
@@ -372,6 +374,7 @@ class Socket:
         self._target: Optional[tuple[str, int]] = None  # (host, port) a client connects to
         self._addrs: Any = None  # the addresses, kept from the native side at the close
         self._init: Optional[Unconnected] = None  # made by init_tcp_socket/init_tcp_ssl_socket
+        self._proxy: Optional[ProxyInfo] = None  # its PROXY protocol header (uvssl/proxy.py)
         self.data = data
         self._read_cb = read_cb
         self.event_cb = event_cb
@@ -529,6 +532,25 @@ class Socket:
         """
         check_thread(self._loop, "remote_address", self)
         return self._address(1)
+
+    @property
+    def proxy_address(self) -> Optional[tuple[str, int]]:
+        """(host, port) of the proxy (the real TCP peer) for a connection accepted by a server
+        with ``proxy_protocol=True``, whose ``remote_address`` is then the client's from the
+        header; None for any other socket.
+        """
+        proxy = self._proxy
+        return None if proxy is None else proxy[0]
+
+    @property
+    def proxy_tlvs(self) -> Optional[dict[Union[str, int], Any]]:
+        """The PROXY protocol v2 header's TLVs as a dict (see the README: ``"alpn"``,
+        ``"authority"``, ``"unique_id"``, ``"ssl"``, unknown types by number); empty for a v1
+        header or a v2 header without TLVs; None when the socket was not accepted through
+        the PROXY protocol.
+        """
+        proxy = self._proxy
+        return None if proxy is None else decode_tlvs(proxy[2])
 
     @property
     def write_buffer_size(self) -> int:
@@ -752,6 +774,8 @@ class Socket:
             self.connect_cb(self)
 
     def _error_for(self, kind: int, status: int, action: int) -> SocketError:
+        if action == _ACT_PROXY:
+            return proxy_error(status, self)
         if kind in (lib.UVS_EV_READ_TIMEOUT, lib.UVS_EV_WRITE_TIMEOUT):
             what = "read" if kind == lib.UVS_EV_READ_TIMEOUT else "write"
             where = peer_name(self)
@@ -820,6 +844,8 @@ _EV_WRITTEN = lib.UVS_EV_WRITTEN
 _EV_DRAIN = lib.UVS_EV_DRAIN
 _EV_CONNECT = lib.UVS_EV_CONNECT
 _EV_EOF = lib.UVS_EV_EOF
+_ACT_PROXY = lib.UVS_ACT_PROXY
+_ACCEPT_FAILED = lib.UVS_ACCEPT_FAILED
 _UV_ESHUTDOWN = lib.UV_ESHUTDOWN
 _CF_NOTIFY_WRITTEN = lib.UVS_CF_NOTIFY_WRITTEN
 _CF_NOTIFY_DRAIN = lib.UVS_CF_NOTIFY_DRAIN
@@ -901,6 +927,7 @@ class TcpServer:
         self._draining: Optional[set[Socket]] = None
         self._done_cb: Optional[Callable[[TcpServer], Any]] = None
         self._drain_timer: Any = None
+        self._proxy = False  # accepted connections start with a PROXY header
         self._handle = ffi.new_handle(self)
         ip = _bind_ip(bind_address, port)
         err = ffi.new("int *")
@@ -1021,13 +1048,24 @@ class TcpServer:
             accepted=conn,
             server=self,
         )
+        if self._proxy:
+            sock._proxy = proxy_info(conn)
         try:
             self._accepted(sock, stage)
         except BaseException as exc:  # noqa: BLE001 - the socket is taken: its data follows
             self._loop._app_error(exc)
         return sock
 
+    def _enable_proxy(self, timeout: Optional[float], sources: Any) -> None:
+        """``proxy_protocol=True``: headers due within ``timeout`` (None: no limit), from
+        ``sources`` (already parsed; None: anywhere).
+        """
+        configure(self._ptr, 0.0 if timeout is None else timeout, sources)
+        self._proxy = True
+
     def _accepted(self, sock: Socket, stage: int) -> None:
+        if stage == _ACCEPT_FAILED:
+            return  # its PROXY header failed (or the source was refused): the error follows
         sock._connected = True
         if self.connect_cb is not None:
             self.connect_cb(sock)
@@ -1064,6 +1102,10 @@ def _bind_ip(bind_address: Optional[str], port: int) -> str:
 
 
 # -- module-level API ------------------------------------------------------------------------
+
+#: a plain server's default deadline for the PROXY protocol header (seconds): a proxy sends it
+#: with its first bytes, so a peer silent this long is not a working proxy
+PROXY_HEADER_TIMEOUT = 10.0
 
 
 _S = TypeVar("_S", bound=Socket)
@@ -1188,17 +1230,31 @@ def tcp_server(
     backlog: int = -1,
     stream: bool = False,
     reuse_port: bool = False,
+    proxy_protocol: bool = False,
+    proxy_protocol_from: Optional[Sequence[str]] = None,
+    handshake_timeout: Optional[float] = PROXY_HEADER_TIMEOUT,
 ) -> TcpServer:
     """Listen on ``bind_address``:``port`` (port 0 picks a free one: see ``server.port``).
 
     Every accepted connection is a ``Socket`` with the given callbacks; ``connect_cb(socket)``
     runs when it is accepted. ``backlog=-1`` means the system maximum. ``reuse_port=True``
     sets SO_REUSEPORT so several processes or threads can serve one port.
+
+    ``proxy_protocol=True``: every connection starts with a PROXY protocol header (v1 or v2,
+    as HAProxy's ``send-proxy`` / ``send-proxy-v2`` write it), read before anything reaches
+    Python; ``remote_address`` is then the client's, ``proxy_address`` the proxy's and
+    ``proxy_tlvs`` the v2 TLVs, and ``connect_cb`` runs once the header is in. A connection
+    whose header is missing, malformed or not complete within ``handshake_timeout`` seconds
+    (default 10; None: no limit; used only with the protocol) is closed and reported to
+    ``event_cb`` as ``ProxyProtocolError``. ``proxy_protocol_from`` (addresses and CIDR
+    networks, IPv4 or IPv6) refuses connections from anywhere else.
     """
     port = check_port(port)
     check_callbacks(read_cb, event_cb, connect_cb, None)
     backlog = check_backlog(backlog)
-    return TcpServer(
+    proxy_timeout = check_hs_timeout(handshake_timeout)
+    sources = check_proxy_options(proxy_protocol, proxy_protocol_from)
+    server = TcpServer(
         get_loop(),
         bind_address,
         port,
@@ -1209,6 +1265,25 @@ def tcp_server(
         bool(stream),
         bool(reuse_port),
     )
+    if proxy_protocol:
+        server._enable_proxy(proxy_timeout, sources)
+    return server
+
+
+def check_proxy_options(proxy_protocol: Any, proxy_protocol_from: Any) -> Optional[list[Any]]:
+    """Check ``proxy_protocol`` and ``proxy_protocol_from``; the parsed sources (None: any)."""
+    if not isinstance(proxy_protocol, bool):
+        raise TypeError(
+            f"proxy_protocol must be True or False, not {type(proxy_protocol).__name__}"
+        )
+    if proxy_protocol_from is None:
+        return None
+    if not proxy_protocol:
+        raise ValueError(
+            "proxy_protocol_from= needs proxy_protocol=True: it lists the proxies whose "
+            "PROXY protocol headers the server accepts"
+        )
+    return parse_sources(proxy_protocol_from)
 
 
 @keyword_hints

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import socket as _socket
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 from ._args import (
     check_backlog,
@@ -58,6 +58,7 @@ from .tcp import (
     Socket,
     TcpServer,
     Unconnected,
+    check_proxy_options,
     new_socket,
     open_fd,
     peer_name,
@@ -455,6 +456,8 @@ def tcp_ssl_server(
     ssl_options: Any = (),
     ciphers: Optional[str] = None,
     handshake_timeout: Optional[float] = CONTEXT_DEFAULT,
+    proxy_protocol: bool = False,
+    proxy_protocol_from: Optional[Sequence[str]] = None,
 ) -> TcpSslServer:
     """Listen for TLS connections; the ``tcp_server`` keywords apply, plus:
 
@@ -464,11 +467,16 @@ def tcp_ssl_server(
     and ``ciphers`` to build one. ``handshake_timeout`` (seconds; None for no limit; by default the
     context's, 60 s unless the ``Context`` says otherwise) closes
     connections that do not complete the handshake. ``connect_cb`` runs after the handshake.
+    ``proxy_protocol`` / ``proxy_protocol_from`` as for ``tcp_server``: the PROXY header is
+    read before the first TLS byte and must be complete within ``handshake_timeout`` of the
+    accept; the TLS handshake starts after it (with its own ``handshake_timeout``), and
+    ``remote_address`` is already the client's when ``connect_cb`` runs.
     """
     port = check_port(port)
     check_callbacks(read_cb, event_cb, connect_cb, None)
     backlog = check_backlog(backlog)
     check_hs_timeout(handshake_timeout)  # validated now; resolved against the context below
+    sources = check_proxy_options(proxy_protocol, proxy_protocol_from)
     opts = options_value("ssl_options", ssl_options)
     if ssl_ctx is not None:
         if opts or ciphers is not None:
@@ -520,7 +528,10 @@ def tcp_ssl_server(
         bool(stream),
         bool(reuse_port),
     )
-    server._configure_tls(ctx, _effective_hs(handshake_timeout, ctx))
+    hs = _effective_hs(handshake_timeout, ctx)
+    server._configure_tls(ctx, hs)
+    if proxy_protocol:
+        server._enable_proxy(hs, sources)
     return server
 
 
