@@ -317,7 +317,10 @@ def test_health_checks_send_a_header_and_the_server_stays_up(
             # (a check that is gone before its socket reaches Python may have no address left)
             known = [a for a in addresses if isinstance(a, tuple)]
             assert all(a[0] == HAPROXY_SOURCE for a in known), addresses
-            # every check's header was accepted: none is a PROXY protocol failure
+            # every check's header was accepted (none is a ProxyProtocolError); each check
+            # ends as any connection the peer drops does
+            dropped = (uvssl.TcpEof, uvssl.TcpError, uvssl.SslFailure)
+            assert all(isinstance(e, dropped) for e in server.events), server.events
             assert not [e for e in server.events if isinstance(e, uvssl.ProxyProtocolError)]
             assert "DOWN" not in hap.log()
             client = roundtrip(kind, hap.port, certs)  # and the clients are still served
