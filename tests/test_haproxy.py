@@ -20,6 +20,7 @@ from haproxy_support import (
     start_haproxy,
     substitute,
 )
+from helpers import has_ipv6_loopback
 from tls_support import PEER_TIMEOUT, Certs, recv_exactly, stdlib_client_context
 
 import uvssl
@@ -392,3 +393,27 @@ def test_the_readmes_config_for_tls_at_haproxy(tmp_path: Path, certs: Certs) -> 
             # unique-id-format %{+X}o\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid: hexadecimal fields
             unique = rf"7F000002:{client[1]:04X}_7F000001:{hap.port:04X}_[0-9A-F]+_[0-9A-F]+"
             assert re.fullmatch(rf"{unique}:{hap.proc.pid:X}".encode(), tlvs["unique_id"])
+
+
+@needs_proxy_protocol
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback (::1) on this machine")
+@pytest.mark.parametrize("send", ["send-proxy", "send-proxy-v2"])
+def test_an_ipv6_clients_address_arrives(tmp_path: Path, certs: Certs, send: str) -> None:
+    require_haproxy()
+    with ServerThread(tls_server(certs, proxy_protocol=True)) as server:
+        base = tcp_config(server.port, send)
+
+        def make(port: int) -> str:  # a second bind, on ::1, beside the one on 127.0.0.1
+            v6 = f"bind 127.0.0.1:{port}\n    bind [::1]:{port}"
+            return substitute(base(port), {f"bind 127.0.0.1:{port}": v6})
+
+        with start_haproxy(make, tmp_path) as hap:
+            ctx = stdlib_client_context(certs)
+            with socket.create_connection(("::1", hap.port), PEER_TIMEOUT) as raw:
+                client = raw.getsockname()[:2]
+                with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+                    s.sendall(MESSAGE)
+                    assert recv_exactly(s, len(MESSAGE)) == MESSAGE
+            seen = seen_from(server, client)
+            assert seen.remote_address == ("::1", client[1])  # over IPv4 from HAProxy to uvssl
+            assert seen.proxy_address[0] == "127.0.0.1"
