@@ -182,6 +182,8 @@ def start_haproxy(make_config: Callable[[int], str], workdir: Path) -> Iterator[
     """
     binary = require_haproxy()
     cfg_path = workdir / "haproxy.cfg"
+    # HAProxy is not under test: keep tools/asan.sh's preloaded sanitizer runtime out of it
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     last_error = ""
     for _attempt in range(START_ATTEMPTS):
         port = free_port()
@@ -192,6 +194,7 @@ def start_haproxy(make_config: Callable[[int], str], workdir: Path) -> Iterator[
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             timeout=START_TIMEOUT,
+            env=env,
         )
         if check.returncode != 0:
             pytest.fail(
@@ -204,6 +207,7 @@ def start_haproxy(make_config: Callable[[int], str], workdir: Path) -> Iterator[
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            env=env,
         )
         hap = HAProxy(proc, config, port)
         ready = _listening(proc, port, START_TIMEOUT)
