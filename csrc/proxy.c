@@ -26,9 +26,9 @@
  * state is set (its only cost for other connections: one test of a flag word it has loaded
  * already). The first read is parsed in place; only a header split over reads is gathered in
  * a buffer (grown as needed, never past the maximum). Once complete, the header's source
- * address becomes the connection's peer address (the proxy's own is kept for
- * uvs_conn_proxy_info), the TLVs are copied, and the connection goes on as an ordinary
- * accepted one: TLS servers attach the engine now (and announce eagerly when the server is
+ * address becomes the connection's peer address, the proxy's own is kept in c->addrs.proxy
+ * (copied out with the other addresses at the close), the TLVs are copied, and the connection
+ * goes on as an ordinary accepted one: TLS servers attach the engine now (and announce eagerly when the server is
  * eager), plain servers announce it; the bytes that followed the header in the same read go
  * straight to the engine or to the read path, from the read buffer. A rejected header, EOF
  * before the end of the header, a source not on the list or the deadline (the rtimer, unused
@@ -52,11 +52,8 @@ static const unsigned char uvs__proxy_sig[12] = {0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0
 struct uvs__proxy_s {
     unsigned char *acc;  /* a header split over reads: the bytes so far  */
     size_t have, cap;
-    uvs_addr_t proxy;    /* the real TCP peer                             */
     unsigned char *tlv;  /* the v2 TLVs, copied                           */
     size_t tlv_len;
-    int version;         /* 0 until the header is complete               */
-    int command;
 };
 
 /* ---- the parser ----------------------------------------------------------------------- */
@@ -409,9 +406,7 @@ void uvs__proxy_on_read(uvs_conn_t *c, const char *p, size_t n) {
         memcpy(px->tlv, hb + h.tlv_off, h.tlv_len);
         px->tlv_len = h.tlv_len;
     }
-    px->version = h.version;
-    px->command = h.command;
-    px->proxy = c->addrs.peer;
+    c->addrs.proxy = c->addrs.peer;
     if (h.command == UVS_PROXY_CMD_PROXY && h.family == UVS_PROXY_AF_INET) {
         memset(&c->addrs.peer, 0, sizeof(c->addrs.peer));
         c->addrs.peer.in4.sin_family = AF_INET;
@@ -431,14 +426,17 @@ void uvs__proxy_on_read(uvs_conn_t *c, const char *p, size_t n) {
     uvs__proxy_done(c, p + used, n - used);
 }
 
-int uvs_conn_proxy_info(uvs_conn_t *c, uvs_addr_t *proxy, int *command,
-                        const unsigned char **tlv, size_t *tlv_len) {
+size_t uvs_conn_proxy_tlvs(uvs_conn_t *c, const unsigned char **tlv) {
     const uvs__proxy_t *px = c->proxy;
-    if (px == NULL || px->version == 0)
+    if (px == NULL)
         return 0;
-    *proxy = px->proxy;
-    *command = px->command;
-    *tlv = px->tlv;
-    *tlv_len = px->tlv_len;
-    return px->version;
+    if (tlv != NULL)
+        *tlv = px->tlv;
+    return px->tlv_len;
+}
+
+int uvs_conn_proxy_address(uvs_conn_t *c, char *host, size_t hostlen, int *port) {
+    if (c->addrs.proxy.sa.sa_family == AF_UNSPEC)
+        return UV_ENOTCONN;
+    return uvs_addr_format(&c->addrs.proxy, host, hostlen, port);
 }

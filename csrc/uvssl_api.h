@@ -127,6 +127,8 @@ typedef union { ...; } uvs_addr_t; /* size and alignment from the compiler */
 typedef struct {
     uvs_addr_t local;
     uvs_addr_t peer;
+    uvs_addr_t proxy;   /* a connection accepted through the PROXY protocol: the proxy (the
+                         * real TCP peer), while peer is the client the header named */
 } uvs_addrs_t;
 
 /* ---- errors ----------------------------------------------------------------------------- */
@@ -260,10 +262,11 @@ typedef struct {
  * a header within timeout_s seconds (0: no limit), from one of the n sources (n == 0: any). */
 int uvs_server_set_proxy(uvs_server_t *s, int on, double timeout_s, const uvs_proxy_net_t *nets,
                          size_t n);
-/* A proxied connection's header: its version (0 when it had none), the proxy's address (the
- * real TCP peer), the command and the raw v2 TLVs (valid while c lives). */
-int uvs_conn_proxy_info(uvs_conn_t *c, uvs_addr_t *proxy, int *command,
-                        const unsigned char **tlv, size_t *tlv_len);
+/* A proxied connection's raw v2 TLVs: their length (0: none, or no header), and *tlv pointing
+ * at them (valid while c lives) when tlv is not NULL. The proxy's address is in the
+ * connection's addresses (uvs_addrs_t.proxy; uvs_conn_proxy_address formats it). */
+size_t uvs_conn_proxy_tlvs(uvs_conn_t *c, const unsigned char **tlv);
+int uvs_conn_proxy_address(uvs_conn_t *c, char *host, size_t hostlen, int *port);
 
 /* ---- TLS on connections and servers (tls_conn.c), contexts and certificates (ctx.c) ----- */
 /* tls.h declares these too, for now; the compiler checks that both agree. */

@@ -357,6 +357,122 @@ def test_tls_handshake_after_the_header(certs, server_ctx, eager, split):
     assert run.errors == []
 
 
+def bio_tls_client(certs: Any, header: bytes):
+    """A TLS client whose first write is the header and the ClientHello together."""
+
+    def client(port: int) -> bytes:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = stdlib_client_context(certs).wrap_bio(incoming, outgoing, server_hostname="localhost")
+        with connect(port) as raw:
+            first = True
+            for _ in range(50):
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    pass
+                out = outgoing.read()
+                raw.sendall(header + out if first else out)
+                first = False
+                chunk = raw.recv(65536)
+                assert chunk, "the server closed during the handshake"
+                incoming.write(chunk)
+            tls.write(b"secret")
+            raw.sendall(outgoing.read())
+            got = b""
+            for _ in range(50):
+                try:
+                    got += tls.read(100)
+                except ssl.SSLWantReadError:
+                    chunk = raw.recv(65536)
+                    assert chunk, "the server closed before answering"
+                    incoming.write(chunk)
+                if len(got) >= 6:
+                    break
+            return got
+
+    return client
+
+
+def test_tls_client_hello_in_the_same_segment_as_the_header(certs, server_ctx):
+    header = v2(("192.0.2.50", 6000))
+    run = serve(bio_tls_client(certs, header), tls=server_ctx)
+    assert run.client_result == b"SECRET"
+    assert run.connects[0]["remote"] == ("192.0.2.50", 6000)
+    assert run.errors == []
+
+
+def test_tls_local_header_keeps_the_real_peer(certs, server_ctx):
+    run = serve(tls_client(certs, v2(cmd=0)), tls=server_ctx)
+    assert run.client_result == b"SECRET"
+    c = run.connects[0]
+    assert c["remote"] == c["proxy"] and c["remote"][0] == LOCALHOST
+
+
+def test_eager_tls_server_reports_a_bad_header(certs):
+    ctx = uvssl.Context.server(certificate=certs.server_cert, key=certs.server_key)
+    ctx.ssl_configure_callback = lambda ssl_ptr: None
+    run = serve(rejected_client(b"\x16\x03\x01\x02\x00\x01"), tls=ctx)
+    one_proxy_error(run, "signature")
+
+
+def test_addresses_stay_readable_after_the_close():
+    kept: list[Any] = []
+    finished = threading.Event()
+
+    def on_read(sock: uvssl.Socket, data: bytes) -> None:
+        sock.close(force=True)
+        kept.append((sock.remote_address, sock.proxy_address, sock.proxy_tlvs))
+        finished.set()
+
+    def start() -> None:
+        server = uvssl.tcp_server(LOCALHOST, 0, on_read, proxy_protocol=True)
+
+        def client() -> None:
+            with connect(server.port) as s:
+                s.sendall(v2(("192.0.2.77", 77), tlvs=tlv(0x05, b"id")) + b"x")
+                read_until_closed(s)
+
+        threading.Thread(target=client, daemon=True).start()
+
+    LoopHarness(10).run(start, until=finished.is_set)
+    remote, proxy, tlvs = kept[0]
+    assert remote == ("192.0.2.77", 77)
+    assert proxy is not None and proxy[0] == LOCALHOST
+    assert tlvs == {"unique_id": b"id"}
+
+
+def test_shutdown_closes_connections_still_waiting_for_their_header():
+    state: dict[str, Any] = {"done": False, "events": []}
+    waiting = threading.Event()
+    closed = threading.Event()
+
+    def start() -> None:
+        server = uvssl.tcp_server(LOCALHOST, 0, None, state["events"].append, proxy_protocol=True)
+
+        def client() -> None:
+            with connect(server.port) as s:
+                s.sendall(b"PROXY TCP4 1.2.3.4")  # and never the rest
+                waiting.set()
+                read_until_closed(s)
+                closed.set()
+
+        def done(srv: uvssl.TcpServer) -> None:
+            state["done"] = True
+
+        def check() -> None:
+            if waiting.is_set():  # a little later, so that it is surely accepted
+                uvssl.delay(lambda: server.shutdown(5, done), 0.1)
+            else:
+                uvssl.delay(check, 0.02)
+
+        threading.Thread(target=client, daemon=True).start()
+        uvssl.delay(check, 0.05)
+
+    LoopHarness(10).run(start, until=lambda: state["done"] and closed.is_set())
+    assert state["events"] == []  # never handed over: nobody is told
+
+
 def test_tls_with_v1_header(certs, server_ctx):
     header = b"PROXY TCP4 192.0.2.3 192.0.2.4 1000 443\r\n"
     run = serve(tls_client(certs, header), tls=server_ctx)

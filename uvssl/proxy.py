@@ -3,7 +3,8 @@
 Theory of operation. The header itself is read and checked in C (csrc/proxy.c), on the
 connection's read path, before any byte reaches the TLS engine or Python: a server with
 ``proxy_protocol=True`` hands a connection to Python only once its header is complete
-(``TcpServer._accept`` then copies the result with ``proxy_info``) or rejected (the socket
+(``TcpServer._accept`` then copies the TLVs with ``proxy_tlvs``; the proxy's
+address stays with the connection's other addresses) or rejected (the socket
 arrives already failed and its event is a ``ProxyProtocolError``, built by ``proxy_error``).
 This module turns ``proxy_protocol_from`` (addresses and CIDR networks) into the native
 source list the server checks at accept (``configure``), and decodes the v2 TLVs that C kept
@@ -26,10 +27,7 @@ from typing import Any, Optional, Union
 from ._uvssl import ffi, lib
 from .errors import ProxyProtocolError, strerror
 
-__all__ = ["configure", "decode_tlvs", "proxy_error", "proxy_info", "parse_sources"]
-
-#: an accepted connection's header: (the proxy's address, the command, the raw TLVs)
-ProxyInfo = tuple[tuple[str, int], int, bytes]
+__all__ = ["configure", "decode_tlvs", "proxy_error", "proxy_tlvs", "parse_sources"]
 
 _TLV_NAMES = {0x01: "alpn", 0x02: "authority", 0x03: "crc32c", 0x05: "unique_id", 0x30: "netns"}
 _SSL_SUB_NAMES = {0x21: "version", 0x22: "cn", 0x23: "cipher", 0x24: "sig_alg", 0x25: "key_alg"}
@@ -140,26 +138,17 @@ def configure(
         raise MemoryError(f"uvssl: cannot turn the PROXY protocol on for the server: {strerror(r)}")
 
 
-_INFO_ADDR = "uvs_addr_t *"
+_TLV_PTR = "unsigned char **"
 
 
-def proxy_info(conn: Any) -> Optional[ProxyInfo]:
-    """The header of an accepted connection (None when it had none)."""
-    addr = ffi.new(_INFO_ADDR)
-    command = ffi.new("int *")
-    tlv = ffi.new("unsigned char **")
-    tlv_len = ffi.new("size_t *")
-    version = lib.uvs_conn_proxy_info(conn, addr, command, tlv, tlv_len)
-    if version == 0:
-        return None
-    host = ffi.new("char[]", 64)
-    port = ffi.new("int *")
-    if lib.uvs_addr_format(addr, host, 64, port) == 0:
-        where = (ffi.string(host).decode("ascii"), int(port[0]))
-    else:
-        where = ("", 0)
-    raw = ffi.buffer(tlv[0], tlv_len[0])[:] if tlv_len[0] else b""
-    return where, int(command[0]), raw
+def proxy_tlvs(conn: Any) -> bytes:
+    """The raw v2 TLVs of an accepted connection's header (b"" when it had none)."""
+    n = lib.uvs_conn_proxy_tlvs(conn, ffi.NULL)
+    if n == 0:
+        return b""
+    ptr = ffi.new(_TLV_PTR)
+    n = lib.uvs_conn_proxy_tlvs(conn, ptr)
+    return bytes(ffi.buffer(ptr[0], n))
 
 
 def _text(value: bytes) -> str:

@@ -70,7 +70,7 @@ from .errors import (
     strerror,
 )
 from .loop import Loop, get_loop
-from .proxy import ProxyInfo, configure, decode_tlvs, parse_sources, proxy_error, proxy_info
+from .proxy import configure, decode_tlvs, parse_sources, proxy_error, proxy_tlvs
 
 __all__ = [
     "Socket",
@@ -374,7 +374,7 @@ class Socket:
         self._target: Optional[tuple[str, int]] = None  # (host, port) a client connects to
         self._addrs: Any = None  # the addresses, kept from the native side at the close
         self._init: Optional[Unconnected] = None  # made by init_tcp_socket/init_tcp_ssl_socket
-        self._proxy: Optional[ProxyInfo] = None  # its PROXY protocol header (uvssl/proxy.py)
+        self._proxy: Optional[bytes] = None  # the PROXY header's v2 TLVs (uvssl/proxy.py)
         self.data = data
         self._read_cb = read_cb
         self.event_cb = event_cb
@@ -539,8 +539,19 @@ class Socket:
         with ``proxy_protocol=True``, whose ``remote_address`` is then the client's from the
         header; None for any other socket.
         """
-        proxy = self._proxy
-        return None if proxy is None else proxy[0]
+        if self._proxy is None:
+            return None
+        check_thread(self._loop, "proxy_address", self)
+        host = ffi.new("char[]", 64)
+        port = ffi.new("int *")
+        conn = self._conn
+        if conn is not None:
+            r = lib.uvs_conn_proxy_address(conn, host, 64, port)
+        else:  # kept from when it was open
+            r = lib.uvs_addr_format(ffi.addressof(self._addrs, "proxy"), host, 64, port)
+        if r != 0:
+            return None
+        return ffi.string(host).decode("ascii"), int(port[0])
 
     @property
     def proxy_tlvs(self) -> Optional[dict[Union[str, int], Any]]:
@@ -550,7 +561,7 @@ class Socket:
         the PROXY protocol.
         """
         proxy = self._proxy
-        return None if proxy is None else decode_tlvs(proxy[2])
+        return None if proxy is None else decode_tlvs(proxy)
 
     @property
     def write_buffer_size(self) -> int:
@@ -1048,8 +1059,8 @@ class TcpServer:
             accepted=conn,
             server=self,
         )
-        if self._proxy:
-            sock._proxy = proxy_info(conn)
+        if self._proxy and stage != _ACCEPT_FAILED:
+            sock._proxy = proxy_tlvs(conn)
         try:
             self._accepted(sock, stage)
         except BaseException as exc:  # noqa: BLE001 - the socket is taken: its data follows
