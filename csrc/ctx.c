@@ -28,6 +28,16 @@
  *    SEQUENCE byte (0x30) is one DER certificate instead (PEM text never starts so). Every
  *    object read is freed or handed to the SSL_CTX on every path; on failure the error queue
  *    says why and the caller drains it (nothing of the data is ever put in a message).
+ *  - Live reload (Context.reload): everything is read into a uvs_reload_t first (the chain,
+ *    the key, checked against the certificate, and a new X509_STORE with the CA files, CRLs
+ *    and in-memory CAs), and nothing touches the live SSL_CTX until all of it loaded; so a
+ *    broken file leaves the certificate in service alone. uvs_reload_install then puts it in
+ *    place in one step, under the engine's exclusive certificate lock (tls.c: SSL_new holds it
+ *    shared): SSL_CTX_use_cert_and_key replaces the certificate, key and chain (override), and
+ *    the new store becomes the context's verify store (SSL_CTX_set1_verify_cert_store). SSL*s
+ *    made before keep what they copied (their own references), so open connections and
+ *    handshakes under way are untouched. A certificate whose key type differs from the one in
+ *    service (RSA and ECDSA) would sit beside it rather than replace it: refused.
  *  - The NSS key log (keylog_file): the file is opened once, O_APPEND and mode 0600 when it is
  *    created, and its descriptor kept in the SSL_CTX's ex_data, closed by the ex_data free
  *    callback when the context is freed. OpenSSL's keylog callback writes each line and its
@@ -181,6 +191,8 @@ int uvs_ctx_use_key_mem(SSL_CTX *ctx, const char *data, size_t len, int filetype
     return ok;
 }
 
+static int uvs__store_add_ca_mem(X509_STORE *store, const char *data, size_t len);
+
 /* Add the CA certificates in data (PEM, one or more; or one DER certificate) to ctx's trust
  * store. Returns how many, or 0 with the error queue saying why. */
 int uvs_ctx_add_ca_mem(SSL_CTX *ctx, const char *data, size_t len) {
@@ -188,6 +200,11 @@ int uvs_ctx_add_ca_mem(SSL_CTX *ctx, const char *data, size_t len) {
     X509_STORE *store = SSL_CTX_get_cert_store(ctx);
     if (store == NULL)
         return 0;
+    return uvs__store_add_ca_mem(store, data, len);
+}
+
+/* The same into any store. */
+static int uvs__store_add_ca_mem(X509_STORE *store, const char *data, size_t len) {
     if (uvs__is_der(data, len)) {
         X509 *x = uvs__der_cert(data, len);
         int r = x != NULL && X509_STORE_add_cert(store, x) == 1;
@@ -418,13 +435,193 @@ int uvs_ctx_set_sni(SSL_CTX *ctx, void *arg) {
 
 /* ---- CRLs ------------------------------------------------------------------------------- */
 
-/* Load every CRL in a PEM file into the context's store. Returns how many, 0 on error. */
-int uvs_ctx_load_crl_file(SSL_CTX *ctx, const char *path) {
-    X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+/* Load every CRL in a PEM file into a store. Returns how many, 0 on error. */
+static int uvs__store_load_crl_file(X509_STORE *store, const char *path) {
     X509_LOOKUP *lookup = store ? X509_STORE_add_lookup(store, X509_LOOKUP_file()) : NULL;
     if (lookup == NULL)
         return 0;
     return X509_load_crl_file(lookup, path, X509_FILETYPE_PEM);
+}
+
+/* Load every CRL in a PEM file into the context's store. Returns how many, 0 on error. */
+int uvs_ctx_load_crl_file(SSL_CTX *ctx, const char *path) {
+    return uvs__store_load_crl_file(SSL_CTX_get_cert_store(ctx), path);
+}
+
+/* ---- live reload -------------------------------------------------------------------------- */
+
+struct uvs_reload_s {
+    X509 *cert;            /* the new leaf, or NULL: the certificate is not reloaded */
+    STACK_OF(X509) *chain; /* what follows it in its file (possibly nothing) */
+    EVP_PKEY *key;
+    X509_STORE *store;     /* the new trust store, or NULL: the trust store is not reloaded */
+};
+
+uvs_reload_t *uvs_reload_new(void) { return calloc(1, sizeof(uvs_reload_t)); }
+
+void uvs_reload_free(uvs_reload_t *r) {
+    if (r == NULL)
+        return;
+    X509_free(r->cert);
+    sk_X509_pop_free(r->chain, X509_free);
+    EVP_PKEY_free(r->key);
+    X509_STORE_free(r->store);
+    free(r);
+}
+
+X509 *uvs_reload_cert(uvs_reload_t *r) { return r->cert; }
+
+/* Read the certificate file at path: a PEM chain (leaf first) or, with SSL_FILETYPE_ASN1, one
+ * DER certificate, as SSL_CTX_use_certificate_chain_file / _use_certificate_file read it.
+ * Returns 1, or 0 with the error queue saying why. */
+int uvs_reload_cert_file(uvs_reload_t *r, const char *path, int filetype, const char *password) {
+    ERR_clear_error();
+    X509_free(r->cert);
+    r->cert = NULL;
+    sk_X509_pop_free(r->chain, X509_free);
+    r->chain = sk_X509_new_null();
+    if (r->chain == NULL)
+        return 0;
+    BIO *b = BIO_new_file(path, "rb");
+    if (b == NULL)
+        return 0;
+    int ok = 0;
+    if (filetype != SSL_FILETYPE_PEM) {
+        r->cert = d2i_X509_bio(b, NULL);
+        ok = r->cert != NULL;
+        goto done;
+    }
+    r->cert = PEM_read_bio_X509_AUX(b, NULL, uvs__pw_cb, (void *)password);
+    if (r->cert == NULL)
+        goto done;
+    for (;;) {
+        X509 *ca = PEM_read_bio_X509(b, NULL, uvs__pw_cb, (void *)password);
+        if (ca == NULL) {
+            ok = uvs__pem_end();
+            break;
+        }
+        if (!sk_X509_push(r->chain, ca)) { /* takes ca only when it succeeds */
+            X509_free(ca);
+            break;
+        }
+    }
+done:
+    BIO_free(b);
+    return ok;
+}
+
+/* Read the private key file at path (PEM, possibly encrypted with password; or DER with
+ * SSL_FILETYPE_ASN1). Returns 1, or 0 with the error queue saying why. */
+int uvs_reload_key_file(uvs_reload_t *r, const char *path, int filetype, const char *password) {
+    ERR_clear_error();
+    EVP_PKEY_free(r->key);
+    r->key = NULL;
+    BIO *b = BIO_new_file(path, "rb");
+    if (b == NULL)
+        return 0;
+    r->key = filetype == SSL_FILETYPE_ASN1
+                 ? d2i_PrivateKey_bio(b, NULL)
+                 : PEM_read_bio_PrivateKey(b, NULL, uvs__pw_cb, (void *)password);
+    BIO_free(b);
+    return r->key != NULL;
+}
+
+/* Whether the key read belongs to the certificate read. Returns 1, or 0 with the error queue
+ * saying why ("key values mismatch"). */
+int uvs_reload_check_key(uvs_reload_t *r) {
+    ERR_clear_error();
+    if (r->cert == NULL || r->key == NULL) {
+        ERR_raise(ERR_LIB_SSL, ERR_R_PASSED_NULL_PARAMETER);
+        return 0;
+    }
+    return X509_check_private_key(r->cert, r->key) == 1;
+}
+
+static X509_STORE *uvs__reload_store(uvs_reload_t *r) {
+    if (r->store == NULL)
+        r->store = X509_STORE_new();
+    return r->store;
+}
+
+/* Add CA certificates (and CRLs) from a PEM file and/or a hashed directory (either may be
+ * NULL) to the new trust store. Returns 1, or 0 with the error queue saying why. */
+int uvs_reload_ca_files(uvs_reload_t *r, const char *file, const char *dir) {
+    ERR_clear_error();
+    X509_STORE *store = uvs__reload_store(r);
+    if (store == NULL)
+        return 0;
+    if (file != NULL && X509_STORE_load_file(store, file) != 1)
+        return 0;
+    if (dir != NULL && X509_STORE_load_path(store, dir) != 1)
+        return 0;
+    return 1;
+}
+
+/* Add the CA certificates in data (as uvs_ctx_add_ca_mem) to the new trust store. Returns how
+ * many, or 0 with the error queue saying why. */
+int uvs_reload_ca_mem(uvs_reload_t *r, const char *data, size_t len) {
+    ERR_clear_error();
+    X509_STORE *store = uvs__reload_store(r);
+    return store != NULL ? uvs__store_add_ca_mem(store, data, len) : 0;
+}
+
+/* Add the system trust store (OpenSSL's default paths) to the new trust store. Returns 1, or
+ * 0 with the error queue saying why. */
+int uvs_reload_default_paths(uvs_reload_t *r) {
+    ERR_clear_error();
+    X509_STORE *store = uvs__reload_store(r);
+    return store != NULL && X509_STORE_set_default_paths(store) == 1;
+}
+
+/* Add the CRLs of a PEM file to the new trust store. Returns how many, 0 on error. */
+int uvs_reload_crl_file(uvs_reload_t *r, const char *path) {
+    ERR_clear_error();
+    return uvs__store_load_crl_file(uvs__reload_store(r), path);
+}
+
+/* A certificate of ctx whose key type is not `type`, or NULL. Moves ctx's current
+ * certificate: the caller holds the exclusive lock and puts it back. */
+static X509 *uvs__other_key_type(SSL_CTX *ctx, int type) {
+    long step = SSL_CERT_SET_FIRST;
+    while (SSL_CTX_set_current_cert(ctx, step) == 1) {
+        step = SSL_CERT_SET_NEXT;
+        X509 *x = SSL_CTX_get0_certificate(ctx);
+        EVP_PKEY *k = x != NULL ? X509_get0_pubkey(x) : NULL;
+        if (k != NULL && EVP_PKEY_get_base_id(k) != type)
+            return x;
+    }
+    ERR_clear_error(); /* the walk's end is not an error */
+    return NULL;
+}
+
+/* Put what r holds in service on ctx, all of it or (on failure) none of it: the certificate,
+ * its chain and key (when r read a certificate), and the trust store (when r has one).
+ * Returns 1; 0 with the error queue saying why; UVS_RELOAD_EKEYTYPE when the context serves a
+ * certificate with another key type; UVS_RELOAD_ELOCK when the lock failed. */
+int uvs_reload_install(uvs_reload_t *r, SSL_CTX *ctx) {
+    ERR_clear_error();
+    if (r->cert != NULL && (r->key == NULL || r->chain == NULL)) {
+        ERR_raise(ERR_LIB_SSL, ERR_R_PASSED_NULL_PARAMETER);
+        return 0;
+    }
+    if (uvs__engine_certs_lock(1) != 1)
+        return UVS_RELOAD_ELOCK;
+    int rc = 1;
+    if (r->cert != NULL) {
+        X509 *current = SSL_CTX_get0_certificate(ctx);
+        if (uvs__other_key_type(ctx, EVP_PKEY_get_base_id(r->key)) != NULL)
+            rc = UVS_RELOAD_EKEYTYPE;
+        else if (SSL_CTX_use_cert_and_key(ctx, r->cert, r->key, r->chain, 1) != 1)
+            rc = 0;
+        if (rc != 1 && current != NULL && SSL_CTX_select_current_cert(ctx, current) != 1)
+            ERR_clear_error(); /* cannot fail: current is one of ctx's own */
+    }
+    /* set1 takes its own reference; cannot fail once the certificate went in */
+    if (rc == 1 && r->store != NULL && SSL_CTX_set1_verify_cert_store(ctx, r->store) != 1)
+        rc = 0;
+    if (uvs__engine_certs_unlock() != 1 && rc == 1)
+        rc = UVS_RELOAD_ELOCK;
+    return rc;
 }
 
 /* ---- certificate fields as text ---------------------------------------------------------- */

@@ -36,6 +36,10 @@
  * uvs__engine_set_state, which refuses the transitions that must not happen (see
  * tls_engine.h) with UVS__TLSE_EINVAL and leaves the state alone.
  *
+ * Contexts reloaded while in use: SSL_new copies the context's certificate, key and trust
+ * store; a live reload (ctx.c) replaces them. Both go through one process-wide lock (shared for
+ * SSL_new, exclusive for the reload), so a new SSL* gets the old set or the new, never a mix.
+ *
  * Renegotiation: servers set SSL_OP_NO_RENEGOTIATION on each connection, so a client's request
  * for one is refused with an alert (TLS 1.3 has no renegotiation at all).
  *
@@ -140,6 +144,36 @@ static void uvs__bio_init_method(void) {
 
 /* ---- lifetime ----------------------------------------------------------------------------- */
 
+/* Live reload (ctx.c, uvs_reload_install) replaces a context's certificate, key and trust store
+ * in place; SSL_new copies them from the context. One process-wide lock keeps the two apart:
+ * SSL_new holds it shared (readers never wait for each other), an install holds it exclusive,
+ * so an SSL* made while another thread reloads gets the old set or the new one, never a mix or
+ * a certificate being freed. */
+static CRYPTO_RWLOCK *uvs__certs_lock;
+static CRYPTO_ONCE uvs__certs_once = CRYPTO_ONCE_STATIC_INIT;
+
+static void uvs__certs_init(void) { uvs__certs_lock = CRYPTO_THREAD_lock_new(); }
+
+int uvs__engine_certs_lock(int exclusive) {
+    if (!CRYPTO_THREAD_run_once(&uvs__certs_once, uvs__certs_init) || uvs__certs_lock == NULL)
+        return 0;
+    return exclusive ? CRYPTO_THREAD_write_lock(uvs__certs_lock)
+                     : CRYPTO_THREAD_read_lock(uvs__certs_lock);
+}
+
+int uvs__engine_certs_unlock(void) { return CRYPTO_THREAD_unlock(uvs__certs_lock); }
+
+static SSL *uvs__ssl_new(SSL_CTX *ctx) {
+    if (uvs__engine_certs_lock(0) != 1)
+        return NULL;
+    SSL *ssl = SSL_new(ctx);
+    if (uvs__engine_certs_unlock() != 1 && ssl != NULL) {
+        SSL_free(ssl); /* a lock that cannot be released: refuse rather than go on */
+        ssl = NULL;
+    }
+    return ssl;
+}
+
 uvs__engine_t *uvs__engine_new(SSL_CTX *ctx, SSL *borrowed, int server, int *err) {
     *err = 0;
     if (!CRYPTO_THREAD_run_once(&uvs__bio_once, uvs__bio_init_method) || uvs__bio_method == NULL) {
@@ -156,7 +190,7 @@ uvs__engine_t *uvs__engine_new(SSL_CTX *ctx, SSL *borrowed, int server, int *err
         *err = UVS__TLSE_EPROTO;
         return NULL;
     }
-    t->ssl = borrowed != NULL ? borrowed : SSL_new(ctx);
+    t->ssl = borrowed != NULL ? borrowed : uvs__ssl_new(ctx);
     t->borrowed_ssl = borrowed != NULL;
     t->server = server;
     t->state = UVS_TLS_HANDSHAKING; /* the initial state, not a transition */

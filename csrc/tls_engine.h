@@ -56,6 +56,10 @@ enum {
 /* lifetime; *err is a UVS__TLSE_* code. A borrowed SSL gets a reference, never freed. */
 uvs__engine_t *uvs__engine_new(SSL_CTX *ctx, SSL *borrowed, int server, int *err);
 void uvs__engine_free(uvs__engine_t *t);
+/* the lock between SSL_new and a live reload of a context's certificates (tls.c): 1 taken (or
+ * released), 0 failed */
+int uvs__engine_certs_lock(int exclusive);
+int uvs__engine_certs_unlock(void);
 
 /* input: offer ciphertext for the steps that follow, then settle (what was not consumed is
  * kept for the next offer); keep() queues ciphertext for a later offer */

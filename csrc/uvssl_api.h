@@ -293,6 +293,27 @@ int uvs_ctx_set_sni(SSL_CTX *ctx, void *arg);
 int uvs_ctx_load_crl_file(SSL_CTX *ctx, const char *path);
 int uvs_x509_field(X509 *x, int what, char *buf, int len);
 
+/* ---- live reload of a context's certificate and trust store (ctx.c) -------------------- */
+/* Read into a uvs_reload_t (each step: 1, or 0 with the OpenSSL error queue saying why; the
+ * CA and CRL steps build a new trust store), then uvs_reload_install puts all of it in
+ * service at once, or none of it. */
+typedef struct uvs_reload_s uvs_reload_t;
+enum {
+    UVS_RELOAD_EKEYTYPE = -1,    /* the context serves a certificate with another key type    */
+    UVS_RELOAD_ELOCK = -2        /* the certificate lock failed                               */
+};
+uvs_reload_t *uvs_reload_new(void);
+void uvs_reload_free(uvs_reload_t *r);
+int uvs_reload_cert_file(uvs_reload_t *r, const char *path, int filetype, const char *password);
+int uvs_reload_key_file(uvs_reload_t *r, const char *path, int filetype, const char *password);
+int uvs_reload_check_key(uvs_reload_t *r);
+int uvs_reload_ca_files(uvs_reload_t *r, const char *file, const char *dir);
+int uvs_reload_ca_mem(uvs_reload_t *r, const char *data, size_t len);
+int uvs_reload_default_paths(uvs_reload_t *r);
+int uvs_reload_crl_file(uvs_reload_t *r, const char *path);
+X509 *uvs_reload_cert(uvs_reload_t *r);
+int uvs_reload_install(uvs_reload_t *r, SSL_CTX *ctx);
+
 /* ---- shared session ticket keys (tickets.c) --------------------------------------------- */
 /* A key is 80 bytes in nginx's ssl_session_ticket_key layout: a 16-byte name, a 32-byte
  * HMAC-SHA256 secret, a 32-byte AES-256 key. uvs_ctx_set_ticket_keys takes n of them back to

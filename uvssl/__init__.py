@@ -89,6 +89,7 @@ from .tls import (
     tcp_ssl_server,
 )
 from .udp import DatagramTruncated, UdpSocket, udp_socket
+from .workers import serve_workers
 from .x509 import X509Certificate
 
 # cl-async's +ssl-op-...+ list, spelled out so that type checkers see every name
@@ -215,4 +216,5 @@ __all__ = [
     "DatagramTruncated",
     "with_event_loop",
     "write_socket_data",
+    "serve_workers",
 ]

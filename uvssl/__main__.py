@@ -1,6 +1,7 @@
 """Command line: ``python -m uvssl serve | bench | demo``.
 
-serve   a TLS echo server (a throwaway self-signed certificate unless --cert/--key are given)
+serve   a TLS echo server (a throwaway self-signed certificate unless --cert/--key are given;
+        --workers N for N processes on one port; SIGHUP reloads the certificate)
 bench   the benchmark: uvssl against a native C server, asyncio, uvloop and aiofastnet
 demo    a short plain-TCP echo demonstration on 127.0.0.1
 """
@@ -8,6 +9,8 @@ demo    a short plain-TCP echo demonstration on 127.0.0.1
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import signal
 import sys
 import time
@@ -25,6 +28,8 @@ from . import (
     tcp_connect,
     tcp_server,
     tcp_ssl_server,
+    tickets,
+    workers,
 )
 from ._uvssl import ffi, lib
 from .errors import openssl_failure
@@ -70,6 +75,43 @@ def _echo_event(ev: BaseException) -> None:
         sock.close()
 
 
+def say(text: str) -> None:
+    """Print one line with one write: worker processes share the output, and their lines
+    must not interleave.
+    """
+    sys.stdout.flush()
+    data = (text + "\n").encode("utf-8", "replace")
+    while data:
+        data = data[os.write(sys.stdout.fileno(), data) :]
+
+
+def read_ticket_key_files(paths: list[str]) -> list[bytes]:
+    """The session ticket keys in ``paths`` (nginx's format: 80 bytes a file), first first;
+    SystemExit with a one-line message naming the file that is wrong (never its content).
+    """
+    keys: list[bytes] = []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                key = f.read(tickets.KEY_LENGTH + 1)
+        except OSError as exc:
+            raise SystemExit(
+                f"uvssl serve: --ticket-key-file {path}: cannot read it: {exc.strerror}"
+            ) from None
+        if len(key) != tickets.KEY_LENGTH:
+            size = f"{len(key)} bytes" if len(key) <= tickets.KEY_LENGTH else "too long"
+            raise SystemExit(
+                f"uvssl serve: --ticket-key-file {path}: is {size}; a key file holds exactly "
+                f"{tickets.KEY_LENGTH} bytes (make one with 'openssl rand {tickets.KEY_LENGTH} "
+                f"> {path}')"
+            )
+        keys.append(key)
+    try:
+        return tickets.check_keys("--ticket-key-file", keys)
+    except (TypeError, ValueError) as exc:  # two files with the same key name, too many
+        raise SystemExit(f"uvssl serve: {exc}") from None
+
+
 def serve(
     host: str,
     port: int,
@@ -78,23 +120,50 @@ def serve(
     quiet: bool,
     reuse_port: bool = False,
     graceful_timeout: float = 30.0,
+    workers_n: Optional[int] = None,
+    ticket_key_files: Optional[list[str]] = None,
+    proxy_protocol: bool = False,
 ) -> None:
     """Run the TLS echo server until Ctrl-C or SIGTERM.
 
     SIGTERM and the first Ctrl-C shut it down gracefully (``TcpServer.shutdown``: no new
     connections, each open one closed once its echo is flushed, the rest aborted after
-    ``graceful_timeout`` seconds); a second Ctrl-C stops it at once.
+    ``graceful_timeout`` seconds); a second Ctrl-C stops it at once. SIGHUP reloads the
+    certificate and key files (``Context.reload``) and the ticket key files.
+
+    With ``workers_n`` (0: one per CPU) it runs that many worker processes
+    (``serve_workers``) on one port, which the parent reserves first (so ``port=0`` picks
+    one port for all of them); each worker prints its own ``READY`` line.
     """
+    key_files = list(ticket_key_files or [])
+    keys = read_ticket_key_files(key_files) if key_files else None
     if cert is None and key is not None:
         raise SystemExit("uvssl serve: --key needs --cert")
     if cert is None:
         ctx, fingerprint = self_signed_context()
+        if keys is not None:
+            ctx.rotate_session_ticket_keys(keys)
     else:
         try:
-            ctx = Context.server(certificate=cert, key=key)
+            ctx = Context.server(certificate=cert, key=key, session_ticket_keys=keys)
         except (OSError, ValueError) as exc:  # a missing or unusable file: no traceback
             raise SystemExit(f"uvssl serve: --cert/--key: {exc}") from None
         fingerprint = ""
+
+    hold = None
+    if workers_n is not None:
+        # the workers' servers share one port: reserve it here (port 0 picks it), so that
+        # each worker listens on the same one, and a port in use is one message, not a
+        # crashing worker after another
+        logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
+        try:
+            hold = workers.reserve_port(host, port)
+        except OSError as exc:
+            raise SystemExit(f"uvssl serve: {exc}; choose another --port or --host") from None
+        port = hold.getsockname()[1]
+
+    def tag() -> str:
+        return f"uvssl serve (worker {os.getpid()})" if workers.in_worker() else "uvssl serve"
 
     def start() -> None:
         try:
@@ -105,18 +174,18 @@ def serve(
                 _echo_event,
                 ssl_ctx=ctx,
                 reuse_port=reuse_port,
+                proxy_protocol=proxy_protocol,
             )
         except SocketError as exc:  # the address is taken, or not this machine's
             hint = "; choose another --port" if exc.identifier == "address-in-use" else ""
             raise SystemExit(f"uvssl serve: {exc}{hint}") from None
-        if fingerprint and not quiet:
-            print(f"uvssl serve: self-signed certificate, SHA-256 {fingerprint}", flush=True)
-        print(f"READY {server.port}", flush=True)
+        if fingerprint and not quiet and workers_n is None:
+            say(f"uvssl serve: self-signed certificate, SHA-256 {fingerprint}")
+        say(f"READY {server.port}")
         if not quiet:
-            print(
-                f"uvssl serve: TLS echo on {server.address}:{server.port} "
-                "(Ctrl-C or SIGTERM to stop)",
-                flush=True,
+            say(
+                f"{tag()}: TLS echo on {server.address}:{server.port} "
+                "(Ctrl-C or SIGTERM to stop, SIGHUP to reload)"
             )
 
         def drain(signum: int) -> None:
@@ -125,22 +194,55 @@ def serve(
             # from now on a Ctrl-C raises KeyboardInterrupt again: the loop stops at once
             free_signal_handler(signal.SIGINT)
             if not quiet:
-                print(
-                    f"uvssl serve: {signal.Signals(signum).name}: shutting down (up to"
-                    f" {graceful_timeout:g} s for open connections; Ctrl-C again to stop now)",
-                    flush=True,
+                say(
+                    f"{tag()}: {signal.Signals(signum).name}: shutting down (up to"
+                    f" {graceful_timeout:g} s for open connections; Ctrl-C again to stop now)"
                 )
             server.shutdown(graceful_timeout, lambda srv: free_signal_handlers())
 
+        def reload(signum: int) -> None:
+            if cert is not None:
+                try:
+                    leaf = ctx.reload()
+                except (OSError, ValueError) as exc:
+                    say(f"{tag()}: SIGHUP: {exc}; the old certificate stays")
+                else:
+                    fp = leaf.fingerprint() if leaf is not None else "?"
+                    say(f"{tag()}: SIGHUP: certificate reloaded, SHA-256 {fp}")
+            elif not quiet:
+                say(f"{tag()}: SIGHUP: a self-signed certificate has no file to reload")
+            if key_files:
+                try:
+                    ctx.rotate_session_ticket_keys(read_ticket_key_files(key_files))
+                except SystemExit as exc:
+                    say(f"{exc}; the old ticket keys stay")
+                else:
+                    say(f"{tag()}: SIGHUP: {len(key_files)} ticket key(s) reloaded")
+
         signal_handler(signal.SIGTERM, drain)
         signal_handler(signal.SIGINT, drain)
+        signal_handler(signal.SIGHUP, reload)
 
+    if hold is not None:
+        assert workers_n is not None
+        with hold:
+            if not quiet:
+                if fingerprint:
+                    say(f"uvssl serve: self-signed certificate, SHA-256 {fingerprint}")
+                count = workers_n or "one per CPU"
+                say(f"uvssl serve: workers ({count}) on {host} port {port}")
+            codes = workers.serve_workers(
+                workers_n, start, graceful_timeout=graceful_timeout, catch_app_errors=True
+            )
+        if not quiet:
+            say(f"uvssl serve: closed (worker exit codes {codes})")
+        return
     try:
         start_event_loop(start, catch_app_errors=True)
     except KeyboardInterrupt:
         pass
     if not quiet:
-        print("uvssl serve: closed", flush=True)
+        say("uvssl serve: closed")
 
 
 def demo(messages: int = 20000, connections: int = 8) -> None:
@@ -212,6 +314,17 @@ def _port(text: str) -> int:
     return port
 
 
+def _count(text: str) -> int:
+    """An argparse type: a number of worker processes (0: one per CPU)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{n} workers: give 1 or more (0: one per CPU)")
+    return n
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of ``python -m uvssl``."""
     args_in = sys.argv[1:] if argv is None else argv
@@ -232,7 +345,26 @@ def main(argv: Optional[list[str]] = None) -> int:
     s.add_argument("--cert", help="certificate chain (PEM)")
     s.add_argument("--key", help="private key (PEM)")
     s.add_argument("--reuse-port", action="store_true", help="set SO_REUSEPORT")
-    s.add_argument("--quiet", action="store_true", help="print only the READY line")
+    s.add_argument("--quiet", action="store_true", help="print only the READY line(s)")
+    s.add_argument(
+        "--workers",
+        type=_count,
+        metavar="N",
+        help="serve from N worker processes sharing the port (0: one per CPU); each prints"
+        " its READY line",
+    )
+    s.add_argument(
+        "--ticket-key-file",
+        action="append",
+        metavar="FILE",
+        help="a session ticket key file (80 bytes, nginx's format); repeat it or give a"
+        " comma-separated list: the first issues tickets, all are accepted",
+    )
+    s.add_argument(
+        "--proxy-protocol",
+        action="store_true",
+        help="every connection starts with a PROXY protocol header (v1 or v2)",
+    )
     s.add_argument(
         "--graceful-timeout",
         type=float,
@@ -249,6 +381,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.cmd == "serve":
         if not args.graceful_timeout >= 0:
             p.error("--graceful-timeout must be a number of seconds >= 0")
+        key_files = [f for arg in args.ticket_key_file or [] for f in arg.split(",") if f.strip()]
+        if args.ticket_key_file and not key_files:
+            p.error("--ticket-key-file needs a file name")
         serve(
             args.host,
             args.port,
@@ -257,6 +392,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             args.quiet,
             args.reuse_port,
             args.graceful_timeout,
+            args.workers,
+            key_files,
+            args.proxy_protocol,
         )
     elif args.cmd == "demo":
         demo(args.messages, args.connections)

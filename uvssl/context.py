@@ -36,6 +36,7 @@ from ._args import (
 from ._uvssl import ffi, lib
 from .errors import SslFailure, openssl_failure
 from .openssl import SSL_OPTIONS, error_queue
+from .x509 import X509Certificate
 
 __all__ = [
     "Context",
@@ -350,6 +351,7 @@ class Context:
         self._servers_lock = threading.Lock()
         self._sni_callback: Optional[SniCallback] = None
         self._ssl_configure_callback: Optional[ConfigureCallback] = None
+        self._sources: Optional[_Sources] = None  # the files reload() re-reads
 
     @property
     def sni_callback(self) -> Optional[SniCallback]:
@@ -673,9 +675,105 @@ class Context:
                     "(check that its directory exists and is writable)",
                     os.fsdecode(keylog_path),
                 )
+        ctx._sources = _Sources(
+            certificate=_abspath(certificate),
+            key=_abspath(key),
+            cert_in_memory=cdata is not None,
+            key_in_memory=kdata is not None,
+            keytype=keytype,
+            password=password,
+            ca_file=_abspath(ca_file),
+            ca_directory=_abspath(ca_directory),
+            # kept only when a reload rebuilds the trust store around it (public certificates)
+            ca_data=cadata if ca_directory is not None or crl_file is not None else None,
+            system_store=(
+                ca_file is None
+                and ca_directory is None
+                and cadata is None
+                and bool(mode & lib.SSL_VERIFY_PEER)
+            ),
+            crl_file=_abspath(crl_file),
+        )
         if ctx_configure_callback is not None:
             ctx_configure_callback(ptr)
         return ctx
+
+    def reload(self) -> Optional[X509Certificate]:
+        """Re-read the files this context was built from, and put them in service at once.
+
+        The certificate chain and its key (``certificate``, ``key``, ``certificate_password``)
+        and the trust store (``ca_file``, ``ca_directory``, ``crl_file``) are all read and
+        checked (the key must match the certificate) before anything changes: on any error
+        (a missing or damaged file, a wrong password, a key that does not match) an
+        ``SslFailure`` says which file failed and the context keeps what it had. Handshakes
+        that start afterwards use the new files; connections already open, and handshakes
+        already started, keep the certificate they began with.
+
+        Returns the new certificate (its leaf), or None when the context has no certificate
+        files (a client whose only files are CA files). A context whose certificate and key
+        came from memory (``certificate_data`` / ``key_data``) keeps them; one built from no
+        file at all, or one that wraps a borrowed ``SSL_CTX``, has nothing to re-read: that is
+        a ValueError. A new certificate must have the same key type (RSA, ECDSA, ...) as the
+        one in service; to change it, build a new ``Context`` and assign it to the server's
+        ``ssl_ctx``. Settings that ``ctx_configure_callback`` made on the trust store are not
+        carried over to the new one.
+
+        Safe while loops in other threads use the context: the new set is installed under a
+        lock that every new connection's ``SSL_new`` also takes, so each connection gets the
+        old certificate or the new one, never a mix.
+        """
+        src = self._sources
+        if not self._owned or src is None:
+            raise ValueError(
+                "Context.reload(): this context wraps an SSL_CTX that uvssl did not build, so it "
+                "knows no files to re-read; reload the owner's context, or build a new "
+                "Context and assign it to the server's ssl_ctx"
+            )
+        if (src.certificate is not None and src.key_in_memory) or (
+            src.cert_in_memory and src.key is not None
+        ):
+            raise ValueError(
+                "Context.reload(): the certificate and its key came one from a file and one "
+                "from memory, and cannot be re-read apart; build a new Context and assign it "
+                "to the server's ssl_ctx"
+            )
+        reload_cert = src.certificate is not None
+        reload_store = (
+            src.ca_file is not None or src.ca_directory is not None or src.crl_file is not None
+        )
+        if not reload_cert and not reload_store:
+            raise ValueError(
+                "Context.reload(): this context was built from no file (its certificate, key and "
+                "CA certificates, if any, came from memory), so there is nothing to re-read; "
+                "build a new Context and assign it to the server's ssl_ctx"
+            )
+        r = lib.uvs_reload_new()
+        if r == ffi.NULL:
+            raise MemoryError("Context.reload(): out of memory")
+        try:
+            if reload_cert:
+                _reload_certificate(r, src)
+            if reload_store:
+                _reload_store(r, src)
+            rc = lib.uvs_reload_install(r, self._ctx)
+            if rc == lib.UVS_RELOAD_EKEYTYPE:
+                raise SslFailure(
+                    "Context.reload(): the new certificate's key type (RSA, ECDSA, ...) differs "
+                    "from the one in service, which it would sit beside rather than replace; "
+                    "the old certificate is kept: build a new Context and assign it to the "
+                    "server's ssl_ctx",
+                    what="reload",
+                )
+            if rc != 1:
+                raise openssl_failure(
+                    "Context.reload(): cannot put the new certificate in service; the old one "
+                    "is kept",
+                    "reload",
+                )
+            x = lib.uvs_reload_cert(r)
+            return None if x == ffi.NULL else X509Certificate._from_x509(x)
+        finally:
+            lib.uvs_reload_free(r)
 
     def rotate_session_ticket_keys(self, keys: Iterable[bytes]) -> None:
         """Replace this server context's session ticket keys (80-byte keys, as for
@@ -741,6 +839,120 @@ class Context:
 
     def __repr__(self) -> str:
         return f"<uvssl.Context {self.side} {self.pointer:#x}{'' if self._owned else ' borrowed'}>"
+
+
+def _abspath(path: Any) -> Optional[bytes]:
+    """A file option's path made absolute (reload reads it again, maybe from another cwd)."""
+    return None if path is None else os.path.abspath(os.fsencode(path))
+
+
+class _Sources:
+    """What a context was built from that ``Context.reload()`` reads again (paths as bytes)."""
+
+    __slots__ = (
+        "certificate",
+        "key",
+        "cert_in_memory",
+        "key_in_memory",
+        "keytype",
+        "password",
+        "ca_file",
+        "ca_directory",
+        "ca_data",
+        "system_store",
+        "crl_file",
+    )
+
+    def __init__(self, **fields: Any) -> None:
+        """Record the given fields (every one of ``__slots__``)."""
+        for name in self.__slots__:
+            setattr(self, name, fields[name])
+
+    certificate: Optional[bytes]
+    key: Optional[bytes]
+    cert_in_memory: bool
+    key_in_memory: bool
+    keytype: str
+    password: Optional[bytes]
+    ca_file: Optional[bytes]
+    ca_directory: Optional[bytes]
+    ca_data: Optional[bytes]
+    system_store: bool
+    crl_file: Optional[bytes]
+
+
+_KEPT = "; the context keeps the certificate it had"
+
+
+def _reload_path(name: str, path: bytes) -> str:
+    """``name='path'`` for messages, after checking the file is still there."""
+    shown = f"{name}={os.fsdecode(path)!r}"
+    if not os.path.exists(path):
+        raise SslFailure(
+            f"Context.reload(): cannot read {shown}: no such file or directory{_KEPT}",
+            what="reload",
+        )
+    return shown
+
+
+def _reload_certificate(r: Any, src: _Sources) -> None:
+    """Read the certificate chain and key into ``r`` and check that they belong together."""
+    assert src.certificate is not None
+    cpath = src.certificate
+    cshown = _reload_path("certificate", cpath)
+    pw = ffi.NULL if src.password is None else src.password
+    if lib.uvs_reload_cert_file(r, cpath, _cert_filetype(cpath), pw) != 1:
+        raise openssl_failure(f"Context.reload(): {_certificate_failure(cpath)}{_KEPT}", "reload")
+    kpath = src.key if src.key is not None else cpath
+    kshown = _reload_path("key", kpath) if src.key is not None else cshown
+    filetype = lib.SSL_FILETYPE_PEM if src.keytype == "pem" else lib.SSL_FILETYPE_ASN1
+    if lib.uvs_reload_key_file(r, kpath, filetype, pw) != 1:
+        codes, strings = error_queue()
+        why = _key_failure(
+            kshown,
+            cshown,
+            pem_labels(kpath),
+            src.key is None,
+            src.keytype,
+            src.password,
+            strings,
+        )
+        raise SslFailure(
+            f"Context.reload(): {why}{_KEPT}", what="reload", codes=codes, strings=strings
+        )
+    if lib.uvs_reload_check_key(r) != 1:
+        raise openssl_failure(f"Context.reload(): {_mismatch(kshown, cshown)}{_KEPT}", "reload")
+
+
+def _reload_store(r: Any, src: _Sources) -> None:
+    """Build the new trust store in ``r``: CA files, in-memory CAs, system store, CRLs."""
+    if src.ca_file is not None or src.ca_directory is not None:
+        shown = " and ".join(
+            _reload_path(n, v)
+            for n, v in (("ca_file", src.ca_file), ("ca_directory", src.ca_directory))
+            if v is not None
+        )
+        f = src.ca_file if src.ca_file is not None else ffi.NULL
+        d = src.ca_directory if src.ca_directory is not None else ffi.NULL
+        if lib.uvs_reload_ca_files(r, f, d) != 1:
+            raise openssl_failure(
+                f"Context.reload(): cannot load CA certificates from {shown} (PEM certificates "
+                f"are needed){_KEPT}",
+                "reload",
+            )
+    if src.ca_data is not None and lib.uvs_reload_ca_mem(r, src.ca_data, len(src.ca_data)) < 1:
+        raise openssl_failure(f"Context.reload(): cannot load ca_data again{_KEPT}", "reload")
+    if src.system_store and lib.uvs_reload_default_paths(r) != 1:
+        raise openssl_failure(
+            f"Context.reload(): cannot load the system trust store{_KEPT}", "reload"
+        )
+    if src.crl_file is not None:
+        shown = _reload_path("crl_file", src.crl_file)
+        if lib.uvs_reload_crl_file(r, src.crl_file) <= 0:
+            raise openssl_failure(
+                f"Context.reload(): cannot load CRLs from {shown} (PEM CRLs are needed){_KEPT}",
+                "reload",
+            )
 
 
 def version_range(min_version: Any, max_version: Any, method: Any) -> tuple[int, int]:

@@ -908,6 +908,13 @@ class Unconnected:
 # -- servers ---------------------------------------------------------------------------------
 
 
+# Set by uvssl.workers in a worker process (serve_workers): every server there listens with
+# SO_REUSEPORT, so that the workers share their port, and the worker hears of each new server
+# (to give its TLS context the workers' shared session ticket keys).
+_worker_reuse_port = False
+_server_hook: Optional[Callable[[TcpServer], Any]] = None
+
+
 class TcpServer:
     """A listening TCP server (``tcp_server``). ``port`` is the bound port."""
 
@@ -942,6 +949,7 @@ class TcpServer:
         self._handle = ffi.new_handle(self)
         ip = _bind_ip(bind_address, port)
         err = ffi.new("int *")
+        reuse_port = reuse_port or _worker_reuse_port
         ptr = lib.uvs_server_new(
             loop._ptr, self._handle, ip.encode("ascii"), port, backlog, int(reuse_port), err
         )
@@ -956,6 +964,8 @@ class TcpServer:
         self.address = ip
         self.port = int(lib.uvs_server_port(ptr))
         loop._live.add(self)
+        if _server_hook is not None:
+            _server_hook(self)
 
     @property
     def closed(self) -> bool:
