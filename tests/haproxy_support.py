@@ -48,7 +48,6 @@ SKIP_REASON = "haproxy is not installed: bash tools/setup.sh installs it"
 START_TIMEOUT = 10.0 * SLOWDOWN  # seconds for HAProxy to listen
 STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL, then again for the exit
 START_ATTEMPTS = 5  # fresh frontend ports tried when the chosen one was taken meanwhile
-README_MARKER = "<!-- haproxy-config:"
 
 
 def require_haproxy() -> str:
@@ -82,18 +81,23 @@ def substitute(text: str, replacements: dict[str, str]) -> str:
     return text
 
 
-def readme_config(readme: Path, name: str) -> str:
-    """The configuration in README.md's fenced block that follows the marker
-    ``<!-- haproxy-config: NAME -->``, exactly as written there."""
+def readme_block(readme: Path, kind: str, name: str) -> str:
+    """The text of README.md's fenced block that follows the marker ``<!-- KIND: NAME -->``,
+    exactly as written there."""
     text = readme.read_text(encoding="utf-8")
-    marker = f"{README_MARKER} {name} -->"
+    marker = f"<!-- {kind}: {name} -->"
     at = text.find(marker)
     if at < 0:
-        raise AssertionError(f"README.md has no {marker!r} marker before a config block")
+        raise AssertionError(f"README.md has no {marker!r} marker before a fenced block")
     m = re.compile(r"\s*```[a-z]*\n(.*?)^```$", re.M | re.S).match(text, at + len(marker))
     if m is None:
         raise AssertionError(f"README.md's {marker!r} is not followed by a fenced block")
     return m.group(1)
+
+
+def readme_config(readme: Path, name: str) -> str:
+    """The HAProxy configuration README.md gives after ``<!-- haproxy-config: NAME -->``."""
+    return readme_block(readme, "haproxy-config", name)
 
 
 class HAProxy:

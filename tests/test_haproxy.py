@@ -6,8 +6,12 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import shlex
+import signal
 import socket
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,13 +19,21 @@ import pytest
 from haproxy_support import (
     ServerThread,
     combined_pem,
+    readme_block,
     readme_config,
     require_haproxy,
     start_haproxy,
     substitute,
 )
-from helpers import has_ipv6_loopback
-from tls_support import PEER_TIMEOUT, Certs, recv_exactly, stdlib_client_context
+from helpers import SLOWDOWN, has_ipv6_loopback
+from tls_support import (
+    PEER_TIMEOUT,
+    Certs,
+    LineReader,
+    kill_process,
+    recv_exactly,
+    stdlib_client_context,
+)
 
 import uvssl
 
@@ -417,3 +429,116 @@ def test_an_ipv6_clients_address_arrives(tmp_path: Path, certs: Certs, send: str
             seen = seen_from(server, client)
             assert seen.remote_address == ("::1", client[1])  # over IPv4 from HAProxy to uvssl
             assert seen.proxy_address[0] == "127.0.0.1"
+
+
+def unit_service(text: str) -> dict[str, str]:
+    """The ``[Service]`` settings of a systemd unit (continuation lines joined)."""
+    section = ""
+    settings: dict[str, str] = {}
+    for line in re.sub(r"\\\n\s*", " ", text).splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            section = line
+        elif section == "[Service]":
+            key, _, value = line.partition("=")
+            settings[key] = value
+    return settings
+
+
+def replace_args(argv: list[str], replacements: dict[str, str]) -> list[str]:
+    """``argv`` with each key (a whole argument, found exactly once) replaced."""
+    for old, new in replacements.items():
+        assert argv.count(old) == 1, f"expected {old!r} once in {argv}"
+        argv = [new if a == old else a for a in argv]
+    return argv
+
+
+def test_the_readmes_systemd_unit(tmp_path: Path, certs: Certs) -> None:
+    require_haproxy()
+    unit = unit_service(readme_block(README, "systemd-unit", "uvssl.service"))
+    argv = shlex.split(unit["ExecStart"])
+    graceful = float(argv[argv.index("--graceful-timeout") + 1])
+    workers = int(argv[argv.index("--workers") + 1])
+    assert "--proxy-protocol" in argv  # it sits behind the README's HAProxy
+    assert unit["KillSignal"] == "SIGTERM" and unit["KillMode"] == "mixed"
+    # systemd's SIGKILL must come after the parent has drained and killed what was left
+    assert float(unit["TimeoutStopSec"]) > graceful + uvssl.workers.KILL_MARGIN
+    ticket_key = tmp_path / "ticket.key"
+    ticket_key.write_bytes(os.urandom(80))
+    ticket_key.chmod(0o600)
+    argv = replace_args(
+        argv,
+        {
+            "/usr/bin/python3": sys.executable,
+            "8443": "0",  # any free port: the parent picks it for every worker and prints it
+            "/etc/uvssl/server.pem": str(certs.server_cert),
+            "/etc/uvssl/server.key": str(certs.server_key),
+            "/etc/uvssl/ticket.key": str(ticket_key),
+        },
+    )
+    proc = subprocess.Popen(
+        argv,
+        cwd=README.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: the cleanup reaches every worker
+    )
+    lines = LineReader(proc)
+
+    def wait_lines(text: str, count: int) -> list[str]:
+        found = [lines.wait_for(lambda s: text in s, 30 * SLOWDOWN) for _ in range(count)]
+        if None in found:
+            pytest.fail(
+                f"serve printed {text!r} fewer than {count} times:\n" + "\n".join(lines.lines)
+            )
+        return [s for s in found if s is not None]
+
+    try:
+        ports = {int(line.split()[1]) for line in wait_lines("READY", workers)}
+        assert len(ports) == 1
+        port = ports.pop()
+        with start_haproxy(readme_passthrough(port), tmp_path) as hap:
+            roundtrip("tls", hap.port, certs)
+            # systemctl reload runs ExecReload with the main process's pid
+            reload = shlex.split(unit["ExecReload"].replace("$MAINPID", str(proc.pid)))
+            subprocess.run(reload, check=True, timeout=10)
+            wait_lines("SIGHUP: certificate reloaded", workers)
+            roundtrip("tls", hap.port, certs)
+            hap.wait_for_log(r"Health check for server uvssl/app succeeded")
+            # systemctl stop: KillSignal to the main process only (KillMode=mixed)
+            kids = serve_children(proc.pid)
+            assert len(kids) == workers
+            proc.send_signal(getattr(signal, unit["KillSignal"]))
+            assert proc.wait(float(unit["TimeoutStopSec"]) * SLOWDOWN) == 0
+        out = lines.drain()
+        assert not any("Traceback" in line for line in out), "\n".join(out)
+        assert not [pid for pid in kids if pid_alive(pid)], "a worker outlived the service"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        kill_process(proc)
+
+
+def serve_children(pid: int) -> list[int]:
+    """The live processes whose parent is ``pid`` (from /proc)."""
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z" and int(fields[1]) == pid:
+                kids.append(int(entry))
+    return kids
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
