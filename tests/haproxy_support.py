@@ -20,6 +20,13 @@ the probe as a client.
 Stopping sends SIGTERM (HAProxy's immediate stop), waits a bounded time, then SIGKILL, and
 checks that the process really exited and how. Every wait is bounded; nothing here waits on
 a socket or a process without a limit.
+
+The uvssl server behind HAProxy runs on its own event loop in a thread (``ServerThread``, on
+``helpers.LoopHarness``), so that the test's thread is free to start HAProxy and to be the
+client. A socket's attributes may only be read on its loop's thread, so the server records what
+it sees (addresses, TLVs, TLS parameters, events) in its callbacks, under a lock the test takes
+to read them. The README's configurations are read from README.md itself (``readme_block``,
+by an HTML comment marker before the fenced block), so the tests run the text users copy.
 """
 
 from __future__ import annotations
