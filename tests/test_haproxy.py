@@ -404,7 +404,8 @@ def test_the_readmes_config_for_tls_at_haproxy(tmp_path: Path, certs: Certs) -> 
             assert tlvs["ssl"]["version"] == version and tlvs["ssl"]["cipher"] == cipher
             # unique-id-format %{+X}o\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid: hexadecimal fields
             unique = rf"7F000002:{client[1]:04X}_7F000001:{hap.port:04X}_[0-9A-F]+_[0-9A-F]+"
-            assert re.fullmatch(rf"{unique}:{hap.proc.pid:X}".encode(), tlvs["unique_id"])
+            pid = rf"0*{hap.proc.pid:X}"  # at least four digits: zero-padded
+            assert re.fullmatch(rf"{unique}:{pid}".encode(), tlvs["unique_id"]), tlvs["unique_id"]
 
 
 @needs_proxy_protocol
