@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Install what uvssl needs on a Debian/Ubuntu machine (as root) and build it in place.
-#   bash tools/setup.sh          runtime + test dependencies
+#   bash tools/setup.sh          runtime + test dependencies (haproxy: the suite runs uvssl behind it)
 #   bash tools/setup.sh --bench  also the bench's optional peers (uvloop, aiofastnet, matplotlib)
 #   bash tools/setup.sh --dev    the linters (ruff, mypy), coverage, valgrind and the bench peers too
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pkgs=(gcc pkg-config libuv1-dev libssl-dev openssl)
+pkgs=(gcc pkg-config libuv1-dev libssl-dev openssl haproxy)
 if [ "${1:-}" = "--dev" ]; then
     pkgs+=(valgrind)  # tools/perf_guard.py counts instructions with callgrind
 fi
