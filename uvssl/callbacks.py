@@ -20,6 +20,7 @@ from .context import ConfigureCallback, Context
 from .errors import SocketError
 from .tcp import AsyncStream, Socket, TcpServer
 from .tls import SslSocket
+from .udp import UdpSocket
 
 __all__ = [
     "Address",
@@ -31,6 +32,7 @@ __all__ = [
     "DrainCallback",
     "ShutdownDoneCallback",
     "SniCallback",
+    "DatagramCallback",
     "ConfigureCallback",
 ]
 
@@ -57,6 +59,9 @@ DrainCallback = Callable[[Socket], object]
 
 #: ``done_cb(server)`` of ``TcpServer.shutdown``: the last connection is gone.
 ShutdownDoneCallback = Callable[[TcpServer], object]
+
+#: ``read_cb(udp_socket, data, (host, port))`` of ``udp_socket``: one datagram and its sender.
+DatagramCallback = Callable[[UdpSocket, bytes, Address], object]
 
 #: ``sni_callback(ssl_socket, server_name)``: the context to use, or None to keep the current.
 SniCallback = Callable[[SslSocket, Optional[str]], Optional[Context]]

@@ -47,7 +47,7 @@ __all__ = ["UdpSocket", "DatagramTruncated", "udp_socket", "MAX_DATAGRAM_V4", "M
 BytesLike = Union[bytes, bytearray, memoryview]
 Address = tuple[str, int]
 ReadCb = Callable[["UdpSocket", bytes, Address], Any]
-EventCb = Callable[[BaseException], Any]
+EventCb = Callable[[SocketError], Any]
 
 #: The largest datagram payload over IPv4 (65,535 minus the IP and UDP headers).
 MAX_DATAGRAM_V4 = 65507

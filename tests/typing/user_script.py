@@ -75,6 +75,42 @@ def later() -> None:
     uvssl.connect_tcp_socket(tls, "localhost", 443)
 
 
+def on_datagram(sock: uvssl.UdpSocket, data: bytes, sender: uvssl.Address) -> None:
+    sock.send_to(data, *sender)
+
+
+datagram_cb: uvssl.DatagramCallback = on_datagram
+
+
+def on_proxied(sock: uvssl.Socket) -> None:
+    client: Optional[tuple[str, int]] = sock.remote_address
+    print(client, sock.proxy_address, sock.proxy_tlvs)
+
+
+def with_udp_and_proxy() -> None:
+    udp = uvssl.udp_socket(on_datagram, on_event, local_host="127.0.0.1")
+    udp.send_to(b"x", "127.0.0.1", udp.local_address[1])
+    behind = uvssl.tcp_ssl_server(
+        "127.0.0.1",
+        0,
+        None,
+        on_event,
+        connect_cb=on_proxied,
+        ssl_ctx=ctx,
+        proxy_protocol=True,
+        proxy_protocol_from=("127.0.0.1", "10.0.0.0/8"),
+    )
+    behind.ssl_ctx = in_memory
+    new_cert: Optional[uvssl.X509Certificate] = ctx.reload()
+    print(new_cert)
+    udp.close()
+    behind.close()
+
+
+def worker_setup() -> None:
+    uvssl.tcp_ssl_server("0.0.0.0", 8443, on_server_read, on_event, ssl_ctx=ctx)
+
+
 uvssl.start_event_loop(main)
 uvssl.start_event_loop(later)
 keys = [uvssl.tickets.new_key()]
@@ -84,6 +120,8 @@ in_memory = uvssl.Context.server(
     session_ticket_keys=keys,
     keylog_file=os.environ.get("SSLKEYLOGFILE"),
 )
+uvssl.start_event_loop(with_udp_and_proxy)
+codes: list[int] = uvssl.serve_workers(2, worker_setup, graceful_timeout=10.0)
 in_memory.rotate_session_ticket_keys(uvssl.tickets.rotated(keys, uvssl.tickets.new_key()))
 ctx = uvssl.Context.server(
     certificate="server.pem",
