@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
+from helpers import SLOWDOWN
 from tls_support import LOCALHOST, PeerThread, listening_socket
 
 import uvssl
@@ -729,7 +730,9 @@ def _run_script(script: str, *args: str) -> str:
         cwd=str(ROOT),
         capture_output=True,
         text=True,
-        timeout=45,
+        # Under AddressSanitizer (SLOWDOWN) the loop thread's teardown can wait seconds for the
+        # GIL while the main thread hammers native calls, each of which releases and retakes it.
+        timeout=45 * SLOWDOWN,
     )
     assert proc.returncode == 0, (
         f"the process ended with {proc.returncode}\n"
@@ -739,6 +742,7 @@ def _run_script(script: str, *args: str) -> str:
     return proc.stdout
 
 
+@pytest.mark.timeout(60 * SLOWDOWN)
 def test_hammering_a_loop_from_another_thread_does_not_crash():
     """Writes, closes, timers, call_threadsafe and stop from the main thread while the loop
     echoes in another, then through its teardown and after it; then loops that end by
@@ -746,6 +750,7 @@ def test_hammering_a_loop_from_another_thread_does_not_crash():
     _run_script(HAMMER_LOOP)
 
 
+@pytest.mark.timeout(60 * SLOWDOWN)
 def test_hammering_one_ssl_stream_from_two_threads_does_not_crash(certs):
     out = _run_script(HAMMER_STREAM, str(certs.server_cert), str(certs.server_key), str(certs.ca))
     assert out.startswith("ok")

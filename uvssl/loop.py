@@ -200,7 +200,11 @@ class Loop:
             self._restore_signal_handlers()
             with self._ptr_lock:
                 ptr, self._ptr = self._ptr, None
-            lib.uvs_loop_close_all(ptr)
+            # uvs_loop_free closes every handle itself and runs their CLOSED events. One native
+            # call, not two: each call hands the GIL back and forth, and while another thread
+            # keeps calling into C (hammering call_threadsafe, say) each reacquisition can wait
+            # a long time (CPython wakes a waiting thread on every release, and it loses most
+            # races for the lock, so it never asks the busy thread to yield).
             r = lib.uvs_loop_free(ptr)
             lib.uvs_loop_bind_thread(outer)
             self._live.clear()
