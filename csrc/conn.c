@@ -139,6 +139,7 @@ int uvs__timer_arm(uvs_conn_t *c, uv_timer_t **slot, uint64_t ms, uv_timer_cb cb
         t->data = c;
         *slot = t;
     }
+    uvs__kick(c->loop);
     return uv_timer_start(*slot, cb, ms, 0);
 }
 
@@ -159,6 +160,7 @@ void uvs__conn_close_now(uvs_conn_t *c) {
     c->state |= UVS__C_CLOSING;
     c->state &= ~(unsigned)UVS__C_READING;
     uvs__link_del(&c->link);
+    uvs__kick(c->loop);
     if (c->acceptor != NULL) /* never announced: nobody is told */
         uvs__server_forget(c);
     if (c->addrs.local.sa.sa_family == AF_UNSPEC && (c->state & UVS__C_CONNECTED))
@@ -288,6 +290,7 @@ void uvs__conn_start_reading(uvs_conn_t *c) {
         return;
     if (!(c->state & UVS__C_CONNECTED))
         return;
+    uvs__kick(c->loop);
     int r = uv_read_start((uv_stream_t *)&c->tcp, uvs__alloc_cb, uvs__read_cb);
     if (r != 0) {
         uvs__conn_fail(c, UVS_EV_ERROR, r, UVS_ACT_READ);

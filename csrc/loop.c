@@ -62,6 +62,7 @@ void uvs__link_add(uvs_loop_t *loop, uvs__link_t *l, int kind) {
     l->prev = &loop->objects;
     loop->objects.next->prev = l;
     loop->objects.next = l;
+    uvs__kick(loop);
 }
 
 /* Put l last in the list headed by head. */
@@ -160,6 +161,41 @@ int uvs_loop_run(uvs_loop_t *loop) {
 
 void uvs_loop_stop(uvs_loop_t *loop) { uv_stop(&loop->uv); }
 
+/* ---- embedding: a host loop (asyncio) runs the turns ------------------------------------ */
+
+static void uvs__kick_cb(uv_async_t *h) { (void)h; /* the turn it caused is all it asks for */ }
+
+/* From now on the host runs this loop: it watches uvs_loop_backend_fd() and calls
+ * uvs_loop_run_once() when the descriptor is readable and when the timeout that call returned
+ * has passed. Changes made outside a turn kick the loop (uvs__kick), which makes the descriptor
+ * readable. The kick's descriptor joins the backend's set at the next turn, so the host runs
+ * one turn at once. */
+int uvs_loop_embed(uvs_loop_t *loop) {
+    if (loop->embedded)
+        return UV_EALREADY;
+    int r = uv_async_init(&loop->uv, &loop->kick, uvs__kick_cb);
+    if (r != 0) {
+        loop->kick.loop = NULL;
+        return r;
+    }
+    uv_unref((uv_handle_t *)&loop->kick);
+    loop->embedded = 1;
+    return 0;
+}
+
+int uvs_loop_backend_fd(uvs_loop_t *loop) { return uv_backend_fd(&loop->uv); }
+
+/* One turn that does not block: due timers, ready descriptors, closes; then what the turn's
+ * callbacks queued is flushed. Returns the milliseconds until the loop next needs a turn with
+ * no descriptor ready (a timer), 0 for at once (closes or a stop pending), -1 for never. */
+int uvs_loop_run_once(uvs_loop_t *loop) {
+    loop->in_run = 1;
+    (void)uv_run(&loop->uv, UV_RUN_NOWAIT);
+    uvs__settle(loop);
+    loop->in_run = 0;
+    return uv_backend_timeout(&loop->uv);
+}
+
 int uvs_loop_wakeup(uvs_loop_t *loop) { return uv_async_send(&loop->wakeup); }
 
 static void uvs__sigwatch_cb(uv_poll_t *h, int status, int events) {
@@ -226,6 +262,7 @@ void uvs_loop_close_all(uvs_loop_t *loop) {
 }
 
 int uvs_loop_free(uvs_loop_t *loop) {
+    loop->embedded = 0; /* the turns below are this function's own */
     /* Only the internal handles may remain: anything else means close_all was not run. */
     uvs_loop_close_all(loop);
     (void)uv_run(&loop->uv, UV_RUN_DEFAULT); /* every CLOSED event took the batch along */
@@ -236,6 +273,8 @@ int uvs_loop_free(uvs_loop_t *loop) {
         uv_close((uv_handle_t *)&loop->sigwatch, NULL);
     if (loop->tls_trim_on)
         uv_close((uv_handle_t *)&loop->tls_trim, NULL);
+    if (loop->kick.loop != NULL) /* uvs_loop_embed initialised it */
+        uv_close((uv_handle_t *)&loop->kick, NULL);
     (void)uv_run(&loop->uv, UV_RUN_DEFAULT);
     int r = uv_loop_close(&loop->uv);
     if (r != 0)
@@ -253,6 +292,7 @@ int uvs_loop_free(uvs_loop_t *loop) {
 void uvs__mark_dirty(uvs_conn_t *c) {
     if (c->state & UVS__C_DIRTY)
         return;
+    uvs__kick(c->loop);
     c->state |= UVS__C_DIRTY;
     c->dirty_next = c->loop->dirty;
     c->loop->dirty = c;
@@ -325,6 +365,7 @@ void uvs_timer_close(uvs_timer_t *t) {
         return;
     t->closing = 1;
     uvs__link_del(&t->link);
+    uvs__kick(t->loop);
     (void)uv_timer_stop(&t->t);
     uv_close((uv_handle_t *)&t->t, uvs__timer_close_cb);
 }

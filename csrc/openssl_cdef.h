@@ -117,6 +117,7 @@ const char *SSL_get_version(const SSL *ssl);
 const SSL_CIPHER *SSL_get_current_cipher(const SSL *s);
 const char *SSL_CIPHER_get_name(const SSL_CIPHER *c);
 int SSL_CIPHER_get_bits(const SSL_CIPHER *c, int *alg_bits);
+const char *SSL_CIPHER_get_version(const SSL_CIPHER *c);
 SSL_SESSION *SSL_get1_session(SSL *ssl);
 int SSL_set_session(SSL *ssl, SSL_SESSION *session);
 void SSL_SESSION_free(SSL_SESSION *session);

@@ -281,5 +281,6 @@ void uvs_server_close(uvs_server_t *s) {
         return;
     s->closing = 1;
     uvs__link_del(&s->link);
+    uvs__kick(s->loop);
     uv_close((uv_handle_t *)&s->tcp, uvs__server_closed_cb);
 }

@@ -214,6 +214,7 @@ static void uvs__udp_close_now(uvs_udp_t *u) {
     u->state |= UVS__U_CLOSING;
     u->state &= ~(unsigned)UVS__U_CLOSE_WANTED;
     uvs__link_del(&u->link);
+    uvs__kick(u->loop);
     u->nmsgs = 0;
     u->out.len = 0;
     /* queued libuv sends complete with UV_ECANCELED; the socket is closed: not reported */
@@ -329,6 +330,7 @@ static int uvs__udp_bind(uvs_udp_t *u, const uvs_addr_t *local, int flags) {
         if (r != 0)
             return r;
     }
+    uvs__kick(u->loop);
     return uv_udp_recv_start(&u->udp, uvs__udp_alloc_cb, uvs__udp_recv_cb);
 }
 
@@ -477,6 +479,7 @@ static int uvs__udp_enqueue(uvs_udp_t *u, const char *p, size_t n, const uvs_add
         u->state |= UVS__U_DIRTY;
         u->dirty_next = u->loop->udp->dirty;
         u->loop->udp->dirty = u;
+        uvs__kick(u->loop);
     }
     return 0;
 }

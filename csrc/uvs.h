@@ -105,6 +105,9 @@ struct uvs_loop_s {
     size_t batch_len;        /* bytes used in batch_buf                                  */
     int batch_busy;          /* the embedding is reading the batch                       */
     uvs__udp_batch_t *udp;   /* datagram sockets' buffers and batch (udp.c; lazy)        */
+    uv_async_t kick;         /* embedded: asks the host loop for a turn (lazy)          */
+    int embedded;            /* a host loop (asyncio) runs turns: uvs_loop_embed         */
+    int in_run;              /* inside uv_run: changes are seen by this turn's flushes    */
 };
 
 /* connection state flags (internal) */
@@ -213,6 +216,13 @@ void uvs__link_add(uvs_loop_t *loop, uvs__link_t *l, int kind);
 void uvs__link_append(uvs__link_t *head, uvs__link_t *l);
 void uvs__link_del(uvs__link_t *l);
 void uvs__mark_dirty(uvs_conn_t *c);
+/* Embedded loops (uvs_loop_embed): outside a turn, a change the next turn must act on (output
+ * queued, a handle added or closed, a timer armed, reading resumed) makes the backend descriptor
+ * readable, so the host loop runs a turn. A no-op for a loop that runs itself. */
+static inline void uvs__kick(uvs_loop_t *loop) {
+    if (loop->embedded && !loop->in_run)
+        (void)uv_async_send(&loop->kick); /* only fails on a handle that is not an async one */
+}
 void uvs__flush_dirty(uvs_loop_t *loop);
 
 /* batch.c */

@@ -146,6 +146,9 @@ int uvs_loop_watch_fd(uvs_loop_t *loop, int fd);
 int uvs_loop_ref_sigwatch(uvs_loop_t *loop, int on);
 uvs_loop_t *uvs_loop_bind_thread(uvs_loop_t *loop);
 double uvs_loop_now(uvs_loop_t *loop);
+int uvs_loop_embed(uvs_loop_t *loop);
+int uvs_loop_backend_fd(uvs_loop_t *loop);
+int uvs_loop_run_once(uvs_loop_t *loop);
 
 uvs_timer_t *uvs_timer_new(uvs_loop_t *loop, void *data, uint64_t timeout_ms, uint64_t repeat_ms,
                            int *err);
