@@ -29,6 +29,7 @@ import collections
 import logging
 import signal
 import socket as _socket
+import sys
 import threading
 import weakref
 from typing import Any, Callable, Optional
@@ -476,6 +477,13 @@ def start_event_loop(
     check_callable("start_fn", start_fn)
     if getattr(current, "loop", None) is not None and current.loop._ptr is not None:
         raise RuntimeError("uvssl: an event loop is already running in this thread")
+    aio = sys.modules.get("asyncio")
+    if aio is not None and aio._get_running_loop() is not None:
+        raise RuntimeError(
+            "uvssl: start_event_loop() would block the running asyncio loop until uvssl's loop "
+            "ends; inside asyncio use uvssl.aio (await uvssl.aio.attach() runs uvssl's loop "
+            "in asyncio's), or run start_event_loop in another thread"
+        )
     loop = Loop(catch_app_errors=catch_app_errors, default_event_cb=default_event_cb)
     current.loop = loop
     try:

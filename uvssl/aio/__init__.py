@@ -13,19 +13,28 @@ import asyncio
 from typing import Any
 
 from ._host import host as _host
-from .api import create_connection, create_server, open_connection, start_server
+from .api import (
+    StreamWriter,
+    create_connection,
+    create_server,
+    open_connection,
+    start_server,
+    start_tls,
+)
 from .server import Server
 from .transport import SslObject, Transport
 
 __all__ = [
     "Server",
     "SslObject",
+    "StreamWriter",
     "Transport",
     "attach",
     "create_connection",
     "create_server",
     "open_connection",
     "start_server",
+    "start_tls",
 ]
 
 

@@ -12,9 +12,10 @@ import asyncio
 from typing import Any, Callable, Optional
 
 from .._args import check_port
+from ..attach import attach_ssl
 from ..errors import SocketError
 from ..tcp import new_socket, tcp_server
-from ..tls import _client_tls, _start_client_tls, tcp_ssl_server
+from ..tls import SslSocket, _client_tls, _start_client_tls, tcp_ssl_server
 from ._host import host as _get_host
 from .server import Server
 from .transport import Transport, _AioSocket, _AioSslSocket
@@ -78,7 +79,14 @@ async def create_connection(
 
     if ctx is None:
         sock: Any = new_socket(
-            _AioSocket, h.loop, None, failed, connected, None, False, target=(host, check_port(port))
+            _AioSocket,
+            h.loop,
+            None,
+            failed,
+            connected,
+            None,
+            False,
+            target=(host, check_port(port)),
         )
     else:
         tls = _client_tls(
@@ -94,7 +102,14 @@ async def create_connection(
             None,
         )
         sock = new_socket(
-            _AioSslSocket, h.loop, None, failed, connected, None, False, target=(host, check_port(port))
+            _AioSslSocket,
+            h.loop,
+            None,
+            failed,
+            connected,
+            None,
+            False,
+            target=(host, check_port(port)),
         )
         _start_client_tls(sock, tls, tls.server_hostname or host)
     try:
@@ -180,6 +195,43 @@ async def create_server(
     return server
 
 
+class StreamWriter(asyncio.StreamWriter):
+    """asyncio's ``StreamWriter`` whose ``start_tls`` upgrades in uvssl's C engine."""
+
+    async def start_tls(
+        self,
+        sslcontext: Any,
+        *,
+        server_hostname: Optional[str] = None,
+        ssl_handshake_timeout: Optional[float] = None,
+    ) -> None:
+        """Upgrade the connection to TLS (STARTTLS); the reader and writer go on over it."""
+        protocol: Any = self._protocol  # type: ignore[attr-defined]
+        server_side = getattr(protocol, "_client_connected_cb", None) is not None
+        await self.drain()
+        new = await start_tls(
+            self.transport,
+            protocol,
+            sslcontext,
+            server_side=server_side,
+            server_hostname=server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+        )
+        self._transport = new
+        protocol._transport = new
+        protocol._over_ssl = True
+
+
+class _StreamProtocol(asyncio.StreamReaderProtocol):
+    """A server's ``StreamReaderProtocol`` whose writer is this module's ``StreamWriter``."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        writer = getattr(self, "_stream_writer", None)
+        if writer is not None and type(writer) is asyncio.StreamWriter:
+            writer.__class__ = StreamWriter  # before client_connected_cb's task first runs
+
+
 async def open_connection(
     host: str,
     port: int,
@@ -188,7 +240,7 @@ async def open_connection(
     server_hostname: Optional[str] = None,
     limit: int = 2**16,
     **kw: Any,
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+) -> tuple[asyncio.StreamReader, StreamWriter]:
     """``asyncio.open_connection`` on uvssl: ``(StreamReader, StreamWriter)``; the keywords of
     ``create_connection`` apply.
     """
@@ -198,7 +250,7 @@ async def open_connection(
     transport, _ = await create_connection(
         lambda: protocol, host, port, ssl=ssl, server_hostname=server_hostname, **kw
     )
-    writer = asyncio.StreamWriter(transport, protocol, reader, aloop)
+    writer = StreamWriter(transport, protocol, reader, aloop)
     return reader, writer
 
 
@@ -222,7 +274,7 @@ async def start_server(
 
     def factory() -> asyncio.StreamReaderProtocol:
         reader = asyncio.StreamReader(limit=limit, loop=aloop)
-        return asyncio.StreamReaderProtocol(reader, client_connected_cb, loop=aloop)
+        return _StreamProtocol(reader, client_connected_cb, loop=aloop)
 
     return await create_server(
         factory,
@@ -234,3 +286,75 @@ async def start_server(
         proxy_protocol=proxy_protocol,
         **kw,
     )
+
+
+async def start_tls(
+    transport: asyncio.BaseTransport,
+    protocol: asyncio.BaseProtocol,
+    sslcontext: Any,
+    *,
+    server_side: bool = False,
+    server_hostname: Optional[str] = None,
+    ssl_handshake_timeout: Optional[float] = None,
+) -> Transport:
+    """Upgrade a plain ``Transport`` to TLS (STARTTLS) and return the new transport once the
+    handshake is done; ``protocol`` goes on with it (``connection_made`` is not called again).
+
+    ``sslcontext``: any form ``attach_ssl``'s ``ssl_ctx`` takes (a ``uvssl.Context``, an
+    ``ssl.SSLContext``, a raw pointer, True for a default context). The old transport must not
+    be used afterwards. A failed handshake raises its ``SslFailure`` and closes the connection;
+    cancelling closes it too.
+    """
+    if not isinstance(transport, Transport):
+        raise TypeError(f"transport must be a uvssl.aio Transport, not {type(transport).__name__}")
+    sock = transport._sock
+    if isinstance(sock, SslSocket):
+        raise ValueError("the transport already speaks TLS")
+    if transport.is_closing():
+        raise RuntimeError("the transport is closing; cannot start TLS on it")
+    h = transport._host
+    waiter: asyncio.Future[Transport] = h.aloop.create_future()
+    server = transport._hand_over()
+
+    def handshake_done() -> None:
+        if waiter.done():
+            return
+        try:
+            new = Transport(
+                h, tls_sock, protocol, server=server, sslcontext=sslcontext, server_side=server_side
+            )
+        except BaseException as exc:  # noqa: BLE001 - reported to the awaiting coroutine
+            tls_sock.close(force=True)
+            waiter.set_exception(exc)
+            return
+        waiter.set_result(new)
+
+    def handshake_failed(exc: BaseException) -> None:
+        if not waiter.done():
+            waiter.set_exception(exc)
+        if not tls_sock.closed:
+            tls_sock.close(force=True)
+
+    sock.read_cb = None
+    sock.event_cb = handshake_failed
+    try:
+        tls_sock: Any = attach_ssl(
+            sock,
+            ssl_ctx=sslcontext,
+            ssl_side="server" if server_side else "client",
+            tlsext_host_name=None if server_side else server_hostname,
+            handshake_timeout=ssl_handshake_timeout,
+        )
+    except BaseException:
+        sock.close(force=True)
+        raise
+    tls_sock.__class__ = _AioSslSocket
+    tls_sock._aio_handshake = handshake_done
+    try:
+        return await waiter
+    except asyncio.CancelledError:
+        if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+            waiter.result().abort()
+        elif not tls_sock.closed:
+            tls_sock.close(force=True)
+        raise

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from ..errors import SocketError, SslClosed, TcpEof
 from ..tcp import Socket
@@ -51,9 +51,19 @@ class _AioSocket(Socket):
 
 
 class _AioSslSocket(SslSocket):
-    """An ``SslSocket`` that tells its transport when it has closed."""
+    """An ``SslSocket`` that tells its transport when it has closed (and ``start_tls`` when
+    its handshake is done).
+    """
 
     _aio: Optional[Transport] = None
+    _aio_handshake: Optional[Callable[[], None]] = None
+
+    def _on_connected(self) -> None:
+        super()._on_connected()
+        done = self._aio_handshake
+        if done is not None:
+            self._aio_handshake = None
+            done()
 
     def _on_closed(self) -> None:
         super()._on_closed()
@@ -300,12 +310,26 @@ class Transport(asyncio.Transport):
 
     def _call_connection_lost(self, exc: Optional[BaseException]) -> None:
         try:
-            self._protocol.connection_lost(exc)
+            self._protocol.connection_lost(exc if isinstance(exc, Exception) else None)
         finally:
             server = self._server
             self._server = None
             if server is not None:
                 server._detach(self)
+
+    def _hand_over(self) -> Any:
+        """``start_tls``: the socket leaves this transport for a new one; this one is done
+        (closing, and its protocol is not told: the new transport carries on).
+        """
+        sock = self._sock
+        self._lost = True
+        self._closing = True
+        sock._aio = None
+        self._host.transports.discard(self)
+        server, self._server = self._server, None
+        if server is not None:
+            server._detach(self)
+        return server
 
     def _host_closing(self) -> None:
         """The asyncio loop is closing: the host closes the socket; the protocol is not told."""
@@ -317,7 +341,7 @@ class Transport(asyncio.Transport):
 
     # -- asyncio.BaseTransport ---------------------------------------------------------------
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        """"peername", "sockname", "socket" (None: the descriptor is uvssl's), and on TLS
+        """Connection details: "peername", "sockname", and on TLS
         "ssl_object", "sslcontext", "peercert", "cipher", "compression".
         """
         if name == "peername":
@@ -385,7 +409,9 @@ class Transport(asyncio.Transport):
         self._sock.resume_reading()
 
     # -- asyncio.WriteTransport --------------------------------------------------------------
-    def set_write_buffer_limits(self, high: Optional[int] = None, low: Optional[int] = None) -> None:
+    def set_write_buffer_limits(
+        self, high: Optional[int] = None, low: Optional[int] = None
+    ) -> None:
         """Set the flow-control marks (bytes): ``pause_writing()`` above ``high``,
         ``resume_writing()`` at ``low`` (defaults: 64 KiB, and a quarter of high).
         """
@@ -398,7 +424,7 @@ class Transport(asyncio.Transport):
         self._high, self._low = high, low
         if not self._sock.closed:
             self._sock.set_write_buffer_limits(high, low)
-            if self._sock.write_buffer_size() > high:
+            if self._sock.write_buffer_size > high:
                 self._maybe_pause()
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
@@ -409,12 +435,14 @@ class Transport(asyncio.Transport):
         """Bytes written that have not reached the kernel yet."""
         if self._sock.closed:
             return 0
-        return self._sock.write_buffer_size()
+        return self._sock.write_buffer_size
 
     def write(self, data: Union[bytes, bytearray, memoryview]) -> None:
         """Queue ``data``; it is sent at the end of this turn of the loops."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
+            raise TypeError(
+                f"data argument must be a bytes-like object, not {type(data).__name__!r}"
+            )
         if self._eof_sent:
             raise RuntimeError("Cannot call write() after write_eof()")
         if not data:
@@ -452,4 +480,3 @@ class Transport(asyncio.Transport):
         state = "closed" if self._lost else "closing" if self._closing else "open"
         kind = "TLS" if isinstance(self._sock, SslSocket) else "TCP"
         return f"<uvssl.aio.Transport {kind} {state} peer={self._peername}>"
-
