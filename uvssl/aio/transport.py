@@ -29,6 +29,7 @@ import asyncio
 import logging
 from typing import Any, Callable, Optional, Union
 
+from .._uvssl import lib
 from ..errors import SocketError, SslClosed, TcpEof
 from ..tcp import Socket
 from ..tls import SslSocket
@@ -36,6 +37,7 @@ from ..tls import SslSocket
 log = logging.getLogger("uvssl")
 
 _DEFAULT_HIGH = 64 * 1024
+_conn_write = lib.uvs_conn_write
 
 
 class _AioSocket(Socket):
@@ -170,6 +172,7 @@ class Transport(asyncio.Transport):
         self._writing_paused = False
         self._reading = True
         self._writes_after_lost = 0
+        self._writable = True  # write() may go straight to the socket: not lost, no EOF sent
         self._high = _DEFAULT_HIGH
         self._low = _DEFAULT_HIGH // 4
         self._sslcontext = sslcontext
@@ -178,7 +181,7 @@ class Transport(asyncio.Transport):
         self._peername: Any = None
         self._sockname: Any = None
         sock._aio = self
-        sock.read_cb = self._on_data
+        sock.read_cb = self._on_data if self._buffered else self._on_data_received
         sock.event_cb = self._on_event
         sock.set_write_buffer_limits(self._high, self._low, self._on_drain)
         try:
@@ -199,6 +202,16 @@ class Transport(asyncio.Transport):
             raise
         except BaseException as exc:  # noqa: BLE001
             self._fatal_error(exc, "protocol.connection_made() call failed")
+
+    def _on_data_received(self, sock: Any, data: bytes) -> None:
+        # the read callback for a Protocol: the socket delivers nothing once closed, and a
+        # transport is lost only with its socket closed or handed over (start_tls)
+        try:
+            self._protocol.data_received(data)  # type: ignore[attr-defined]
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:  # noqa: BLE001
+            self._fatal_error(exc, "protocol.data_received() call failed")
 
     def _on_data(self, sock: Any, data: bytes) -> None:
         if self._lost:
@@ -291,6 +304,7 @@ class Transport(asyncio.Transport):
         if self._lost:
             return
         self._closing = True
+        self._writable = False
         if not self._sock.closed:
             self._sock.close(force=True)  # its closed notice may come now or later
         self._connection_lost(exc)
@@ -304,6 +318,7 @@ class Transport(asyncio.Transport):
             return
         self._lost = True
         self._closing = True
+        self._writable = False
         if self._host.closed:
             return  # the asyncio loop is closing: nothing more runs
         self._aloop.call_soon(self._call_connection_lost, exc)
@@ -324,6 +339,7 @@ class Transport(asyncio.Transport):
         sock = self._sock
         self._lost = True
         self._closing = True
+        self._writable = False
         sock._aio = None
         self._host.transports.discard(self)
         server, self._server = self._server, None
@@ -335,6 +351,7 @@ class Transport(asyncio.Transport):
         """The asyncio loop is closing: the host closes the socket; the protocol is not told."""
         self._lost = True
         self._closing = True
+        self._writable = False
         server, self._server = self._server, None
         if server is not None:
             server._detach(self)
@@ -378,12 +395,15 @@ class Transport(asyncio.Transport):
         if self._closing:
             return
         self._closing = True
+        self._writable = False
         self._sock.close()  # may finish at once: _socket_closed then schedules connection_lost
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         """Replace the protocol."""
         self._protocol = protocol
         self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
+        if not self._lost:
+            self._sock.read_cb = self._on_data if self._buffered else self._on_data_received
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         """The current protocol."""
@@ -439,6 +459,21 @@ class Transport(asyncio.Transport):
 
     def write(self, data: Union[bytes, bytearray, memoryview]) -> None:
         """Queue ``data``; it is sent at the end of this turn of the loops."""
+        if self._writable and type(data) is bytes and data:
+            # the common case in one native call: Socket.write's checks are this
+            # transport's state (_writable) and the C side's own (thread, closing)
+            sock = self._sock
+            conn = sock._conn
+            if conn is not None:
+                r = _conn_write(sock._loop_ptr, conn, data, len(data))
+                if r == 0:
+                    return
+                if r > 0:  # above the high-water mark
+                    self._maybe_pause()
+                    return
+        self._write_checked(data)
+
+    def _write_checked(self, data: Union[bytes, bytearray, memoryview]) -> None:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(
                 f"data argument must be a bytes-like object, not {type(data).__name__!r}"
@@ -466,6 +501,7 @@ class Transport(asyncio.Transport):
         if isinstance(self._sock, SslSocket):
             raise NotImplementedError("write_eof() is not supported on a TLS transport")
         self._eof_sent = True
+        self._writable = False
         self._sock.shutdown("write")
 
     def can_write_eof(self) -> bool:
