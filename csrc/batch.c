@@ -85,6 +85,19 @@ void uvs__conn_deliver(uvs_conn_t *c, const char *p, size_t n) {
         uvs__cb.on_read(c->data, p, n);
         return;
     }
+    if (c->user_flags & UVS_CF_UNBATCHED) {
+        /* Data of c batched before the flag was set goes first. */
+        for (size_t i = 0; i < loop->batch_n; i++) {
+            if (loop->batch_data[i] == c->data) {
+                uvs__batch_flush(loop);
+                if (!uvs__conn_wants_data(c))
+                    return;
+                break;
+            }
+        }
+        uvs__cb.on_read(c->data, p, n);
+        return;
+    }
     if (n > UVS__BATCH_ITEM_MAX || loop->batch_len + n > UVS__BATCH_BYTES ||
         loop->batch_n == UVS__BATCH_ITEMS) {
         uvs__batch_flush(loop);

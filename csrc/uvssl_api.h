@@ -71,7 +71,9 @@ enum {
 /* ---- connection flags the embedding may set ------------------------------------------- */
 enum {
     UVS_CF_NOTIFY_WRITTEN = 1,   /* deliver UVS_EV_WRITTEN                                    */
-    UVS_CF_NOTIFY_DRAIN = 2      /* deliver UVS_EV_DRAIN                                      */
+    UVS_CF_NOTIFY_DRAIN = 2,     /* deliver UVS_EV_DRAIN                                      */
+    UVS_CF_UNBATCHED = 4         /* every read through on_read, none batched: the embedding
+                                    copies it from the read buffer into one of its own       */
 };
 
 /* ---- uvs_x509_field's `what` (ctx.c) ---------------------------------------------------- */

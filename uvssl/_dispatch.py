@@ -93,6 +93,10 @@ def uvs_py_on_read(data: Any, buf: Any, length: int) -> None:
         sock._held.append(_unpack(buf, length))
         return
     try:
+        into = sock._deliver_into
+        if into is not None:  # copied straight into the application's buffer
+            into(buf, length)
+            return
         sock._deliver(sock, _unpack(buf, length))
     except BaseException as exc:  # noqa: BLE001 - must not unwind into C
         loop._app_error(exc)

@@ -415,8 +415,16 @@ class Socket:
         if read_timeout or write_timeout:
             lib.uvs_conn_set_timeouts(conn, read_timeout, write_timeout)
 
+    #: Set (to ``fn(pointer, length)``) by an embedding that copies each read straight from
+    #: the native read buffer into a buffer of its own (uvssl.aio's BufferedProtocol
+    #: transports): the socket's reads then skip the batch and arrive one by one, as cffi
+    #: pointers valid during the call. None: reads arrive as bytes through ``read_cb``.
+    _deliver_into: Optional[Callable[[Any, int], Any]] = None
+
     def _sync_flags(self) -> None:
         flags = 0
+        if self._deliver_into is not None:
+            flags |= _CF_UNBATCHED
         if self._write_cb is not None:
             flags |= _CF_NOTIFY_WRITTEN
         if self._drain_cb is not None:
@@ -724,7 +732,8 @@ class Socket:
             if self._held is not None or self._closed or loop._halted:
                 # paused again (or closed) by read_cb: what is left waits, before newer data
                 if self._held is not None:
-                    self._held.extendleft(reversed(held))
+                    # after what read_cb kept of its own chunk (a BufferedProtocol's rest)
+                    self._held.extend(held)
                 return
             try:
                 self._deliver(self, held.popleft())
@@ -860,6 +869,7 @@ _ACCEPT_FAILED = lib.UVS_ACCEPT_FAILED
 _UV_ESHUTDOWN = lib.UV_ESHUTDOWN
 _CF_NOTIFY_WRITTEN = lib.UVS_CF_NOTIFY_WRITTEN
 _CF_NOTIFY_DRAIN = lib.UVS_CF_NOTIFY_DRAIN
+_CF_UNBATCHED = lib.UVS_CF_UNBATCHED
 
 
 def _discard(sock: Socket, data: bytes) -> None:

@@ -29,7 +29,7 @@ import asyncio
 import logging
 from typing import Any, Callable, Optional, Union
 
-from .._uvssl import lib
+from .._uvssl import ffi, lib
 from ..errors import SocketError, SslClosed, TcpEof
 from ..tcp import Socket
 from ..tls import SslSocket
@@ -38,6 +38,8 @@ log = logging.getLogger("uvssl")
 
 _DEFAULT_HIGH = 64 * 1024
 _conn_write = lib.uvs_conn_write
+_memmove = ffi.memmove
+_unpack = ffi.unpack
 
 
 class _AioSocket(Socket):
@@ -181,7 +183,7 @@ class Transport(asyncio.Transport):
         self._peername: Any = None
         self._sockname: Any = None
         sock._aio = self
-        sock.read_cb = self._on_data if self._buffered else self._on_data_received
+        self._set_read_path()
         sock.event_cb = self._on_event
         sock.set_write_buffer_limits(self._high, self._low, self._on_drain)
         try:
@@ -213,24 +215,68 @@ class Transport(asyncio.Transport):
         except BaseException as exc:  # noqa: BLE001
             self._fatal_error(exc, "protocol.data_received() call failed")
 
+    def _set_read_path(self) -> None:
+        sock = self._sock
+        if self._buffered:
+            # reads skip the batch and are copied from uvssl's read buffer into the
+            # protocol's (_on_data_into); data kept while paused comes back as bytes (_on_data)
+            sock.read_cb = self._on_data
+            sock._deliver_into = self._on_data_into
+        else:
+            sock.read_cb = self._on_data_received
+            sock._deliver_into = None
+        sock._sync_flags()
+
+    def _on_data_into(self, ptr: Any, n: int) -> None:
+        if self._lost:
+            return
+        proto: Any = self._protocol
+        off = 0
+        try:
+            while off < n:
+                dest = proto.get_buffer(n - off)
+                m = min(memoryview(dest).nbytes, n - off)
+                if m == 0:
+                    raise RuntimeError("get_buffer() returned an empty buffer")
+                _memmove(dest, ptr + off, m)
+                off += m
+                proto.buffer_updated(m)
+                if self._lost or self._closing:
+                    return
+                if not self._reading and off < n:  # paused: the rest waits for resume_reading
+                    self._keep(_unpack(ptr + off, n - off))
+                    return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:  # noqa: BLE001
+            self._fatal_error(exc, "protocol.buffer_updated() call failed")
+
+    def _keep(self, rest: bytes) -> None:
+        held = self._sock._held
+        if held is not None:
+            held.append(rest)
+
     def _on_data(self, sock: Any, data: bytes) -> None:
         if self._lost:
             return
-        proto = self._protocol
+        proto: Any = self._protocol
         try:
             if not self._buffered:
-                proto.data_received(data)  # type: ignore[attr-defined]
+                proto.data_received(data)
                 return
             view = memoryview(data)
             while view:
-                buf = memoryview(proto.get_buffer(len(view))).cast("B")  # type: ignore[attr-defined]
+                buf = memoryview(proto.get_buffer(len(view))).cast("B")
                 n = min(len(buf), len(view))
                 if n == 0:
                     raise RuntimeError("get_buffer() returned an empty buffer")
                 buf[:n] = view[:n]
                 view = view[n:]
-                proto.buffer_updated(n)  # type: ignore[attr-defined]
+                proto.buffer_updated(n)
                 if self._lost or self._closing:
+                    return
+                if not self._reading and view:  # paused: the rest waits for resume_reading
+                    self._keep(bytes(view))
                     return
         except (SystemExit, KeyboardInterrupt):
             raise
@@ -403,7 +449,7 @@ class Transport(asyncio.Transport):
         self._protocol = protocol
         self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
         if not self._lost:
-            self._sock.read_cb = self._on_data if self._buffered else self._on_data_received
+            self._set_read_path()
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         """The current protocol."""
