@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ._host import host as _host
+from ._host import host as _get_host
 from .api import (
     StreamWriter,
     create_connection,
@@ -43,4 +43,4 @@ async def attach() -> Any:
     it (a ``uvssl.Loop``): from here on ``uvssl.get_loop()`` and the callback API work in
     this coroutine's thread.
     """
-    return _host(asyncio.get_running_loop()).loop
+    return _get_host(asyncio.get_running_loop()).loop

@@ -102,7 +102,11 @@ class _Host:
             return
         due = self.aloop.time() + timeout_ms / 1000.0
         if self._timer is not None:
-            if abs(due - self._due) < 0.0005:
+            # libuv counts whole milliseconds, so the same deadline seen from two turns may
+            # differ by up to one: keep the armed timer unless it is more than that late, or
+            # early enough to cost a turn for nothing (a repeating timer, such as the TLS
+            # engine's buffer trim, would otherwise be re-armed on every turn)
+            if due - 0.002 <= self._due <= due + 0.001:
                 return
             self._timer.cancel()
         self._due = due
