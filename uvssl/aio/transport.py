@@ -300,7 +300,7 @@ class Transport(asyncio.Transport):
 
     def _call_connection_lost(self, exc: Optional[BaseException]) -> None:
         try:
-            self._protocol.connection_lost(exc)
+            self._protocol.connection_lost(exc)  # type: ignore[arg-type]
         finally:
             server = self._server
             self._server = None
@@ -317,8 +317,8 @@ class Transport(asyncio.Transport):
 
     # -- asyncio.BaseTransport ---------------------------------------------------------------
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        """"peername", "sockname", "socket" (None: the descriptor is uvssl's), and on TLS
-        "ssl_object", "sslcontext", "peercert", "cipher", "compression".
+        """Extra information: "peername", "sockname", "socket" (None: the descriptor is
+        uvssl's), and on TLS "ssl_object", "sslcontext", "peercert", "cipher", "compression".
         """
         if name == "peername":
             return self._peername
@@ -385,7 +385,9 @@ class Transport(asyncio.Transport):
         self._sock.resume_reading()
 
     # -- asyncio.WriteTransport --------------------------------------------------------------
-    def set_write_buffer_limits(self, high: Optional[int] = None, low: Optional[int] = None) -> None:
+    def set_write_buffer_limits(
+        self, high: Optional[int] = None, low: Optional[int] = None
+    ) -> None:
         """Set the flow-control marks (bytes): ``pause_writing()`` above ``high``,
         ``resume_writing()`` at ``low`` (defaults: 64 KiB, and a quarter of high).
         """
@@ -398,7 +400,7 @@ class Transport(asyncio.Transport):
         self._high, self._low = high, low
         if not self._sock.closed:
             self._sock.set_write_buffer_limits(high, low)
-            if self._sock.write_buffer_size() > high:
+            if self._sock.write_buffer_size > high:
                 self._maybe_pause()
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
@@ -409,12 +411,14 @@ class Transport(asyncio.Transport):
         """Bytes written that have not reached the kernel yet."""
         if self._sock.closed:
             return 0
-        return self._sock.write_buffer_size()
+        return self._sock.write_buffer_size
 
     def write(self, data: Union[bytes, bytearray, memoryview]) -> None:
         """Queue ``data``; it is sent at the end of this turn of the loops."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
+            raise TypeError(
+                f"data argument must be a bytes-like object, not {type(data).__name__!r}"
+            )
         if self._eof_sent:
             raise RuntimeError("Cannot call write() after write_eof()")
         if not data:
@@ -452,4 +456,3 @@ class Transport(asyncio.Transport):
         state = "closed" if self._lost else "closing" if self._closing else "open"
         kind = "TLS" if isinstance(self._sock, SslSocket) else "TCP"
         return f"<uvssl.aio.Transport {kind} {state} peer={self._peername}>"
-
