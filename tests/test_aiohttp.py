@@ -96,6 +96,27 @@ def make_app() -> web.Application:
         }
         return web.json_response(info)
 
+    async def upload(request: web.Request) -> web.Response:
+        # aiohttp pauses the transport's reading while its body buffer is full
+        digest = hashlib.sha256()
+        size = 0
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            digest.update(chunk)
+            size += len(chunk)
+            if size % (1024 * 1024) < 64 * 1024:
+                await asyncio.sleep(0)  # a slow consumer: let the buffer fill
+        return web.json_response({"size": size, "sha256": digest.hexdigest()})
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        # chunked, written piece by piece: each write waits for the transport to drain
+        resp = web.StreamResponse()
+        resp.content_type = "application/octet-stream"
+        await resp.prepare(request)
+        for i in range(0, len(BIG), 100_000):
+            await resp.write(BIG[i : i + 100_000])
+        await resp.write_eof()
+        return resp
+
     async def ws(request: web.Request) -> web.WebSocketResponse:
         sock = web.WebSocketResponse()
         await sock.prepare(request)
@@ -111,6 +132,8 @@ def make_app() -> web.Application:
     app.router.add_get("/big", big)
     app.router.add_get("/tls", tls)
     app.router.add_get("/ws", ws)
+    app.router.add_post("/upload", upload)
+    app.router.add_get("/stream", stream)
     return app
 
 
@@ -231,6 +254,42 @@ def test_big_body_to_several_clients_at_once(
             return list(await asyncio.wait_for(asyncio.gather(*jobs), 2 * STEP))
 
     assert run(new_loop, main) == [BIG_SHA256] * 4
+
+
+def test_10_mb_upload_and_streamed_download(
+    new_loop: Callable[[], asyncio.AbstractEventLoop], server_ctx: uvssl.Context, certs: Certs
+) -> None:
+    """A 10 MB request body (aiohttp pauses and resumes the transport's reading) and a 10 MB
+    chunked response written in 100 kB pieces (each write waits for the transport's buffer to
+    drain), both on one keep-alive connection."""
+    client_ctx = stdlib_client_context(certs)
+
+    def exchange(port: int) -> tuple[dict[str, Any], int, str, Optional[str]]:
+        conn = _https(port, client_ctx)
+        try:
+            conn.request("POST", "/upload", body=BIG)
+            resp = conn.getresponse()
+            assert resp.status == 200
+            uploaded = json.loads(resp.read())
+            conn.request("GET", "/stream")
+            resp = conn.getresponse()
+            body = resp.read()
+            return (
+                uploaded,
+                resp.status,
+                hashlib.sha256(body).hexdigest(),
+                resp.getheader("Transfer-Encoding"),
+            )
+        finally:
+            conn.close()
+
+    async def main() -> Any:
+        async with serving(server_ctx) as port:
+            return await asyncio.wait_for(asyncio.to_thread(exchange, port), STEP)
+
+    uploaded, status, digest, encoding = run(new_loop, main)
+    assert uploaded == {"size": len(BIG), "sha256": BIG_SHA256}
+    assert (status, encoding, digest) == (200, "chunked", BIG_SHA256)
 
 
 # -- what a handler sees of the TLS connection -------------------------------------------------
