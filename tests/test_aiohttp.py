@@ -14,7 +14,9 @@ import contextlib
 import hashlib
 import http.client
 import json
+import socket
 import ssl
+import struct
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, Callable, Optional
@@ -290,6 +292,43 @@ def test_10_mb_upload_and_streamed_download(
     uploaded, status, digest, encoding = run(new_loop, main)
     assert uploaded == {"size": len(BIG), "sha256": BIG_SHA256}
     assert (status, encoding, digest) == (200, "chunked", BIG_SHA256)
+
+
+def test_client_gone_mid_response(
+    new_loop: Callable[[], asyncio.AbstractEventLoop], server_ctx: uvssl.Context, certs: Certs
+) -> None:
+    """Clients that drop the connection in the middle of a 10 MB response (a TCP reset, and a
+    plain close) end that request only: the server goes on serving, and shuts down cleanly."""
+    client_ctx = stdlib_client_context(certs)
+
+    def walk_away(port: int, reset: bool) -> None:
+        conn = _https(port, client_ctx)
+        conn.request("GET", "/stream")
+        resp = conn.getresponse()
+        assert resp.status == 200 and len(resp.read(200_000)) == 200_000
+        assert conn.sock is not None
+        if reset:  # RST instead of FIN
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.sock.close()
+        conn.close()
+
+    def hello(port: int) -> bytes:
+        conn = _https(port, client_ctx)
+        try:
+            conn.request("GET", "/hello")
+            return conn.getresponse().read()
+        finally:
+            conn.close()
+
+    async def main() -> list[bytes]:
+        async with serving(server_ctx) as port:
+            replies = []
+            for reset in (True, False, True):
+                await asyncio.to_thread(walk_away, port, reset)
+                replies.append(await asyncio.to_thread(hello, port))
+            return replies
+
+    assert run(new_loop, main) == [b"hello from aiohttp"] * 3
 
 
 # -- what a handler sees of the TLS connection -------------------------------------------------
