@@ -111,6 +111,9 @@ def make_app() -> web.Application:
 
     async def stream(request: web.Request) -> web.StreamResponse:
         # chunked, written piece by piece: each write waits for the transport to drain
+        assert request.transport is not None
+        request.transport.set_write_buffer_limits(high=256 * 1024)  # larger pieces in flight
+        assert request.transport.get_write_buffer_limits() == (64 * 1024, 256 * 1024)
         resp = web.StreamResponse()
         resp.content_type = "application/octet-stream"
         await resp.prepare(request)
