@@ -138,6 +138,8 @@ X509 *d2i_X509(X509 **a, const unsigned char **in, long len);
 const char *SSL_get_servername(const SSL *s, const int type);
 #define TLSEXT_NAMETYPE_host_name ...
 const char *X509_verify_cert_error_string(long n);
+int OBJ_sn2nid(const char *s);
+const char *OBJ_nid2ln(int n);
 
 unsigned long ERR_get_error(void);
 unsigned long ERR_peek_error(void);

@@ -97,15 +97,7 @@ class SslObject:
             return None
         if binary_form:
             return cert.to_der()
-        return {
-            "subject": tuple(((k, v),) for k, v in cert.subject),
-            "issuer": tuple(((k, v),) for k, v in cert.issuer),
-            "version": cert.version,
-            "serialNumber": format(cert.serial_number, "X"),
-            "notBefore": cert.not_before.strftime("%b %d %H:%M:%S %Y GMT"),
-            "notAfter": cert.not_after.strftime("%b %d %H:%M:%S %Y GMT"),
-            "subjectAltName": tuple(cert.subject_alt_names),
-        }
+        return _stdlib_cert_dict(cert)
 
     def selected_alpn_protocol(self) -> Optional[str]:
         """The protocol ALPN selected, or None."""
@@ -130,6 +122,53 @@ class SslObject:
     def session_reused(self) -> bool:
         """True when the handshake resumed a session."""
         return self._sock.session_reused
+
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _long_name(short: str) -> str:
+    """OpenSSL's long name of an attribute ("CN" -> "commonName"), as the stdlib gives it."""
+    from .._uvssl import ffi, lib
+
+    nid = lib.OBJ_sn2nid(short.encode())
+    if nid == 0:  # NID_undef: an OID without a short name, shown dotted either way
+        return short
+    name = lib.OBJ_nid2ln(nid)
+    return short if name == ffi.NULL else str(ffi.string(name).decode())
+
+
+def _asn1_time(when: Any) -> str:
+    """A time as OpenSSL prints it ("Jan  1 00:00:00 2000 GMT"), in English in any locale."""
+    return f"{_MONTHS[when.month - 1]} {when.day:2d} {when:%H:%M:%S} {when.year} GMT"
+
+
+def _stdlib_cert_dict(cert: Any) -> dict[str, Any]:
+    """``cert`` (an ``X509Certificate``) as ``ssl.SSLSocket.getpeercert()`` gives one: long
+    attribute names, the name's entries in the certificate's order (the most general first),
+    the serial number in upper-case hex of whole bytes, times as OpenSSL prints them.
+    """
+
+    def name(pairs: Any) -> tuple[tuple[tuple[str, str]], ...]:
+        # X509Certificate lists the most specific entry first (RFC 2253): reversed here
+        return tuple(((_long_name(k), v),) for k, v in reversed(pairs))
+
+    serial = format(cert.serial_number, "X")
+    sans = tuple(
+        (kind, value.upper() if kind == "IP Address" and ":" in value else value)
+        for kind, value in cert.subject_alt_names
+    )
+    out: dict[str, Any] = {
+        "subject": name(cert.subject),
+        "issuer": name(cert.issuer),
+        "version": cert.version,
+        "serialNumber": serial if len(serial) % 2 == 0 else "0" + serial,
+        "notBefore": _asn1_time(cert.not_before),
+        "notAfter": _asn1_time(cert.not_after),
+    }
+    if sans:
+        out["subjectAltName"] = sans
+    return out
 
 
 def _cipher_tuple(sock: SslSocket) -> Optional[tuple[str, str, int]]:
