@@ -1,5 +1,22 @@
 """``python -m uvssl bench``: uvssl against a native C server, asyncio, uvloop and aiofastnet.
 
+Servers (``--servers``; all by default):
+
+==================  ==========================================================================
+uvssl               ``python -m uvssl serve`` (plain TCP: ``uvssl.bench.plain_echo``)
+native              ``native/echo_server.c``: single-threaded epoll + OpenSSL, the upper bound
+asyncio             ``py_servers``: an ``asyncio.Protocol`` echo on the stock loop + ``ssl``
+uvloop              the same protocol on uvloop's loop and TLS transport
+aiofastnet          the same protocol through ``aiofastnet.create_server`` (when installed)
+uvssl-aio           the same protocol through ``uvssl.aio.create_server`` on the stock loop
+aiohttp-uvssl       ``aiohttp_servers``: an aiohttp app served by ``uvssl.aio.create_server``
+aiohttp-uvloop      the same app on aiohttp's ``web.TCPSite`` on uvloop
+aiohttp-aiofastnet  the same app on ``web.TCPSite``, the stock loop patched by aiofastnet
+==================  ==========================================================================
+
+The aiohttp servers serve only the https-hello cell, and only they serve it; the other pairs
+are reported ``n/a``.
+
 Every server and the native load client (``native/loadgen.c``) run as separate processes on
 loopback. When the machine has more than one usable CPU the server is pinned to the first and
 the load client to the second (``os.sched_setaffinity`` in the child before ``exec``). Each
@@ -17,13 +34,27 @@ hs-resumed         resumed TLS 1.3 handshakes (session tickets) per second
 idle               server memory per idle TLS connection (RSS growth / connections)
 plain-echo-64      64-byte plain-TCP echo, 64 connections (uvssl: ``uvssl.bench.plain_echo``)
 udp-echo           64-byte UDP echo, 64 datagrams in flight: datagrams/s, p50/p99 latency
+https-hello        aiohttp ``GET /`` (body ``hello``) over HTTPS, 64 connections, driven by
+                   ``wrk``: requests/s, p50/p99 latency (ratios to aiohttp-uvssl)
 =================  =====================================================================
 
 The udp-echo cell has its own load client (``native/udp_load.c``: one connected UDP socket,
 a bounded number of requests in flight, a request without a reply after 200 ms counted as lost
 and sent again, so loss never stalls it) and its own servers: ``uvssl.bench.udp_echo``
 (``udp_socket``) and an ``asyncio.DatagramProtocol`` on asyncio and on uvloop
-(``py_servers --udp``). The native server and aiofastnet have no UDP echo: ``n/a``.
+(``py_servers --udp``). The native server, aiofastnet and uvssl-aio have no UDP echo:
+``n/a``.
+
+The https-hello cell's load client is ``wrk`` (``wrk -t2 -c64 -d<N>s --latency``, N the
+measured seconds rounded up to a whole second, as wrk counts them), run once unmeasured for
+the warm-up (whole seconds too) and then measured on new connections, so the 64 TLS
+handshakes of the measured run fall inside its window. A Lua ``done`` hook makes wrk print
+its figures as one line of JSON after its text summary, in the load client's format (requests,
+seconds, rps, p50_us, p99_us, errors), so the window and the CPU per request below are
+computed exactly as for the other cells. wrk does not verify the certificate. Without ``wrk``
+on the PATH the cell is reported skipped, with the reason. wrk runs two threads, so its
+``client_busy`` can reach 2; its CPU time is read in clock ticks from ``/proc/<pid>/stat``,
+which keeps the time of its threads after they end.
 
 Server CPU per operation
 ------------------------
@@ -91,7 +122,8 @@ prints ``IDLE <n>``; (after - before) / n. Then its stdin is closed and it finis
 before running anything) rather than running the whole bench and failing at the end.
 
 Exit status: 0 when every cell of every available server measured something (an unavailable
-optional server is reported as skipped, which is not a failure), 1 when a cell failed or the
+optional server, or the https-hello cell without wrk, is reported as skipped, which is not
+a failure), 1 when a cell failed or the
 native programs cannot be built, 2 for bad usage.
 """
 
@@ -625,14 +657,21 @@ class _LoadRun:
 
 
 def _run_loadgen(
-    argv: List[str], cpu: Optional[int], server: _Target, limit: float, idle: bool
+    argv: List[str],
+    cpu: Optional[int],
+    server: _Target,
+    limit: float,
+    idle: bool,
+    client_threads: bool = False,
 ) -> _LoadRun:
     """Run the load client while sampling the server's CPU; bounded by *limit* seconds.
 
     The server's CPU time is the sum over its processes (a sample is kept only when every one
     of them could be read); the load client's own CPU time is sampled too. With *idle*, on the
     ``IDLE <n>`` line the server's RSS and CPU are read, then the client's stdin is closed so it
-    ends.
+    ends. With *client_threads* (wrk: its threads end before it prints its figures, and an
+    ended thread leaves ``/proc/<pid>/task``) the client's CPU time is utime + stime from
+    ``/proc/<pid>/stat``, which keeps the ended threads' time, in clock ticks.
     """
     pids = list(server.pids)
     rss_before = sum(_rss_bytes(pid) for pid in pids) if idle else 0
@@ -666,7 +705,11 @@ def _run_loadgen(
             user_samples.append((now, sum(users)))
             sys_samples.append((now, sum(kernels)))
         if client_pid:
-            c = _cpu_seconds(client_pid, _cpu_split(client_pid))
+            csplit = _cpu_split(client_pid)
+            if client_threads:
+                c = None if csplit is None else csplit[0] + csplit[1]
+            else:
+                c = _cpu_seconds(client_pid, csplit)
             if c is not None:
                 client_samples.append((now, c))
 
@@ -881,15 +924,18 @@ def _measure(
             return _wrk_argv(loadgen, wrk_script, cell, server.port, cfg, priming=priming)
         return _loadgen_argv(loadgen, cell, server.port, cfg, priming=priming)
 
+    wrk = cell.mode == "http"
     prime_ops = 0
     if cell.prime:
         prime = _run_loadgen(
-            argv_for(True), client_cpu, server, limit, idle=False
-        ).result  # fmt: skip
+            argv_for(True), client_cpu, server, limit, idle=False, client_threads=wrk
+        ).result
         if prime.get("error"):
             raise BenchError(f"priming run failed: {prime['error']}")
         prime_ops = _ops(cell, prime)
-    run = _run_loadgen(argv_for(False), client_cpu, server, limit, idle=cell.mode == "idle")
+    run = _run_loadgen(
+        argv_for(False), client_cpu, server, limit, idle=cell.mode == "idle", client_threads=wrk
+    )
     r = run.result
     out: Dict[str, Any] = {"status": "ok", "errors": int(r.get("errors", 0))}
     out["prime_ops"] = prime_ops
@@ -1379,7 +1425,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m uvssl bench",
         description=(
             "Benchmark uvssl's TLS server against a native C epoll+OpenSSL server, asyncio+ssl, "
-            "uvloop+ssl and aiofastnet, driven by a native load client on loopback."
+            "uvloop+ssl and aiofastnet, driven by a native load client on loopback; an asyncio "
+            "Protocol on uvssl.aio against the same on the others; aiohttp over HTTPS on "
+            "uvssl.aio, uvloop and aiofastnet, driven by wrk."
         ),
         epilog=f"servers: {', '.join(SERVERS)}; cells: {', '.join(CELLS)}",
     )
