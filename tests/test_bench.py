@@ -11,12 +11,17 @@ import importlib.util
 import json
 import math
 import os
+import select
+import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from helpers import SLOWDOWN
+from helpers import SANITIZED, SLOWDOWN
+from tls_support import kill_process, recv_exactly, stdlib_client_context
 
 from uvssl.bench import runner
 
@@ -329,3 +334,167 @@ def test_bench_workers_tiny(tmp_path):
         assert "ratio above" not in format_scaling(report)
         sc["shared"]["echo-64"][0]["cpu_ratio"] = 1.5
         assert "ratio above 1.05: echo-64 with 2 workers (1.500)" in format_scaling(report)
+
+
+def _bench_subprocess(
+    tmp_path: Path, args: list[str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    return subprocess.run(
+        [sys.executable, "-m", "uvssl", "bench", "--", "--tiny", *args],
+        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+@pytest.mark.timeout(90 * SLOWDOWN)
+def test_bench_uvssl_aio_tiny(tmp_path):
+    # the asyncio echo protocol served by uvssl.aio, next to uvssl's own server
+    out = tmp_path / "bench.json"
+    cells = ["echo-64", "plain-echo-64"]
+    proc = _bench_subprocess(
+        tmp_path,
+        ["--servers", "uvssl,uvssl-aio", "--cells", ",".join(cells), "--json", str(out)],
+        80 * SLOWDOWN,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    assert report["servers"]["uvssl-aio"]["status"] == "ok"
+    for cell in cells:
+        res = report["results"]["uvssl-aio"][cell]
+        assert res["status"] == "ok", (cell, res)
+        assert res["ops"] > 0 and res["prime_ops"] > 0 and res["errors"] == 0
+        for metric in report["cells"][cell]["metrics"]:
+            assert math.isfinite(res[metric]) and res[metric] >= 0
+        assert set(report["ratios"]["uvssl-aio"][cell]) <= set(report["cells"][cell]["metrics"])
+        assert "rps" in report["ratios"]["uvssl-aio"][cell]
+    header = next(line for line in proc.stdout.splitlines() if line.startswith("cell"))
+    assert header.split()[2:] == ["uvssl", "uvssl-aio"]
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], limit: float) -> int:
+    assert proc.stdout is not None
+    line = b""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and not line.startswith(b"READY "):
+        ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+        if ready:
+            line = proc.stdout.readline()
+            assert line, "the server exited before READY"
+    assert line.startswith(b"READY "), "no READY line"
+    return int(line.split()[1])
+
+
+def _maps(pid: int) -> str:
+    with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
+@pytest.mark.timeout(60 * SLOWDOWN)
+@pytest.mark.parametrize("impl", ["uvssl-aio", "asyncio"])
+def test_py_server_uvssl_aio_runs_on_uvssl(tmp_path, certs, impl):
+    # run as a plain file, the module loads uvssl only to serve through uvssl.aio: uvssl's
+    # native core is then mapped in the server, and never in the stock asyncio one
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "uvssl" / "bench" / "py_servers.py"), "--impl", impl,
+         "--port", "0",
+         "--cert", str(certs.server_cert), "--key", str(certs.server_key)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=str(tmp_path),
+    )  # fmt: skip
+    try:
+        port = _wait_ready(proc, 30 * SLOWDOWN)
+        ctx = stdlib_client_context(certs)
+        with socket.create_connection(("127.0.0.1", port), timeout=10 * SLOWDOWN) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                for i in range(20):
+                    msg = b"ping %d " % i * 50
+                    tls.sendall(msg)
+                    assert recv_exactly(tls, len(msg)) == msg
+        assert ("_uvssl" in _maps(proc.pid)) == (impl == "uvssl-aio")
+        proc.terminate()
+        assert proc.wait(timeout=10 * SLOWDOWN) == 0
+    finally:
+        kill_process(proc)
+
+
+def test_py_server_uvssl_aio_has_no_udp():
+    from uvssl.bench import py_servers
+
+    assert py_servers.main(["--impl", "uvssl-aio", "--udp"]) == py_servers.EXIT_UNAVAILABLE
+
+
+@pytest.mark.timeout(120 * SLOWDOWN)
+@pytest.mark.skipif(
+    shutil.which("wrk") is None, reason="wrk is not installed (apt-get install wrk)"
+)
+@pytest.mark.skipif(not _has("aiohttp"), reason="aiohttp is not installed")
+@pytest.mark.skipif(
+    SANITIZED,
+    reason="under AddressSanitizer aiohttp's servers take longer to start than the bench "
+    "waits, and answer no request within wrk's whole-second runs",
+)
+def test_bench_https_hello_tiny(tmp_path):
+    out = tmp_path / "bench.json"
+    servers = ["uvssl", "aiohttp-uvssl"]
+    if _has("uvloop"):
+        servers.append("aiohttp-uvloop")
+    if _has("aiofastnet"):
+        servers.append("aiohttp-aiofastnet")
+    proc = _bench_subprocess(
+        tmp_path,
+        ["--servers", ",".join(servers), "--cells", "https-hello,echo-1", "--json", str(out)],
+        110 * SLOWDOWN,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    spec = report["cells"]["https-hello"]
+    assert spec["conns"] == 64 and spec["prime"] and spec["base"] == "aiohttp-uvssl"
+    for name in servers[1:]:
+        res = report["results"][name]["https-hello"]
+        assert res["status"] == "ok", (name, res)
+        assert res["ops"] > 0 and res["prime_ops"] > 0 and res["errors"] == 0, res
+        assert res["loadgen"]["status_errors"] == 0 and res["loadgen"]["error"] is None
+        for metric in spec["metrics"]:
+            assert math.isfinite(res[metric]) and res[metric] > 0, (name, metric)
+        assert res["seconds"] >= 0.9  # wrk counts whole seconds
+        assert res["client_cpu_s"] > 0  # wrk's two threads, read after they ended
+        # the aiohttp servers serve only this cell
+        assert report["results"][name]["echo-1"]["status"] == "n/a"
+    # uvssl's echo server has no HTTP app; it still measures its echo cell
+    assert report["results"]["uvssl"]["https-hello"]["status"] == "n/a"
+    assert report["results"]["uvssl"]["echo-1"]["status"] == "ok"
+    # ratios to aiohttp on uvssl.aio
+    assert "aiohttp-uvssl" not in report["ratios"]
+    for name in servers[2:]:
+        assert set(report["ratios"][name]["https-hello"]) == set(spec["metrics"])
+    assert "https-hello (HTTPS)" in proc.stdout
+    assert "(https-hello: / aiohttp-uvssl)" in proc.stdout
+
+
+def test_bench_https_hello_without_wrk_is_skipped(tmp_path, monkeypatch, capsys):
+    # a PATH with pkg-config but no wrk, the C compiler named by its absolute path: the native
+    # load client is built first with the usual PATH (where the compiler finds its assembler),
+    # then found in the cache
+    from uvssl.bench.native_build import build_native
+
+    cc = shutil.which(os.environ.get("CC", "cc"))
+    pkg_config = shutil.which("pkg-config")
+    if cc is None or pkg_config is None:
+        pytest.skip("no C compiler or pkg-config")
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "pkg-config").symlink_to(pkg_config)
+    monkeypatch.setenv("CC", cc)
+    build_native("loadgen")
+    monkeypatch.setenv("PATH", str(bindir))
+    out = tmp_path / "bench.json"
+    code = runner.main(
+        ["--tiny", "--servers", "aiohttp-uvssl", "--cells", "https-hello", "--no-progress",
+         "--json", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    res = json.loads(out.read_text())["results"]["aiohttp-uvssl"]["https-hello"]
+    assert res["status"] == "skipped" and "wrk is not installed" in res["reason"]
+    assert "https-hello: skipped (wrk is not installed" in capsys.readouterr().out

@@ -1,6 +1,6 @@
 """Python echo servers that uvssl's benchmark compares against.
 
-Run as ``python -m uvssl.bench.py_servers --impl asyncio|uvloop|aiofastnet --host H
+Run as ``python -m uvssl.bench.py_servers --impl asyncio|uvloop|aiofastnet|uvssl-aio --host H
 --port P (--cert C --key K | --plain)``. Once listening, the server prints
 ``READY <port>`` on stdout and flushes; SIGTERM or SIGINT stop it cleanly (exit 0).
 With ``--udp`` (asyncio and uvloop only) the server is a UDP echo instead: an
@@ -8,16 +8,20 @@ With ``--udp`` (asyncio and uvloop only) the server is a UDP echo instead: an
 ``--impl aiofastnet`` exits with status 3 and ``aiofastnet not available`` on stderr when
 the package is not installed, so a runner can report it as skipped.
 
-All three use the same :class:`EchoProtocol` (an :class:`asyncio.Protocol` that writes back
+All four use the same :class:`EchoProtocol` (an :class:`asyncio.Protocol` that writes back
 what it receives, with flow control) and a stdlib :class:`ssl.SSLContext`:
 
 - ``asyncio``: the stock event loop and its ``ssl`` transport.
 - ``uvloop``: uvloop's event loop (and its own TLS transport).
 - ``aiofastnet``: the stock event loop with ``aiofastnet.create_server``, aiofastnet's
   drop-in replacement of ``loop.create_server``.
+- ``uvssl-aio``: the stock event loop with ``uvssl.aio.create_server``: uvssl's loop runs
+  inside the asyncio loop and the sockets and TLS are uvssl's C; the protocol sees asyncio
+  transports. No UDP server (``--udp`` exits with status 3).
 
-This module deliberately imports nothing from uvssl, so it runs even as a plain file
-(``python uvssl/bench/py_servers.py ...``) while uvssl itself is not built.
+This module imports nothing from uvssl at module level (``uvssl.aio`` only for
+``--impl uvssl-aio``), so it runs even as a plain file (``python uvssl/bench/py_servers.py ...``)
+while uvssl itself is not built.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ __all__ = [
 #: Exit status when the requested implementation is not installed.
 EXIT_UNAVAILABLE = 3
 
-IMPLS = ("asyncio", "uvloop", "aiofastnet")
+IMPLS = ("asyncio", "uvloop", "aiofastnet", "uvssl-aio")
 
 
 class EchoProtocol(asyncio.Protocol):
@@ -154,6 +158,10 @@ def _server_factory(impl: str, loop: asyncio.AbstractEventLoop) -> CreateServer:
             return server
 
         return create_server
+    if impl == "uvssl-aio":
+        import uvssl.aio
+
+        return uvssl.aio.create_server
     return loop.create_server
 
 
@@ -228,11 +236,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--cert", help="PEM certificate chain (TLS)")
     parser.add_argument("--key", help="PEM private key (TLS)")
     parser.add_argument("--plain", action="store_true", help="plain TCP, no TLS")
-    parser.add_argument("--udp", action="store_true", help="UDP echo (asyncio, uvloop)")
+    parser.add_argument("--udp", action="store_true", help="UDP echo (asyncio, uvloop only)")
     args = parser.parse_args(argv)
     if args.udp:
-        if args.impl == "aiofastnet":
-            print("aiofastnet has no UDP server", file=sys.stderr)
+        if args.impl in ("aiofastnet", "uvssl-aio"):
+            print(f"{args.impl} has no UDP server", file=sys.stderr)
             return EXIT_UNAVAILABLE
         if not _available(args.impl):
             print(f"{args.impl} not available", file=sys.stderr)

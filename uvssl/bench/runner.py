@@ -1,5 +1,22 @@
 """``python -m uvssl bench``: uvssl against a native C server, asyncio, uvloop and aiofastnet.
 
+Servers (``--servers``; all by default):
+
+==================  ==========================================================================
+uvssl               ``python -m uvssl serve`` (plain TCP: ``uvssl.bench.plain_echo``)
+native              ``native/echo_server.c``: single-threaded epoll + OpenSSL, the upper bound
+asyncio             ``py_servers``: an ``asyncio.Protocol`` echo on the stock loop + ``ssl``
+uvloop              the same protocol on uvloop's loop and TLS transport
+aiofastnet          the same protocol through ``aiofastnet.create_server`` (when installed)
+uvssl-aio           the same protocol through ``uvssl.aio.create_server`` on the stock loop
+aiohttp-uvssl       ``aiohttp_servers``: an aiohttp app served by ``uvssl.aio.create_server``
+aiohttp-uvloop      the same app on aiohttp's ``web.TCPSite`` on uvloop
+aiohttp-aiofastnet  the same app on ``web.TCPSite``, the stock loop patched by aiofastnet
+==================  ==========================================================================
+
+The aiohttp servers serve only the https-hello cell, and only they serve it; the other pairs
+are reported ``n/a``.
+
 Every server and the native load client (``native/loadgen.c``) run as separate processes on
 loopback. When the machine has more than one usable CPU the server is pinned to the first and
 the load client to the second (``os.sched_setaffinity`` in the child before ``exec``). Each
@@ -17,13 +34,27 @@ hs-resumed         resumed TLS 1.3 handshakes (session tickets) per second
 idle               server memory per idle TLS connection (RSS growth / connections)
 plain-echo-64      64-byte plain-TCP echo, 64 connections (uvssl: ``uvssl.bench.plain_echo``)
 udp-echo           64-byte UDP echo, 64 datagrams in flight: datagrams/s, p50/p99 latency
+https-hello        aiohttp ``GET /`` (body ``hello``) over HTTPS, 64 connections, driven by
+                   ``wrk``: requests/s, p50/p99 latency (ratios to aiohttp-uvssl)
 =================  =====================================================================
 
 The udp-echo cell has its own load client (``native/udp_load.c``: one connected UDP socket,
 a bounded number of requests in flight, a request without a reply after 200 ms counted as lost
 and sent again, so loss never stalls it) and its own servers: ``uvssl.bench.udp_echo``
 (``udp_socket``) and an ``asyncio.DatagramProtocol`` on asyncio and on uvloop
-(``py_servers --udp``). The native server and aiofastnet have no UDP echo: ``n/a``.
+(``py_servers --udp``). The native server, aiofastnet and uvssl-aio have no UDP echo:
+``n/a``.
+
+The https-hello cell's load client is ``wrk`` (``wrk -t2 -c64 -d<N>s --latency``, N the
+measured seconds rounded up to a whole second, as wrk counts them), run once unmeasured for
+the warm-up (whole seconds too) and then measured on new connections, so the 64 TLS
+handshakes of the measured run fall inside its window. A Lua ``done`` hook makes wrk print
+its figures as one line of JSON after its text summary, in the load client's format (requests,
+seconds, rps, p50_us, p99_us, errors), so the window and the CPU per request below are
+computed exactly as for the other cells. wrk does not verify the certificate. Without ``wrk``
+on the PATH the cell is reported skipped, with the reason. wrk runs two threads, so its
+``client_busy`` can reach 2; its CPU time is read in clock ticks from ``/proc/<pid>/stat``,
+which keeps the time of its threads after they end.
 
 Server CPU per operation
 ------------------------
@@ -91,7 +122,8 @@ prints ``IDLE <n>``; (after - before) / n. Then its stdin is closed and it finis
 before running anything) rather than running the whole bench and failing at the end.
 
 Exit status: 0 when every cell of every available server measured something (an unavailable
-optional server is reported as skipped, which is not a failure), 1 when a cell failed or the
+optional server, or the https-hello cell without wrk, is reported as skipped, which is not
+a failure), 1 when a cell failed or the
 native programs cannot be built, 2 for bad usage.
 """
 
@@ -101,6 +133,7 @@ import argparse
 import ctypes
 import datetime
 import json
+import math
 import os
 import platform
 import resource
@@ -149,9 +182,17 @@ PRIME_SECONDS = 0.5
 #: Upper bound on the samples kept per load-client run (about 30 minutes at 100 Hz).
 MAX_SAMPLES = 200_000
 
-SERVERS: Tuple[str, ...] = ("uvssl", "native", "asyncio", "uvloop", "aiofastnet")
+SERVERS: Tuple[str, ...] = (
+    "uvssl", "native", "asyncio", "uvloop", "aiofastnet", "uvssl-aio",
+    "aiohttp-uvssl", "aiohttp-uvloop", "aiohttp-aiofastnet",
+)  # fmt: skip
 #: The servers that have a UDP echo (the udp-echo cell); the others are reported ``n/a``.
 UDP_SERVERS: Tuple[str, ...] = ("uvssl", "asyncio", "uvloop")
+#: The aiohttp servers: they serve only the https-hello cell, which only they serve.
+HTTP_SERVERS: Tuple[str, ...] = ("aiohttp-uvssl", "aiohttp-uvloop", "aiohttp-aiofastnet")
+#: wrk's threads and the seconds before it counts a request as timed out (https-hello).
+WRK_THREADS = 2
+WRK_TIMEOUT = "5s"
 
 
 @dataclass(frozen=True)
@@ -191,6 +232,8 @@ class CellSpec:
     #: The cell's connections stay open for the whole run, so a fresh server would be measured
     #: in a state no long-running server is in: run a priming load first (see "Priming").
     prime: bool = False
+    #: the server the other servers' figures are divided by, for the ratios
+    base: str = "uvssl"
 
 
 CELLS: Dict[str, CellSpec] = {
@@ -212,6 +255,9 @@ CELLS: Dict[str, CellSpec] = {
                  ("rps", "p50_us", "p99_us", "cpu_s_per_op"), "request", prime=True),
         CellSpec("udp-echo", "64 B UDP echo, 64 in flight", "udp-echo", False, 64, 64,
                  ("dgps", "p50_us", "p99_us", "cpu_s_per_op"), "datagram echoed", prime=True),
+        CellSpec("https-hello", "aiohttp GET / over HTTPS, 64 conns (wrk)", "http", True, 64, 0,
+                 ("rps", "p50_us", "p99_us", "cpu_s_per_op"), "HTTP request (GET /, 5-byte body)",
+                 prime=True, base="aiohttp-uvssl"),
     )
 }  # fmt: skip
 
@@ -611,14 +657,21 @@ class _LoadRun:
 
 
 def _run_loadgen(
-    argv: List[str], cpu: Optional[int], server: _Target, limit: float, idle: bool
+    argv: List[str],
+    cpu: Optional[int],
+    server: _Target,
+    limit: float,
+    idle: bool,
+    client_threads: bool = False,
 ) -> _LoadRun:
     """Run the load client while sampling the server's CPU; bounded by *limit* seconds.
 
     The server's CPU time is the sum over its processes (a sample is kept only when every one
     of them could be read); the load client's own CPU time is sampled too. With *idle*, on the
     ``IDLE <n>`` line the server's RSS and CPU are read, then the client's stdin is closed so it
-    ends.
+    ends. With *client_threads* (wrk: its threads end before it prints its figures, and an
+    ended thread leaves ``/proc/<pid>/task``) the client's CPU time is utime + stime from
+    ``/proc/<pid>/stat``, which keeps the ended threads' time, in clock ticks.
     """
     pids = list(server.pids)
     rss_before = sum(_rss_bytes(pid) for pid in pids) if idle else 0
@@ -652,7 +705,11 @@ def _run_loadgen(
             user_samples.append((now, sum(users)))
             sys_samples.append((now, sum(kernels)))
         if client_pid:
-            c = _cpu_seconds(client_pid, _cpu_split(client_pid))
+            csplit = _cpu_split(client_pid)
+            if client_threads:
+                c = None if csplit is None else csplit[0] + csplit[1]
+            else:
+                c = _cpu_seconds(client_pid, csplit)
             if c is not None:
                 client_samples.append((now, c))
 
@@ -746,6 +803,10 @@ def _server_argv(
 ) -> List[str]:
     tls_args = ["--cert", str(cert), "--key", str(key)]
     common = ["--host", HOST, "--port", "0"]
+    if name in HTTP_SERVERS:
+        impl = name[len("aiohttp-") :]
+        return [sys.executable, "-m", "uvssl.bench.aiohttp_servers", "--impl", impl, *common,
+                *tls_args]  # fmt: skip
     if udp:
         if name == "uvssl":
             return [sys.executable, "-m", "uvssl.bench.udp_echo", *common]
@@ -761,6 +822,42 @@ def _server_argv(
     return [
         sys.executable, "-m", "uvssl.bench.py_servers", "--impl", name, *common,
         *(tls_args if tls else ["--plain"]),
+    ]  # fmt: skip
+
+
+#: wrk's Lua script for the https-hello cell: when the run ends, one line of JSON with the
+#: figures the load client's JSON has (``done`` runs after wrk's own text summary).
+WRK_SCRIPT = """\
+done = function(summary, latency, requests)
+  local e = summary.errors
+  local errors = e.connect + e.read + e.write + e.status + e.timeout
+  local seconds = summary.duration / 1e6
+  local rps = 0
+  if seconds > 0 then rps = summary.requests / seconds end
+  local err = "null"
+  if summary.requests == 0 then err = '"no request completed"' end
+  io.write(string.format(
+    '{"requests": %d, "seconds": %.6f, "rps": %.3f, "p50_us": %.1f, "p99_us": %.1f, ' ..
+    '"errors": %d, "connect_errors": %d, "read_errors": %d, "write_errors": %d, ' ..
+    '"status_errors": %d, "timeouts": %d, "bytes": %d, "error": %s}\\n',
+    summary.requests, seconds, rps, latency:percentile(50), latency:percentile(99),
+    errors, e.connect, e.read, e.write, e.status, e.timeout, summary.bytes, err))
+end
+"""
+
+
+def _wrk_argv(
+    wrk: Path, script: Path, cell: CellSpec, port: int, cfg: Config, priming: bool = False
+) -> List[str]:
+    """The command line of wrk for *cell* (https-hello); with *priming*, the unmeasured warm-up.
+
+    wrk takes whole seconds: the measured run lasts ``ceil(duration)`` (at least 1), the
+    warm-up ``ceil(warmup)`` (at least 1).
+    """
+    seconds = max(1, math.ceil(cfg.warmup if priming else cfg.duration))
+    return [
+        str(wrk), f"-t{WRK_THREADS}", f"-c{cell.conns}", f"-d{seconds}s", "--latency",
+        "--timeout", WRK_TIMEOUT, "-s", str(script), f"https://{HOST}:{port}/",
     ]  # fmt: skip
 
 
@@ -799,7 +896,7 @@ def _loadgen_argv(
 
 def _ops(cell: CellSpec, result: Dict[str, Any]) -> int:
     """The operations a load-client run of *cell* counted (see ``CellSpec.op``)."""
-    if cell.mode in ("echo", "udp-echo"):
+    if cell.mode in ("echo", "udp-echo", "http"):
         return int(result["requests"])
     if cell.mode == "bulk":
         return int(result["bytes"]) // cell.size
@@ -812,20 +909,33 @@ def _measure(
     loadgen: Path,
     cfg: Config,
     client_cpu: Optional[int],
+    wrk_script: Optional[Path] = None,
 ) -> Dict[str, Any]:
-    """Run the load client against *server* for *cell*; return the cell's figures."""
+    """Run the load client against *server* for *cell*; return the cell's figures.
+
+    For the https-hello cell *loadgen* is wrk and *wrk_script* its Lua script (``WRK_SCRIPT``).
+    """
     limit = cfg.timeout + cfg.warmup + cfg.duration + 30.0
+
+    def argv_for(priming: bool) -> List[str]:
+        if cell.mode == "http":
+            if wrk_script is None:
+                raise BenchError("the https-hello cell needs wrk's script")
+            return _wrk_argv(loadgen, wrk_script, cell, server.port, cfg, priming=priming)
+        return _loadgen_argv(loadgen, cell, server.port, cfg, priming=priming)
+
+    wrk = cell.mode == "http"
     prime_ops = 0
     if cell.prime:
         prime = _run_loadgen(
-            _loadgen_argv(loadgen, cell, server.port, cfg, priming=True),
-            client_cpu, server, limit, idle=False,
-        ).result  # fmt: skip
+            argv_for(True), client_cpu, server, limit, idle=False, client_threads=wrk
+        ).result
         if prime.get("error"):
             raise BenchError(f"priming run failed: {prime['error']}")
         prime_ops = _ops(cell, prime)
-    argv = _loadgen_argv(loadgen, cell, server.port, cfg)
-    run = _run_loadgen(argv, client_cpu, server, limit, idle=cell.mode == "idle")
+    run = _run_loadgen(
+        argv_for(False), client_cpu, server, limit, idle=cell.mode == "idle", client_threads=wrk
+    )
     r = run.result
     out: Dict[str, Any] = {"status": "ok", "errors": int(r.get("errors", 0))}
     out["prime_ops"] = prime_ops
@@ -849,7 +959,7 @@ def _measure(
         )
     else:
         seconds = float(r.get("seconds", 0.0))
-        if cell.mode in ("echo", "udp-echo"):
+        if cell.mode in ("echo", "udp-echo", "http"):
             out.update(rps=float(r["rps"]), p50_us=float(r["p50_us"]), p99_us=float(r["p99_us"]))
             if cell.mode == "udp-echo":
                 out.update(dgps=float(r["rps"]), lost=int(r.get("lost", 0)))
@@ -1014,6 +1124,10 @@ def run(config: Config) -> Dict[str, Any]:
             udp_load = build_native("udp_load")
         except NativeBuildError as exc:
             udp_error = f"cannot build the UDP load client: {exc}"
+    wrk: Optional[Path] = None
+    if any(CELLS[c].mode == "http" for c in config.cells):
+        found = shutil.which("wrk")
+        wrk = Path(found) if found else None
     native: Optional[Path] = None
     native_error = ""
     if "native" in config.servers:
@@ -1034,21 +1148,37 @@ def run(config: Config) -> Dict[str, Any]:
     t_begin = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="uvssl-bench-") as tmp:
         cert, key = make_certificate(Path(tmp))
+        wrk_script = Path(tmp) / "report.lua"
+        wrk_script.write_text(WRK_SCRIPT, encoding="utf-8")
 
         def measure_once(name: str, cell: CellSpec) -> Dict[str, Any]:
             status = servers[name]
             if status["status"] != "ok":
                 return {"status": status["status"], "reason": status["reason"]}
             udp = cell.mode == "udp-echo"
+            http = cell.mode == "http"
             if udp and name not in UDP_SERVERS:
                 return {"status": "n/a", "reason": f"{name} has no UDP echo server"}
             if udp and udp_load is None:
                 return {"status": "failed", "reason": udp_error}
+            if http != (name in HTTP_SERVERS):
+                what = "serves only the https-hello cell" if not http else "is not an aiohttp app"
+                return {"status": "n/a", "reason": f"{name} {what}"}
+            if http and wrk is None:
+                return {
+                    "status": "skipped",
+                    "reason": "wrk is not installed (the https-hello cell's load client: "
+                    "apt-get install wrk)",
+                }
             try:
                 argv = _server_argv(name, cell.tls, cert, key, native, udp=udp)
                 with _Server(argv, server_cpu) as server:
-                    lg = udp_load if udp and udp_load is not None else loadgen
-                    return _measure(cell, server, lg, config, client_cpu)
+                    lg = loadgen
+                    if udp and udp_load is not None:
+                        lg = udp_load
+                    elif http and wrk is not None:
+                        lg = wrk
+                    return _measure(cell, server, lg, config, client_cpu, wrk_script)
             except _Unavailable as exc:
                 servers[name] = {"status": "skipped", "reason": str(exc).strip()}
                 return {"status": "skipped", "reason": servers[name]["reason"]}
@@ -1078,12 +1208,12 @@ def run(config: Config) -> Dict[str, Any]:
     elapsed = time.monotonic() - t_begin
 
     ratios: Dict[str, Dict[str, Dict[str, float]]] = {}
-    base = results.get("uvssl", {})
     for name in config.servers:
-        if name == "uvssl":
-            continue
         for cell in cells:
-            mine, ref = results[name].get(cell.key, {}), base.get(cell.key, {})
+            if name == cell.base:
+                continue
+            mine = results[name].get(cell.key, {})
+            ref = results.get(cell.base, {}).get(cell.key, {})
             if mine.get("status") != "ok" or ref.get("status") != "ok":
                 continue
             for m in cell.metrics:
@@ -1110,7 +1240,7 @@ def run(config: Config) -> Dict[str, Any]:
                 "from load-client start to its IDLE line, per connection opened"
             ),
             "cpu_resolution_s": 1e-9 if _SCHEDSTAT else 1 / _CLK_TCK,
-            "ratio_base": "uvssl",
+            "ratio_base": "uvssl",  # a cell's own "base" says when it is another server
         },
         "metrics": {k: asdict(v) for k, v in METRICS.items()},
         "cells": {
@@ -1154,6 +1284,8 @@ def _cell_label(report: Dict[str, Any], key: str) -> str:
         return f"idle-{c['conns']} (TLS)"
     if c["mode"] == "udp-echo":
         return f"{key} (UDP)"
+    if c["mode"] == "http":
+        return f"{key} (HTTPS)"
     return f"{key} ({'TLS' if c['tls'] else 'plain TCP'})"
 
 
@@ -1178,8 +1310,13 @@ def format_table(report: Dict[str, Any]) -> str:
         + (f", {cfg['rounds']} rounds (figures are medians)" if cfg.get("rounds", 1) > 1 else "")
         + "; "
         f"idle: {cfg['idle_conns']} connections; handshakes: {cfg['hs_conns']} at a time",
-        "ratios are server / uvssl; (+) higher is better, (-) lower is better; "
-        "CPU/op = server CPU per operation",
+        "ratios are server / uvssl"
+        + "".join(
+            f" ({key}: / {c.get('base')})"
+            for key, c in report["cells"].items()
+            if c.get("base", "uvssl") != "uvssl"
+        )
+        + "; (+) higher is better, (-) lower is better; CPU/op = server CPU per operation",
         "",
     ]
     header = ["cell", "metric", *names]
@@ -1198,6 +1335,11 @@ def format_table(report: Dict[str, Any]) -> str:
                     row.append(status)
                     if i == 0 and status == "failed":
                         notes.append(f"{name} {key} failed: {res.get('reason', '')}")
+                    skipped_cell = report["servers"].get(name, {}).get("status") == "ok"
+                    if i == 0 and status == "skipped" and skipped_cell:
+                        note = f"{key}: skipped ({res.get('reason', '')})"
+                        if note not in notes:
+                            notes.append(note)
                     continue
                 text = _fmt(res[m] * ms.scale)
                 if res.get("errors"):
@@ -1283,7 +1425,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m uvssl bench",
         description=(
             "Benchmark uvssl's TLS server against a native C epoll+OpenSSL server, asyncio+ssl, "
-            "uvloop+ssl and aiofastnet, driven by a native load client on loopback."
+            "uvloop+ssl and aiofastnet, driven by a native load client on loopback; an asyncio "
+            "Protocol on uvssl.aio against the same on the others; aiohttp over HTTPS on "
+            "uvssl.aio, uvloop and aiofastnet, driven by wrk."
         ),
         epilog=f"servers: {', '.join(SERVERS)}; cells: {', '.join(CELLS)}",
     )
