@@ -398,7 +398,7 @@ class Transport(asyncio.Transport):
         self._high, self._low = high, low
         if not self._sock.closed:
             self._sock.set_write_buffer_limits(high, low)
-            if self._sock.write_buffer_size() > high:
+            if self._sock.write_buffer_size > high:
                 self._maybe_pause()
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
@@ -409,7 +409,7 @@ class Transport(asyncio.Transport):
         """Bytes written that have not reached the kernel yet."""
         if self._sock.closed:
             return 0
-        return self._sock.write_buffer_size()
+        return self._sock.write_buffer_size
 
     def write(self, data: Union[bytes, bytearray, memoryview]) -> None:
         """Queue ``data``; it is sent at the end of this turn of the loops."""
