@@ -78,7 +78,14 @@ async def create_connection(
 
     if ctx is None:
         sock: Any = new_socket(
-            _AioSocket, h.loop, None, failed, connected, None, False, target=(host, check_port(port))
+            _AioSocket,
+            h.loop,
+            None,
+            failed,
+            connected,
+            None,
+            False,
+            target=(host, check_port(port)),
         )
     else:
         tls = _client_tls(
@@ -94,7 +101,14 @@ async def create_connection(
             None,
         )
         sock = new_socket(
-            _AioSslSocket, h.loop, None, failed, connected, None, False, target=(host, check_port(port))
+            _AioSslSocket,
+            h.loop,
+            None,
+            failed,
+            connected,
+            None,
+            False,
+            target=(host, check_port(port)),
         )
         _start_client_tls(sock, tls, tls.server_hostname or host)
     try:

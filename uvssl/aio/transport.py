@@ -83,11 +83,12 @@ class SslObject:
             return None
         if binary_form:
             return cert.to_der()
+        serial = format(cert.serial_number, "X")
         return {
-            "subject": tuple(((k, v),) for k, v in cert.subject),
-            "issuer": tuple(((k, v),) for k, v in cert.issuer),
+            "subject": _stdlib_name(cert.subject),
+            "issuer": _stdlib_name(cert.issuer),
             "version": cert.version,
-            "serialNumber": format(cert.serial_number, "X"),
+            "serialNumber": serial if len(serial) % 2 == 0 else "0" + serial,
             "notBefore": cert.not_before.strftime("%b %d %H:%M:%S %Y GMT"),
             "notAfter": cert.not_after.strftime("%b %d %H:%M:%S %Y GMT"),
             "subjectAltName": tuple(cert.subject_alt_names),
@@ -116,6 +117,32 @@ class SslObject:
     def session_reused(self) -> bool:
         """True when the handshake resumed a session."""
         return self._sock.session_reused
+
+
+# OpenSSL's short attribute names -> the long ones ``ssl`` uses in getpeercert()
+_LONG_NAMES = {
+    "CN": "commonName",
+    "O": "organizationName",
+    "OU": "organizationalUnitName",
+    "C": "countryName",
+    "ST": "stateOrProvinceName",
+    "L": "localityName",
+    "DC": "domainComponent",
+    "UID": "userId",
+    "GN": "givenName",
+    "SN": "surname",
+    "street": "streetAddress",
+    "jurisdictionC": "jurisdictionCountryName",
+    "jurisdictionST": "jurisdictionStateOrProvinceName",
+    "jurisdictionL": "jurisdictionLocalityName",
+}
+
+
+def _stdlib_name(pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[tuple[str, str]], ...]:
+    """A name as ``ssl.SSLObject.getpeercert`` gives it: its RDNs in the certificate's order
+    (uvssl's own are in RFC 2253 order, the reverse), attributes under their long names.
+    """
+    return tuple(((_LONG_NAMES.get(k, k), v),) for k, v in reversed(pairs))
 
 
 def _cipher_tuple(sock: SslSocket) -> Optional[tuple[str, str, int]]:
@@ -281,9 +308,11 @@ class Transport(asyncio.Transport):
         if self._lost:
             return
         self._closing = True
-        if not self._sock.closed:
-            self._sock.close(force=True)  # its closed notice may come now or later
+        # connection_lost gets ``exc`` (asyncio's fatal-error path): the socket's own closed
+        # notice may come inside close(force=True), and would report None first
         self._connection_lost(exc)
+        if not self._sock.closed:
+            self._sock.close(force=True)
 
     def _socket_closed(self) -> None:
         """The socket finished closing (flushed, or dropped)."""
@@ -300,7 +329,8 @@ class Transport(asyncio.Transport):
 
     def _call_connection_lost(self, exc: Optional[BaseException]) -> None:
         try:
-            self._protocol.connection_lost(exc)
+            # asyncio's stubs say Exception; what arrives here is one, or None
+            self._protocol.connection_lost(exc)  # type: ignore[arg-type]
         finally:
             server = self._server
             self._server = None
@@ -385,7 +415,9 @@ class Transport(asyncio.Transport):
         self._sock.resume_reading()
 
     # -- asyncio.WriteTransport --------------------------------------------------------------
-    def set_write_buffer_limits(self, high: Optional[int] = None, low: Optional[int] = None) -> None:
+    def set_write_buffer_limits(
+        self, high: Optional[int] = None, low: Optional[int] = None
+    ) -> None:
         """Set the flow-control marks (bytes): ``pause_writing()`` above ``high``,
         ``resume_writing()`` at ``low`` (defaults: 64 KiB, and a quarter of high).
         """
@@ -414,7 +446,9 @@ class Transport(asyncio.Transport):
     def write(self, data: Union[bytes, bytearray, memoryview]) -> None:
         """Queue ``data``; it is sent at the end of this turn of the loops."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
+            raise TypeError(
+                f"data argument must be a bytes-like object, not {type(data).__name__!r}"
+            )
         if self._eof_sent:
             raise RuntimeError("Cannot call write() after write_eof()")
         if not data:
