@@ -389,16 +389,22 @@ def test_server_port_sockets_and_async_with(run: Runner) -> None:
 def test_serve_forever_cancelled_closes_server(run: Runner) -> None:
     """Cancelling ``serve_forever()`` ends it with CancelledError and closes the server."""
 
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await read_all(r)
+        w.close()
+
     async def main() -> None:
-        srv = await uvssl.aio.start_server(lambda r, w: None, LOCALHOST, 0)
+        srv = await uvssl.aio.start_server(handler, LOCALHOST, 0)
         task = asyncio.ensure_future(srv.serve_forever())
         await asyncio.sleep(0.01)
         assert not task.done()
         r, w = await asyncio.open_connection(LOCALHOST, srv.port)  # it serves meanwhile
+        w.write_eof()
+        assert await r.read() == b""  # the server's side of it ended
         await close_writer(w)
         task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+        with pytest.raises(asyncio.CancelledError):  # not a TimeoutError: it ends by itself
+            await asyncio.wait_for(task, DEADLINE / 2)
         assert not srv.is_serving()
         with pytest.raises(OSError):
             await asyncio.open_connection(LOCALHOST, srv.port)
@@ -665,22 +671,7 @@ async def _pending_write(
     return n, peer, p.events
 
 
-@pytest.mark.parametrize(
-    "peer",
-    [
-        "asyncio-plain",
-        pytest.param(
-            "asyncio-tls",
-            marks=pytest.mark.xfail(
-                strict=False,
-                reason="a graceful close stops reading: bytes the peer sends meanwhile (TLS "
-                "session tickets) are unread at the close, which then resets the connection",
-            ),
-        ),
-        "uvssl-plain",
-        "uvssl-tls",
-    ],
-)
+@pytest.mark.parametrize("peer", ["asyncio-plain", "asyncio-tls", "uvssl-plain", "uvssl-tls"])
 def test_close_flushes_pending_writes(run: Runner, certs: Certs, peer: str) -> None:
     """close() with megabytes still buffered sends them all before closing; then
     connection_lost(None)."""
@@ -691,6 +682,35 @@ def test_close_flushes_pending_writes(run: Runner, certs: Certs, peer: str) -> N
         assert len(got.data) == n
         assert bytes(got.data) == pattern(n, b"pending")
         assert events[0] == "made" and events[-1] == "lost"
+
+    run(main)
+
+
+@pytest.mark.parametrize("tls", ["plain", "uvssl"])
+def test_close_reads_while_it_flushes(run: Runner, certs: Certs, tls: str) -> None:
+    """Bytes the peer sends while a close() is still flushing do not cost the peer any of the
+    data: the closing end reads (and drops) them, so its close is no reset."""
+    _, client_ssl = tls_pair(tls, certs)
+    n = 32 * 1024 * 1024
+
+    async def main() -> None:
+        srv, port, made = await held_peer("asyncio", tls, certs)
+        t, p = await uvssl.aio.create_connection(Recorder, LOCALHOST, port, ssl=client_ssl)
+        assert isinstance(p, Recorder)
+        peer = await first(made)
+        t.write(pattern(n, b"late"))
+        await asyncio.sleep(0.05)
+        t.close()
+        await asyncio.sleep(0.05)
+        assert not p.lost.done()  # still flushing to the held peer
+        peer.transport.write(b"a late request" * 100)
+        await asyncio.sleep(0.05)
+        peer.release()
+        assert await peer.lost is None
+        assert len(peer.data) == n
+        assert await p.lost is None
+        srv.close()
+        await srv.wait_closed()
 
     run(main)
 
