@@ -16,8 +16,12 @@ import pytest
 from helpers import SLOWDOWN
 from tls_support import (
     LOCALHOST,
+    PEER_TIMEOUT,
     Certs,
+    PeerThread,
     free_port,
+    listening_socket,
+    recv_until,
     server_der,
     stdlib_client_context,
     stdlib_server_context,
@@ -336,6 +340,42 @@ def test_streams_readline_readexactly(run: Runner, certs: Certs, tls: str, ends:
         await srv.wait_closed()
 
     run(main)
+
+
+def test_tls_to_stdlib_server_thread(run: Runner, certs: Certs) -> None:
+    """A uvssl.aio TLS client against a blocking stdlib ``ssl`` server in a thread: ALPN, a
+    line each way, and the client's close is the server's clean end of the session."""
+    ls = listening_socket()
+    port = ls.getsockname()[1]
+    sctx = stdlib_server_context(certs)
+    sctx.set_alpn_protocols(["x-test", "http/1.1"])
+
+    def serve() -> tuple[bytes, Optional[str], bytes]:
+        conn, _ = ls.accept()
+        with sctx.wrap_socket(conn, server_side=True) as tls:
+            tls.settimeout(PEER_TIMEOUT)
+            line = recv_until(tls, b"\n")
+            tls.sendall(line.upper())
+            rest = tls.recv(100)  # b"" once the client's close_notify came
+            return line, tls.selected_alpn_protocol(), rest
+
+    peer = PeerThread(serve)
+    peer.start()
+
+    async def main() -> None:
+        r, w = await uvssl.aio.open_connection(
+            LOCALHOST, port, ssl=uvssl.Context.client(ca_file=str(certs.ca)), alpn=["x-test"]
+        )
+        assert w.get_extra_info("ssl_object").selected_alpn_protocol() == "x-test"
+        w.write(b"hello thread\n")
+        assert await r.readline() == b"HELLO THREAD\n"
+        await close_writer(w)
+
+    try:
+        run(main)
+    finally:
+        ls.close()
+    assert peer.result() == (b"hello thread\n", "x-test", b"")
 
 
 @pytest.mark.parametrize("tls", ["plain", "uvssl"])
