@@ -1,4 +1,4 @@
-"""uvssl under asyncio (SPEC S11): uvssl's loop runs inside the running asyncio loop.
+"""uvssl under asyncio: uvssl's loop runs inside the running asyncio loop.
 
 ``create_connection`` / ``create_server`` give asyncio transports whose data path (sockets,
 TLS) is uvssl's C; ``open_connection`` / ``start_server`` give asyncio's own streams over them.

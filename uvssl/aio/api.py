@@ -1,4 +1,4 @@
-"""``create_connection``, ``create_server``, ``open_connection``, ``start_server`` (SPEC S11).
+"""``create_connection``, ``create_server``, ``open_connection``, ``start_server``.
 
 Connections are made by uvssl (name resolution, connect, the TLS handshake in C) and handed to
 a ``Transport`` from inside the uvssl callback that announces them, so no byte read after the
