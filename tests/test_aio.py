@@ -1250,6 +1250,39 @@ def test_exception_in_data_received(run: Runner) -> None:
     run(main)
 
 
+def test_exception_in_protocol_factory_or_connection_made(run: Runner) -> None:
+    """A server's protocol_factory raising: the exception handler hears of it and the client's
+    connection is closed (not left waiting). connection_made raising: the same, and the
+    protocol's connection_lost gets the exception."""
+    lost: list[Optional[BaseException]] = []
+
+    def bad_factory() -> asyncio.Protocol:
+        raise ValueError("no protocol")
+
+    class BadStart(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            raise RuntimeError("no start")
+
+        def connection_lost(self, exc: Optional[BaseException]) -> None:
+            lost.append(exc)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        seen: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda lp, ctx: seen.append(ctx))
+        for factory in (bad_factory, BadStart):
+            srv = await uvssl.aio.create_server(factory, LOCALHOST, 0)
+            r, w = await asyncio.open_connection(LOCALHOST, srv.port)
+            assert await read_all(r) == b""
+            await close_writer(w)
+            srv.close()
+            await srv.wait_closed()
+        assert [type(ctx["exception"]) for ctx in seen] == [ValueError, RuntimeError]
+        assert len(lost) == 1 and isinstance(lost[0], RuntimeError)
+
+    run(main)
+
+
 async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
     """asyncio stream handler echoing until EOF."""
     try:
