@@ -1425,6 +1425,7 @@ def test_loop_closes_with_uvssl_handles_open(run: Runner, certs: Certs) -> None:
 
     async def main() -> int:
         srv = await uvssl.aio.create_server(Recorder, LOCALHOST, 0, ssl=server_ssl)
+        assert srv.sockets[0].getsockname()[1] == srv.port  # its socket object, open too
         t, p = await uvssl.aio.create_connection(Recorder, LOCALHOST, srv.port, ssl=client_ssl)
         assert isinstance(p, Recorder)
         plain = await uvssl.aio.create_server(Recorder, LOCALHOST, 0)
