@@ -5,9 +5,12 @@ uvloop, against uvssl.aio itself and against asyncio's own servers and clients o
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import hashlib
+import socket
 import ssl
+import struct
 import warnings
 from collections.abc import Awaitable
 from typing import Any, Callable, Optional
@@ -1384,6 +1387,71 @@ def test_tls_verification_failure(run: Runner, certs: Certs, why: str) -> None:
         await srv.wait_closed()
 
     run(main, check_errors=False)  # asyncio's server may log the failed handshake
+
+
+def test_handshake_timeout(run: Runner, certs: Certs) -> None:
+    """ssl_handshake_timeout against a server that never answers the ClientHello:
+    create_connection raises SslHandshakeTimeout."""
+    _, client_ssl = tls_pair("uvssl", certs)
+
+    async def silent(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await read_all(r)
+        w.close()
+
+    async def main() -> None:
+        srv, port = await stdlib_server(silent)
+        with pytest.raises(uvssl.SslHandshakeTimeout):
+            await uvssl.aio.create_connection(
+                Recorder, LOCALHOST, port, ssl=client_ssl, ssl_handshake_timeout=0.2
+            )
+        srv.close()
+        await srv.wait_closed()
+
+    run(main)
+
+
+def test_reset_by_peer_reaches_connection_lost(run: Runner) -> None:
+    """A peer that resets the connection: connection_lost gets an OSError with ECONNRESET."""
+
+    async def resets(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.read(1)
+        sock = w.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        w.transport.abort()
+
+    async def main() -> None:
+        srv, port = await stdlib_server(resets)
+        t, p = await uvssl.aio.create_connection(Recorder, LOCALHOST, port)
+        assert isinstance(p, Recorder)
+        t.write(b"x")
+        exc = await p.lost
+        assert isinstance(exc, OSError) and exc.errno == errno.ECONNRESET, repr(exc)
+        assert t.is_closing()
+        srv.close()
+        await srv.wait_closed()
+
+    run(main)
+
+
+def test_many_concurrent_tls_clients(run: Runner, certs: Certs) -> None:
+    """50 TLS clients at once, 20 lines each, through one uvssl.aio server."""
+    server_ssl, client_ssl = tls_pair("uvssl", certs)
+
+    async def client(port: int, i: int) -> int:
+        r, w = await uvssl.aio.open_connection(LOCALHOST, port, ssl=client_ssl)
+        for j in range(20):
+            line = f"{i}:{j}\n".encode()
+            w.write(line)
+            assert await r.readline() == line
+        await close_writer(w)
+        return i
+
+    async def main() -> None:
+        async with await uvssl.aio.start_server(echo, LOCALHOST, 0, ssl=server_ssl) as srv:
+            done = await asyncio.gather(*(client(srv.port, i) for i in range(50)))
+            assert sorted(done) == list(range(50))
+
+    run(main)
 
 
 def test_ssl_true_uses_default_context(run: Runner, certs: Certs) -> None:
