@@ -27,10 +27,12 @@
  * write completes and the buffer is at or below `low`, UVS_EV_DRAIN is delivered.
  *
  * Closing. A forced close issues uv_close at once (queued writes are cancelled). A graceful
- * close stops reading and waits until every queued byte has reached the kernel (and, for TLS,
- * close_notify has gone out). Shutdown ("write" half-close) waits the same way, then issues
- * uv_shutdown. The struct is freed only after the close callback AND every outstanding request
- * and timer close have come back (pending_reqs == 0); UVS_EV_CLOSED is the last event.
+ * close waits until every queued byte has reached the kernel (and, for TLS, close_notify has
+ * gone out), reading meanwhile and dropping what it reads: bytes left unread at the close
+ * would make it a reset, which discards what the kernel still had to send. Shutdown ("write"
+ * half-close) waits the same way, then issues uv_shutdown. The struct is freed only after the
+ * close callback AND every outstanding request and timer close have come back
+ * (pending_reqs == 0); UVS_EV_CLOSED is the last event.
  * An embedding that closes with uvs_conn_release instead is done with the connection: when
  * nothing it wrote is left to flush (so no failure or notification could still concern it),
  * the connection forgets the embedding's data at once and closes on its own, telling nobody.
@@ -262,8 +264,15 @@ static void uvs__conn_eof(uvs_conn_t *c) {
 static void uvs__read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     uvs_conn_t *c = s->data;
     uvs_loop_t *loop = c->loop;
-    if (nread == 0 || (c->state & UVS__C_CLOSING))
+    if (nread == 0 || (c->state & (UVS__C_CLOSING | UVS__C_CLOSE_WANTED))) {
+        /* a graceful close drops what it reads (uvs__conn_discard_reads) until the peer's
+         * EOF or an error, which end the reading; a failed flush reports the error itself */
+        if (nread < 0 && !(c->state & UVS__C_CLOSING)) {
+            (void)uv_read_stop(s);
+            c->state &= ~(unsigned)UVS__C_READING;
+        }
         return;
+    }
     if (nread > 0) {
         if ((size_t)nread == buf->len)
             c->state |= UVS__C_BIG_READS;
@@ -615,6 +624,19 @@ int uvs_conn_set_timeouts(uvs_conn_t *c, double read_s, double write_s) {
 
 /* ---- closing ------------------------------------------------------------------------------ */
 
+/* A graceful close goes on reading, and drops what it reads, until the socket closes: bytes
+ * the peer sends meanwhile (a request, a TLS session ticket) left unread would turn the close
+ * into a reset, and the peer would lose what of ours was still on its way to it. */
+static void uvs__conn_discard_reads(uvs_conn_t *c) {
+    uvs__timer_disarm(c->rtimer);
+    if ((c->state & (UVS__C_READING | UVS__C_EOF)) || !(c->state & UVS__C_CONNECTED))
+        return;
+    /* a paused connection (or a proxy header awaited) reads again; should libuv refuse, the
+     * close goes on without reading, as it would have anyway */
+    if (uv_read_start((uv_stream_t *)&c->tcp, uvs__alloc_cb, uvs__read_cb) == 0)
+        c->state |= UVS__C_READING;
+}
+
 int uvs_conn_close(uvs_conn_t *c, int force) {
     if (c->state & UVS__C_CLOSING)
         return 0;
@@ -623,7 +645,7 @@ int uvs_conn_close(uvs_conn_t *c, int force) {
         return 0;
     }
     c->state |= UVS__C_CLOSE_WANTED;
-    uvs__conn_stop_reading(c);
+    uvs__conn_discard_reads(c);
     uvs__mark_dirty(c);
     return 0;
 }

@@ -64,6 +64,7 @@ class _Host:
         self._due = -1.0
         self.closed = False
         self.transports: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.servers: weakref.WeakSet[Any] = weakref.WeakSet()
         current.loop = self.loop
         with _running_lock:
             _running.add(self.loop)
@@ -155,6 +156,8 @@ class _Host:
         loop = self.loop
         for t in list(self.transports):
             t._host_closing()
+        for s in list(self.servers):
+            s._host_closing()
         self._cancel_timer()
         if self._soon is not None:
             self._soon.cancel()

@@ -151,7 +151,21 @@ async def create_server(
     server = Server(h)
 
     def accepted(sock: Any) -> None:
-        protocol = protocol_factory()
+        try:
+            protocol = protocol_factory()
+        except (SystemExit, KeyboardInterrupt):
+            sock.close(force=True)
+            raise
+        except BaseException as exc:  # noqa: BLE001 - reported, as asyncio's servers do
+            sock.close(force=True)  # the client must not wait on a connection nobody serves
+            h.aloop.call_exception_handler(
+                {
+                    "message": "uvssl.aio: protocol_factory() failed for an incoming "
+                    "connection; it was closed",
+                    "exception": exc,
+                }
+            )
+            return
         transport = Transport(
             h, sock, protocol, server=server, sslcontext=ssl if use_tls else None, server_side=True
         )

@@ -30,6 +30,7 @@ class Server(asyncio.AbstractServer):
         self._waiters: list[asyncio.Future[None]] = []
         self._serving_forever: Optional[asyncio.Future[None]] = None
         self._sockets: Optional[tuple[_socket.socket, ...]] = None
+        host.servers.add(self)
 
     def _listen(self, srv: TcpServer) -> None:
         self._srv = srv
@@ -50,6 +51,16 @@ class Server(asyncio.AbstractServer):
         for w in waiters:
             if not w.done():
                 w.set_result(None)
+
+    def _host_closing(self) -> None:
+        """The asyncio loop is closing: the host frees the listener with every other uvssl
+        handle; the socket objects of ``sockets`` close here (no ResourceWarning later).
+        """
+        self._srv = None
+        if self._sockets is not None:
+            for s in self._sockets:
+                s.close()
+            self._sockets = None
 
     # -- asyncio.AbstractServer --------------------------------------------------------------
     @property

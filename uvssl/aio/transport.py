@@ -390,9 +390,11 @@ class Transport(asyncio.Transport):
             return
         self._closing = True
         self._writable = False
-        if not self._sock.closed:
-            self._sock.close(force=True)  # its closed notice may come now or later
+        # connection_lost gets ``exc`` (asyncio's fatal-error path): the socket's own closed
+        # notice may come inside close(force=True), and would report None first
         self._connection_lost(exc)
+        if not self._sock.closed:
+            self._sock.close(force=True)
 
     def _socket_closed(self) -> None:
         """The socket finished closing (flushed, or dropped)."""
