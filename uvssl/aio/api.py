@@ -77,18 +77,8 @@ async def create_connection(
         if not waiter.done():
             waiter.set_exception(exc)
 
-    if ctx is None:
-        sock: Any = new_socket(
-            _AioSocket,
-            h.loop,
-            None,
-            failed,
-            connected,
-            None,
-            False,
-            target=(host, check_port(port)),
-        )
-    else:
+    tls = None
+    if ctx is not None:
         tls = _client_tls(
             None if ctx is True else ctx,
             (),
@@ -101,16 +91,11 @@ async def create_connection(
             ssl_handshake_timeout,
             None,
         )
-        sock = new_socket(
-            _AioSslSocket,
-            h.loop,
-            None,
-            failed,
-            connected,
-            None,
-            False,
-            target=(host, check_port(port)),
-        )
+    cls = _AioSocket if tls is None else _AioSslSocket
+    sock: Any = new_socket(
+        cls, h.loop, None, failed, connected, None, False, target=(host, check_port(port))
+    )
+    if tls is not None:
         _start_client_tls(sock, tls, tls.server_hostname or host)
     try:
         return await waiter

@@ -32,9 +32,9 @@ import asyncio
 import signal
 import ssl
 import sys
-from typing import Any, Callable, Coroutine, List, Optional
+from typing import Any, Callable, List, Optional
 
-from .py_servers import make_server_context
+from .py_servers import _run, make_server_context
 
 __all__ = ["EXIT_UNAVAILABLE", "IMPLS", "main", "make_app", "serve"]
 
@@ -116,19 +116,6 @@ def _missing(impl: str) -> Optional[str]:
         if name == "aiofastnet" and not callable(getattr(module, "patch_loop", None)):
             return "aiofastnet.patch_loop"
     return None
-
-
-def _run(impl: str, coro: Coroutine[Any, Any, None]) -> None:
-    """Run *coro* on the event loop *impl* asks for."""
-    if impl == "uvloop":
-        import uvloop
-
-        if sys.version_info >= (3, 11):
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                runner.run(coro)
-            return
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    asyncio.run(coro)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
