@@ -1626,3 +1626,159 @@ def test_uvssl_interval_and_cancel(run: Runner) -> None:
         assert ticks == sorted(ticks)
 
     run(main)
+
+
+# -- STARTTLS -----------------------------------------------------------------------------------
+
+
+def test_writer_start_tls_both_ends(run: Runner, certs: Certs) -> None:
+    """A plain line exchange, then StreamWriter.start_tls on both ends (uvssl.aio's streams),
+    then lines over TLS: the server's certificate is the one the client sees."""
+
+    async def main() -> None:
+        seen: dict[str, Any] = {}
+
+        async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            assert await r.readline() == b"STARTTLS\n"
+            w.write(b"GO\n")
+            await w.start_tls(stdlib_server_context(certs))
+            seen["server_version"] = w.get_extra_info("ssl_object").version()
+            line = await r.readline()
+            w.write(line.upper())
+            await w.drain()
+            w.close()
+
+        srv = await uvssl.aio.start_server(handle, LOCALHOST, 0)
+        r, w = await uvssl.aio.open_connection(LOCALHOST, srv.port)
+        w.write(b"STARTTLS\n")
+        assert await r.readline() == b"GO\n"
+        assert w.get_extra_info("ssl_object") is None
+        await w.start_tls(stdlib_client_context(certs), server_hostname="localhost")
+        obj = w.get_extra_info("ssl_object")
+        assert obj.version() == "TLSv1.3"
+        assert obj.getpeercert(True) == server_der(certs)
+        w.write(b"over tls\n")
+        assert await r.readline() == b"OVER TLS\n"
+        assert await r.read() == b""
+        assert seen["server_version"] == "TLSv1.3"
+        w.close()
+        await w.wait_closed()
+        srv.close()
+        await srv.wait_closed()
+
+    run(main)
+
+
+def _stdlib_starttls_server(certs: Certs, ls: socket.socket, out: dict[str, Any]) -> None:
+    """A blocking stdlib peer: reads a STARTTLS line, answers, upgrades, echoes one line
+    upper-cased."""
+    ls.settimeout(PEER_TIMEOUT)
+    conn, _ = ls.accept()
+    conn.settimeout(PEER_TIMEOUT)
+    try:
+        assert recv_until(conn, b"\n") == b"STARTTLS\n"
+        conn.sendall(b"GO\n")
+        tls = stdlib_server_context(certs).wrap_socket(conn, server_side=True)
+        line = recv_until(tls, b"\n")
+        tls.sendall(line.upper())
+        out["version"] = tls.version()
+        tls.close()
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        out["error"] = exc
+        conn.close()
+
+
+def test_start_tls_protocol_against_stdlib_peer(run: Runner, certs: Certs) -> None:
+    """uvssl.aio.start_tls upgrades a Protocol's plain transport against a stdlib ssl peer;
+    the protocol goes on with the new transport (no second connection_made)."""
+
+    async def main() -> None:
+        ls = listening_socket()
+        out: dict[str, Any] = {}
+        peer = PeerThread(_stdlib_starttls_server, certs, ls, out)
+        peer.start()
+        rec = Recorder()
+        transport, _ = await uvssl.aio.create_connection(
+            lambda: rec, LOCALHOST, ls.getsockname()[1]
+        )
+        transport.write(b"STARTTLS\n")
+        assert await rec.wait_bytes(3) == b"GO\n"
+        tls = await uvssl.aio.start_tls(
+            transport, rec, stdlib_client_context(certs), server_hostname="localhost"
+        )
+        assert tls is not transport and transport.is_closing()
+        assert tls.get_extra_info("peercert")["subject"]
+        tls.write(b"secret\n")
+        assert await rec.wait_bytes(10) == b"GO\nSECRET\n"
+        assert await rec.lost is None
+        assert rec.events.count("made") == 1
+        await asyncio.get_running_loop().run_in_executor(None, peer.join, PEER_TIMEOUT)
+        assert "error" not in out, out
+        assert out["version"] == "TLSv1.3"
+        ls.close()
+
+    run(main)
+
+
+def test_start_tls_verification_failure_closes(run: Runner, certs: Certs) -> None:
+    """A client context that does not trust the peer: start_tls raises uvssl's SslFailure and
+    the connection is closed (the peer sees it end)."""
+
+    async def main() -> None:
+        ended = asyncio.get_running_loop().create_future()
+
+        async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            await r.readline()
+            w.write(b"GO\n")
+            try:
+                await w.start_tls(stdlib_server_context(certs))
+            except (OSError, uvssl.SslFailure) as exc:
+                ended.set_result(type(exc).__name__)
+                return
+            ended.set_result("handshake succeeded")
+
+        srv = await uvssl.aio.start_server(handle, LOCALHOST, 0)
+        r, w = await uvssl.aio.open_connection(LOCALHOST, srv.port)
+        w.write(b"STARTTLS\n")
+        await r.readline()
+        untrusting = ssl.create_default_context()  # the system's CAs: not the test CA
+        with pytest.raises(uvssl.SslFailure):
+            await w.start_tls(untrusting, server_hostname="localhost")
+        assert (await ended) != "handshake succeeded"
+        assert w.transport.is_closing()
+        srv.close()
+        await srv.wait_closed()
+
+    run(main)
+
+
+def test_start_tls_argument_errors(run: Runner, certs: Certs) -> None:
+    """start_tls wants a plain, open uvssl.aio transport."""
+
+    async def main() -> None:
+        srv = await uvssl.aio.create_server(
+            Recorder, LOCALHOST, 0, ssl=stdlib_server_context(certs)
+        )
+        rec = Recorder()
+        tls, _ = await uvssl.aio.create_connection(
+            lambda: rec,
+            LOCALHOST,
+            srv.port,
+            ssl=stdlib_client_context(certs),
+            server_hostname="localhost",
+        )
+        with pytest.raises(ValueError, match="already speaks TLS"):
+            await uvssl.aio.start_tls(tls, rec, stdlib_client_context(certs))
+        tls.close()
+        plain_srv = await uvssl.aio.create_server(Recorder, LOCALHOST, 0)
+        plain, _ = await uvssl.aio.create_connection(Recorder, LOCALHOST, plain_srv.port)
+        plain.close()
+        with pytest.raises(RuntimeError, match="closing"):
+            await uvssl.aio.start_tls(plain, Recorder(), stdlib_client_context(certs))
+        with pytest.raises(TypeError, match="uvssl.aio Transport"):
+            await uvssl.aio.start_tls(object(), Recorder(), stdlib_client_context(certs))  # type: ignore[arg-type]
+        for s in (srv, plain_srv):
+            s.close()
+            await s.wait_closed()
+
+    run(main)
