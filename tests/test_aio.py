@@ -1638,7 +1638,7 @@ def test_writer_start_tls_both_ends(run: Runner, certs: Certs) -> None:
     async def main() -> None:
         seen: dict[str, Any] = {}
 
-        async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        async def handle(r: asyncio.StreamReader, w: uvssl.aio.StreamWriter) -> None:
             assert await r.readline() == b"STARTTLS\n"
             w.write(b"GO\n")
             await w.start_tls(stdlib_server_context(certs))
@@ -1727,7 +1727,7 @@ def test_start_tls_verification_failure_closes(run: Runner, certs: Certs) -> Non
     async def main() -> None:
         ended = asyncio.get_running_loop().create_future()
 
-        async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        async def handle(r: asyncio.StreamReader, w: uvssl.aio.StreamWriter) -> None:
             await r.readline()
             w.write(b"GO\n")
             try:

@@ -9,7 +9,7 @@ afterwards, with the transport and protocol; cancelling it closes the connection
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 from .._args import check_port
 from ..attach import attach_ssl
@@ -254,7 +254,7 @@ async def open_connection(
 
 
 async def start_server(
-    client_connected_cb: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any],
+    client_connected_cb: Callable[[asyncio.StreamReader, StreamWriter], Any],
     host: Optional[str] = None,
     port: int = 0,
     *,
@@ -273,7 +273,8 @@ async def start_server(
 
     def factory() -> asyncio.StreamReaderProtocol:
         reader = asyncio.StreamReader(limit=limit, loop=aloop)
-        return _StreamProtocol(reader, client_connected_cb, loop=aloop)
+        # the writers it gets are this module's StreamWriter (see _StreamProtocol)
+        return _StreamProtocol(reader, cast(Any, client_connected_cb), loop=aloop)
 
     return await create_server(
         factory,
