@@ -222,13 +222,23 @@ class StreamWriter(asyncio.StreamWriter):
 
 
 class _StreamProtocol(asyncio.StreamReaderProtocol):
-    """A server's ``StreamReaderProtocol`` whose writer is this module's ``StreamWriter``."""
+    """A server's ``StreamReaderProtocol`` whose writers are this module's ``StreamWriter``:
+    the callback is wrapped, so the writer it gets (made by asyncio's ``connection_made``,
+    which keeps no reference to it on newer Pythons) has ``start_tls`` in C.
+    """
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        writer = getattr(self, "_stream_writer", None)
-        if writer is not None and type(writer) is asyncio.StreamWriter:
-            writer.__class__ = StreamWriter  # before client_connected_cb's task first runs
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        client_connected_cb: Callable[[asyncio.StreamReader, StreamWriter], Any],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        def connected(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> Any:
+            if type(w) is asyncio.StreamWriter:
+                w.__class__ = StreamWriter
+            return client_connected_cb(r, cast(StreamWriter, w))
+
+        super().__init__(reader, connected, loop=loop)
 
 
 async def open_connection(
@@ -273,8 +283,7 @@ async def start_server(
 
     def factory() -> asyncio.StreamReaderProtocol:
         reader = asyncio.StreamReader(limit=limit, loop=aloop)
-        # the writers it gets are this module's StreamWriter (see _StreamProtocol)
-        return _StreamProtocol(reader, cast(Any, client_connected_cb), loop=aloop)
+        return _StreamProtocol(reader, client_connected_cb, aloop)
 
     return await create_server(
         factory,
