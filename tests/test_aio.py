@@ -188,6 +188,9 @@ class Held(Recorder):
 
     def _hold(self) -> None:
         if not self.transport.is_closing():
+            # resume first: a pause before reading started is a no-op to asyncio's transport
+            # before Python 3.10, which then starts reading anyway
+            self.transport.resume_reading()
             self.transport.pause_reading()
 
     def release(self) -> None:
