@@ -9,7 +9,7 @@ afterwards, with the transport and protocol; cancelling it closes the connection
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Optional, cast
+from typing import Any, Callable, Optional, TypeVar, cast
 
 from .._args import check_port
 from ..attach import attach_ssl
@@ -30,6 +30,25 @@ def _client_ctx(ssl: Any) -> Any:
     if ssl is True:
         return True
     return ssl
+
+
+_T = TypeVar("_T")
+
+
+async def _connection(
+    waiter: asyncio.Future[_T], sock: Any, transport_of: Callable[[_T], Transport]
+) -> _T:
+    """Await a connection (or a handshake) being made; cancelled, it is closed: its transport
+    aborted once made, else its socket.
+    """
+    try:
+        return await waiter
+    except asyncio.CancelledError:
+        if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+            transport_of(waiter.result()).abort()
+        elif not sock.closed:
+            sock.close(force=True)
+        raise
 
 
 async def create_connection(
@@ -97,14 +116,7 @@ async def create_connection(
     )
     if tls is not None:
         _start_client_tls(sock, tls, tls.server_hostname or host)
-    try:
-        return await waiter
-    except asyncio.CancelledError:
-        if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-            waiter.result()[0].abort()
-        elif not sock.closed:
-            sock.close(force=True)
-        raise
+    return await _connection(waiter, sock, lambda made: made[0])
 
 
 async def create_server(
@@ -359,11 +371,4 @@ async def start_tls(
         raise
     tls_sock.__class__ = _AioSslSocket
     tls_sock._aio_handshake = handshake_done
-    try:
-        return await waiter
-    except asyncio.CancelledError:
-        if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-            waiter.result().abort()
-        elif not tls_sock.closed:
-            tls_sock.close(force=True)
-        raise
+    return await _connection(waiter, tls_sock, lambda made: made)

@@ -39,27 +39,31 @@ log = logging.getLogger("uvssl")
 _DEFAULT_HIGH = 64 * 1024
 _conn_write = lib.uvs_conn_write
 _memmove = ffi.memmove
+_from_buffer = ffi.from_buffer
 _unpack = ffi.unpack
 
 
-class _AioSocket(Socket):
-    """A ``Socket`` that tells its transport when it has closed."""
+class _TellsTransport:
+    """Mixed into the socket classes below: a closed socket tells its transport."""
 
     _aio: Optional[Transport] = None
 
     def _on_closed(self) -> None:
-        super()._on_closed()
+        super()._on_closed()  # type: ignore[misc]
         t = self._aio
         if t is not None:
             t._socket_closed()
 
 
-class _AioSslSocket(SslSocket):
+class _AioSocket(_TellsTransport, Socket):
+    """A ``Socket`` that tells its transport when it has closed."""
+
+
+class _AioSslSocket(_TellsTransport, SslSocket):
     """An ``SslSocket`` that tells its transport when it has closed (and ``start_tls`` when
     its handshake is done).
     """
 
-    _aio: Optional[Transport] = None
     _aio_handshake: Optional[Callable[[], None]] = None
 
     def _on_connected(self) -> None:
@@ -68,12 +72,6 @@ class _AioSslSocket(SslSocket):
         if done is not None:
             self._aio_handshake = None
             done()
-
-    def _on_closed(self) -> None:
-        super()._on_closed()
-        t = self._aio
-        if t is not None:
-            t._socket_closed()
 
 
 class SslObject:
@@ -129,8 +127,6 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 
 def _long_name(short: str) -> str:
     """OpenSSL's long name of an attribute ("CN" -> "commonName"), as the stdlib gives it."""
-    from .._uvssl import ffi, lib
-
     nid = lib.OBJ_sn2nid(short.encode())
     if nid == 0:  # NID_undef: an OID without a short name, shown dotted either way
         return short
@@ -172,7 +168,6 @@ def _stdlib_cert_dict(cert: Any) -> dict[str, Any]:
 
 
 def _cipher_tuple(sock: SslSocket) -> Optional[tuple[str, str, int]]:
-    from .._uvssl import ffi, lib
 
     ssl = sock._ssl()
     if ssl == ffi.NULL or not sock._connected:
@@ -296,32 +291,8 @@ class Transport(asyncio.Transport):
             held.append(rest)
 
     def _on_data(self, sock: Any, data: bytes) -> None:
-        if self._lost:
-            return
-        proto: Any = self._protocol
-        try:
-            if not self._buffered:
-                proto.data_received(data)
-                return
-            view = memoryview(data)
-            while view:
-                buf = memoryview(proto.get_buffer(len(view))).cast("B")
-                n = min(len(buf), len(view))
-                if n == 0:
-                    raise RuntimeError("get_buffer() returned an empty buffer")
-                buf[:n] = view[:n]
-                view = view[n:]
-                proto.buffer_updated(n)
-                if self._lost or self._closing:
-                    return
-                if not self._reading and view:  # paused: the rest waits for resume_reading
-                    self._keep(bytes(view))
-                    return
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:  # noqa: BLE001
-            what = "buffer_updated()" if self._buffered else "data_received()"
-            self._fatal_error(exc, f"protocol.{what} call failed")
+        # a BufferedProtocol's data kept while reading was paused, now delivered
+        self._on_data_into(_from_buffer(data), len(data))
 
     def _on_event(self, exc: BaseException) -> None:
         if isinstance(exc, (TcpEof, SslClosed)):
