@@ -168,7 +168,6 @@ def _stdlib_cert_dict(cert: Any) -> dict[str, Any]:
 
 
 def _cipher_tuple(sock: SslSocket) -> Optional[tuple[str, str, int]]:
-
     ssl = sock._ssl()
     if ssl == ffi.NULL or not sock._connected:
         return None
