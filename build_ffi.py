@@ -89,6 +89,7 @@ CDEF_HEADERS = ["openssl_cdef.h", "uvssl_api.h"]
 # the callback table, and the extern "Python" dispatchers it points at.
 BINDING_CDEF = r"""
 void uvs_py_install(void);
+int uvs_py_time_callbacks(uint64_t *counters);
 
 extern "Python" {
     void uvs_py_on_read(void *data, const char *buf, size_t len);
@@ -168,6 +169,8 @@ def cdef() -> str:
 
 
 SOURCE = r"""
+#include <errno.h>
+#include <time.h>
 #include <openssl/x509v3.h>
 #include "uvs.h"
 #include "tls.h"
@@ -200,6 +203,116 @@ static void uvs_py_install(void) {
     cb.on_udp_batch = uvs_py_on_udp_batch;
     cb.on_udp_event = uvs_py_on_udp_event;
     uvs_set_callbacks(&cb);
+}
+
+/* ---- how long the GIL is held (the bench's --threads; off unless asked for) ----------------
+ * uvs_py_time_callbacks(counters) points the callback table at wrappers that read this
+ * thread's CPU clock before and after each dispatcher and add the difference to counters[0]
+ * (nanoseconds) and 1 to counters[1] (calls), atomically: every loop thread adds to the same
+ * two. A dispatcher holds the GIL for the whole of its Python code (cffi takes it on entry
+ * and gives it back on return), so the sum is the CPU time spent holding the GIL, apart from
+ * the short native calls that Python code makes (they release it) and cffi's own entry and
+ * exit; a thread blocked waiting for the GIL uses no CPU time and adds nothing. NULL puts the
+ * plain table back. The table is process-wide and read without a lock: call this only while
+ * no loop runs (the bench's server calls it before it starts its threads). Returns 0, or a
+ * negative errno when this thread's CPU clock cannot be read. */
+static uint64_t *uvs_py_counters;
+
+static uint64_t uvs_py_cpu_ns(void) {
+    struct timespec ts;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0)
+        return 0; /* checked once when timing is turned on; it cannot fail afterwards */
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void uvs_py_count(uint64_t start) {
+    uint64_t end = uvs_py_cpu_ns();
+    __atomic_fetch_add(&uvs_py_counters[0], end > start ? end - start : 0, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&uvs_py_counters[1], 1, __ATOMIC_RELAXED);
+}
+
+static void uvs_py_timed_read(void *data, const char *buf, size_t len) {
+    uint64_t t = uvs_py_cpu_ns();
+    uvs_py_on_read(data, buf, len);
+    uvs_py_count(t);
+}
+
+static void uvs_py_timed_batch(void *loop_data, void *const *datas, const size_t *lens,
+                               size_t n, const char *buf, size_t len) {
+    uint64_t t = uvs_py_cpu_ns();
+    uvs_py_on_batch(loop_data, datas, lens, n, buf, len);
+    uvs_py_count(t);
+}
+
+static void uvs_py_timed_event(void *data, int kind, int status, int action) {
+    uint64_t t = uvs_py_cpu_ns();
+    uvs_py_on_event(data, kind, status, action);
+    uvs_py_count(t);
+}
+
+static void uvs_py_timed_accept(void *server_data, uvs_conn_t *conn, int stage,
+                                const char *buf, size_t len) {
+    uint64_t t = uvs_py_cpu_ns();
+    uvs_py_on_accept(server_data, conn, stage, buf, len);
+    uvs_py_count(t);
+}
+
+static void uvs_py_timed_timer(void *data) {
+    uint64_t t = uvs_py_cpu_ns();
+    uvs_py_on_timer(data);
+    uvs_py_count(t);
+}
+
+static void uvs_py_timed_wakeup(void *loop_data) {
+    uint64_t t = uvs_py_cpu_ns();
+    uvs_py_on_wakeup(loop_data);
+    uvs_py_count(t);
+}
+
+static SSL_CTX *uvs_py_timed_sni(void *ctx_data, SSL *ssl, const char *name, int *verdict) {
+    uint64_t t = uvs_py_cpu_ns();
+    SSL_CTX *picked = uvs_py_on_sni(ctx_data, ssl, name, verdict);
+    uvs_py_count(t);
+    return picked;
+}
+
+static void uvs_py_timed_udp_batch(void *data, const size_t *lens, const uint64_t *keys,
+                                   const uvs_addr_t *addrs, size_t n, const char *buf,
+                                   size_t len) {
+    uint64_t t = uvs_py_cpu_ns();
+    uvs_py_on_udp_batch(data, lens, keys, addrs, n, buf, len);
+    uvs_py_count(t);
+}
+
+static void uvs_py_timed_udp_event(void *data, int kind, int status, int action,
+                                   const uvs_addr_t *addr, const char *host) {
+    uint64_t t = uvs_py_cpu_ns();
+    uvs_py_on_udp_event(data, kind, status, action, addr, host);
+    uvs_py_count(t);
+}
+
+static int uvs_py_time_callbacks(uint64_t *counters) {
+    struct timespec ts;
+    uvs_callbacks_t cb;
+    if (counters == NULL) {
+        uvs_py_install();
+        uvs_py_counters = NULL;
+        return 0;
+    }
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0)
+        return -errno;
+    uvs_py_counters = counters;
+    cb.on_read = uvs_py_timed_read;
+    cb.on_batch = uvs_py_timed_batch;
+    cb.on_event = uvs_py_timed_event;
+    cb.on_accept = uvs_py_timed_accept;
+    cb.on_timer = uvs_py_timed_timer;
+    cb.on_wakeup = uvs_py_timed_wakeup;
+    cb.on_sni = uvs_py_timed_sni;
+    cb.on_udp_batch = uvs_py_timed_udp_batch;
+    cb.on_udp_event = uvs_py_timed_udp_event;
+    uvs_set_callbacks(&cb);
+    return 0;
 }
 """
 

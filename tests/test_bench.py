@@ -239,6 +239,9 @@ def test_workers_option_parses():
         (["--workers", ","], "is not a worker count"),
         (["--workers", "100000"], "from 1 to"),
         (["--workers", "2", "--cells", "echo-1"], "--workers measures"),
+        (["--threads", "0"], "thread counts must be from 1 to"),
+        (["--threads", "many"], "'many' is not a thread count"),
+        (["--threads", "2", "--cells", "echo-1"], "--threads measures"),
     ],
 )
 def test_workers_option_errors(capsys, args, message):
@@ -321,7 +324,7 @@ def test_bench_workers_tiny(tmp_path):
     assert "projection (NOT measured)" in table
     if sc["pinned"]:
         assert "one shared core: every worker pinned to CPU" in table
-    assert "[scaling 1/" in proc.stderr
+    assert "[workers 1/" in proc.stderr
     # a row where the load client was busy all the time is marked, with the reason
     assert "*: the load client" not in format_scaling(report) or any(
         r["client_saturated"] for r in rows
@@ -334,6 +337,47 @@ def test_bench_workers_tiny(tmp_path):
         assert "ratio above" not in format_scaling(report)
         sc["shared"]["echo-64"][0]["cpu_ratio"] = 1.5
         assert "ratio above 1.05: echo-64 with 2 workers (1.500)" in format_scaling(report)
+
+
+@pytest.mark.timeout(90 * SLOWDOWN)
+def test_bench_threads_tiny(tmp_path):
+    from uvssl.bench.scaling import format_scaling
+
+    out = tmp_path / "bench.json"
+    proc = _bench_subprocess(
+        tmp_path,
+        ["--threads", "2", "--servers", "uvssl", "--cells", "echo-64", "--json", str(out)],
+        80 * SLOWDOWN,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    assert "scaling" not in report  # --workers was not asked for
+    th = report["threads"]
+    assert th["unit"] == "threads" and th["counts"] == [1, 2] and th["cells"] == ["echo-64"]
+    separate = th["separate"]["echo-64"]
+    rows = list(separate)
+    if th["pinned"]:
+        rows += th["shared"]["echo-64"]
+    for row in rows:
+        assert row["status"] == "ok", row
+        assert row["ops"] > 0 and row["cpu_s_per_op"] > 0
+        # the Python callbacks' CPU time, read from the server while it ran: a share of its CPU
+        assert 0 < row["gil_share"] < 1, row
+        assert 0 < row["gil_s"] <= row["server_cpu_s"]
+        assert "worker_cpu_s" not in row  # one process
+    base = separate[0]
+    projection = th["projection"]["cells"]["echo-64"]["ops_per_s"]
+    cap = 1 / base["gil_share"]
+    for k, ops in zip(th["projection"]["cores"], projection):
+        assert ops == pytest.approx(min(k, cap) / base["cpu_s_per_op"])
+    table = proc.stdout
+    assert "loops in threads (--threads)" in table and "GIL" in table
+    assert f"one thread holds the GIL for {base['gil_share'] * 100:.1f}%" in table
+    assert "min(k, 1 / GIL share)" in table
+    assert "[threads 1/" in proc.stderr
+    assert format_scaling(report, "threads") in table
+    base["gil_share"] = None  # an unreadable GIL file shows as "?"
+    assert " ?  " in format_scaling(report, "threads")
 
 
 def _bench_subprocess(

@@ -4,8 +4,9 @@
 #
 #   bash tools/instr.sh CELL SERVER [SMALL LARGE]
 #
-# CELL:   echo (64 B over 64 TLS connections, per request), plain-echo (the same over plain
-#         TCP), bulk (64 KiB chunks over one TLS connection, per MB echoed), hs-full and
+# CELL:   echo (64 B over 64 TLS connections, per request), echo-1 (the same over one TLS
+#         connection, one request at a time), plain-echo (64 B over 64 plain TCP
+#         connections), bulk (64 KiB chunks over one TLS connection, per MB echoed), hs-full and
 #         hs-resumed (TLS 1.3 handshakes, per handshake), udp-echo (64 B datagrams, 64 in
 #         flight, per datagram echoed)
 # SERVER: uvssl, native, asyncio, uvloop, aiofastnet (the bench's servers; udp-echo: uvssl,
@@ -43,6 +44,7 @@ lg_tls=(--tls)
 udp=0
 case "$cell" in
     echo) lg=(--mode echo --conns 64); small=${3:-2000}; large=${4:-12000}; unit=request ;;
+    echo-1) lg=(--mode echo --conns 1); small=${3:-1000}; large=${4:-5000}; unit=request ;;
     plain-echo) lg=(--mode echo --conns 64); small=${3:-2000}; large=${4:-22000}; unit=request
         tls=(); lg_tls=(--plain) ;;
     bulk) lg=(--mode bulk); small=${3:-2}; large=${4:-6}; unit=MB ;;

@@ -52,24 +52,27 @@ _BULK_HIGH = 256 * 1024
 _BULK_LOW = 64 * 1024
 
 
-def _echo_read(sock: Socket, data: bytes) -> None:
+def echo_read(sock: Socket, data: bytes) -> None:
+    """``serve``'s ``read_cb``: write the data back; stop reading while the peer does not."""
     if sock.write(data):
         return
     if sock.drain_cb is None:
         # The first time: bulk-sized limits, set here rather than for every connection at
         # connect, so that a connection which never gets this far costs nothing for them.
-        sock.set_write_buffer_limits(_BULK_HIGH, _BULK_LOW, drain_cb=_echo_drain)
+        sock.set_write_buffer_limits(_BULK_HIGH, _BULK_LOW, drain_cb=echo_drain)
         if sock.write_buffer_size <= _BULK_HIGH:
             return
     sock.pause_reading()  # the peer is not reading: stop until our buffer drains
 
 
-def _echo_drain(sock: Socket) -> None:
+def echo_drain(sock: Socket) -> None:
+    """``serve``'s ``drain_cb``: the write buffer has drained, so read again."""
     if not sock.closed:
         sock.resume_reading()
 
 
-def _echo_event(ev: BaseException) -> None:
+def echo_event(ev: BaseException) -> None:
+    """``serve``'s ``event_cb``: close the connection on EOF or any error."""
     sock = getattr(ev, "socket", None)
     if sock is not None and not sock.closed:
         sock.close()
@@ -170,8 +173,8 @@ def serve(
             server = tcp_ssl_server(
                 host,
                 port,
-                _echo_read,
-                _echo_event,
+                echo_read,
+                echo_event,
                 ssl_ctx=ctx,
                 reuse_port=reuse_port,
                 proxy_protocol=proxy_protocol,

@@ -115,6 +115,13 @@ uvssl's server as several processes on one port (SO_REUSEPORT), each pinned to a
 the load client, and 2 or more sharing the one CPU a single worker uses; server CPU is summed
 over the processes. See ``uvssl.bench.scaling``.
 
+Loops in threads
+----------------
+``--threads N`` (or a list, as for ``--workers``) adds the same section for uvssl's server as
+N loops in N threads of one process on one port (``uvssl.bench.threaded_echo``), with the
+share of the server's CPU time its Python callbacks took, holding the GIL (``gil_share``):
+the part of a request that cannot run in parallel.
+
 Idle memory: ``VmRSS`` from ``/proc/<pid>/status`` before the load client starts and when it
 prints ``IDLE <n>``; (after - before) / n. Then its stdin is closed and it finishes.
 
@@ -142,6 +149,7 @@ import shutil
 import signal
 import ssl
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -298,7 +306,9 @@ class Config:
     progress: bool = True  # progress lines on stderr
     #: worker-process counts for the scaling section (``--workers``); empty: no such section
     workers: List[int] = field(default_factory=list)
-    #: the cells the scaling section measures (some of ``scaling.SCALING_CELLS``)
+    #: thread counts for the loops-in-threads section (``--threads``); empty: no such section
+    threads: List[int] = field(default_factory=list)
+    #: the cells the scaling sections measure (some of ``scaling.SCALING_CELLS``)
     scaling_cells: List[str] = field(default_factory=lambda: ["echo-64", "hs-full"])
 
     @classmethod
@@ -332,20 +342,24 @@ class Config:
             raise ValueError(f"timeout must be in [1, 3600] seconds, got {self.timeout}")
         if not 1 <= self.rounds <= 100:
             raise ValueError(f"rounds must be in [1, 100], got {self.rounds}")
-        if self.workers:
+        for option, counts in (("--workers", self.workers), ("--threads", self.threads)):
+            if not counts:
+                continue
             from .scaling import MAX_WORKERS, SCALING_CELLS
 
-            for n in self.workers:
+            for n in counts:
                 if not 1 <= n <= MAX_WORKERS:
-                    raise ValueError(f"worker counts must be in [1, {MAX_WORKERS}], got {n}")
+                    raise ValueError(
+                        f"{option[2:-1]} counts must be in [1, {MAX_WORKERS}], got {n}"
+                    )
             if not self.scaling_cells:
                 raise ValueError(
-                    f"--workers measures {', '.join(SCALING_CELLS)}: select at least one"
+                    f"{option} measures {', '.join(SCALING_CELLS)}: select at least one"
                 )
             for name in self.scaling_cells:
                 if name not in SCALING_CELLS:
                     raise ValueError(
-                        f"--workers cannot measure cell {name!r}; it measures "
+                        f"{option} cannot measure cell {name!r}; it measures "
                         f"{', '.join(SCALING_CELLS)}"
                     )
 
@@ -457,6 +471,21 @@ def _rss_bytes(pid: int) -> int:
     except OSError as exc:
         raise BenchError(f"cannot read the server's memory: {exc}") from exc
     raise BenchError("no VmRSS in /proc/<pid>/status")
+
+
+def _gil_seconds(path: Path) -> Optional[float]:
+    """The CPU seconds a ``--gil-stats`` file says the server's Python callbacks took so far
+    (``uvssl.bench.threaded_echo``), or None when it cannot be read yet.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read(16)
+    except OSError:
+        return None
+    if len(data) != 16:
+        return None
+    ns: int = struct.unpack("=QQ", data)[0]
+    return ns / 1e9
 
 
 def _cpu_at(samples: Sequence[Tuple[float, float]], t: float) -> float:
@@ -654,6 +683,8 @@ class _LoadRun:
     client_samples: List[Tuple[float, float]] = field(default_factory=list)
     #: with several server processes, each one's CPU time (time, seconds), in pid order
     pid_samples: List[List[Tuple[float, float]]] = field(default_factory=list)
+    #: a server with a ``gil_file``: the CPU time its Python callbacks took (time, seconds)
+    gil_samples: List[Tuple[float, float]] = field(default_factory=list)
 
 
 def _run_loadgen(
@@ -680,6 +711,8 @@ def _run_loadgen(
     sys_samples: List[Tuple[float, float]] = []
     client_samples: List[Tuple[float, float]] = []
     pid_samples: List[List[Tuple[float, float]]] = [[] for _ in pids] if len(pids) > 1 else []
+    gil_samples: List[Tuple[float, float]] = []
+    gil_file: Optional[Path] = getattr(server, "gil_file", None)
     client_pid = 0
 
     def sample() -> None:
@@ -704,6 +737,10 @@ def _run_loadgen(
         if len(users) == len(pids):
             user_samples.append((now, sum(users)))
             sys_samples.append((now, sum(kernels)))
+        if gil_file is not None:
+            gil = _gil_seconds(gil_file)
+            if gil is not None:
+                gil_samples.append((now, gil))
         if client_pid:
             csplit = _cpu_split(client_pid)
             if client_threads:
@@ -792,6 +829,7 @@ def _run_loadgen(
         sys_samples,
         client_samples,
         pid_samples,
+        gil_samples,
     )
 
 
@@ -977,6 +1015,10 @@ def _measure(
         out["server_user_s"] = round(max(0.0, user), 4)
         out["server_sys_s"] = round(max(0.0, kernel), 4)
     out["cpu_s_per_op"] = cpu / out["ops"] if out["ops"] > 0 else 0.0
+    if run.gil_samples and cpu > 0:  # the time Python callbacks took: the GIL held
+        gil = max(0.0, _cpu_at(run.gil_samples, t1) - _cpu_at(run.gil_samples, t0))
+        out["gil_s"] = round(gil, 4)
+        out["gil_share"] = gil / cpu
     if run.pid_samples:  # several server processes: each one's share
         out["worker_cpu_s"] = [
             round(max(0.0, _cpu_at(ps, t1) - _cpu_at(ps, t0)), 4) for ps in run.pid_samples
@@ -1079,7 +1121,7 @@ def combine_rounds(cell: CellSpec, runs: List[Dict[str, Any]]) -> Dict[str, Any]
     for key in (*cell.metrics, "ops", "seconds", "server_cpu_s"):
         out[key] = statistics.median(float(r[key]) for r in ok)
     # absent when /proc/<pid>/stat was not read, or the client's CPU could not be
-    for key in ("server_user_s", "server_sys_s", "client_cpu_s", "client_busy"):
+    for key in ("server_user_s", "server_sys_s", "client_cpu_s", "client_busy", "gil_share"):
         if all(key in r for r in ok):
             out[key] = statistics.median(float(r[key]) for r in ok)
     out["ops"] = int(out["ops"])
@@ -1200,11 +1242,14 @@ def run(config: Config) -> Dict[str, Any]:
                     _progress(config, " " + _summary(cell, res), "\n")
             for name in config.servers:
                 results[name][cell.key] = combine_rounds(cell, runs[name])
-        scaling: Optional[Dict[str, Any]] = None
-        if config.workers:
-            from .scaling import run_scaling
+        scaling: Dict[str, Dict[str, Any]] = {}
+        for unit, counts in (("workers", config.workers), ("threads", config.threads)):
+            if counts:
+                from .scaling import run_scaling
 
-            scaling = run_scaling(config, cert, key, loadgen, cpus, server_cpu, client_cpu)
+                scaling[unit] = run_scaling(
+                    config, cert, key, loadgen, cpus, server_cpu, client_cpu, unit=unit
+                )
     elapsed = time.monotonic() - t_begin
 
     ratios: Dict[str, Dict[str, Dict[str, float]]] = {}
@@ -1260,8 +1305,10 @@ def run(config: Config) -> Dict[str, Any]:
         "results": results,
         "ratios": ratios,
     }
-    if scaling is not None:
-        report["scaling"] = scaling
+    if "workers" in scaling:
+        report["scaling"] = scaling["workers"]
+    if "threads" in scaling:
+        report["threads"] = scaling["threads"]
     return report
 
 
@@ -1366,10 +1413,11 @@ def format_table(report: Dict[str, Any]) -> str:
     if any(r.get("errors") for res in report["results"].values() for r in res.values()):
         lines.append("*: the load client counted errors in that cell (see the JSON)")
     lines += notes
-    if report.get("scaling"):
-        from .scaling import format_scaling
+    for section in ("scaling", "threads"):
+        if report.get(section):
+            from .scaling import format_scaling
 
-        lines += ["", format_scaling(report)]
+            lines += ["", format_scaling(report, section)]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -1418,6 +1466,12 @@ def _workers(text: str) -> List[int]:
     from .scaling import parse_workers
 
     return parse_workers(text)
+
+
+def _threads(text: str) -> List[int]:
+    from .scaling import parse_workers
+
+    return parse_workers(text, unit="thread")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -1474,6 +1528,13 @@ def _parser() -> argparse.ArgumentParser:
         "own CPU while CPUs are free of the load client, and 2 or more sharing one CPU; "
         "cells echo-64 and hs-full, or those of --cells among echo-64, hs-full, plain-echo-64",
     )
+    p.add_argument(
+        "--threads",
+        type=_threads,
+        metavar="N|A,B,...",
+        help="also measure uvssl's server as N loops in N threads of one process on one port "
+        "(counts and cells as for --workers), with the share of its CPU time that holds the GIL",
+    )
     p.add_argument("--no-pin", action="store_true", help="do not pin server and client to CPUs")
     p.add_argument("--json", metavar="FILE", help="write every figure as JSON to FILE")
     p.add_argument("--plot", metavar="FILE.png", help="write a chart (needs matplotlib)")
@@ -1504,10 +1565,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             pin=not args.no_pin,
             progress=not args.no_progress,
         )
-        if args.workers:
+        if args.workers or args.threads:
             from .scaling import SCALING_CELLS
 
-            config.workers = args.workers
+            config.workers = args.workers or []
+            config.threads = args.threads or []
             if args.cells:
                 config.scaling_cells = [c for c in args.cells if c in SCALING_CELLS]
         config.validate()
@@ -1555,10 +1617,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         for cell, r in res.items()
         if r.get("status") == "failed"
     ]
-    if report.get("scaling"):
-        from .scaling import failed_setups
+    for section in ("scaling", "threads"):
+        if report.get(section):
+            from .scaling import failed_setups
 
-        failed += failed_setups(report["scaling"])
+            failed += failed_setups(report[section])
     return 1 if failed else 0
 
 

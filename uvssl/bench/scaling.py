@@ -27,13 +27,23 @@ cores (k / CPU per op): a projection, valid as far as the shared-core ratio stay
 the load client keeps up. The load client is one thread: the runner samples its CPU time too
 and marks a setup where it was busy for most of the measured window (it, not the server, may
 then be the limit).
+
+Loops in threads (``--threads``) are the same two experiments with one process serving from N
+threads, each with its own loop and listening socket on the port (``uvssl.bench.threaded_echo``):
+thread i pinned to the CPU worker i would have. That server also keeps the CPU time of its
+Python callbacks (``--gil-stats``), sampled with its CPU time, so each row has the share of
+its CPU that held the GIL. With share g for one thread, N threads can do at most 1 / g times
+one thread's work however many cores they have (the GIL-held part runs one thread at a time);
+worker processes have no such limit.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -77,8 +87,9 @@ CLIENT_SATURATED = 0.9
 PROJECTION_CORES: Tuple[int, ...] = (1, 2, 4, 8, 16)
 
 
-def parse_workers(text: str) -> List[int]:
-    """The worker counts of ``--workers TEXT``, ascending, always with 1 (the baseline).
+def parse_workers(text: str, unit: str = "worker") -> List[int]:
+    """The worker (or, with *unit* ``"thread"``, thread) counts of ``--workers TEXT``,
+    ascending, always with 1 (the baseline).
 
     ``N`` means 1, 2, 4, ... (powers of two below N) and N; ``A,B,...`` means exactly those
     counts, plus 1. Raises ``argparse.ArgumentTypeError`` for anything else, a count below 1
@@ -87,7 +98,7 @@ def parse_workers(text: str) -> List[int]:
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a worker count: give N (1, 2, 4, ... up to N) or a list like 1,2,4"
+            f"{text!r} is not a {unit} count: give N (1, 2, 4, ... up to N) or a list like 1,2,4"
         )
     counts = set()
     for item in items:
@@ -95,11 +106,11 @@ def parse_workers(text: str) -> List[int]:
             n = int(item)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"{item!r} is not a worker count: give a whole number from 1 to {MAX_WORKERS}"
+                f"{item!r} is not a {unit} count: give a whole number from 1 to {MAX_WORKERS}"
             ) from None
         if not 1 <= n <= MAX_WORKERS:
             raise argparse.ArgumentTypeError(
-                f"worker counts must be from 1 to {MAX_WORKERS}, got {n}"
+                f"{unit} counts must be from 1 to {MAX_WORKERS}, got {n}"
             )
         counts.add(n)
     if len(items) == 1:
@@ -119,6 +130,41 @@ def _worker_argv(cell: CellSpec, cert: Path, key: Path, port: int) -> List[str]:
         return [sys.executable, "-m", "uvssl", "serve", *common,
                 "--cert", str(cert), "--key", str(key), "--quiet"]  # fmt: skip
     return [sys.executable, "-m", "uvssl.bench.plain_echo", *common]
+
+
+class _ThreadedServer(_Server):
+    """One uvssl server process serving from a loop in each of N threads (thread i pinned to
+    ``cpus[i]``), whose Python callbacks' CPU time is kept in ``gil_file``.
+    """
+
+    def __init__(
+        self, cell: CellSpec, cert: Path, key: Path, cpus: Sequence[Optional[int]]
+    ) -> None:
+        fd, name = tempfile.mkstemp(prefix="uvssl-gil-")
+        os.close(fd)
+        self.gil_file = Path(name)
+        argv = [sys.executable, "-m", "uvssl.bench.threaded_echo", "--host", HOST,
+                "--threads", str(len(cpus)), "--gil-stats", str(self.gil_file)]  # fmt: skip
+        if cell.tls:
+            argv += ["--cert", str(cert), "--key", str(key)]
+        if cpus and cpus[0] is not None:
+            argv += ["--cpus", ",".join(str(c) for c in cpus)]
+        super().__init__(argv, None)
+
+    def __enter__(self) -> _ThreadedServer:
+        try:
+            super().__enter__()
+        except BaseException:
+            self.gil_file.unlink(missing_ok=True)
+            raise
+        return self
+
+    def close(self) -> None:
+        """Stop and reap the server; remove its GIL file."""
+        try:
+            super().close()
+        finally:
+            self.gil_file.unlink(missing_ok=True)
 
 
 class _ServerGroup:
@@ -182,18 +228,22 @@ class _Setup:
     """One measured arrangement: how many workers, on which CPUs."""
 
     kind: str  # "separate" or "shared"
-    workers: int
+    workers: int  # workers, or threads
     cpus: Tuple[Optional[int], ...]
 
-    @property
-    def label(self) -> str:
+    def label(self, unit: str) -> str:
         """For progress lines."""
         where = (
             "unpinned"
             if self.cpus[0] is None
             else f"CPU{'s' if self.workers > 1 else ''} " + ",".join(str(c) for c in self.cpus)
         )
-        return f"{self.workers} worker{'s' if self.workers > 1 else ''} on {where}"
+        return f"{self.workers} {_word(unit, self.workers)} on {where}"
+
+
+def _word(unit: str, n: int) -> str:
+    """The word for *n* of *unit*: "workers" or "worker", "threads" or "thread"."""
+    return unit if n != 1 else unit[:-1]
 
 
 def _plan(
@@ -244,15 +294,19 @@ def run_scaling(
     cpus: List[int],
     server_cpu: Optional[int],
     client_cpu: Optional[int],
+    unit: str = "workers",
 ) -> Dict[str, Any]:
-    """Measure uvssl's server with ``config.workers`` processes; the report's ``scaling``."""
-    counts = sorted(set(config.workers) | {1})
+    """Measure uvssl's server with ``config.workers`` processes (the report's ``scaling``),
+    or with *unit* ``"threads"``, ``config.threads`` loops in threads (its ``threads``).
+    """
+    counts = sorted(set(config.workers if unit == "workers" else config.threads) | {1})
     separate, shared, info = _plan(counts, cpus, server_cpu, client_cpu)
     setups = separate + shared
     cells = [CELLS[c] for c in config.scaling_cells]
     total = len(cells) * len(setups) * config.rounds
     step = 0
     out: Dict[str, Any] = {
+        "unit": unit,
         "counts": counts,
         "cells": [c.key for c in cells],
         **info,
@@ -269,6 +323,14 @@ def run_scaling(
             "CPU/op), not a measurement; client_busy = the load client's CPU time / the window"
         ),
     }
+    if unit == "threads":
+        out["method"] = (
+            "one uvssl server process, N loops in N threads on one port (SO_REUSEPORT); "
+            "separate: thread i pinned to the i-th CPU free of the load client; shared: every "
+            "thread pinned to the CPU 1 thread uses; gil_share = CPU time inside Python "
+            "callbacks (the GIL held) / the server's CPU time, both over the measured window; "
+            "the rest as for workers"
+        )
     for cell in cells:
         runs: Dict[_Setup, List[Dict[str, Any]]] = {s: [] for s in setups}
         for rnd in range(config.rounds):
@@ -277,13 +339,18 @@ def run_scaling(
                 step += 1
                 _progress(
                     config,
-                    f"[scaling {step}/{total}] uvssl {cell.key}, {setup.label}"
+                    f"[{unit} {step}/{total}] uvssl {cell.key}, {setup.label(unit)}"
                     + (f", round {rnd + 1}" if config.rounds > 1 else "")
                     + " ...",
                 )
                 try:
-                    with _ServerGroup(cell, cert, key, setup.cpus) as group:
-                        res = _measure(cell, group, loadgen, config, client_cpu)
+                    target = (
+                        _ServerGroup(cell, cert, key, setup.cpus)
+                        if unit == "workers"
+                        else _ThreadedServer(cell, cert, key, setup.cpus)
+                    )
+                    with target as server:
+                        res = _measure(cell, server, loadgen, config, client_cpu)
                 except BenchError as exc:
                     res = {"status": "failed", "reason": str(exc)}
                 runs[setup].append(res)
@@ -307,20 +374,24 @@ def run_scaling(
             out["shared"][cell.key] = sh_rows
         if base is not None and base["cpu_s_per_op"] > 0:
             cpu1 = float(base["cpu_s_per_op"])
+            # threads: the GIL-held share g runs one thread at a time, so at most 1 / g cores
+            share = base.get("gil_share") if unit == "threads" else None
+            cap = 1 / share if share else float("inf")
             out["projection"]["cells"][cell.key] = {
                 "cpu_s_per_op": cpu1,
-                "ops_per_s": [k / cpu1 for k in PROJECTION_CORES],
+                "ops_per_s": [min(k, cap) / cpu1 for k in PROJECTION_CORES],
             }
     return out
 
 
 def failed_setups(scaling: Dict[str, Any]) -> List[str]:
-    """``"<cell> <N> workers (<kind>)"`` for every setup of *scaling* that failed."""
+    """``"<cell> <N> workers (<kind>)"`` (or threads) for every setup of *scaling* that failed."""
+    unit = scaling.get("unit", "workers")
     out = []
     for kind in ("separate", "shared"):
         for key, rows in scaling[kind].items():
             out += [
-                f"{key} {r['workers']} workers ({kind})" for r in rows if r["status"] == "failed"
+                f"{key} {r['workers']} {unit} ({kind})" for r in rows if r["status"] == "failed"
             ]
     return out
 
@@ -347,33 +418,53 @@ def _cpus_text(cpus: List[Optional[int]]) -> str:
     return ",".join(str(c) for c in cpus)
 
 
-def format_scaling(report: Dict[str, Any]) -> str:
-    """The report's ``scaling`` section as text (part of what ``python -m uvssl bench`` prints)."""
-    sc = report["scaling"]
-    lines = [
-        "scaling (--workers): uvssl's server as N processes on one port (SO_REUSEPORT); "
-        "ops/s and CPU/op for the whole server, CPU summed over its processes",
-        "an op is " + "; ".join(f"{CELLS[key].op} ({key})" for key in sc["cells"]),
-    ]
+def format_scaling(report: Dict[str, Any], section: str = "scaling") -> str:
+    """The report's ``scaling`` section (``--workers``), or its ``threads`` section, as text
+    (part of what ``python -m uvssl bench`` prints).
+    """
+    sc = report[section]
+    unit = sc.get("unit", "workers")
+    one = unit[:-1]  # "worker", "thread"
+    threads = unit == "threads"
+    if threads:
+        lines = [
+            "loops in threads (--threads): uvssl's server as N loops in N threads of one "
+            "process on one port (SO_REUSEPORT); GIL = the share of its CPU time spent in "
+            "Python callbacks, which hold the GIL",
+        ]
+    else:
+        lines = [
+            "scaling (--workers): uvssl's server as N processes on one port (SO_REUSEPORT); "
+            "ops/s and CPU/op for the whole server, CPU summed over its processes",
+        ]
+    lines.append("an op is " + "; ".join(f"{CELLS[key].op} ({key})" for key in sc["cells"]))
     notes: List[str] = []
     saturated = False
+
+    def gil_text(r: Dict[str, Any]) -> List[str]:
+        if not threads:
+            return []
+        share = r.get("gil_share")
+        return ["?" if share is None else f"{share * 100:.1f}%"]
+
     if sc["pinned"]:
         free = sc["free_cpus"]
         lines.append(
-            f"separate cores: worker i pinned to the i-th CPU free of the load client (CPU "
+            f"separate cores: {one} i pinned to the i-th CPU free of the load client (CPU "
             f"{sc['client_cpu']}); free CPUs: {', '.join(str(c) for c in free)}"
         )
     else:
         lines.append("separate cores: not pinned (--no-pin, or one usable CPU)")
-    header = ["cell", "workers", "CPUs", "ops/s (+)", "CPU us/op (-)", "speed-up", "client CPU"]
+    header = ["cell", unit, "CPUs", "ops/s (+)", "CPU us/op (-)", *(["GIL"] if threads else []),
+              "speed-up", "client CPU"]  # fmt: skip
     rows: List[List[str]] = []
     for key, sep_rows in sc["separate"].items():
         for i, r in enumerate(sep_rows):
             row = [_label(key) if i == 0 else "", str(r["workers"]),
                    _cpus_text(r["cpus"])]  # fmt: skip
             if r["status"] != "ok":
-                rows.append(row + [r["status"], "", "", ""])
-                notes.append(f"{key}, {r['workers']} workers failed: {r.get('reason', '')}")
+                rows.append(row + [r["status"]] + [""] * (len(header) - 4))
+                notes.append(f"{key}, {r['workers']} {unit} failed: {r.get('reason', '')}")
                 continue
             busy = r.get("client_busy")
             client = "?" if busy is None else f"{busy * 100:.0f}%"
@@ -381,15 +472,25 @@ def format_scaling(report: Dict[str, Any]) -> str:
                 client += "*"
                 saturated = True
             speedup = r.get("speedup")
-            rows.append(row + [_fmt(r["ops_per_s"]), _fmt(r["cpu_s_per_op"] * 1e6),
+            rows.append(row + [_fmt(r["ops_per_s"]), _fmt(r["cpu_s_per_op"] * 1e6), *gil_text(r),
                                "" if speedup is None else f"{speedup:.2f}x", client])  # fmt: skip
     lines += _table(header, rows)
     for nr in sc["not_run"]:
-        lines.append(f"{nr['workers']} workers on separate cores: not run ({nr['reason']})")
+        lines.append(f"{nr['workers']} {unit} on separate cores: not run ({nr['reason']})")
+    if threads:
+        for key, sep_rows in sc["separate"].items():
+            base = sep_rows[0] if sep_rows and sep_rows[0]["status"] == "ok" else None
+            share = base.get("gil_share") if base else None
+            if share:
+                lines.append(
+                    f"{key}: one thread holds the GIL for {share * 100:.1f}% of its CPU time, so "
+                    f"N threads do at most {1 / share:.1f}x its work on any number of cores "
+                    f"(1 / GIL share); worker processes have no such limit"
+                )
     lines.append("")
     if sc["shared"]:
         lines.append(
-            f"one shared core: every worker pinned to CPU {sc['shared_cpu']}, against 1 worker "
+            f"one shared core: every {one} pinned to CPU {sc['shared_cpu']}, against 1 {one} "
             f"alone there; ratio = CPU/op of N sharing / 1 alone (no contention and no "
             f"duplicated work: at most {sc['shared_ratio_goal']:.2f})"
         )
@@ -400,25 +501,26 @@ def format_scaling(report: Dict[str, Any]) -> str:
             for i, r in enumerate([base, *sh_rows] if base else sh_rows):
                 row = [_label(key) if i == 0 else "", str(r["workers"])]
                 if r["status"] != "ok":
-                    rows.append(row + [r["status"], "", "", ""])
+                    rows.append(row + [r["status"]] + [""] * (3 + threads))
                     if r["workers"] > 1:
                         notes.append(
-                            f"{key}, {r['workers']} workers on one core failed: "
+                            f"{key}, {r['workers']} {unit} on one core failed: "
                             f"{r.get('reason', '')}"
                         )
                     continue
                 ratio = 1.0 if r["workers"] == 1 else r.get("cpu_ratio")
                 if ratio is not None and ratio > sc["shared_ratio_goal"]:
-                    above.append(f"{key} with {r['workers']} workers ({ratio:.3f})")
+                    above.append(f"{key} with {r['workers']} {unit} ({ratio:.3f})")
                 busy = r.get("client_busy")
                 client = "?" if busy is None else f"{busy * 100:.0f}%"
                 if r.get("client_saturated"):
                     client += "*"
                     saturated = True
                 rows.append(row + [_fmt(r["ops_per_s"]), _fmt(r["cpu_s_per_op"] * 1e6),
-                                   "" if ratio is None else f"{ratio:.3f}", client])  # fmt: skip
-        lines += _table(["cell", "workers", "ops/s (+)", "CPU us/op (-)", "ratio", "client CPU"],
-                        rows)  # fmt: skip
+                                   *gil_text(r), "" if ratio is None else f"{ratio:.3f}",
+                                   client])  # fmt: skip
+        lines += _table(["cell", unit, "ops/s (+)", "CPU us/op (-)", *(["GIL"] if threads else []),
+                         "ratio", "client CPU"], rows)  # fmt: skip
         if above:
             lines.append(f"ratio above {sc['shared_ratio_goal']:.2f}: {', '.join(above)}")
     else:
@@ -426,9 +528,11 @@ def format_scaling(report: Dict[str, Any]) -> str:
     lines.append("")
     proj = sc["projection"]
     if proj["cells"]:
+        k = "min(k, 1 / GIL share)" if threads else "k"
         lines.append(
-            "projection (NOT measured): ops/s with k free cores = k / (1 worker's CPU per op); "
-            "it holds as far as the shared-core ratio stays near 1 and the load client keeps up"
+            f"projection (NOT measured): ops/s with k free cores = {k} / (1 {one}'s CPU per "
+            f"op); it holds as far as the shared-core ratio stays near 1 and the load client "
+            f"keeps up"
         )
         rows = [
             [_label(key), *(_fmt(v) for v in p["ops_per_s"])] for key, p in proj["cells"].items()
