@@ -22,6 +22,9 @@
  *     after it, in the same order as if every read had been delivered at once;
  *   - when the next piece would not fit, and before a piece too big to copy cheaply
  *     (UVS__BATCH_ITEM_MAX), which then goes straight to on_read as before.
+ * A batch of one piece (a single busy connection: one request per loop turn) goes to on_read
+ * instead of on_batch: the same delivery with three arguments instead of six and no arrays,
+ * which in CPython's cffi is about 5,000 instructions less per call.
  *
  * While the embedding handles a batch (loop->batch_busy), data that becomes available (a TLS
  * engine releasing plaintext when the application resumes reading) is delivered directly with
@@ -64,8 +67,11 @@ void uvs__batch_flush(uvs_loop_t *loop) {
     if (loop->batch_n == 0 || loop->batch_busy)
         return;
     loop->batch_busy = 1;
-    uvs__cb.on_batch(loop->data, loop->batch_data, loop->batch_lens, loop->batch_n,
-                     loop->batch_buf, loop->batch_len);
+    if (loop->batch_n == 1) /* one piece: as a plain read, with half the arguments to convert */
+        uvs__cb.on_read(loop->batch_data[0], loop->batch_buf, loop->batch_len);
+    else
+        uvs__cb.on_batch(loop->data, loop->batch_data, loop->batch_lens, loop->batch_n,
+                         loop->batch_buf, loop->batch_len);
     loop->batch_busy = 0;
     loop->batch_n = loop->batch_len = 0;
 }

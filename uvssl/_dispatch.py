@@ -31,7 +31,8 @@ The batch. Calling into Python costs about as much as a small read itself, so th
 reads of one loop turn are collected in C (csrc/batch.c) and reach ``uvs_py_on_batch`` in one
 call: one byte area and, per entry, the socket's handle and a length, in arrival order. A
 read too big to copy cheaply, or one made while a batch is being handled, comes alone through
-``uvs_py_on_read``. Both honour what the application did earlier in the same turn: entries of
+``uvs_py_on_read``, and so does a batch of one read (one busy connection), which costs less
+that way. Both honour what the application did earlier in the same turn: entries of
 a socket it closed are dropped, and a paused socket keeps its data (``sock._held``) until
 ``resume_reading()``. The read path runs once per read on every connection: it uses prebound
 names.
@@ -84,10 +85,12 @@ def dispatch_error(exc_type: Any, exc: Optional[BaseException], tb: Any) -> None
 
 @ffi.def_extern(onerror=dispatch_error)  # type: ignore[untyped-decorator]
 def uvs_py_on_read(data: Any, buf: Any, length: int) -> None:
-    """Data arrived on a connection, too big to batch (or during a batch): deliver it now."""
+    """Data arrived on a connection, too big to batch (or during a batch), or a batch of one
+    piece (csrc/batch.c): deliver it now.
+    """
     sock = _from_handle(data)
     loop = sock._loop
-    if loop._halted:
+    if loop._halted or sock._closed:
         return
     if sock._held is not None:  # paused in this loop turn: kept until resume_reading()
         sock._held.append(_unpack(buf, length))
@@ -116,7 +119,7 @@ def uvs_py_on_batch(loop_data: Any, datas: Any, lens: Any, n: int, buf: Any, len
     blob = _unpack(buf, length)
     off = 0
     for d, ln in zip(_unpack(datas, n), _unpack(lens, n)):
-        chunk = blob if n == 1 else blob[off : off + ln]
+        chunk = blob[off : off + ln]
         off += ln
         sock = _from_handle(d)
         if sock._closed:
