@@ -21,6 +21,9 @@
  * (SSL_MODE_RELEASE_BUFFERS). */
 #define UVS__TLS_TRIM_MS 10
 #define UVS__TLS_TRIM_ITERATIONS 2
+/* reads and writes with the session open after which a connection counts as busy and keeps
+ * its record buffers (tls_conn.c): more than one exchange's two */
+#define UVS__TLS_KEEP_STEPS 3
 
 /* The public TLS and blocking-stream API (uvs_conn_attach_tls, uvs_stream_*, ...) is declared
  * in uvssl_api.h, which uvs.h includes. */

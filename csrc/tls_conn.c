@@ -38,16 +38,23 @@
  *
  * OpenSSL's record buffers: with SSL_MODE_RELEASE_BUFFERS OpenSSL frees its read and write
  * buffers (about 17 KiB each) as soon as they drain and allocates them again for the next
- * record: two allocations and two frees per request on a busy connection. Here the mode is off
- * and the loop does the releasing instead: every engine step moves the connection to the tail of
- * loop->tls_busy (newest last) with the loop time, and an unreferenced timer walks the list
- * from the head every UVS__TLS_TRIM_MS, calling SSL_free_buffers on each connection quiet for
- * that long and for UVS__TLS_TRIM_ITERATIONS loop iterations, and freeing the connection's own
- * empty buffers, which are otherwise kept for the next small write. The iterations matter when
- * the loop is overloaded (or slowed down by a profiler): an iteration may then take longer
- * than the time limit, and a connection merely waiting for its turn is not idle. A busy connection
- * keeps its buffers; an idle one holds none, as before. A buffer holding half a record cannot
- * be freed yet: the connection goes back to the tail and is tried again later.
+ * record: two allocations and two frees per request on a busy connection. A busy connection
+ * turns the mode off and the loop does the releasing instead: every engine step moves the
+ * connection to the tail of loop->tls_busy (newest last) with the loop time, and an
+ * unreferenced timer walks the list from the head every UVS__TLS_TRIM_MS, calling
+ * SSL_free_buffers on each connection quiet for that long and for UVS__TLS_TRIM_ITERATIONS loop
+ * iterations, and freeing the connection's own empty buffers, which are otherwise kept for the
+ * next small write; the connection is then back in the mode. The iterations matter when the
+ * loop is overloaded (or slowed down by a profiler): an iteration may then take longer than the
+ * time limit, and a connection merely waiting for its turn is not idle. A buffer holding half a
+ * record cannot be freed yet: the mode frees it once it drains.
+ * Busy means UVS__TLS_KEEP_STEPS reads and writes with the session open (since the handshake,
+ * or since the buffers were last freed); the handshake itself frees them between its flights.
+ * A connection that makes one exchange and goes quiet (a handshake, then a request and its
+ * answer: two) never keeps them: OpenSSL frees them as they drain, as it does for every
+ * connection of a C server, and so do uvssl's own empty buffers after each read and write.
+ * Kept for the timer's 10 ms while other connections allocate their long-lived state, they
+ * left holes in the heap that stay resident: about 1 KiB more memory per idle connection.
  * SSL_free_buffers had a use-after-free before OpenSSL 3.0.14 (CVE-2024-4741), so with an
  * older library (see uvs_tls_can_free_buffers) the engine keeps SSL_MODE_RELEASE_BUFFERS.
  */
@@ -67,7 +74,9 @@ struct uvs_tls_s {
     int started;           /* the handshake has been kicked off                     */
     uint64_t handshake_timeout_ms;
     uv_timer_t *htimer;
-    int keep_buffers;      /* record buffers kept while busy (else RELEASE_BUFFERS)   */
+    int keep_buffers;      /* record buffers may be kept while busy (else always released) */
+    int kept;              /* they are: RELEASE_BUFFERS is off, and the engine listed  */
+    int open_steps;        /* reads and writes with the session open, while not kept    */
     uvs__link_t busy;      /* on loop->tls_busy while OpenSSL may hold record buffers */
     uint64_t busy_at;      /* loop time (ms) of the engine's last step                */
     uint64_t busy_iteration; /* and the loop iteration                               */
@@ -138,6 +147,18 @@ static void uvs__tls_trim_own(uvs_tls_t *t) {
         uvs__buf_free(&t->conn->out);
 }
 
+/* A kept engine's record buffers go now, or, when part of a record is buffered (SSL_free_buffers
+ * refuses, leaving no error), as soon as they drain: OpenSSL frees them itself from now on, until
+ * the connection is busy again. */
+static void uvs__tls_stop_keeping(uvs_tls_t *t) {
+    SSL *ssl = uvs__engine_ssl(t->eng);
+    (void)SSL_free_buffers(ssl);
+    SSL_set_mode(ssl, SSL_MODE_RELEASE_BUFFERS);
+    uvs__link_del(&t->busy);
+    t->kept = 0;
+    t->open_steps = 0;
+}
+
 static void uvs__tls_trim_cb(uv_timer_t *h) {
     uvs_loop_t *loop = h->data;
     uvs__link_t *head = &loop->tls_busy;
@@ -147,23 +168,18 @@ static void uvs__tls_trim_cb(uv_timer_t *h) {
         if (now - t->busy_at < UVS__TLS_TRIM_MS ||
             loop->iteration - t->busy_iteration < UVS__TLS_TRIM_ITERATIONS)
             break; /* the rest are newer */
-        uvs__link_del(&t->busy);
-        if (SSL_free_buffers(uvs__engine_ssl(t->eng)) != 1) {
-            t->busy_at = now; /* part of a record is buffered: try again later */
-            t->busy_iteration = loop->iteration;
-            uvs__link_append(head, &t->busy);
-            continue;
-        }
+        uvs__tls_stop_keeping(t);
         uvs__tls_trim_own(t);
     }
     if (head->next == head)
         (void)uv_timer_stop(h); /* cannot fail */
 }
 
-/* The engine of c just ran: its record buffers stay until it has been quiet for a while. */
+/* The engine of c just ran: a busy connection's record buffers stay until it has been quiet
+ * for a while. */
 static void uvs__tls_touch(uvs_conn_t *c) {
     uvs_tls_t *t = c->tls;
-    if (!t->keep_buffers)
+    if (!t->kept)
         return;
     uvs_loop_t *loop = c->loop;
     uvs__link_t *head = &loop->tls_busy;
@@ -179,12 +195,24 @@ static void uvs__tls_touch(uvs_conn_t *c) {
         0) {
         /* cannot happen for an initialised timer; never hold buffers with no one to free them */
         uvs__link_del(&t->busy);
-        t->keep_buffers = 0;
+        t->keep_buffers = t->kept = 0;
         SSL_set_mode(uvs__engine_ssl(t->eng), SSL_MODE_RELEASE_BUFFERS);
     }
 }
 
-/* Called once per engine at attach: keep buffers while busy when that is safe and possible. */
+/* c reads or writes with its session open: the UVS__TLS_KEEP_STEPS-th time, it is busy and
+ * keeps its record buffers from then on (until it is quiet). Called before the step. */
+static void uvs__tls_count_step(uvs_conn_t *c) {
+    uvs_tls_t *t = c->tls;
+    if (t->kept || !t->keep_buffers || ++t->open_steps < UVS__TLS_KEEP_STEPS)
+        return;
+    SSL_clear_mode(uvs__engine_ssl(t->eng), SSL_MODE_RELEASE_BUFFERS);
+    t->kept = 1;
+    uvs__tls_touch(c);
+}
+
+/* Called once per engine at attach: keep buffers while busy when that is safe and possible
+ * (the engine starts with SSL_MODE_RELEASE_BUFFERS; uvs__tls_count_step turns it off). */
 static void uvs__tls_keep_buffers(uvs_loop_t *loop, uvs_tls_t *t) {
     if (!uvs_tls_can_free_buffers())
         return;
@@ -195,7 +223,6 @@ static void uvs__tls_keep_buffers(uvs_loop_t *loop, uvs_tls_t *t) {
         uv_unref((uv_handle_t *)&loop->tls_trim);
         loop->tls_trim_on = 1;
     }
-    SSL_clear_mode(uvs__engine_ssl(t->eng), SSL_MODE_RELEASE_BUFFERS);
     t->keep_buffers = 1;
 }
 
@@ -357,10 +384,14 @@ static void uvs__handshake_timeout_cb(uv_timer_t *timer) {
 void uvs__tls_on_read(uvs_conn_t *c, const char *p, size_t n) {
     uvs_tls_t *t = c->tls;
     uvs__engine_t *e = t->eng;
+    if (uvs__engine_state(e) == UVS_TLS_OPEN)
+        uvs__tls_count_step(c);
     uvs__engine_offer(e, p, n);
     uvs__tls_pump(c);
     if (c->tls == t) {
         uvs__engine_settle(e);
+        if (!t->kept)
+            uvs__tls_trim_own(t); /* not busy: keeps nothing for the next write */
         int state = uvs__engine_state(e);
         if (state == UVS_TLS_FAILED && !(c->state & (UVS__C_CLOSING | UVS__C_CLOSE_WANTED)))
             uvs__tls_fail(c, UVS_EV_TLS_ERROR, UVS_ACT_TLS_READ); /* out of memory keeping input */
@@ -424,6 +455,8 @@ void uvs__tls_flush(uvs_conn_t *c) {
             return;
     }
     if (uvs__engine_state(e) == UVS_TLS_OPEN && !uvs__engine_close_notify_sent(e)) {
+        if (c->out.len > 0)
+            uvs__tls_count_step(c);
         while (c->out.len > 0) {
             size_t used = 0;
             if (uvs__engine_encrypt(e, c->out.base, c->out.len, &used) != 0) {
@@ -443,6 +476,8 @@ void uvs__tls_flush(uvs_conn_t *c) {
     uvs__tls_push(c);
     if (t->detaching && uvs__engine_state(e) == UVS_TLS_DONE && c->tls == t)
         uvs__tls_finish_detach(c);
+    else if (c->tls == t && !t->kept)
+        uvs__tls_trim_own(t); /* not busy: keeps nothing for the next write */
 }
 
 size_t uvs__tls_pending(const uvs_conn_t *c) { return uvs__engine_out(c->tls->eng)->len; }

@@ -58,9 +58,10 @@ def test_idle_connection_releases_handshake_and_large_buffers(certs):
 
 
 def test_quiet_connection_gives_back_openssl_record_buffers(certs):
-    """A busy connection keeps OpenSSL's record buffers; once quiet for a few milliseconds
-    and loop iterations they are freed, together with the small buffers uvssl keeps for the
-    next write, and traffic afterwards still flows both ways."""
+    """A connection that has made one exchange holds no record buffers (OpenSSL frees them as
+    they drain); a busy one (its third read or write) keeps them; once quiet for a few
+    milliseconds and loop iterations they are freed, together with the small buffers uvssl
+    keeps for the next write, it is back to the first kind, and traffic still flows."""
     if not lib.uvs_tls_can_free_buffers():
         pytest.skip("OpenSSL before the CVE-2024-4741 fix: buffers go with every record")
     seen = []  # (what, whether the server-side connection may hold record buffers)
@@ -75,25 +76,36 @@ def test_quiet_connection_gives_back_openssl_record_buffers(certs):
         if held(sock) and time.monotonic() < deadline:
             uvssl.delay(lambda: wait_for_release(sock), 0.005)
             return
-        # the echo of "one" left both small output buffers allocated; quiet, none is held
+        # the echo of "two" left both small output buffers allocated; quiet, none is held
         seen.append(("quiet", held(sock), int(lib.uvs_conn_held_bytes(sock._conn))))
         sock.write(b"free")
 
     def s_read(sock, data):
         seen.append((data.decode(), held(sock)))  # type: ignore[arg-type]
         sock.write(data)
-        if data == b"one\n":
+        if data == b"two\n":
             wait_for_release(sock)
 
     def client(port):
         raw = socket.create_connection((LOCALHOST, port), timeout=PEER_TIMEOUT)
         with stdlib_client_context(certs).wrap_socket(raw, server_hostname="localhost") as s:
-            s.sendall(b"one\n")
-            assert recv_exactly(s, 8) == b"one\nfree"
-            s.sendall(b"two\n")
-            assert recv_exactly(s, 4) == b"two\n"
+            for line in (b"one\n", b"two\n"):  # one at a time: each its own read
+                s.sendall(line)
+                want = line + (b"free" if line == b"two\n" else b"")
+                assert recv_exactly(s, len(want)) == want
+            for line in (b"three\n", b"four\n"):
+                s.sendall(line)
+                assert recv_exactly(s, len(line)) == line
             return True
 
-    peer, _ = serve_to_peer(client, s_read, certs=certs, until=lambda _: len(seen) >= 3)
+    peer, _ = serve_to_peer(client, s_read, certs=certs, until=lambda _: len(seen) >= 5)
     assert peer.result() is True
-    assert seen == [("one\n", True), ("quiet", False, 0), ("two\n", True)], seen
+    # the read of "one", its echo, then the read of "two" is the third step; freed when quiet,
+    # then "free", the read of "three" and its echo are three again: "four" finds them kept
+    assert seen == [
+        ("one\n", False),
+        ("two\n", True),
+        ("quiet", False, 0),
+        ("three\n", False),
+        ("four\n", True),
+    ], seen
