@@ -192,17 +192,18 @@ static void uvs_py_on_udp_event(void *data, int kind, int status, int action,
 
 /* Point the native core's callback table at the extern "Python" dispatchers. */
 static void uvs_py_install(void) {
-    uvs_callbacks_t cb;
-    cb.on_read = uvs_py_on_read;
-    cb.on_batch = uvs_py_on_batch;
-    cb.on_event = uvs_py_on_event;
-    cb.on_accept = uvs_py_on_accept;
-    cb.on_timer = uvs_py_on_timer;
-    cb.on_wakeup = uvs_py_on_wakeup;
-    cb.on_sni = uvs_py_on_sni;
-    cb.on_udp_batch = uvs_py_on_udp_batch;
-    cb.on_udp_event = uvs_py_on_udp_event;
-    uvs_set_callbacks(&cb);
+    static const uvs_callbacks_t dispatchers = {
+        .on_read = uvs_py_on_read,
+        .on_batch = uvs_py_on_batch,
+        .on_event = uvs_py_on_event,
+        .on_accept = uvs_py_on_accept,
+        .on_timer = uvs_py_on_timer,
+        .on_wakeup = uvs_py_on_wakeup,
+        .on_sni = uvs_py_on_sni,
+        .on_udp_batch = uvs_py_on_udp_batch,
+        .on_udp_event = uvs_py_on_udp_event,
+    };
+    uvs_set_callbacks(&dispatchers);
 }
 
 /* ---- how long the GIL is held (the bench's --threads; off unless asked for) ----------------
@@ -292,8 +293,18 @@ static void uvs_py_timed_udp_event(void *data, int kind, int status, int action,
 }
 
 static int uvs_py_time_callbacks(uint64_t *counters) {
+    static const uvs_callbacks_t timed = {
+        .on_read = uvs_py_timed_read,
+        .on_batch = uvs_py_timed_batch,
+        .on_event = uvs_py_timed_event,
+        .on_accept = uvs_py_timed_accept,
+        .on_timer = uvs_py_timed_timer,
+        .on_wakeup = uvs_py_timed_wakeup,
+        .on_sni = uvs_py_timed_sni,
+        .on_udp_batch = uvs_py_timed_udp_batch,
+        .on_udp_event = uvs_py_timed_udp_event,
+    };
     struct timespec ts;
-    uvs_callbacks_t cb;
     if (counters == NULL) {
         uvs_py_install();
         uvs_py_counters = NULL;
@@ -302,16 +313,7 @@ static int uvs_py_time_callbacks(uint64_t *counters) {
     if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0)
         return -errno;
     uvs_py_counters = counters;
-    cb.on_read = uvs_py_timed_read;
-    cb.on_batch = uvs_py_timed_batch;
-    cb.on_event = uvs_py_timed_event;
-    cb.on_accept = uvs_py_timed_accept;
-    cb.on_timer = uvs_py_timed_timer;
-    cb.on_wakeup = uvs_py_timed_wakeup;
-    cb.on_sni = uvs_py_timed_sni;
-    cb.on_udp_batch = uvs_py_timed_udp_batch;
-    cb.on_udp_event = uvs_py_timed_udp_event;
-    uvs_set_callbacks(&cb);
+    uvs_set_callbacks(&timed);
     return 0;
 }
 """
