@@ -200,11 +200,12 @@ static void uvs__tls_touch(uvs_conn_t *c) {
     }
 }
 
-/* c reads or writes with its session open: the UVS__TLS_KEEP_STEPS-th time, it is busy and
- * keeps its record buffers from then on (until it is quiet). Called before the step. */
+/* c, not kept, reads or writes with its session open: the UVS__TLS_KEEP_STEPS-th time, it is
+ * busy and keeps its record buffers from then on (until it is quiet). Called before the step;
+ * callers test t->kept first, so a busy connection's reads and writes pay only that test. */
 static void uvs__tls_count_step(uvs_conn_t *c) {
     uvs_tls_t *t = c->tls;
-    if (t->kept || !t->keep_buffers || ++t->open_steps < UVS__TLS_KEEP_STEPS)
+    if (!t->keep_buffers || ++t->open_steps < UVS__TLS_KEEP_STEPS)
         return;
     SSL_clear_mode(uvs__engine_ssl(t->eng), SSL_MODE_RELEASE_BUFFERS);
     t->kept = 1;
@@ -384,7 +385,7 @@ static void uvs__handshake_timeout_cb(uv_timer_t *timer) {
 void uvs__tls_on_read(uvs_conn_t *c, const char *p, size_t n) {
     uvs_tls_t *t = c->tls;
     uvs__engine_t *e = t->eng;
-    if (uvs__engine_state(e) == UVS_TLS_OPEN)
+    if (!t->kept && uvs__engine_state(e) == UVS_TLS_OPEN)
         uvs__tls_count_step(c);
     uvs__engine_offer(e, p, n);
     uvs__tls_pump(c);
@@ -455,7 +456,7 @@ void uvs__tls_flush(uvs_conn_t *c) {
             return;
     }
     if (uvs__engine_state(e) == UVS_TLS_OPEN && !uvs__engine_close_notify_sent(e)) {
-        if (c->out.len > 0)
+        if (!t->kept && c->out.len > 0)
             uvs__tls_count_step(c);
         while (c->out.len > 0) {
             size_t used = 0;

@@ -149,7 +149,6 @@ import shutil
 import signal
 import ssl
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -473,21 +472,6 @@ def _rss_bytes(pid: int) -> int:
     raise BenchError("no VmRSS in /proc/<pid>/status")
 
 
-def _gil_seconds(path: Path) -> Optional[float]:
-    """The CPU seconds a ``--gil-stats`` file says the server's Python callbacks took so far
-    (``uvssl.bench.threaded_echo``), or None when it cannot be read yet.
-    """
-    try:
-        with open(path, "rb") as f:
-            data = f.read(16)
-    except OSError:
-        return None
-    if len(data) != 16:
-        return None
-    ns: int = struct.unpack("=QQ", data)[0]
-    return ns / 1e9
-
-
 def _cpu_at(samples: Sequence[Tuple[float, float]], t: float) -> float:
     """The CPU time at instant *t*, linearly interpolated between *samples* (time, cpu)."""
     if not samples:
@@ -683,7 +667,7 @@ class _LoadRun:
     client_samples: List[Tuple[float, float]] = field(default_factory=list)
     #: with several server processes, each one's CPU time (time, seconds), in pid order
     pid_samples: List[List[Tuple[float, float]]] = field(default_factory=list)
-    #: a server with a ``gil_file``: the CPU time its Python callbacks took (time, seconds)
+    #: a server with ``gil_seconds``: the CPU time its Python callbacks took (time, seconds)
     gil_samples: List[Tuple[float, float]] = field(default_factory=list)
 
 
@@ -712,7 +696,8 @@ def _run_loadgen(
     client_samples: List[Tuple[float, float]] = []
     pid_samples: List[List[Tuple[float, float]]] = [[] for _ in pids] if len(pids) > 1 else []
     gil_samples: List[Tuple[float, float]] = []
-    gil_file: Optional[Path] = getattr(server, "gil_file", None)
+    # a server that times its Python callbacks (scaling's threaded server) says how long
+    gil_seconds: Optional[Callable[[], Optional[float]]] = getattr(server, "gil_seconds", None)
     client_pid = 0
 
     def sample() -> None:
@@ -737,8 +722,8 @@ def _run_loadgen(
         if len(users) == len(pids):
             user_samples.append((now, sum(users)))
             sys_samples.append((now, sum(kernels)))
-        if gil_file is not None:
-            gil = _gil_seconds(gil_file)
+        if gil_seconds is not None:
+            gil = gil_seconds()
             if gil is not None:
                 gil_samples.append((now, gil))
         if client_pid:

@@ -62,6 +62,7 @@ from .runner import (
     _Server,
     combine_rounds,
 )
+from .threaded_echo import read_gil_stats
 
 __all__ = [
     "CLIENT_SATURATED",
@@ -134,7 +135,8 @@ def _worker_argv(cell: CellSpec, cert: Path, key: Path, port: int) -> List[str]:
 
 class _ThreadedServer(_Server):
     """One uvssl server process serving from a loop in each of N threads (thread i pinned to
-    ``cpus[i]``), whose Python callbacks' CPU time is kept in ``gil_file``.
+    ``cpus[i]``), whose Python callbacks' CPU time is kept in ``gil_file``
+    (``threaded_echo --gil-stats``) and read by the runner through ``gil_seconds``.
     """
 
     def __init__(
@@ -150,6 +152,11 @@ class _ThreadedServer(_Server):
         if cpus and cpus[0] is not None:
             argv += ["--cpus", ",".join(str(c) for c in cpus)]
         super().__init__(argv, None)
+
+    def gil_seconds(self) -> Optional[float]:
+        """The CPU seconds the server's Python callbacks took so far, or None (unreadable)."""
+        stats = read_gil_stats(str(self.gil_file))
+        return None if stats is None else stats[0] / 1e9
 
     def __enter__(self) -> _ThreadedServer:
         try:

@@ -32,15 +32,16 @@ import argparse
 import mmap
 import os
 import signal
+import struct
 import sys
 import threading
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from .. import Context, get_loop, start_event_loop, tcp_server, tcp_ssl_server
 from ..__main__ import echo_event, echo_read
 from .._uvssl import ffi, lib
 
-__all__ = ["GIL_STATS_SIZE", "main", "serve", "time_callbacks"]
+__all__ = ["GIL_STATS_SIZE", "main", "read_gil_stats", "serve", "time_callbacks"]
 
 #: The size of a ``--gil-stats`` file: two unsigned 64-bit counters (nanoseconds, calls).
 GIL_STATS_SIZE = 16
@@ -67,6 +68,21 @@ def time_callbacks(path: str) -> None:
         mapping.close()
         raise OSError(-err, f"cannot time the Python callbacks: {os.strerror(-err)}", path)
     _kept.extend((mapping, counters))
+
+
+def read_gil_stats(path: str) -> Optional[Tuple[int, int]]:
+    """What a ``--gil-stats`` file holds so far: (CPU nanoseconds inside Python callbacks,
+    calls), or None while it cannot be read (not made yet, or already removed).
+    """
+    try:
+        with open(path, "rb") as f:
+            data = f.read(GIL_STATS_SIZE)
+    except OSError:
+        return None
+    if len(data) != GIL_STATS_SIZE:
+        return None
+    ns, calls = struct.unpack("=QQ", data)
+    return int(ns), int(calls)
 
 
 def serve(
