@@ -129,6 +129,8 @@ static void uvs__connection_cb(uv_stream_t *ls, int status) {
     /* The peer's address now, while it can be asked (a reset connection cannot say it any
      * more). A peer already gone leaves it unknown. */
     (void)uvs__tcp_fetch_address(c, 1);
+    if (s->local.sa.sa_family != AF_UNSPEC)
+        c->addrs.local = s->local; /* one system call (getsockname at the close) less */
     (void)uv_tcp_nodelay(&c->tcp, 1); /* best effort, as every accepted socket supports it */
     if (s->proxy) {
         /* a PROXY header first: the connection (and its TLS engine) waits for it (proxy.c) */
@@ -162,6 +164,25 @@ static void uvs__connection_cb(uv_stream_t *ls, int status) {
             uvs__mark_dirty(c); /* the flush arms the handshake timer */
     }
     uvs__flush_dirty(loop);
+}
+
+/* Keep s's address when it is a single one: what every connection it accepts has as its own.
+ * On a wildcard (0.0.0.0, ::) that depends on the address each client reached, and connections
+ * ask the kernel (tcp.c); so they do if this lookup fails. */
+static void uvs__server_keep_local(uvs_server_t *s) {
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    if (uv_tcp_getsockname(&s->tcp, (struct sockaddr *)&ss, &len) != 0)
+        return;
+    if (ss.ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
+        if (a->sin_addr.s_addr != htonl(INADDR_ANY))
+            s->local.in4 = *a;
+    } else if (ss.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
+        if (!IN6_IS_ADDR_UNSPECIFIED(&a->sin6_addr))
+            s->local.in6 = *a;
+    }
 }
 
 static void uvs__server_closed_cb(uv_handle_t *h) {
@@ -226,6 +247,7 @@ uvs_server_t *uvs_server_new(uvs_loop_t *loop, void *data, const char *ip, int p
         return NULL;
     }
     s->data = data;
+    uvs__server_keep_local(s);
     uvs__link_add(loop, &s->link, UVS__OBJ_SERVER);
     *err = 0;
     return s;

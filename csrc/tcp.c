@@ -17,7 +17,9 @@
  *
  * Addresses. A connection's two addresses are kept in c->addrs so that they stay readable after
  * it closes: the peer's is taken when it connects or is accepted, this end's when it is first
- * asked for or at the close (uvs__tcp_fetch_address), whichever comes first.
+ * asked for or at the close (uvs__tcp_fetch_address), whichever comes first. A connection
+ * accepted by a server listening on one address (not a wildcard) has that one from the start
+ * (server.c), which spares a system call per connection.
  */
 #include <netinet/in.h>
 #include <stdio.h>

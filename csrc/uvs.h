@@ -171,6 +171,9 @@ struct uvs_server_s {
     double hs_timeout;            /* handshake timeout for accepted conns (s) */
     int eager;                    /* announce at accept, not at handshake     */
     int unannounced;              /* accepted conns not yet announced         */
+    /* The address it listens on when that is one address (not a wildcard): the local address
+     * of every connection it accepts, known without asking the kernel. AF_UNSPEC otherwise. */
+    uvs_addr_t local;
     /* ---- the PROXY protocol (proxy.c, uvs_server_set_proxy); all zero when off */
     int proxy;                    /* accepted conns start with a header       */
     uint64_t proxy_ms;            /* the header's deadline (0: none)          */

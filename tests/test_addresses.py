@@ -270,6 +270,27 @@ def test_tls_socket_addresses_after_close(certs: Any) -> None:
     assert seen["open"] == seen["closed"]
 
 
+@pytest.mark.parametrize("bind", ["127.0.0.1", "0.0.0.0"])
+def test_an_accepted_connection_knows_the_address_it_reached(bind: str) -> None:
+    """Its own address is the one the client reached, before and after the close: the
+    server's on a server bound to one address, the loopback address on a wildcard one."""
+    seen: dict[str, Any] = {}
+
+    def start() -> None:
+        def on_read(sock: uvssl.Socket, data: bytes) -> None:
+            seen["open"] = sock.local_address
+            sock.close()
+            seen["closed"] = sock.local_address
+            server.close()
+
+        server = uvssl.tcp_server(bind, 0, on_read)
+        seen["port"] = server.port
+        uvssl.tcp_connect("127.0.0.1", server.port, None, lambda ev: ev.socket.close(), data=b"x")
+
+    run_loop(start)
+    assert seen["open"] == seen["closed"] == ("127.0.0.1", seen["port"])
+
+
 @pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback on this machine")
 def test_ipv6_addresses_after_close() -> None:
     seen: list[Any] = []
