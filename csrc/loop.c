@@ -36,6 +36,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "uvs.h"
 
@@ -279,6 +280,8 @@ int uvs_loop_free(uvs_loop_t *loop) {
     int r = uv_loop_close(&loop->uv);
     if (r != 0)
         return r; /* leak rather than free memory libuv still points at */
+    if (loop->tls_trim_on)
+        (void)close(loop->tls_trim_fd); /* its watcher is closed: nothing watches it any more */
     uvs__batch_free(loop);
     uvs__udp_loop_free(loop);
     free(loop->rbuf);

@@ -94,8 +94,10 @@ struct uvs_loop_s {
     char *rbuf;              /* shared read buffer, UVS__READ_BUF_SIZE bytes             */
     char *pbuf;              /* shared plaintext buffer for TLS, same size (lazy)        */
     uvs__link_t tls_busy;    /* TLS engines that may hold record buffers, oldest first   */
-    uv_timer_t tls_trim;     /* releases the quiet ones' buffers (unreferenced, lazy)    */
-    int tls_trim_on;         /* tls_trim is initialised                                  */
+    uv_poll_t tls_trim;      /* releases the quiet ones' buffers: watches tls_trim_fd    */
+                             /* (unreferenced, lazy; tls_conn.c)                         */
+    int tls_trim_fd;         /* a timerfd, ticking while tls_busy is not empty           */
+    int tls_trim_on;         /* tls_trim and tls_trim_fd are initialised                 */
     uint64_t iteration;      /* loop iterations so far (counted by the flusher)          */
     uv_check_t batcher;      /* hands the turn's reads over after the poll (unreferenced)  */
     char *batch_buf;         /* the batch's bytes, UVS__BATCH_BYTES (see batch.c)        */

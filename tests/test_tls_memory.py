@@ -3,6 +3,7 @@ record buffers."""
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 
@@ -109,3 +110,41 @@ def test_quiet_connection_gives_back_openssl_record_buffers(certs):
         ("three\n", False),
         ("four\n", True),
     ], seen
+
+
+def _timerfds() -> set[str]:
+    found = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == "anon_inode:[timerfd]":
+                found.add(name)
+        except OSError:  # closed meanwhile (the listing's own descriptor, say)
+            pass
+    return found
+
+
+def test_the_buffer_release_tick_is_a_descriptor_closed_with_its_loop(certs):
+    """A busy connection's buffers are released by a tick the loop polls (a timerfd, so that
+    the loop's waits need no timeout while it serves); the descriptor goes with the loop."""
+    if not lib.uvs_tls_can_free_buffers():
+        pytest.skip("OpenSSL before the CVE-2024-4741 fix: buffers go with every record")
+    before = _timerfds()
+    during: list[set[str]] = []
+
+    def s_read(sock, data):
+        sock.write(data)
+        if data == b"four\n":  # busy since the third step: its buffers are kept, the tick runs
+            during.append(_timerfds() - before)
+
+    def client(port):
+        raw = socket.create_connection((LOCALHOST, port), timeout=PEER_TIMEOUT)
+        with stdlib_client_context(certs).wrap_socket(raw, server_hostname="localhost") as s:
+            for line in (b"one\n", b"two\n", b"three\n", b"four\n"):
+                s.sendall(line)
+                assert recv_exactly(s, len(line)) == line
+            return True
+
+    peer, _ = serve_to_peer(client, s_read, certs=certs)
+    assert peer.result() is True
+    assert len(during) == 1 and len(during[0]) == 1, during
+    assert _timerfds() - before == set()
