@@ -105,8 +105,8 @@ class _Host:
         if self._timer is not None:
             # libuv counts whole milliseconds, so the same deadline seen from two turns may
             # differ by up to one: keep the armed timer unless it is more than that late, or
-            # early enough to cost a turn for nothing (a repeating timer, such as the TLS
-            # engine's buffer trim, would otherwise be re-armed on every turn)
+            # early enough to cost a turn for nothing (a timer due later, such as a TLS
+            # handshake's timeout, would otherwise be re-armed on every turn)
             if due - 0.002 <= self._due <= due + 0.001:
                 return
             self._timer.cancel()
