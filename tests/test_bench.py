@@ -542,3 +542,34 @@ def test_bench_https_hello_without_wrk_is_skipped(tmp_path, monkeypatch, capsys)
     res = json.loads(out.read_text())["results"]["aiohttp-uvssl"]["https-hello"]
     assert res["status"] == "skipped" and "wrk is not installed" in res["reason"]
     assert "https-hello: skipped (wrk is not installed" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(SANITIZED, reason="the tool measures the normal build's servers")
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("server", "args", "unit"),
+    [("uvssl", ["3000"], "request"), ("native", ["300", "handshake", "4"], "handshake")],
+)
+def test_cpu_split_tool(server, args, unit):
+    """tools/cpu_split.sh drives a server and prints its CPU per operation, split (enough
+    operations for /proc's 10 ms ticks to see some CPU time)."""
+    proc = subprocess.run(
+        ["bash", str(ROOT / "tools" / "cpu_split.sh"), server, *args],
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert proc.returncode == 0, proc.stderr
+    words = proc.stdout.split()
+    assert words[:2] == [server, ("echo" if unit == "request" else "handshake") + ":"], proc.stdout
+    total, user, system = float(words[2]), float(words[8]), float(words[11])
+    assert words[3:8] == ["us", "CPU", "per", unit, "="] and words[9] == "user", proc.stdout
+    assert total == pytest.approx(user + system, abs=0.11) and total > 0, proc.stdout
+    assert proc.stdout.rstrip().endswith(f"({args[0]} {unit}s)"), proc.stdout
+
+
+def test_cpu_split_tool_refuses_an_unknown_server():
+    proc = subprocess.run(
+        ["bash", str(ROOT / "tools" / "cpu_split.sh"), "nginx"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "unknown server nginx" in proc.stderr
