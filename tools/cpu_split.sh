@@ -5,7 +5,7 @@
 #
 #   bash tools/cpu_split.sh SERVER [COUNT] [MODE] [CONNS]
 #
-# SERVER: uvssl, native, asyncio, uvloop, aiofastnet (the bench's TLS servers)
+# SERVER: uvssl, native, asyncio, uvloop, aiofastnet, uvssl-aio (the bench's TLS servers)
 # COUNT:  operations measured (default 60000); MODE: echo or handshake (default echo);
 # CONNS:  connections (default 1)
 #
@@ -45,7 +45,7 @@ tls=(--cert "$work/cert.pem" --key "$work/key.pem")
 case "$server" in
     uvssl) argv=("$py" -m uvssl serve --port 0 "${tls[@]}" --quiet) ;;
     native) argv=("$(python3 -m uvssl.bench.native_build echo_server)" --port 0 "${tls[@]}") ;;
-    asyncio | uvloop | aiofastnet)
+    asyncio | uvloop | aiofastnet | uvssl-aio)
         argv=("$py" -m uvssl.bench.py_servers --impl "$server" --port 0 "${tls[@]}") ;;
     *) echo "cpu_split.sh: unknown server $server" >&2; exit 2 ;;
 esac
