@@ -185,9 +185,10 @@ static void uvs__tls_trim_cb(uv_poll_t *h, int status, int events) {
     uint64_t ticks;
     (void)status; /* an error polling a timerfd is not expected; trimming early is harmless */
     (void)events;
-    if (read(loop->tls_trim_fd, &ticks, sizeof(ticks)) < 0) {
-        /* EAGAIN: the tick was read already (it is level-triggered: it must be read) */
-    }
+    /* The descriptor stays readable until its expirations are read. Reading fails only with
+     * EAGAIN, after a wake-up with none to read, and then there is nothing to clear. */
+    ssize_t got = read(loop->tls_trim_fd, &ticks, sizeof(ticks));
+    (void)got;
     uint64_t now = uv_now(&loop->uv);
     while (head->next != head) {
         uvs_tls_t *t = (uvs_tls_t *)(void *)((char *)head->next - offsetof(uvs_tls_t, busy));
