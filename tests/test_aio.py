@@ -1785,3 +1785,32 @@ def test_start_tls_argument_errors(run: Runner, certs: Certs) -> None:
             await s.wait_closed()
 
     run(main)
+
+
+def test_busy_tls_connections_leave_the_host_loop_no_timer(run: Runner, certs: Certs) -> None:
+    """While two busy TLS connections keep their record buffers (the release tick running),
+    uvssl asks the asyncio loop for no timer: the tick is a descriptor the loop polls, so the
+    loop can wait for I/O without a timeout."""
+    from uvssl.aio._host import running_host
+
+    server_ssl, client_ssl = tls_pair("uvssl", certs)
+    seen: list[Any] = []
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while line := await r.readline():
+            w.write(line)
+        await close_writer(w)
+
+    async def main() -> None:
+        async with await uvssl.aio.start_server(handler, LOCALHOST, 0, ssl=server_ssl) as srv:
+            r, w = await uvssl.aio.open_connection(LOCALHOST, srv.port, ssl=client_ssl)
+            for i in range(6):  # busy from the third read or write on
+                w.write(b"line %d\n" % i)
+                assert await r.readline() == b"line %d\n" % i
+            host = running_host()
+            assert host is not None
+            seen.append(host._timer)
+            await close_writer(w)
+
+    run(main)
+    assert seen == [None]
