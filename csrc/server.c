@@ -174,15 +174,11 @@ static void uvs__server_keep_local(uvs_server_t *s) {
     int len = sizeof(ss);
     if (uv_tcp_getsockname(&s->tcp, (struct sockaddr *)&ss, &len) != 0)
         return;
-    if (ss.ss_family == AF_INET) {
-        const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
-        if (a->sin_addr.s_addr != htonl(INADDR_ANY))
-            s->local.in4 = *a;
-    } else if (ss.ss_family == AF_INET6) {
-        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
-        if (!IN6_IS_ADDR_UNSPECIFIED(&a->sin6_addr))
-            s->local.in6 = *a;
-    }
+    int one = ss.ss_family == AF_INET
+                  ? ((const struct sockaddr_in *)&ss)->sin_addr.s_addr != htonl(INADDR_ANY)
+                  : !IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)&ss)->sin6_addr);
+    if (one)
+        uvs__addr_copy(&s->local, (const struct sockaddr *)&ss); /* AF_UNSPEC if neither */
 }
 
 static void uvs__server_closed_cb(uv_handle_t *h) {

@@ -247,11 +247,7 @@ int uvs__tcp_fetch_address(uvs_conn_t *c, int peer) {
         return r;
     if (ss.ss_family != AF_INET && ss.ss_family != AF_INET6)
         return UV_EAFNOSUPPORT;
-    uvs_addr_t *a = peer ? &c->addrs.peer : &c->addrs.local;
-    if (ss.ss_family == AF_INET)
-        a->in4 = *(const struct sockaddr_in *)&ss;
-    else
-        a->in6 = *(const struct sockaddr_in6 *)&ss;
+    uvs__addr_copy(peer ? &c->addrs.peer : &c->addrs.local, (const struct sockaddr *)&ss);
     return 0;
 }
 

@@ -158,15 +158,6 @@ static socklen_t uvs__addr_len(const uvs_addr_t *a) {
                                        : sizeof(struct sockaddr_in);
 }
 
-static void uvs__addr_copy(uvs_addr_t *dst, const struct sockaddr *sa) {
-    if (sa->sa_family == AF_INET6)
-        dst->in6 = *(const struct sockaddr_in6 *)sa;
-    else if (sa->sa_family == AF_INET)
-        dst->in4 = *(const struct sockaddr_in *)sa;
-    else
-        memset(dst, 0, sizeof(*dst));
-}
-
 /* Entry i's sender key: an IPv4 sender's address and port in one number (below 2^48), which
  * the embedding may use to cache what it makes of the address; any other sender gets 2^48 + i,
  * which names the entry (its address is addrs[i]) and is never cached. */

@@ -19,6 +19,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <netinet/in.h>
 #include <uv.h>
 
@@ -261,6 +262,17 @@ void uvs__conn_hold_reading(uvs_conn_t *c);
 
 /* tcp.c: connecting, adopting, addresses */
 int uvs__tcp_fetch_address(uvs_conn_t *c, int peer);
+
+/* An IPv4 or IPv6 socket address as a uvs_addr_t (any other family: all zero, AF_UNSPEC).
+ * Inline: datagram batches call it for every sender. */
+static inline void uvs__addr_copy(uvs_addr_t *dst, const struct sockaddr *sa) {
+    if (sa->sa_family == AF_INET6)
+        dst->in6 = *(const struct sockaddr_in6 *)(const void *)sa;
+    else if (sa->sa_family == AF_INET)
+        dst->in4 = *(const struct sockaddr_in *)(const void *)sa;
+    else
+        memset(dst, 0, sizeof(*dst));
+}
 
 /* server.c: accepting and announcing */
 int uvs__conn_announce(uvs_conn_t *c, int stage, const char *p, size_t n);
