@@ -1584,8 +1584,10 @@ def test_uvssl_timers_order_and_not_early(run: Runner) -> None:
         await done
         assert [name for name, _ in fired] == ["early", "asyncio", "late"]
         asked = {"early": 0.01, "asyncio": 0.03, "late": 0.05}
+        # libuv counts whole milliseconds: a timer may fire up to 1 ms before the float clock
+        # says its delay is over, and that bound itself is met only to float precision
         for name, when in fired:
-            assert when >= start + asked[name] - 0.001, (name, when - start)
+            assert when >= start + asked[name] - 0.001 - 1e-9, (name, when - start)
 
     run(main)
 
